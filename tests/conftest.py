@@ -1,0 +1,23 @@
+"""Shared fixtures: one Prefect test harness per session, simulator servers per test."""
+from __future__ import annotations
+
+import os
+
+# Set before Prefect is imported anywhere: the ephemeral server's telemetry job
+# logs "database is locked" on a fresh database otherwise.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A real Prefect server (temporary SQLite database) shared by the whole session.
+
+    Starting one costs ~12 s, so every test that needs Prefect shares this one.
+    """
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
