@@ -1,0 +1,23 @@
+"""Job database: one row per openEO batch job, compatible with openeo's MultiBackendJobManager."""
+from jobdb.database import JobDatabase, load_job_db
+from jobdb.schema import (
+    ACTIVE_STATUSES,
+    OPENEO_COLUMNS,
+    STATUSES,
+    TERMINAL_STATUSES,
+    JobDbError,
+    JobDbExistsError,
+)
+from jobdb.storage import remove_stale_temp_files
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "OPENEO_COLUMNS",
+    "STATUSES",
+    "TERMINAL_STATUSES",
+    "JobDatabase",
+    "JobDbError",
+    "JobDbExistsError",
+    "load_job_db",
+    "remove_stale_temp_files",
+]
