@@ -1,0 +1,508 @@
+"""HTTP layer: routing, auth, fault injection and response encoding (stdlib only)."""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from urllib.parse import parse_qs, urlsplit
+
+from simulator import catalog
+from simulator.state import ApiError, SimState, asset_bytes, asset_names, iso
+
+API_PREFIX = "/openeo/1.2"
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any = None  # dict/list -> JSON, bytes -> raw
+    headers: Dict[str, str] = field(default_factory=dict)
+    stream: Optional[Iterable[bytes]] = None  # raw body chunks; requires Content-Length header
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: Dict[str, List[str]]
+    headers: Any
+    body: bytes
+    params: Dict[str, str]
+    user: Optional[str] = None
+
+    def json(self) -> Dict[str, Any]:
+        if not self.body:
+            return {}
+        try:
+            data = json.loads(self.body)
+        except ValueError:
+            raise ApiError(400, "BadRequest", "Request body is not valid JSON.")
+        if not isinstance(data, dict):
+            raise ApiError(400, "BadRequest", "Request body must be a JSON object.")
+        return data
+
+    def arg(self, name: str) -> Optional[str]:
+        values = self.query.get(name)
+        return values[0] if values else None
+
+
+def error_body(code: str, message: str) -> Dict[str, Any]:
+    return {"id": uuid.uuid4().hex, "code": code, "message": message, "links": []}
+
+
+def _retry_after_header(seconds: Optional[float]) -> Dict[str, str]:
+    # HTTP delta-seconds must be an integer (urllib3 rejects fractions).
+    return {} if seconds is None else {"Retry-After": str(max(0, math.ceil(seconds)))}
+
+
+@dataclass
+class Route:
+    method: str
+    template: str  # counter key, e.g. "/jobs/{id}"
+    regex: "re.Pattern[str]"
+    handler: Callable[["Router", Request], Response]
+    auth: bool = True
+    control: bool = False  # /_sim/*: never faulted
+
+
+def _compile(template: str) -> "re.Pattern[str]":
+    pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)
+    return re.compile("^" + pattern + "$")
+
+
+class Router:
+    """Maps requests to handlers and applies auth and fault injection."""
+
+    def __init__(self, state: SimState, root_url: str):
+        self.state = state
+        self.root_url = root_url
+        self.api_url = root_url + API_PREFIX + "/"
+        self.routes: List[Route] = []
+        r = self._add
+        r("GET", "/.well-known/openeo", Router.well_known, api=False, auth=False)
+        r("GET", "/", Router.capabilities, auth=False)
+        r("GET", "", Router.capabilities, auth=False)
+        r("GET", "/credentials/basic", Router.credentials_basic, auth=False)
+        r("GET", "/me", Router.me)
+        r("GET", "/collections", Router.collections, auth=False)
+        r("GET", "/collections/{id}", Router.collection, auth=False)
+        r("GET", "/processes", Router.processes, auth=False)
+        r("GET", "/file_formats", Router.file_formats, auth=False)
+        r("POST", "/jobs", Router.create_job)
+        r("GET", "/jobs", Router.list_jobs)
+        r("GET", "/jobs/{id}", Router.describe_job)
+        r("PATCH", "/jobs/{id}", Router.update_job)
+        r("DELETE", "/jobs/{id}", Router.delete_job)
+        r("POST", "/jobs/{id}/results", Router.start_job)
+        r("DELETE", "/jobs/{id}/results", Router.cancel_job)
+        r("GET", "/jobs/{id}/results", Router.results)
+        r("GET", "/jobs/{id}/results/assets/{name}", Router.job_asset)
+        r("GET", "/jobs/{id}/logs", Router.logs)
+        r("GET", "/_assets/{job_id}/{name}", Router.public_asset, api=False, auth=False)
+        r("GET", "/_sim/config", Router.sim_get_config, api=False, auth=False, control=True)
+        r("PATCH", "/_sim/config", Router.sim_patch_config, api=False, auth=False, control=True)
+        r("GET", "/_sim/counters", Router.sim_counters, api=False, auth=False, control=True)
+        r("POST", "/_sim/reset", Router.sim_reset, api=False, auth=False, control=True)
+        r("POST", "/_sim/outage", Router.sim_outage, api=False, auth=False, control=True)
+
+    def _add(self, method: str, template: str, handler: Callable, api: bool = True, auth: bool = True,
+             control: bool = False) -> None:
+        full = (API_PREFIX + template) if api else template
+        self.routes.append(Route(method, template or "/", _compile(full), handler, auth, control))
+
+    def match(self, method: str, path: str) -> Tuple[Optional[Route], Dict[str, str], bool]:
+        """Return (route, params, path_exists)."""
+        lookup = "GET" if method == "HEAD" else method
+        exists = False
+        for route in self.routes:
+            m = route.regex.match(path)
+            if m:
+                exists = True
+                if route.method == lookup:
+                    return route, m.groupdict(), True
+        return None, {}, exists
+
+    # --------------------------------------------------------------- dispatch
+    def dispatch(self, method: str, raw_path: str, headers: Any, body: bytes) -> Tuple[str, Response]:
+        """Handle one request; returns (counter template, response)."""
+        parts = urlsplit(raw_path)
+        path = parts.path
+        route, params, exists = self.match(method, path)
+        if route is None:
+            if exists:
+                return "<unmatched>", Response(405, error_body("MethodNotAllowed", f"Method {method} not allowed on {path}."))
+            return "<unmatched>", Response(404, error_body("NotFound", f"Path {path} not found."))
+        req = Request(method, path, parse_qs(parts.query), headers, body, params)
+        try:
+            if not route.control:
+                fault = self._inject_before(req)
+                if fault is not None:
+                    return route.template, fault
+            if route.auth:
+                req.user = self._authenticate(req)
+            resp = route.handler(self, req)
+            if not route.control and method == "POST" and resp.status < 400:
+                # The work is done (job created/started) but the client never hears about it.
+                if self.state.config.p_lost_response > 0 and self.state.random() < self.state.config.p_lost_response:
+                    self.state.count_fault("lost_response")
+                    return route.template, Response(502, error_body("BadGateway", "Bad Gateway: upstream connection reset."))
+            return route.template, resp
+        except ApiError as e:
+            return route.template, Response(e.status, error_body(e.code, e.message), dict(e.headers))
+        except Exception as e:  # noqa: BLE001 - a crash must still be a proper openEO error
+            return route.template, Response(500, error_body("Internal", f"Server error: {e!r}"))
+
+    def _bearer_token(self, req: Request) -> Optional[str]:
+        auth = req.headers.get("Authorization") or ""
+        if not auth.startswith("Bearer "):
+            return None
+        # openEO bearer format: "basic//TOKEN" or "oidc/PROVIDER/TOKEN"; plain tokens also accepted.
+        return auth[len("Bearer "):].strip().rsplit("/", 1)[-1]
+
+    def _rate_key(self, req: Request) -> str:
+        auth = req.headers.get("Authorization") or ""
+        if auth.startswith("Basic "):
+            try:
+                return base64.b64decode(auth[6:]).decode().split(":", 1)[0]
+            except Exception:
+                return "<anonymous>"
+        token = self._bearer_token(req)
+        if token:
+            try:
+                return self.state.user_for_token(token)
+            except ApiError:
+                pass
+        return "<anonymous>"
+
+    def _inject_before(self, req: Request) -> Optional[Response]:
+        cfg = self.state.config
+        if cfg.outage_until is not None and time.time() < cfg.outage_until:
+            self.state.count_fault("outage")
+            return Response(503, error_body("ServiceUnavailable", "Service temporarily unavailable (maintenance)."))
+        wait = self.state.rate_limited(self._rate_key(req))
+        if wait is not None:
+            self.state.count_fault("rate_limit")
+            headers = _retry_after_header(wait) if cfg.retry_after is not None else {}
+            return Response(429, error_body("TooManyRequests", "Rate limit exceeded, slow down."), headers)
+        if req.method == "POST" and cfg.p_429 > 0 and self.state.random() < cfg.p_429:
+            self.state.count_fault("429")
+            return Response(429, error_body("TooManyRequests", "Too many requests; please retry later."),
+                            _retry_after_header(cfg.retry_after))
+        if cfg.p_5xx > 0 and self.state.random() < cfg.p_5xx:
+            self.state.count_fault("5xx")
+            status = self.state.rng.choice([500, 502, 503])
+            code = {500: "Internal", 502: "BadGateway", 503: "ServiceUnavailable"}[status]
+            return Response(status, error_body(code, f"Simulated server error ({status})."))
+        return None
+
+    def _authenticate(self, req: Request) -> str:
+        token = self._bearer_token(req)
+        if not token:
+            raise ApiError(401, "AuthenticationRequired", "Unauthorized: authentication required.")
+        return self.state.user_for_token(token)
+
+    # ------------------------------------------------------------- discovery
+    def well_known(self, req: Request) -> Response:
+        return Response(200, catalog.well_known(self.root_url, self.api_url))
+
+    def capabilities(self, req: Request) -> Response:
+        return Response(200, catalog.capabilities(self.api_url))
+
+    def credentials_basic(self, req: Request) -> Response:
+        auth = req.headers.get("Authorization") or ""
+        if not auth.startswith("Basic "):
+            raise ApiError(401, "AuthenticationRequired", "Unauthorized: HTTP Basic credentials required.")
+        try:
+            username, password = base64.b64decode(auth[6:]).decode().split(":", 1)
+        except Exception:
+            raise ApiError(400, "AuthenticationSchemeInvalid", "Malformed HTTP Basic credentials.")
+        token = self.state.login(username, password)
+        return Response(200, {"access_token": token})
+
+    def me(self, req: Request) -> Response:
+        return Response(200, {"user_id": req.user, "name": req.user, "links": []})
+
+    def collections(self, req: Request) -> Response:
+        return Response(200, catalog.collections(self.api_url))
+
+    def collection(self, req: Request) -> Response:
+        cid = req.params["id"]
+        if cid not in catalog.COLLECTION_IDS:
+            raise ApiError(404, "CollectionNotFound", f"Collection '{cid}' does not exist.")
+        return Response(200, catalog.collection(self.api_url, cid))
+
+    def processes(self, req: Request) -> Response:
+        return Response(200, catalog.processes())
+
+    def file_formats(self, req: Request) -> Response:
+        return Response(200, catalog.file_formats())
+
+    # ------------------------------------------------------------------ jobs
+    def create_job(self, req: Request) -> Response:
+        body = req.json()
+        if self.state.config.create_latency > 0:
+            time.sleep(self.state.config.create_latency)
+        job = self.state.create_job(req.user, body)
+        return Response(201, b"", {"Location": f"{self.api_url}jobs/{job.id}", "OpenEO-Identifier": job.id})
+
+    def list_jobs(self, req: Request) -> Response:
+        limit_s = req.arg("limit")
+        limit = None
+        if limit_s:
+            try:
+                limit = int(limit_s)
+            except ValueError:
+                raise ApiError(400, "ParameterInvalid", "limit must be a positive integer.")
+            if limit < 1:
+                raise ApiError(400, "ParameterInvalid", "limit must be a positive integer.")
+        jobs, cursor = self.state.list_jobs(req.user, limit, req.arg("cursor"))
+        now = time.monotonic()
+        links = []
+        if cursor is not None:
+            page = len(jobs)
+            links.append({"rel": "next", "href": f"{self.api_url}jobs?limit={page}&cursor={cursor}",
+                          "type": "application/json"})
+        with self.state.lock:
+            items = [self.state.job_summary(j, now) for j in jobs]
+        return Response(200, {"jobs": items, "links": links})
+
+    def describe_job(self, req: Request) -> Response:
+        with self.state.lock:
+            job = self.state.get_job(req.user, req.params["id"])
+            return Response(200, self.state.job_details(job, time.monotonic()))
+
+    def update_job(self, req: Request) -> Response:
+        self.state.update_job(req.user, req.params["id"], req.json())
+        return Response(204)
+
+    def delete_job(self, req: Request) -> Response:
+        self.state.delete_job(req.user, req.params["id"])
+        return Response(204)
+
+    def start_job(self, req: Request) -> Response:
+        self.state.get_job(req.user, req.params["id"])  # 404 before the slow part
+        if self.state.config.start_latency > 0:
+            time.sleep(self.state.config.start_latency)
+        self.state.start_job(req.user, req.params["id"])
+        return Response(202, b"")
+
+    def cancel_job(self, req: Request) -> Response:
+        self.state.cancel_job(req.user, req.params["id"])
+        return Response(204)
+
+    def _asset_href(self, job_id: str, name: str) -> str:
+        host = self.state.config.asset_host
+        if host:
+            return f"{host.rstrip('/')}/_assets/{job_id}/{name}?size={self.state.config.asset_size}"
+        return f"{self.api_url}jobs/{job_id}/results/assets/{name}"
+
+    def results(self, req: Request) -> Response:
+        state = self.state
+        with state.lock:
+            job = state.get_job(req.user, req.params["id"])
+            if job.status != "finished":
+                raise ApiError(400, "JobNotFinished", f"Batch job has not finished computing the results yet (status: {job.status}).")
+            size = state.config.asset_size
+            names = asset_names(job.output_format, state.config.asset_count)
+            updated = job.updated
+            created = job.created
+        assets = {
+            name: {"href": self._asset_href(job.id, name), "type": media, "roles": ["data"], "file:size": size,
+                   "title": name}
+            for name, media in names
+        }
+        self_url = f"{self.api_url}jobs/{job.id}/results"
+        return Response(200, {
+            "type": "Feature",
+            "stac_version": catalog.STAC_VERSION,
+            "stac_extensions": ["https://stac-extensions.github.io/file/v2.1.0/schema.json"],
+            "id": job.id,
+            "geometry": None,
+            "properties": {"datetime": iso(updated), "created": iso(created), "updated": iso(updated),
+                           "openeo:status": "finished"},
+            "assets": assets,
+            "links": [
+                {"rel": "self", "href": self_url, "type": "application/json"},
+                {"rel": "canonical", "href": self_url, "type": "application/json"},
+            ],
+        })
+
+    def _serve_asset(self, req: Request, job_id: str, name: str, size: int) -> Response:
+        total = size
+        start, end = 0, total  # [start, end)
+        status = 200
+        headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+        rng = req.headers.get("Range")
+        if rng:
+            m = re.match(r"^\s*bytes=(\d*)-(\d*)\s*$", rng)
+            if m and (m.group(1) or m.group(2)):
+                a, b = m.group(1), m.group(2)
+                if a:
+                    start = int(a)
+                    end = min(total, int(b) + 1) if b else total
+                else:  # suffix range: last N bytes
+                    start = max(0, total - int(b))
+                if start >= total or start >= end:
+                    return Response(416, error_body("RangeNotSatisfiable", f"Range {rng} not satisfiable."),
+                                    {"Content-Range": f"bytes */{total}"})
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
+            # Malformed or multi-range: ignoring Range and sending 200 is allowed by RFC 9110.
+        headers["Content-Length"] = str(end - start)
+        return Response(status, None, headers, stream=asset_bytes(job_id, name, start, end))
+
+    def job_asset(self, req: Request) -> Response:
+        state = self.state
+        state.record_asset_request(req.path, bool(req.headers.get("Authorization")))
+        with state.lock:
+            job = state.get_job(req.user, req.params["id"])
+            if job.status != "finished":
+                raise ApiError(400, "JobNotFinished", "Batch job has not finished computing the results yet.")
+            names = [n for n, _ in asset_names(job.output_format, state.config.asset_count)]
+            size = state.config.asset_size
+        if req.params["name"] not in names:
+            raise ApiError(404, "AssetNotFound", f"Asset {req.params['name']!r} not found.")
+        return self._serve_asset(req, job.id, req.params["name"], size)
+
+    def public_asset(self, req: Request) -> Response:
+        # Acts as a foreign asset host (e.g. object storage): no auth, any job id.
+        self.state.record_asset_request(req.path, bool(req.headers.get("Authorization")))
+        size_s = req.arg("size")
+        size = int(size_s) if size_s and size_s.isdigit() else self.state.config.asset_size
+        return self._serve_asset(req, req.params["job_id"], req.params["name"], size)
+
+    def logs(self, req: Request) -> Response:
+        with self.state.lock:
+            job = self.state.get_job(req.user, req.params["id"])
+            level = req.arg("level")
+            entries = self.state.logs(job, level, req.arg("offset"))
+        return Response(200, {"level": (level or "debug").lower(), "logs": entries, "links": []})
+
+    # ---------------------------------------------------------------- control
+    def sim_get_config(self, req: Request) -> Response:
+        return Response(200, self.state.config.to_dict())
+
+    def sim_patch_config(self, req: Request) -> Response:
+        try:
+            self.state.configure(**req.json())
+        except (ValueError, TypeError) as e:
+            raise ApiError(400, "ParameterInvalid", str(e))
+        return Response(200, self.state.config.to_dict())
+
+    def sim_counters(self, req: Request) -> Response:
+        return Response(200, self.state.counters())
+
+    def sim_reset(self, req: Request) -> Response:
+        self.state.reset()
+        return Response(204)
+
+    def sim_outage(self, req: Request) -> Response:
+        seconds = float(req.json().get("seconds", 0))
+        self.state.configure(outage_until=time.time() + seconds)
+        return Response(200, {"outage_until": self.state.config.outage_until})
+
+
+class SimRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive; every response carries Content-Length
+    server: "SimHTTPServer"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, False)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while True:
+                line = self.rfile.readline()
+                n = int(line.split(b";")[0].strip() or b"0", 16)
+                if n == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(n))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _handle(self) -> None:
+        body = self._read_body()
+        template, resp = self.server.router.dispatch(self.command, self.path, self.headers, body)
+        self.server.router.state.count_request(f"{self.command} {template} {resp.status}")
+        self._send(resp)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = do_HEAD = _handle
+
+    def _send(self, resp: Response) -> None:
+        headers = dict(resp.headers)
+        payload = b""
+        if resp.stream is None:
+            if isinstance(resp.body, (dict, list)):
+                payload = json.dumps(resp.body).encode()
+                headers.setdefault("Content-Type", "application/json")
+            elif isinstance(resp.body, bytes):
+                payload = resp.body
+            if resp.status != 204:
+                headers["Content-Length"] = str(len(payload))
+        self.send_response(resp.status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command == "HEAD" or resp.status == 204:
+            return
+        try:
+            if resp.stream is not None:
+                for chunk in resp.stream:
+                    self.wfile.write(chunk)
+            elif payload:
+                self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+class SimHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, addr: Tuple[str, int], state: SimState, verbose: bool = False):
+        super().__init__(addr, SimRequestHandler)
+        host, port = self.server_address[:2]
+        self.root_url = f"http://{host}:{port}"
+        self.router = Router(state, self.root_url)
+        self.verbose = verbose
+        self._conns: set = set()
+        self._conns_lock = threading.Lock()
+
+    def track(self, conn: socket.socket, add: bool) -> None:
+        with self._conns_lock:
+            (self._conns.add if add else self._conns.discard)(conn)
+
+    def close_connections(self) -> None:
+        """Unblock handler threads idling on keep-alive connections so stop() is prompt."""
+        with self._conns_lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
