@@ -71,7 +71,11 @@ def _read_csv(path: Path) -> pd.DataFrame:
         if not header:
             raise JobDbError(f"{path}: CSV file has no header")
         check_unique_columns(header, path)
-        df = pd.read_csv(path, dtype=dtype_mapping(), encoding="utf-8")
+        try:
+            df = pd.read_csv(path, dtype=dtype_mapping(), encoding="utf-8")
+        except ValueError:
+            _locate_bad_float(path)
+            raise
     except JobDbError:
         raise
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, csv.Error) as e:
@@ -82,6 +86,17 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if GEOMETRY_COLUMN in df.columns:
         df = _parse_wkt_geometry(df, path)
     return df
+
+
+def _locate_bad_float(path: Path) -> None:
+    """pandas' float parse error names no row: re-read float columns as text to name it."""
+    floats = [c for c, t in dtype_mapping().items() if t.startswith("float")]
+    raw = pd.read_csv(path, dtype={**dtype_mapping(), **{c: "object" for c in floats}}, encoding="utf-8")
+    for col in floats:
+        if col in raw.columns:
+            bad = raw[col].notna() & pd.to_numeric(raw[col], errors="coerce").isna()
+            if bad.any():
+                raise JobDbError(f"{path}: non-numeric value(s) in column {col!r} at {format_rows(raw.index[bad])}")
 
 
 def _parse_wkt_geometry(df: pd.DataFrame, path: Path) -> pd.DataFrame:
