@@ -1,0 +1,451 @@
+"""The run-jobs flow: drive every row of a job DB through an openEO batch job.
+
+Fan-out/fan-in: the flow alone owns the job DB. Each cycle it collects what finished
+tasks returned, polls each backend once (when due), records start intents, persists the
+DB once, then submits start tasks for free job slots and download/log tasks for jobs that
+ended. Tasks get plain values and return plain results.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Callable, Dict, List, Optional, Union
+
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from flows import bookkeeping as bk
+from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
+from flows.reporting import (
+    ProgressReport,
+    merge_request_counts,
+    publish_final_artifacts,
+    share_terminal,
+    status_by_backend,
+    status_counts,
+)
+from flows.setup import (
+    check_process_parameters,
+    check_row_backends,
+    check_unique_names,
+    connect_backend,
+    load_start_job,
+    make_process_creator,
+)
+from jobdb import TERMINAL_STATUSES, JobDatabase, JobDbError
+from tasks.connections import ManagedConnection, register_connection, unregister_connection
+from tasks.download import download_results as download_results_task
+from tasks.download import save_error_logs
+from tasks.poll import find_marked_jobs, poll_backend
+from tasks.start import start_job as start_job_task
+
+START_TAG_PREFIX = "openeo-start:"
+# Persist at least this often while results stream in (intents are always persisted at once).
+MIN_PERSIST_INTERVAL_SECONDS = 1.0
+# After a row was handed back (rate limit, job limit), wait this long before trying it again.
+RETRY_HOLD_SECONDS = 5.0
+
+
+@dataclass
+class RunState:
+    """The flow's own state; only the flow thread touches it."""
+
+    db: JobDatabase
+    backends: Dict[str, BackendConfig]
+    connections: Dict[str, ManagedConnection]
+    creator: Callable[..., Any]
+    root_dir: Path
+    marker_prefix: str
+    starts: Dict[PrefectFuture, int] = field(default_factory=dict)
+    finishers: Dict[PrefectFuture, tuple] = field(default_factory=dict)
+    hold_until: Dict[int, float] = field(default_factory=dict)
+    needs_reconcile: set = field(default_factory=set)
+    pinned: set = field(default_factory=set)  # rows whose backend the user chose
+    counters: Dict[str, int] = field(default_factory=lambda: {
+        "cycles": 0, "start_tasks": 0, "poll_tasks": 0, "download_tasks": 0, "error_log_tasks": 0, "persists": 0,
+    })
+    dirty: bool = False
+    last_persist: float = 0.0
+
+    def update(self, updates: Dict[int, Dict[str, Any]]) -> None:
+        if updates:
+            self.db.apply_updates(updates)
+            self.dirty = True
+
+    def persist(self, force: bool = False) -> None:
+        if self.dirty and (force or time.monotonic() - self.last_persist >= MIN_PERSIST_INTERVAL_SECONDS):
+            self.db.save()
+            self.dirty = False
+            self.last_persist = time.monotonic()
+            self.counters["persists"] += 1
+
+
+@flow(name="run-jobs", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
+def run_jobs(
+    job_db: Annotated[str, Field(description="Path of the job DB (.csv, .parquet, .geoparquet)")],
+    backends: Annotated[List[BackendConfig], Field(min_length=1, description="openEO backends to run jobs on")],
+    start_job: Annotated[
+        Optional[Union[str, Callable[..., Any]]],
+        Field(description="Import path 'package.module:function' of an openeo-style start_job callback"),
+    ] = None,
+    process: Annotated[
+        Optional[ProcessCreatorConfig], Field(description="Create jobs from a user-defined process instead")
+    ] = None,
+    max_start_workers: Annotated[int, Field(ge=1, le=100, description="Start tasks running at once")] = 5,
+    poll_interval_seconds: Annotated[float, Field(gt=0, description="Seconds between status polls")] = 10.0,
+    download_results: Annotated[bool, Field(description="Download results of finished jobs")] = True,
+    root_dir: Annotated[
+        Optional[str], Field(description="Where job_<id>/ result folders go (default: beside the job DB)")
+    ] = None,
+    cancel_running_job_after: Annotated[
+        Optional[float], Field(gt=0, description="Cancel jobs running longer than this many seconds")
+    ] = None,
+) -> Dict[str, Any]:
+    """Create, start, poll and download one openEO batch job per job DB row until all are done."""
+    logger = get_run_logger()
+    t0 = time.monotonic()
+    state = prepare(job_db, backends, start_job, process, root_dir)
+    try:
+        ensure_start_tag_limits(state.backends)
+        progress = ProgressReport(Path(job_db).stem, f"Rows terminal in {job_db}")
+        all_started_at = drive(state, max_start_workers, poll_interval_seconds, download_results,
+                               cancel_running_job_after, progress, logger)
+    finally:
+        for name in state.connections:
+            unregister_connection(name)
+    stats = build_stats(state, job_db, t0, all_started_at)
+    publish_final_artifacts(Path(job_db).stem, state.db.df, stats, failures(state))
+    logger.info("run finished in %.1f s: %s", stats["elapsed_seconds"], stats["status"])
+    return stats
+
+
+# --- setup ---------------------------------------------------------------------------------
+def prepare(
+    job_db: str,
+    backends: List[BackendConfig],
+    start_job: Optional[Union[str, Callable[..., Any]]],
+    process: Optional[ProcessCreatorConfig],
+    root_dir: Optional[str],
+) -> RunState:
+    """Validate everything and connect, before any job is created. Raises SetupError."""
+    backends = [b if isinstance(b, BackendConfig) else BackendConfig.model_validate(b) for b in backends]
+    check_unique_names(backends)
+    if (start_job is None) == (process is None):
+        raise SetupError("give exactly one of start_job (an import path) or process (a process-based creator)")
+    creator = load_start_job(start_job) if start_job is not None else None
+    try:
+        db = JobDatabase.open(job_db)
+    except JobDbError as exc:
+        raise SetupError(str(exc)) from exc
+    names = {b.name for b in backends}
+    check_row_backends({int(i): _str_or_none(v) for i, v in db.df["backend_name"].items()}, names)
+    connections = {b.name: connect_backend(b) for b in backends}
+    if process is not None:
+        creator = make_process_creator(process)
+        check_process_parameters(creator, process, next(iter(connections.values())), db.df.columns)
+    for name, connection in connections.items():
+        register_connection(name, connection)
+    return RunState(
+        db=db,
+        backends={b.name: b for b in backends},
+        connections=connections,
+        creator=creator,
+        root_dir=Path(root_dir) if root_dir else Path(job_db).resolve().parent,
+        marker_prefix=bk.db_marker_prefix(job_db),
+        needs_reconcile=set(db.df.index[db.df["status"] == "creating"].astype(int)),
+        pinned=set(db.df.index[(db.df["status"] == "not_started") & db.df["backend_name"].notna()].astype(int)),
+    )
+
+
+def ensure_start_tag_limits(backends: Dict[str, BackendConfig]) -> None:
+    """Create or update the tag concurrency limit on each backend's start tasks (idempotent).
+
+    It caps concurrent start requests per backend across every flow run on this Prefect server.
+    """
+    with get_client(sync_client=True) as client:
+        for backend in backends.values():
+            client.create_concurrency_limit(tag=f"{START_TAG_PREFIX}{backend.name}", concurrency_limit=backend.parallel_jobs)
+
+
+# --- the cycle -----------------------------------------------------------------------------
+def drive(
+    state: RunState,
+    max_start_workers: int,
+    poll_interval: float,
+    download: bool,
+    cancel_after: Optional[float],
+    progress: ProgressReport,
+    logger: logging.Logger,
+) -> Optional[float]:
+    """Cycle until every row is terminal and every task has returned. Returns when all started."""
+    t0 = time.monotonic()
+    next_poll = 0.0
+    all_started_at = None
+    start_runs = {
+        name: start_job_task.with_options(tags=[f"{START_TAG_PREFIX}{name}", f"backend:{name}"])
+        for name in state.backends
+    }
+    with ThreadPoolTaskRunner(max_workers=max_start_workers) as start_runner:
+        while True:
+            state.counters["cycles"] += 1
+            collect_starts(state, logger)
+            if time.monotonic() >= next_poll:
+                reconcile(state, logger)
+                poll(state, download, cancel_after, logger)
+                next_poll = time.monotonic() + poll_interval
+                log_histogram(state, logger)
+                progress.update(state.db.df)
+            collect_finishers(state, logger)
+            intents = claim_rows(state)
+            state.persist(force=bool(intents))
+            for row, backend in intents:
+                future = start_runner.submit(
+                    start_runs[backend],
+                    parameters=dict(
+                        row=row, backend=backend, creator=state.creator, marker=row["job_marker"],
+                        label=bk.row_label(row), job_id=row.get("id") if row["status"] == "queued_for_start" else None,
+                    ),
+                )
+                state.starts[future] = row["_row"]
+                state.counters["start_tasks"] += 1
+            if all_started_at is None and not state.db.df["status"].isin(["not_started", "creating"]).any():
+                all_started_at = time.monotonic() - t0
+            if finished(state):
+                state.persist(force=True)
+                progress.update(state.db.df)
+                return all_started_at
+            wait_for_progress(state, timeout=max(0.05, next_poll - time.monotonic()))
+
+
+def claim_rows(state: RunState) -> List[Dict[str, Any]]:
+    """Pick rows for the free slots and record the intent (status + marker) before any POST.
+
+    Rows `created` on the backend but not started are started first: they already hold a slot.
+    """
+    df = state.db.df
+    now = time.monotonic()
+    busy = set(state.starts.values())
+    state.hold_until = {i: until for i, until in state.hold_until.items() if until > now}
+    held = set(state.hold_until)
+    claims: List[tuple] = []
+    waiting_start = df.index[(df["status"] == "created") & df["id"].notna()]
+    for i in waiting_start:
+        if int(i) not in busy and int(i) not in held:
+            claims.append((int(i), df.at[i, "backend_name"], "queued_for_start"))
+    slots = bk.free_slots(
+        {n: b.parallel_jobs for n, b in state.backends.items()},
+        df[["status", "backend_name"]].to_dict("records"),
+    )
+    if sum(slots.values()) > 0:
+        waiting = [i for i in df.index[df["status"] == "not_started"] if int(i) not in held and int(i) not in busy]
+        candidates = [{"_row": int(i), "backend_name": _str_or_none(df.at[i, "backend_name"])}
+                      for i in waiting[: sum(slots.values()) * 2 + len(state.backends)]]
+        for row, backend in bk.assign_backends(candidates, slots):
+            claims.append((row["_row"], backend, "creating"))
+    if not claims:
+        return []
+    updates = {}
+    for i, backend, status in claims:
+        update = {"status": status, "backend_name": backend}
+        if status == "creating":
+            update["job_marker"] = bk.row_marker(state.marker_prefix, i)
+        updates[i] = update
+    state.update(updates)
+    rows = {r["_row"]: r for r in state.db.rows(statuses=["creating", "queued_for_start"])}
+    return [(rows[i], backend) for i, backend, _ in claims]
+
+
+def collect_starts(state: RunState, logger: logging.Logger) -> None:
+    updates = {}
+    for future in [f for f in state.starts if f.state.is_final() or f.wrapped_future.done()]:
+        i = state.starts.pop(future)
+        try:
+            result = future.result(raise_on_failure=True)
+        except Exception as exc:  # noqa: BLE001 - the task crashed: we can't know if a job was created
+            logger.warning("start task of row %s crashed (%s); looking for its job on the next poll", i, exc)
+            state.needs_reconcile.add(i)
+            continue
+        update = {k: v for k, v in result.items() if k != "_row"}
+        if update["status"] in ("not_started", "created"):
+            state.hold_until[i] = time.monotonic() + RETRY_HOLD_SECONDS
+        if update["status"] == "not_started":
+            update["job_marker"] = None  # nothing was created under this marker
+            update.pop("id", None)
+            if i not in state.pinned:
+                update["backend_name"] = None  # free to go to another backend next time
+        logger.info("row %s: %s%s", i, update["status"], f" (job {update['id']})" if update.get("id") else "")
+        updates[i] = update
+    state.update(updates)
+
+
+def reconcile(state: RunState, logger: logging.Logger) -> None:
+    """Rows left in `creating` (a crash, a crashed task): adopt their job if the backend has it."""
+    pending = [i for i in state.needs_reconcile if i not in state.starts.values()]
+    if not pending:
+        return
+    df = state.db.df
+    by_backend: Dict[str, Dict[str, int]] = {}
+    for i in pending:
+        marker = df.at[i, "job_marker"] if "job_marker" in df.columns else None
+        backend = df.at[i, "backend_name"]
+        if isinstance(marker, str) and marker and isinstance(backend, str) and backend in state.backends:
+            by_backend.setdefault(backend, {})[marker] = i
+    updates: Dict[int, Dict[str, Any]] = {
+        i: {"status": "not_started", "job_marker": None, **({} if i in state.pinned else {"backend_name": None})}
+        for i in pending
+    }
+    futures = {name: find_marked_jobs.submit(name, list(markers)) for name, markers in by_backend.items()}
+    for name, future in futures.items():
+        try:
+            found = future.result()
+        except Exception as exc:  # noqa: BLE001 - keep the rows for the next cycle
+            logger.warning("could not look up unfinished creations on %s: %s", name, exc)
+            for i in by_backend[name].values():
+                updates.pop(i, None)
+            continue
+        for marker, i in by_backend[name].items():
+            job = found.get(marker)
+            if job is not None:
+                logger.info("row %s: adopted job %s found on %s", i, job["id"], name)
+                status = job.get("status") or "created"
+                updates[i] = {"status": "created" if status == "created" else status, "id": job["id"]}
+    for i in updates:
+        state.needs_reconcile.discard(i)
+    state.update(updates)
+
+
+def poll(state: RunState, download: bool, cancel_after: Optional[float], logger: logging.Logger) -> None:
+    """One poll task per backend (in parallel); apply the status changes they return."""
+    df = state.db.df
+    busy = set(state.starts.values())
+    tracked = df[df["status"].isin(bk.POLLED_STATUSES) & df["id"].notna()]
+    tracked = tracked[~tracked.index.isin(list(busy))]
+    overdue = {r["id"] for r in bk.overdue_running(
+        tracked[["status", "running_start_time", "id"]].to_dict("records"), cancel_after, datetime.now(timezone.utc))}
+    futures = {}
+    for name in state.backends:
+        mine = tracked[tracked["backend_name"] == name]
+        if len(mine):
+            active = dict(zip(mine["id"].astype(str), mine["status"].astype(str)))
+            futures[name] = (poll_backend.submit(name, active, [j for j in active if j in overdue]),
+                             dict(zip(mine["id"].astype(str), mine.index.astype(int))))
+            state.counters["poll_tasks"] += 1
+    updates: Dict[int, Dict[str, Any]] = {}
+    ended: List[tuple] = []
+    for name, (future, rows_by_id) in futures.items():
+        try:
+            changes = future.result()
+        except Exception as exc:  # noqa: BLE001 - a backend that is down: keep waiting, others go on
+            logger.warning("polling %s failed, will retry next cycle: %s", name, exc)
+            continue
+        for job_id, change in changes.items():
+            i = rows_by_id[job_id]
+            row = {"status": df.at[i, "status"], "running_start_time": df.at[i, "running_start_time"]}
+            update = bk.status_change(row, change["status"], change.get("metadata"))
+            if change.get("error"):
+                update["error_message"] = change["error"]
+            if not update:
+                continue
+            if update["status"] != row["status"]:
+                logger.info("job %s (row %s, %s): %s -> %s", job_id, i, name, row["status"], update["status"])
+            updates[i] = update
+            if update["status"] in ("finished", "error") and row["status"] != update["status"]:
+                ended.append((i, name, job_id, update["status"], change.get("metadata")))
+    state.update(updates)
+    for i, name, job_id, status, metadata in ended:
+        submit_finisher(state, i, name, job_id, status, metadata, download)
+
+
+def submit_finisher(state, i, backend, job_id, status, metadata, download) -> None:
+    if status == "finished" and download:
+        future = download_results_task.submit(backend, job_id, str(state.root_dir), metadata or {"id": job_id})
+        state.counters["download_tasks"] += 1
+    elif status == "error":
+        future = save_error_logs.submit(backend, job_id, str(state.root_dir))
+        state.counters["error_log_tasks"] += 1
+    else:
+        return
+    state.finishers[future] = (i, status)
+
+
+def collect_finishers(state: RunState, logger: logging.Logger) -> None:
+    updates = {}
+    for future in [f for f in state.finishers if f.wrapped_future.done()]:
+        i, status = state.finishers.pop(future)
+        try:
+            result = future.result(raise_on_failure=True)
+        except Exception as exc:  # noqa: BLE001 - recorded in the DB, retried on the next run
+            logger.warning("row %s: %s handling failed: %s", i, status, exc)
+            key = "results_status" if status == "finished" else "error_message"
+            updates[i] = {key: f"failed: {exc}"}
+            continue
+        if status == "finished":
+            updates[i] = {"results_status": "downloaded", "error_message": None}
+        elif result.get("error_message"):
+            updates[i] = {"error_message": result["error_message"]}
+    state.update(updates)
+
+
+def finished(state: RunState) -> bool:
+    return not state.starts and not state.finishers and not state.needs_reconcile and bool(
+        state.db.df["status"].isin(TERMINAL_STATUSES).all()
+    )
+
+
+def wait_for_progress(state: RunState, timeout: float) -> None:
+    """Sleep until a task returns or the next poll is due, whichever comes first."""
+    pending = [f.wrapped_future for f in (*state.starts, *state.finishers)]
+    held = [until - time.monotonic() for until in state.hold_until.values() if until > time.monotonic()]
+    if held:
+        timeout = min(timeout, max(0.05, min(held)))
+    if pending:
+        concurrent.futures.wait(pending, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+    else:
+        time.sleep(timeout)
+
+
+def log_histogram(state: RunState, logger: logging.Logger) -> None:
+    logger.info("job status histogram: %s (%.0f%% terminal)", status_counts(state.db.df), share_terminal(state.db.df))
+
+
+# --- results -------------------------------------------------------------------------------
+def failures(state: RunState) -> List[Dict[str, Any]]:
+    df = state.db.df
+    bad = df[df["status"].isin(["error", "start_failed", "canceled"])]
+    return [
+        {"_row": int(i), "label": bk.row_label({"_row": int(i), **{k: bad.at[i, k] for k in ("tile_id", "year", "title") if k in bad.columns}}),
+         "id": _str_or_none(bad.at[i, "id"]), "status": bad.at[i, "status"],
+         "error_message": _str_or_none(bad.at[i, "error_message"]) if "error_message" in bad.columns else None}
+        for i in bad.index
+    ]
+
+
+def build_stats(state: RunState, job_db: str, t0: float, all_started_at: Optional[float]) -> Dict[str, Any]:
+    df = state.db.df
+    requests_by_backend = {n: dict(c.request_counts) for n, c in state.connections.items()}
+    return {
+        "job_db": str(job_db),
+        "rows": int(len(df)),
+        "terminal": int(df["status"].isin(TERMINAL_STATUSES).sum()),
+        "status": status_counts(df),
+        "by_backend": status_by_backend(df),
+        "requests": requests_by_backend,
+        "requests_by_route": merge_request_counts(requests_by_backend.values()),
+        "requests_total": int(sum(sum(c.values()) for c in requests_by_backend.values())),
+        "elapsed_seconds": round(time.monotonic() - t0, 3),
+        "time_to_all_started_seconds": None if all_started_at is None else round(all_started_at, 3),
+        **state.counters,
+    }
+
+
+def _str_or_none(value: Any) -> Optional[str]:
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return str(value)

@@ -1,0 +1,151 @@
+"""Everything checked before the first job is created: creator, backends, credentials, job DB."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+
+import requests
+from openeo.extra.job_management import ProcessBasedJobCreator
+from openeo.rest import OpenEoApiError, OpenEoApiPlainError, OpenEoClientException
+
+from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
+from tasks.connections import ManagedConnection, make_session
+
+log = logging.getLogger(__name__)
+
+START_JOB_ARGUMENTS = ("row", "connection", "provider", "connection_provider")
+
+
+def load_start_job(spec: Union[str, Callable[..., Any]]) -> Callable[..., Any]:
+    """The user's `start_job` callback, from an import path `"pkg.module:function"` or as given."""
+    if callable(spec):
+        function = spec
+    else:
+        module_name, sep, attribute = str(spec).partition(":")
+        if not sep or not module_name or not attribute:
+            raise SetupError(f"start_job {spec!r} is not an import path of the form 'package.module:function'")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise SetupError(f"start_job {spec!r}: module {module_name!r} cannot be imported: {exc}") from exc
+        try:
+            function = module
+            for part in attribute.split("."):
+                function = getattr(function, part)
+        except AttributeError:
+            raise SetupError(f"start_job {spec!r}: {module_name!r} has no attribute {attribute!r}") from None
+        if not callable(function):
+            raise SetupError(f"start_job {spec!r} is not callable (it is a {type(function).__name__})")
+    check_start_job_signature(function, str(spec) if not callable(spec) else getattr(spec, "__name__", repr(spec)))
+    return function
+
+
+def check_start_job_signature(function: Callable[..., Any], name: str) -> None:
+    """openeo calls `start_job(row=, connection=, provider=, connection_provider=)`: it must accept that."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return  # builtins or C callables: nothing to check
+    try:
+        signature.bind(**{argument: None for argument in START_JOB_ARGUMENTS})
+    except TypeError as exc:
+        raise SetupError(
+            f"start_job {name} cannot be called as start_job(row, connection, provider, connection_provider): {exc}. "
+            "Accept the arguments you use and **kwargs for the rest, as with openeo's MultiBackendJobManager."
+        ) from None
+
+
+def make_process_creator(config: ProcessCreatorConfig) -> ProcessBasedJobCreator:
+    return ProcessBasedJobCreator(
+        process_id=config.process_id,
+        namespace=config.namespace,
+        parameter_defaults=dict(config.parameter_defaults),
+        parameter_column_map=config.parameter_column_map,
+    )
+
+
+def check_process_parameters(
+    creator: ProcessBasedJobCreator, config: ProcessCreatorConfig, connection: ManagedConnection, columns: Iterable[str]
+) -> None:
+    """Every required process parameter must come from a column, a default or the process itself."""
+    try:
+        definition = creator._get_process_definition(connection=connection)
+    except Exception as exc:  # noqa: BLE001 - any failure to fetch it is a setup problem
+        raise SetupError(
+            f"process {config.process_id!r} (namespace {config.namespace!r}) could not be loaded: {exc}"
+        ) from exc
+    columns = set(columns)
+    column_map = config.parameter_column_map or {}
+    geometry_columns = {"geometry"} & columns
+    missing = []
+    for parameter in definition.parameters or []:
+        column = column_map.get(parameter.name, parameter.name)
+        provided = (
+            column in columns
+            or parameter.name in config.parameter_defaults
+            or parameter.has_default()
+            or parameter.optional
+            or (geometry_columns and parameter.schema.accepts_geojson())
+        )
+        if not provided:
+            missing.append(parameter.name)
+    if missing:
+        raise SetupError(
+            f"process {config.process_id!r} needs parameter(s) {missing} that no job DB column "
+            f"(columns: {sorted(columns)}) nor parameter_defaults provide"
+        )
+
+
+def connect_backend(backend: BackendConfig, pool_size: int = 32) -> ManagedConnection:
+    """Connect (with version discovery, as `openeo.connect`) and authenticate, or fail clearly."""
+    try:
+        connection = ManagedConnection(backend.url, session=make_session(pool_size), default_timeout=60)
+    except (requests.RequestException, OpenEoApiError, OpenEoApiPlainError, OpenEoClientException) as exc:
+        raise SetupError(f"backend {backend.name!r} at {backend.url} is not reachable as an openEO backend: {exc}") from exc
+    auth = backend.auth
+    try:
+        if auth.type == "basic":
+            connection.authenticate_basic(auth.username, auth.read_secret("password"))
+        elif auth.type == "bearer":
+            from openeo.rest.auth.auth import BearerAuth
+
+            connection.auth = BearerAuth(bearer=auth.read_secret("token"))
+        elif auth.type == "oidc_client_credentials":
+            connection.authenticate_oidc_client_credentials(
+                client_id=auth.client_id, client_secret=auth.read_secret("client_secret"), provider_id=auth.provider_id
+            )
+        elif auth.type == "oidc_refresh_token":
+            connection.authenticate_oidc_refresh_token(
+                client_id=auth.client_id, refresh_token=auth.read_secret("refresh_token"), provider_id=auth.provider_id
+            )
+        if auth.type != "none":
+            connection.describe_account()  # proves the credentials work, before any job is created
+    except SetupError:
+        raise
+    except (OpenEoApiError, OpenEoApiPlainError) as exc:
+        raise SetupError(f"backend {backend.name!r}: authentication ({auth.type}) failed: {exc}") from None
+    except (requests.RequestException, OpenEoClientException) as exc:
+        raise SetupError(f"backend {backend.name!r}: authentication ({auth.type}) failed: {exc}") from None
+    return connection
+
+
+def check_unique_names(backends: List[BackendConfig]) -> None:
+    names = [b.name for b in backends]
+    if not names:
+        raise SetupError("no backends given")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SetupError(f"backend names must be unique, repeated: {duplicates}")
+
+
+def check_row_backends(backend_names_in_db: Dict[int, Optional[str]], known: Iterable[str]) -> None:
+    """Rows that name a backend must name one of this run's backends."""
+    known = set(known)
+    unknown = {row: name for row, name in backend_names_in_db.items() if name and name not in known}
+    if unknown:
+        shown = ", ".join(f"row {row}: {name!r}" for row, name in list(unknown.items())[:10])
+        raise SetupError(
+            f"job DB rows name backends this run does not know ({shown}); configured: {sorted(known)}"
+        )

@@ -1,0 +1,215 @@
+"""Authenticated openEO connections, one per backend per process, looked up by backend name.
+
+Tasks never receive tokens or passwords as parameters (Prefect would show task inputs in
+the UI and hash them into cache keys): they receive the backend *name* and look the live
+connection up here. The flow registers the connections before it submits any task.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+from urllib.parse import urlsplit
+
+import openeo
+import requests
+import urllib3
+from openeo.rest import OpenEoApiError, OpenEoApiPlainError
+from openeo.rest.auth.auth import BearerAuth
+
+from tasks.faults import parse_retry_after
+
+# Idempotent calls (GET, DELETE, ...) are retried by urllib3 on 429/5xx, honouring
+# Retry-After; POST is not in urllib3's default allowed_methods, so creating or starting a
+# job is never blindly repeated: tasks handle POST failures themselves (see tasks/start.py).
+IDEMPOTENT_RETRY = urllib3.util.Retry(
+    total=8,
+    connect=8,
+    read=4,
+    status=8,
+    backoff_factor=0.5,
+    backoff_max=20,
+    backoff_jitter=0.5,
+    status_forcelist=(429, 500, 502, 503, 504),
+    respect_retry_after_header=True,
+    raise_on_status=False,
+)
+
+MARKER_PREFIX = "ojm:"
+
+
+def marker_tag(marker: str) -> str:
+    """How a row's marker appears in a job title, e.g. `[ojm:3f2a9c1e-r17]`."""
+    return f"[{MARKER_PREFIX}{marker}]"
+
+
+def same_origin(url_a: str, url_b: str) -> bool:
+    a, b = urlsplit(url_a), urlsplit(url_b)
+    default = {"http": 80, "https": 443}
+    return (
+        a.scheme.lower() == b.scheme.lower()
+        and (a.hostname or "").lower() == (b.hostname or "").lower()
+        and (a.port or default.get(a.scheme.lower())) == (b.port or default.get(b.scheme.lower()))
+    )
+
+
+class _CallContext(threading.local):
+    """Per-thread state of the task that currently uses a shared connection."""
+
+    marker: Optional[str] = None
+    started_job_ids: Optional[List[str]] = None
+    created_job_ids: Optional[List[str]] = None
+
+
+class ManagedConnection(openeo.Connection):
+    """An openeo Connection that the manager can observe and keep authenticated.
+
+    - tags `POST /jobs` with the calling task's row marker (exactly-once creation),
+    - records which jobs the calling thread created and started (so a job started by the
+      user's callback is not started twice, without an extra status request),
+    - counts requests per method + route,
+    - renews basic-auth tokens the way openeo renews OIDC ones (on 401/403 TokenInvalid),
+    - attaches `Retry-After` to the raised openEO errors.
+    """
+
+    def __init__(self, url: str, **kwargs):
+        self.request_counts: Dict[str, int] = collections.Counter()
+        self._counts_lock = threading.Lock()
+        self._context = _CallContext()
+        self._basic_credentials: Optional[tuple] = None
+        self._auth_lock = threading.Lock()
+        self.token_obtained_at: float = 0.0
+        super().__init__(url, **kwargs)
+
+    # --- observation -------------------------------------------------------------------
+    def count(self, method: str, route: str) -> None:
+        with self._counts_lock:
+            self.request_counts[f"{method.upper()} {route}"] += 1
+
+    def request(self, method: str, path: str, *args, **kwargs):
+        route = _route_template(path)
+        if method.upper() == "POST" and route == "/jobs" and self._context.marker:
+            body = dict(kwargs.get("json") or {})
+            title = body.get("title") or ""
+            tag = marker_tag(self._context.marker)
+            if tag not in title:
+                body["title"] = f"{title} {tag}".strip()
+            kwargs["json"] = body
+        self.count(method, route)
+        response = super().request(method, path, *args, **kwargs)
+        if method.upper() == "POST" and response.status_code < 300:
+            if route == "/jobs/{id}/results" and self._context.started_job_ids is not None:
+                self._context.started_job_ids.append(path.strip("/").split("/")[1])
+            if route == "/jobs" and self._context.created_job_ids is not None:
+                job_id = response.headers.get("OpenEO-Identifier")
+                if job_id:
+                    self._context.created_job_ids.append(job_id)
+        return response
+
+    def _raise_api_error(self, response: requests.Response):
+        try:
+            super()._raise_api_error(response)
+        except (OpenEoApiError, OpenEoApiPlainError) as exc:
+            exc.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise
+
+    def call_context(self, marker: Optional[str]) -> "_Tracking":
+        return _Tracking(self._context, marker)
+
+    # --- authentication ----------------------------------------------------------------
+    def authenticate_basic(self, username: Optional[str] = None, password: Optional[str] = None):
+        result = super().authenticate_basic(username=username, password=password)
+        # Kept in memory only, to renew an expired token as openeo does for OIDC.
+        self._basic_credentials = (username, password)
+        self.token_obtained_at = time.time()
+        return result
+
+    def try_access_token_refresh(self, *, reason: Optional[str] = None) -> bool:
+        if self._basic_credentials is not None:
+            stale_auth = self.auth
+            with self._auth_lock:
+                if self.auth is not stale_auth:
+                    return True  # another thread renewed it meanwhile
+                username, password = self._basic_credentials
+                super().authenticate_basic(username=username, password=password)
+                self.token_obtained_at = time.time()
+                return True
+        refreshed = super().try_access_token_refresh(reason=reason)
+        if refreshed:
+            self.token_obtained_at = time.time()
+        return refreshed
+
+    def bearer_header_for(self, url: str) -> Dict[str, str]:
+        """The Authorization header to send to `url`: only on this backend's own origin."""
+        if isinstance(self.auth, BearerAuth) and same_origin(url, self.root_url):
+            return {"Authorization": f"Bearer {self.auth.bearer}"}
+        return {}
+
+
+class _Tracking:
+    def __init__(self, context: _CallContext, marker: Optional[str]):
+        self._context = context
+        self._marker = marker
+        self.started_job_ids: List[str] = []
+        self.created_job_ids: List[str] = []
+
+    def __enter__(self) -> "_Tracking":
+        self._context.marker = self._marker
+        self._context.started_job_ids = self.started_job_ids
+        self._context.created_job_ids = self.created_job_ids
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._context.marker = None
+        self._context.started_job_ids = None
+        self._context.created_job_ids = None
+
+
+def _route_template(path: str) -> str:
+    """`/jobs/j-123/results` -> `/jobs/{id}/results`, for request counters."""
+    parts = [p for p in path.split("?")[0].split("/") if p]
+    if len(parts) >= 2 and parts[0] in ("jobs", "collections", "process_graphs", "services"):
+        parts[1] = "{id}"
+    return "/" + "/".join(parts)
+
+
+def make_session(pool_size: int = 32) -> requests.Session:
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(max_retries=IDEMPOTENT_RETRY, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+# --- process-local registry ---------------------------------------------------------------
+@dataclass
+class _Registry:
+    connections: Dict[str, ManagedConnection] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_REGISTRY = _Registry()
+
+
+def register_connection(name: str, connection: ManagedConnection) -> None:
+    with _REGISTRY.lock:
+        _REGISTRY.connections[name] = connection
+
+
+def unregister_connection(name: str) -> None:
+    with _REGISTRY.lock:
+        _REGISTRY.connections.pop(name, None)
+
+
+def get_connection(name: str) -> ManagedConnection:
+    """The live connection of backend `name` (the `connection_provider` handed to callbacks)."""
+    with _REGISTRY.lock:
+        try:
+            return _REGISTRY.connections[name]
+        except KeyError:
+            raise KeyError(f"No connection registered for backend {name!r}") from None
+
+
+ConnectionProvider = Callable[[str], ManagedConnection]

@@ -1,0 +1,128 @@
+"""Tasks for jobs that ended: download a finished job's assets, keep a failed job's error logs."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any, Dict
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.connections import ManagedConnection, get_connection
+from tasks.faults import UnexpectedResponse
+from tasks.openeo_calls import fetch_error_logs
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1 << 20
+
+
+class UnsafeAssetName(UnexpectedResponse):
+    """An asset name that would write outside the job's directory."""
+
+
+class IncompleteDownload(UnexpectedResponse):
+    """Fewer or more bytes arrived than the backend announced."""
+
+
+def job_dir(root_dir: str | os.PathLike, job_id: str) -> Path:
+    """Where openeo's manager puts a job's files too: `root_dir/job_<id>/`."""
+    return Path(root_dir) / f"job_{job_id}"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def safe_asset_path(directory: Path, name: str) -> Path:
+    """`directory/name`, refusing names that are absolute or climb out of `directory`."""
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if not name or pure.is_absolute() or ".." in pure.parts or any(":" in part for part in pure.parts):
+        raise UnsafeAssetName(f"refusing asset name {name!r}: it would be written outside {directory}")
+    target = (directory / Path(*pure.parts)).resolve()
+    if directory.resolve() not in target.parents:
+        raise UnsafeAssetName(f"refusing asset name {name!r}: it would be written outside {directory}")
+    return target
+
+
+def _download_asset(connection: ManagedConnection, href: str, target: Path, expected_size: Any) -> int:
+    """Stream one asset to `<name>.part`, check its size, then rename it into place."""
+    headers = connection.bearer_header_for(href)  # never sends the token to a foreign origin
+    connection.count("GET", "asset")
+    tmp = target.with_name(f".{target.name}.part")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with connection.session.get(href, headers=headers, stream=True, timeout=300) as response:
+        response.raise_for_status()
+        announced = response.headers.get("Content-Length")
+        written = 0
+        with open(tmp, "wb") as f:
+            for chunk in response.iter_content(CHUNK_SIZE):
+                f.write(chunk)
+                written += len(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    for what, size in (("Content-Length", announced), ("file:size", expected_size)):
+        if size is not None and int(size) != written:
+            tmp.unlink(missing_ok=True)
+            raise IncompleteDownload(f"{target.name}: got {written} bytes, {what} says {size}")
+    os.replace(tmp, target)
+    return written
+
+
+@task(
+    name="download-results",
+    task_run_name="download-{job_id}",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    cache_policy=NO_CACHE,
+)
+def download_results(backend: str, job_id: str, root_dir: str, metadata: Dict[str, Any]) -> Dict[str, Any]:
+    """Download every asset of a finished job into `root_dir/job_<id>/` and save its metadata.
+
+    Assets already complete on disk (right size) are not fetched again, so a retried or
+    resumed download only fetches what is missing.
+    """
+    connection = get_connection(backend)
+    directory = job_dir(root_dir, job_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    results = connection.get(f"/jobs/{job_id}/results", expected_status=200).json()
+    assets = results.get("assets")
+    if not isinstance(assets, dict):
+        raise UnexpectedResponse(f"results of job {job_id} list no assets")
+    total = 0
+    for name, asset in assets.items():
+        target = safe_asset_path(directory, name)
+        href = asset.get("href") if isinstance(asset, dict) else None
+        if not href:
+            raise UnexpectedResponse(f"asset {name!r} of job {job_id} has no href")
+        expected = asset.get("file:size")
+        if expected is not None and target.exists() and target.stat().st_size == int(expected):
+            total += target.stat().st_size
+            continue
+        total += _download_asset(connection, href, target, expected)
+    write_atomically(directory / f"job_{job_id}.json", json.dumps(metadata, indent=2).encode())
+    return {"job_id": job_id, "assets": len(assets), "bytes": total}
+
+
+@task(
+    name="save-error-logs",
+    task_run_name="error-logs-{job_id}",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    cache_policy=NO_CACHE,
+)
+def save_error_logs(backend: str, job_id: str, root_dir: str) -> Dict[str, Any]:
+    """Save a failed job's error logs as `job_<id>_errors.json`; return its last error message."""
+    logs = fetch_error_logs(get_connection(backend), job_id)
+    directory = job_dir(root_dir, job_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomically(directory / f"job_{job_id}_errors.json", json.dumps(logs, indent=2).encode())
+    last = logs[-1].get("message") if logs and isinstance(logs[-1], dict) else None
+    return {"job_id": job_id, "error_message": last, "log_entries": len(logs)}

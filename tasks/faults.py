@@ -1,0 +1,104 @@
+"""Failure kinds of openEO calls, one exception class each, and how long to wait on each.
+
+Tasks turn raw HTTP/openEO errors into these so that the caller can decide per kind:
+wait and retry (rate limit, outage), reconcile (lost response on a POST), or give up on
+one row only (bad response, job-level refusal).
+"""
+from __future__ import annotations
+
+import random
+from typing import Optional
+
+import requests
+from openeo.rest import OpenEoApiError, OpenEoApiPlainError
+
+
+class OpenEOTaskError(Exception):
+    """Base class of the failures our tasks distinguish."""
+
+
+class RateLimited(OpenEOTaskError):
+    """429: the request was not processed; wait `retry_after` (if the backend said) and retry."""
+
+    def __init__(self, message: str, retry_after: Optional[float] = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BackendUnavailable(OpenEOTaskError):
+    """5xx or connection error: the backend may or may not have processed the request."""
+
+
+class JobLimitReached(OpenEOTaskError):
+    """The backend refused a new/started job because of the user's concurrent job or queue limit."""
+
+
+class UnexpectedResponse(OpenEOTaskError):
+    """The backend answered something we cannot use (invalid JSON, missing fields)."""
+
+
+# openEO error codes meaning "too many jobs right now", not "this job is broken".
+JOB_LIMIT_CODES = frozenset({"ConcurrentJobLimit", "QueueLimit", "JobQueueLimit", "TooManyJobs"})
+
+
+def parse_retry_after(value: Optional[str]) -> Optional[float]:
+    """Seconds from a `Retry-After` header (delta-seconds form; HTTP dates are rare on openEO backends)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+        from datetime import datetime, timezone
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def classify(exc: BaseException) -> BaseException:
+    """Map an exception raised by the openeo client or requests to one of our failure kinds.
+
+    Returns the original exception when it is none of the transient kinds (a real error).
+    """
+    if isinstance(exc, OpenEOTaskError):
+        return exc
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+        return BackendUnavailable(f"connection failed: {exc}")
+    if isinstance(exc, (OpenEoApiError, OpenEoApiPlainError)):
+        status = exc.http_status_code
+        code = getattr(exc, "code", None)
+        if status == 429:
+            return RateLimited(f"rate limited (429): {exc}", retry_after=getattr(exc, "retry_after", None))
+        if code in JOB_LIMIT_CODES:
+            return JobLimitReached(f"{code}: {exc}")
+        if status is not None and status >= 500:
+            return BackendUnavailable(f"backend error {status}: {exc}")
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        if status == 429:
+            return RateLimited(
+                f"rate limited (429) on {exc.response.url}", parse_retry_after(exc.response.headers.get("Retry-After"))
+            )
+        if status >= 500:
+            return BackendUnavailable(f"backend error {status} on {exc.response.url}")
+    return exc
+
+
+class Backoff:
+    """Exponential backoff with full jitter, honouring a server-given delay when there is one."""
+
+    def __init__(self, base: float = 1.0, cap: float = 60.0, rng: Optional[random.Random] = None):
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self, server_delay: Optional[float] = None) -> float:
+        self.attempt += 1
+        if server_delay is not None:
+            # A little jitter on top so that many waiting tasks do not return in lockstep.
+            return min(self.cap, server_delay) + self._rng.uniform(0, 0.1 * max(server_delay, 0.1))
+        return self._rng.uniform(0, min(self.cap, self.base * 2 ** (self.attempt - 1)))

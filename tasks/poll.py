@@ -1,0 +1,83 @@
+"""The poll task: statuses of all our active jobs on one backend, from one paged listing."""
+from __future__ import annotations
+
+import logging
+from typing import Dict
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.connections import get_connection, marker_tag
+from tasks.faults import classify
+from tasks.openeo_calls import cancel_job, describe_job, is_api_error, iter_job_listing, statuses_from_listing
+
+log = logging.getLogger(__name__)
+
+TERMINAL_JOB_STATUSES = frozenset({"finished", "error", "canceled"})
+
+
+@task(
+    name="poll-backend",
+    task_run_name="poll-{backend}",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    cache_policy=NO_CACHE,
+)
+def poll_backend(backend: str, active: Dict[str, str], cancel: list = ()) -> Dict[str, dict]:
+    """New statuses of `active` jobs ({job_id: status we know}).
+
+    One `GET /jobs` listing (paged, stopping once every job is found) gives the statuses;
+    `GET /jobs/{id}` is only made for jobs the listing lacks, and once for each job that
+    became terminal (its usage and costs). Jobs in `cancel` are canceled first.
+    Returns {job_id: {"status": ..., "metadata": {...} (terminal only), "error": ...}}.
+    """
+    connection = get_connection(backend)
+    for job_id in cancel:
+        try:
+            cancel_job(connection, job_id)
+            log.info("canceled job %s on %s: ran longer than allowed", job_id, backend)
+        except Exception as exc:  # noqa: BLE001 - retried next cycle
+            log.warning("could not cancel job %s on %s: %s", job_id, backend, classify(exc))
+
+    listed = statuses_from_listing(connection, active)
+    updates: Dict[str, dict] = {}
+    for job_id, known_status in active.items():
+        entry = listed.get(job_id)
+        needs_details = entry is None or (
+            entry.get("status") in TERMINAL_JOB_STATUSES and entry.get("status") != known_status
+        )
+        if not needs_details:
+            if entry.get("status") and entry["status"] != known_status:
+                updates[job_id] = {"status": entry["status"]}
+            continue
+        try:
+            metadata = describe_job(connection, job_id)
+        except Exception as exc:  # noqa: BLE001 - one job's problem must not hide the others
+            if is_api_error(exc, 404):
+                updates[job_id] = {"status": "error", "error": f"job {job_id} no longer exists on {backend}"}
+            else:
+                log.warning("could not describe job %s on %s: %s", job_id, backend, classify(exc))
+            continue
+        if metadata["status"] != known_status or metadata["status"] in TERMINAL_JOB_STATUSES:
+            updates[job_id] = {"status": metadata["status"], "metadata": metadata}
+    return updates
+
+
+@task(name="find-marked-jobs", task_run_name="reconcile-{backend}", retries=2, retry_delay_seconds=[2, 10],
+      cache_policy=NO_CACHE)
+def find_marked_jobs(backend: str, markers: list) -> Dict[str, dict]:
+    """Jobs on `backend` whose title carries one of `markers` ({marker: listing entry}).
+
+    Used after a crash: a row recorded as `creating` may or may not have its job on the
+    backend; one listing answers that for all such rows, so nothing is created twice.
+    """
+    tags = {marker_tag(m): m for m in markers}
+    found: Dict[str, dict] = {}
+    for job in iter_job_listing(get_connection(backend)):
+        title = job.get("title") or ""
+        for tag, marker in tags.items():
+            if tag in title and marker not in found:
+                found[marker] = job
+        if len(found) == len(tags):
+            break
+    return found
