@@ -472,3 +472,19 @@ def test_100k_rows_load_update_persist(tmp_path: Path, name: str) -> None:
     assert again.df.loc[99_990, "id"] == "j-99990" and again.df.loc[99_990, "cpu"] == "99990 cpu-seconds"
     assert again.df["tile"].tolist() == list(range(n))
     assert get_job_db(path).read()["status"].value_counts().to_dict() == {"not_started": 90_000, "finished": 10_000}
+
+
+def test_persist_subset_of_geodataframe_keeps_crs_and_geometry(tmp_path: Path) -> None:
+    path = tmp_path / "db.geoparquet"
+    db = JobDatabase.create(path, geo_df("EPSG:32631"))
+    active = db.get_by_status(["running"])
+    active.loc[1, "status"] = "finished"
+    active.loc[1, "geometry"] = shapely.Point(1, 2)
+    db.persist(active)
+    db.apply_updates({2: {"geometry": shapely.Point(3, 4)}})
+    db.save()
+
+    theirs = get_job_db(path).read()
+    assert theirs.crs == "EPSG:32631" and theirs.loc[1, "status"] == "finished"
+    assert theirs.geometry[1].equals(shapely.Point(1, 2)) and theirs.geometry[2].equals(shapely.Point(3, 4))
+    assert theirs.geometry[0].equals(geo_df("EPSG:32631").geometry[0])
