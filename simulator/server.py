@@ -198,7 +198,7 @@ class Router:
                             _retry_after_header(cfg.retry_after))
         if cfg.p_5xx > 0 and self.state.random() < cfg.p_5xx:
             self.state.count_fault("5xx")
-            status = self.state.rng.choice([500, 502, 503])
+            status = self.state.choice([500, 502, 503])
             code = {500: "Internal", 502: "BadGateway", 503: "ServiceUnavailable"}[status]
             return Response(status, error_body(code, f"Simulated server error ({status})."))
         return None

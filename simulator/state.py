@@ -181,6 +181,10 @@ class SimState:
         with self.lock:
             return self.rng.random()
 
+    def choice(self, options: List[Any]) -> Any:
+        with self.lock:
+            return self.rng.choice(options)
+
     # ------------------------------------------------------------------ auth
     def login(self, username: str, password: str) -> str:
         if password != self.config.password:

@@ -228,7 +228,10 @@ def test_foreign_asset_host_records_authorization(make_sim, tmp_path: Path):
 
     paths = [p for p in job.get_results().download_files(tmp_path) if p.suffix == ".tif"]
     assert [p.stat().st_size for p in paths] == [777]
-    assert len(foreign.asset_requests) > 2  # the client fetched from the foreign host (HEAD + GET)
+    by_client = foreign.asset_requests[2:]
+    assert len(by_client) >= 1  # the client fetched from the foreign host
+    # openeo 0.53 does not leak the bearer token to another origin.
+    assert not any(had for _, had in by_client)
 
 
 # ------------------------------------------------------------------------------- faults
@@ -339,7 +342,7 @@ def test_outage_over_http_control_route(make_sim):
 
 
 def test_auth_errors_and_token_expiry(make_sim):
-    sim = make_sim(token_ttl=0.3, static_token="let-me-in", **FAST)
+    sim = make_sim(token_ttl=0.8, static_token="let-me-in", **FAST)
     assert requests.get(sim.api_url + "me").json()["code"] == "AuthenticationRequired"
     assert requests.get(sim.api_url + "me").status_code == 401
     bad = requests.get(sim.api_url + "credentials/basic", auth=("alice", "wrong"))
