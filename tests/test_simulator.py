@@ -541,6 +541,11 @@ def test_requests_overlap_and_keep_alive(make_sim):
             assert s.get(sim.api_url + "me", headers=headers).status_code == 200
         s.post(sim.api_url + "jobs", json={"process": {"process_graph": process_graph()}}, headers=headers)
         assert len(sim._server._conns) == 1  # one persistent connection served all requests
+        # Small keep-alive responses must not hit the Nagle/delayed-ACK ~40 ms stall.
+        t0 = time.monotonic()
+        for _ in range(50):
+            s.get(sim.api_url + "me", headers=headers)
+        assert time.monotonic() - t0 < 1.0
 
 
 def test_capabilities_and_metadata(make_sim):
