@@ -165,13 +165,20 @@ def prepare(
 
 
 def ensure_start_tag_limits(backends: Dict[str, BackendConfig]) -> None:
-    """Create or update the tag concurrency limit on each backend's start tasks (idempotent).
+    """Create or update the tag concurrency limit on start tasks of backends that ask for one.
 
     It caps concurrent start requests per backend across every flow run on this Prefect server.
+    Only where configured (`max_parallel_starts`): Prefect 3.8 takes a lease per limited task
+    run, which measured ~1 s per start task here (20 jobs: 18-28 s instead of 4-5 s).
     """
+    limited = [b for b in backends.values() if b.max_parallel_starts]
+    if not limited:
+        return
     with get_client(sync_client=True) as client:
-        for backend in backends.values():
-            client.create_concurrency_limit(tag=f"{START_TAG_PREFIX}{backend.name}", concurrency_limit=backend.parallel_jobs)
+        for backend in limited:
+            client.create_concurrency_limit(
+                tag=f"{START_TAG_PREFIX}{backend.name}", concurrency_limit=backend.max_parallel_starts
+            )
 
 
 # --- the cycle -----------------------------------------------------------------------------
@@ -192,6 +199,7 @@ def drive(
         name: start_job_task.with_options(tags=[f"{START_TAG_PREFIX}{name}", f"backend:{name}"])
         for name in state.backends
     }
+    resume_finishers(state, download)
     with ThreadPoolTaskRunner(max_workers=max_start_workers) as start_runner:
         while True:
             state.counters["cycles"] += 1
@@ -365,7 +373,7 @@ def poll(state: RunState, download: bool, cancel_after: Optional[float], logger:
 
 def submit_finisher(state, i, backend, job_id, status, metadata, download) -> None:
     if status == "finished" and download:
-        future = download_results_task.submit(backend, job_id, str(state.root_dir), metadata or {"id": job_id})
+        future = download_results_task.submit(backend, job_id, str(state.root_dir), metadata)
         state.counters["download_tasks"] += 1
     elif status == "error":
         future = save_error_logs.submit(backend, job_id, str(state.root_dir))
@@ -373,6 +381,18 @@ def submit_finisher(state, i, backend, job_id, status, metadata, download) -> No
     else:
         return
     state.finishers[future] = (i, status)
+
+
+def resume_finishers(state: RunState, download: bool) -> None:
+    """Jobs that ended in an earlier run whose results (or error logs) were never saved."""
+    df = state.db.df
+    results = df["results_status"] if "results_status" in df.columns else None
+    for i in df.index[(df["status"] == "finished") & df["id"].notna()]:
+        if results is None or results.at[i] != "downloaded":
+            submit_finisher(state, int(i), df.at[i, "backend_name"], df.at[i, "id"], "finished", None, download)
+    logs_missing = df["error_message"].isna() if "error_message" in df.columns else True
+    for i in df.index[(df["status"] == "error") & df["id"].notna() & logs_missing]:
+        submit_finisher(state, int(i), df.at[i, "backend_name"], df.at[i, "id"], "error", None, download)
 
 
 def collect_finishers(state: RunState, logger: logging.Logger) -> None:
@@ -449,3 +469,11 @@ def _str_or_none(value: Any) -> Optional[str]:
     if value is None or (isinstance(value, float) and value != value):
         return None
     return str(value)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from flows.cli import main
+
+    sys.exit(main())

@@ -5,14 +5,14 @@ import json
 import logging
 import os
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.connections import ManagedConnection, get_connection
 from tasks.faults import UnexpectedResponse
-from tasks.openeo_calls import fetch_error_logs
+from tasks.openeo_calls import describe_job, fetch_error_logs
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,17 @@ def _download_asset(connection: ManagedConnection, href: str, target: Path, expe
     retry_delay_seconds=[2, 10, 30],
     cache_policy=NO_CACHE,
 )
-def download_results(backend: str, job_id: str, root_dir: str, metadata: Dict[str, Any]) -> Dict[str, Any]:
+def download_results(
+    backend: str, job_id: str, root_dir: str, metadata: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
     """Download every asset of a finished job into `root_dir/job_<id>/` and save its metadata.
 
     Assets already complete on disk (right size) are not fetched again, so a retried or
-    resumed download only fetches what is missing.
+    resumed download only fetches what is missing. `metadata` is fetched when not given.
     """
     connection = get_connection(backend)
+    if metadata is None:
+        metadata = describe_job(connection, job_id)
     directory = job_dir(root_dir, job_id)
     directory.mkdir(parents=True, exist_ok=True)
     results = connection.get(f"/jobs/{job_id}/results", expected_status=200).json()

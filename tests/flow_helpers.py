@@ -1,0 +1,63 @@
+"""Helpers shared by the flow tests: simulated backends, job DBs, result checks."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List
+
+import pandas as pd
+
+from jobdb import JobDatabase
+from simulator import SimulatorConfig, start_simulator
+
+PASSWORD_ENV = "TEST_OPENEO_PASSWORD"
+USER_CALLBACK_ROUTES = ("POST /jobs", "GET /collections/{id}", "GET /processes", "POST /validation")
+
+
+def fast_config(**knobs) -> SimulatorConfig:
+    base = dict(queue_time=0.1, run_time=0.3, seed=7, asset_size=2048)
+    base.update(knobs)
+    return SimulatorConfig(**base)
+
+
+def backend(name: str, sim, parallel_jobs: int = 3, user: str = "alice") -> Dict:
+    os.environ[PASSWORD_ENV] = sim.config.password
+    return {
+        "name": name,
+        "url": sim.url,
+        "parallel_jobs": parallel_jobs,
+        "auth": {"type": "basic", "username": user, "password_env": PASSWORD_ENV},
+    }
+
+
+def make_db(path: Path, n: int, **columns) -> Path:
+    df = pd.DataFrame({"tile_id": [f"T{i:03d}" for i in range(n)], "year": [2020 + i % 4 for i in range(n)], **columns})
+    JobDatabase.create(path, df)
+    return path
+
+
+def manager_requests_per_job(counters: Dict, jobs: int) -> float:
+    """Requests the manager itself made (leaving out what the start_job callback does), per job."""
+    requests = counters["requests"]
+    own = sum(
+        count for key, count in requests.items()
+        if not key.startswith(tuple(f"{r} " for r in USER_CALLBACK_ROUTES))
+        and not key.startswith(("GET / ", "GET /.well-known", "GET /credentials", "GET /me ", "GET /file_formats"))
+    )
+    return own / jobs
+
+
+def assert_results_complete(root: Path, df: pd.DataFrame, asset_size: int, asset_count: int = 1) -> None:
+    for job_id in df.loc[df["status"] == "finished", "id"]:
+        job_dir = root / f"job_{job_id}"
+        assets = [p for p in job_dir.iterdir() if not p.name.startswith(("job_", "."))]
+        assert len(assets) == asset_count, f"{job_dir}: {assets}"
+        assert all(p.stat().st_size == asset_size for p in assets)
+        metadata = json.loads((job_dir / f"job_{job_id}.json").read_text())
+        assert metadata["id"] == job_id
+        assert not list(job_dir.glob("*.part")) and not list(job_dir.glob(".*.part"))
+
+
+def started_simulators(n: int, **knobs) -> List:
+    return [start_simulator(fast_config(**knobs)) for _ in range(n)]

@@ -1,0 +1,194 @@
+"""End-to-end runs of the run-jobs flow: real Prefect, simulated backends over HTTP."""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import openeo.extra.job_management as ojm
+import pandas as pd
+import pytest
+
+from flows.run_jobs import run_jobs
+from tests.flow_helpers import (
+    assert_results_complete,
+    backend,
+    make_db,
+    manager_requests_per_job,
+    started_simulators,
+)
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def two_sims():
+    sims = started_simulators(2)
+    yield sims
+    for sim in sims:
+        sim.stop()
+
+
+def test_twenty_rows_two_backends(two_sims, tmp_path):
+    db = make_db(tmp_path / "jobs.parquet", 20)
+    stats = run_jobs(
+        job_db=str(db),
+        backends=[backend("a", two_sims[0], 3), backend("b", two_sims[1], 3)],
+        start_job="flows.demo_callbacks:start_job",
+        poll_interval_seconds=0.5,
+    )
+    df = pd.read_parquet(db)
+    assert (df["status"] == "finished").all(), df["status"].value_counts()
+    assert set(df["backend_name"]) == {"a", "b"}  # both backends shared the work
+    assert df["cpu"].str.endswith("cpu-seconds").all() and df["costs"].gt(0).all()
+    assert df["start_time"].notna().all()
+    assert_results_complete(tmp_path, df, asset_size=2048)
+    total_jobs = 0
+    for sim in two_sims:
+        counters = sim.counters()
+        assert max(counters["max_active_per_user"].values()) <= 3
+        assert counters["duplicate_titles"] == {}
+        total_jobs += counters["jobs_total"]
+    assert total_jobs == 20
+    per_job = sum(manager_requests_per_job(s.counters(), 1) for s in two_sims) / 20
+    print(f"manager requests per job: {per_job:.2f} (1 asset each)")
+    assert per_job <= 4 + 1
+    assert stats["status"] == {"finished": 20}
+
+    # Prefect has the run: read it back through the client.
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+    assert any(r.state and r.state.is_completed() and r.name for r in runs)
+
+
+def test_callback_that_starts_itself_and_openeo_created_db(two_sims, tmp_path):
+    """An openeo-style callback that calls job.start() itself, on a DB made by openeo's create_job_db."""
+    path = tmp_path / "jobs.csv"
+    ojm.create_job_db(path, pd.DataFrame({"tile_id": ["x1", "x2", "x3", "x4"], "year": [2021, 2022, 2021, 2022]}))
+    stats = run_jobs(
+        job_db=str(path),
+        backends=[backend("a", two_sims[0], 2)],
+        start_job="flows.demo_callbacks:start_and_run_job",
+        poll_interval_seconds=0.3,
+    )
+    assert stats["status"] == {"finished": 4}
+    counters = two_sims[0].counters()
+    # the callback started each job; the manager did not start it a second time
+    assert counters["requests"].get("POST /jobs/{id}/results 202") == 4
+    # and openeo's own manager reads the result
+    df = ojm.get_job_db(path).read()
+    assert list(df["status"]) == ["finished"] * 4
+
+
+def test_errored_jobs_keep_their_logs(tmp_path):
+    (sim,) = started_simulators(1, p_error=0.5, seed=3)
+    try:
+        db = make_db(tmp_path / "jobs.parquet", 8)
+        run_jobs(job_db=str(db), backends=[backend("a", sim, 4)], start_job="flows.demo_callbacks:start_job",
+                 poll_interval_seconds=0.3)
+    finally:
+        sim.stop()
+    df = pd.read_parquet(db)
+    assert set(df["status"]) <= {"finished", "error"} and (df["status"] == "error").any()
+    for _, row in df[df["status"] == "error"].iterrows():
+        logs = json.loads((tmp_path / f"job_{row['id']}" / f"job_{row['id']}_errors.json").read_text())
+        assert logs and all(entry["level"] == "error" for entry in logs)
+        assert row["error_message"] == logs[-1]["message"]
+    assert_results_complete(tmp_path, df, asset_size=2048)
+
+
+class _UdpHandler(http.server.BaseHTTPRequestHandler):
+    definition: dict = {}
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        body = json.dumps(self.definition).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def udp_server():
+    _UdpHandler.definition = {
+        "id": "ndvi_composite",
+        "parameters": [
+            {"name": "tile_id", "description": "tile", "schema": {"type": "string"}},
+            {"name": "year", "description": "year", "schema": {"type": "integer"}},
+            {"name": "max_cloud", "description": "cloud cover limit", "schema": {"type": "number"}},
+        ],
+        "process_graph": {
+            "load": {"process_id": "load_collection", "arguments": {"id": "SENTINEL2_L2A", "spatial_extent": None,
+                                                                      "temporal_extent": None}},
+            "save": {"process_id": "save_result", "arguments": {"data": {"from_node": "load"}, "format": "GTiff"},
+                     "result": True},
+        },
+    }
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _UdpHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/udp/ndvi_composite.json"
+    server.shutdown()
+    thread.join(5)
+
+
+def test_process_based_creator(two_sims, tmp_path, udp_server):
+    db = make_db(tmp_path / "jobs.parquet", 3)
+    stats = run_jobs(
+        job_db=str(db),
+        backends=[backend("a", two_sims[0], 3)],
+        process={"process_id": "ndvi_composite", "namespace": udp_server, "parameter_defaults": {"max_cloud": 20}},
+        poll_interval_seconds=0.3,
+    )
+    assert stats["status"] == {"finished": 3}
+
+
+def test_killed_run_resumes_without_duplicates(two_sims, tmp_path, prefect_harness):
+    """Kill the flow process mid-way (SIGKILL), run again: every row ends, no job twice."""
+    from prefect.settings import PREFECT_API_URL
+
+    sim = two_sims[0]
+    sim.configure(run_time=1.0)
+    db = make_db(tmp_path / "jobs.parquet", 10)
+    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
+                  poll_interval_seconds=0.3)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if db.exists():
+                statuses = pd.read_parquet(db)["status"]
+                if statuses.isin(["queued", "running", "finished"]).sum() >= 2:
+                    break
+            time.sleep(0.1)  # polling the DB file the child writes; no event to wait on across processes
+        else:
+            pytest.fail("child flow never started jobs")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    before = pd.read_parquet(db)
+    assert not before["status"].isin(["finished"]).all()
+
+    stats = run_jobs(**kwargs)
+    df = pd.read_parquet(db)
+    assert (df["status"] == "finished").all(), df["status"].value_counts()
+    counters = sim.counters()
+    assert counters["duplicate_titles"] == {}
+    assert counters["jobs_total"] == 10
+    assert_results_complete(tmp_path, df, asset_size=2048)
+    assert stats["status"] == {"finished": 10}
