@@ -308,7 +308,9 @@ class SimState:
         with self.lock:
             self._seq += 1
             job = Job(
-                id="j-" + uuid.UUID(int=self.rng.getrandbits(128)).hex[:20],
+                # uuid4, not the seeded RNG: two simulators with the same seed must not hand out
+                # the same job ids (real backends never do, and results dirs are named by id).
+                id="j-" + uuid.uuid4().hex[:20],
                 user=user,
                 seq=self._seq,
                 process=process,
