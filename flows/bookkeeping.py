@@ -45,13 +45,9 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value)) and value != ""
 
 
-def free_slots(parallel_jobs: Mapping[str, int], rows: Iterable[Mapping[str, Any]]) -> Dict[str, int]:
+def free_slots(parallel_jobs: Mapping[str, int], used: Mapping[str, int]) -> Dict[str, int]:
     """Free job slots per backend: its parallel_jobs minus the rows holding a slot there."""
-    used = {name: 0 for name in parallel_jobs}
-    for row in rows:
-        if row.get("status") in SLOT_STATUSES and row.get("backend_name") in used:
-            used[row["backend_name"]] += 1
-    return {name: max(0, limit - used[name]) for name, limit in parallel_jobs.items()}
+    return {name: max(0, limit - int(used.get(name, 0))) for name, limit in parallel_jobs.items()}
 
 
 def assign_backends(

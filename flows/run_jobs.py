@@ -247,10 +247,8 @@ def claim_rows(state: RunState) -> List[Dict[str, Any]]:
     for i in waiting_start:
         if int(i) not in busy and int(i) not in held:
             claims.append((int(i), df.at[i, "backend_name"], "queued_for_start"))
-    slots = bk.free_slots(
-        {n: b.parallel_jobs for n, b in state.backends.items()},
-        df[["status", "backend_name"]].to_dict("records"),
-    )
+    holding = df.loc[df["status"].isin(bk.SLOT_STATUSES), "backend_name"]
+    slots = bk.free_slots({n: b.parallel_jobs for n, b in state.backends.items()}, holding.value_counts().to_dict())
     if sum(slots.values()) > 0:
         waiting = [i for i in df.index[df["status"] == "not_started"] if int(i) not in held and int(i) not in busy]
         candidates = [{"_row": int(i), "backend_name": _str_or_none(df.at[i, "backend_name"])}
