@@ -34,6 +34,9 @@ class AuthConfig(BaseModel):
     refresh_token_env: Optional[str] = Field(None, description="Env var holding an OIDC refresh token")
     refresh_token_block: Optional[str] = Field(None, description="Prefect Secret block holding an OIDC refresh token")
     provider_id: Optional[str] = Field(None, description="OIDC provider id (default: the backend's default)")
+    backend_block: Optional[str] = Field(
+        None, description="OpenEOBackend block whose secret fields hold the secrets (set when a block name is given)"
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> "AuthConfig":
@@ -47,7 +50,7 @@ class AuthConfig(BaseModel):
             secret, has_id = needs[self.type]
             if not has_id:
                 raise ValueError(f"auth type {self.type!r} needs {'username' if self.type == 'basic' else 'client_id'}")
-            if not (getattr(self, f"{secret}_env") or getattr(self, f"{secret}_block")):
+            if not (getattr(self, f"{secret}_env") or getattr(self, f"{secret}_block") or self.backend_block):
                 raise ValueError(f"auth type {self.type!r} needs {secret}_env or {secret}_block")
         return self
 
@@ -59,6 +62,10 @@ class AuthConfig(BaseModel):
             if not value:
                 raise SetupError(f"environment variable {env_name!r} (the {kind} for this backend) is not set")
             return value
+        if not block_name and self.backend_block:
+            from flows.blocks import load_backend_block
+
+            return load_backend_block(self.backend_block).secret(kind)
         from prefect.blocks.system import Secret
 
         try:

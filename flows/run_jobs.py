@@ -22,6 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from flows import bookkeeping as bk
+from flows.blocks import resolve_backend
 from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
 from flows.reporting import (
     ProgressReport,
@@ -90,7 +91,10 @@ class RunState:
 @flow(name="run-jobs", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
 def run_jobs(
     job_db: Annotated[str, Field(description="Path of the job DB (.csv, .parquet, .geoparquet)")],
-    backends: Annotated[List[BackendConfig], Field(min_length=1, description="openEO backends to run jobs on")],
+    backends: Annotated[
+        List[Union[BackendConfig, str]],
+        Field(min_length=1, description="openEO backends: inline configs, or names of OpenEOBackend blocks"),
+    ],
     start_job: Annotated[
         Optional[Union[str, Callable[..., Any]]],
         Field(description="Import path 'package.module:function' of an openeo-style start_job callback"),
@@ -135,7 +139,7 @@ def prepare(
     root_dir: Optional[str],
 ) -> RunState:
     """Validate everything and connect, before any job is created. Raises SetupError."""
-    backends = [b if isinstance(b, BackendConfig) else BackendConfig.model_validate(b) for b in backends]
+    backends = [resolve_backend(b) for b in backends]
     check_unique_names(backends)
     if (start_job is None) == (process is None):
         raise SetupError("give exactly one of start_job (an import path) or process (a process-based creator)")

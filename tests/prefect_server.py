@@ -1,0 +1,108 @@
+"""Start a real `prefect server` (and workers) as subprocesses, and stop them again."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(prefect_home: Path, api_url: Optional[str] = None) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(prefect_home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="INFO",
+    )
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def stop(process: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM the process group we started, wait, SIGKILL it on timeout."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=10)
+
+
+class PrefectServer:
+    """`prefect server start` on a free loopback port with its own PREFECT_HOME."""
+
+    def __init__(self, home: Path, startup_timeout: float = 90):
+        self.home = home
+        self.port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.log = open(home / "server.log", "wb")
+        self.processes: List[subprocess.Popen] = []
+        self.server = self.spawn(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)], log=self.log, api=False
+        )
+        self.wait_healthy(startup_timeout)
+
+    def env(self, **extra: str) -> Dict[str, str]:
+        return {**base_env(self.home, self.api_url), **extra}
+
+    def spawn(self, argv: List[str], log=None, api: bool = True, **env: str) -> subprocess.Popen:
+        process = subprocess.Popen(
+            argv, cwd=ROOT, env=self.env(**env) if api else base_env(self.home, **{}),
+            stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.server.poll() is not None:
+                raise RuntimeError(f"prefect server exited: {(self.home / 'server.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"prefect server not healthy after {timeout} s")
+
+    def cli(self, *args: str, timeout: float = 60, **env: str) -> str:
+        """Run a prefect CLI command against this server; return its output or raise."""
+        done = subprocess.run(
+            [PREFECT, *args], cwd=ROOT, env=self.env(**env), capture_output=True, text=True, timeout=timeout
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"prefect {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        return done.stdout
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            stop(process)
+        self.log.close()

@@ -1,0 +1,93 @@
+"""A real Prefect server, a process work pool, deployments from deployments/prefect.yaml, a worker.
+
+Proves the deployment configuration works from this checkout, that `prefect deployment run -p`
+takes JSON values, and that a flow run started that way drives jobs to the end and can be
+read back from the server.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import pandas as pd
+import pytest
+
+from tests.flow_helpers import PASSWORD_ENV, assert_results_complete, fast_config, make_db
+from tests.prefect_server import ROOT, UUID_RE, PrefectServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def server(tmp_path):
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    server = PrefectServer(home)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def sim():
+    from simulator import start_simulator
+
+    sim = start_simulator(fast_config())
+    yield sim
+    sim.stop()
+
+
+def wait_for_final_state(api_url: str, flow_run_id: str, timeout: float):
+    from prefect.client.orchestration import SyncPrefectClient
+
+    deadline = time.monotonic() + timeout
+    with SyncPrefectClient(api_url) as client:
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+            time.sleep(0.5)
+    raise TimeoutError(f"flow run {flow_run_id} not final after {timeout} s (last state: {run.state})")
+
+
+def test_deploy_worker_run(server, sim, tmp_path):
+    t0 = time.monotonic()
+    server.cli("work-pool", "create", "openeo-pool", "--type", "process")
+    out = server.cli("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout=90)
+    assert "run-jobs/on-demand" in out and "run-jobs/nightly" in out and "tile-area/tile-area" in out, out
+
+    worker_log = open(tmp_path / "worker.log", "wb")
+    try:
+        server.spawn(
+            [str(ROOT / ".venv/bin/prefect") if (ROOT / ".venv/bin/prefect").exists() else "prefect",
+             "worker", "start", "--pool", "openeo-pool", "--type", "process"],
+            log=worker_log,
+            OPENEO_JOBS_HOME=str(ROOT),
+            PREFECT_WORKER_QUERY_SECONDS="1",
+            PREFECT_WORKER_PREFETCH_SECONDS="1",
+            **{PASSWORD_ENV: sim.config.password},
+        )
+        db = make_db(tmp_path / "jobs.parquet", 6)
+        backends = [{"name": "sim", "url": sim.url, "parallel_jobs": 3,
+                     "auth": {"type": "basic", "username": "alice", "password_env": PASSWORD_ENV}}]
+        out = server.cli(
+            "deployment", "run", "run-jobs/on-demand",
+            "-p", f"job_db={db}", "-p", f"backends={json.dumps(backends)}", "-p", "poll_interval_seconds=0.5",
+        )
+        flow_run_id = UUID_RE.search(out).group(0)
+        run = wait_for_final_state(server.api_url, flow_run_id, timeout=90)
+    finally:
+        worker_log.close()
+    log_tail = (tmp_path / "worker.log").read_text(errors="replace")[-3000:]
+    assert run.state.is_completed(), f"{run.state}\n{log_tail}"
+    # The parameters arrived typed (the JSON list was parsed), without any secret in them.
+    assert run.parameters["backends"][0]["url"] == sim.url
+    assert run.parameters["poll_interval_seconds"] == 0.5
+    assert sim.config.password not in json.dumps(run.parameters)
+
+    df = pd.read_parquet(db)
+    assert (df["status"] == "finished").all(), df["status"].value_counts()
+    assert_results_complete(tmp_path, df, asset_size=2048)
+    assert max(sim.counters()["max_active_per_user"].values()) <= 3
+    print(f"deploy + worker + 6-job run: {time.monotonic() - t0:.1f} s after server start")
