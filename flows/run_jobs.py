@@ -66,6 +66,7 @@ class RunState:
     marker_prefix: str
     starts: Dict[PrefectFuture, int] = field(default_factory=dict)
     finishers: Dict[PrefectFuture, tuple] = field(default_factory=dict)
+    polls: Dict[PrefectFuture, tuple] = field(default_factory=dict)  # future -> (backend, {job id: row})
     hold_until: Dict[int, float] = field(default_factory=dict)
     needs_reconcile: set = field(default_factory=set)
     pinned: set = field(default_factory=set)  # rows whose backend the user chose
@@ -208,9 +209,10 @@ def drive(
         while True:
             state.counters["cycles"] += 1
             collect_starts(state, logger)
+            collect_polls(state, download, logger)
             if time.monotonic() >= next_poll:
                 reconcile(state, logger)
-                poll(state, download, cancel_after, logger)
+                submit_polls(state, cancel_after)
                 next_poll = time.monotonic() + poll_interval
                 log_histogram(state, logger)
                 progress.update(state.db.df)
@@ -331,25 +333,32 @@ def reconcile(state: RunState, logger: logging.Logger) -> None:
     state.update(updates)
 
 
-def poll(state: RunState, download: bool, cancel_after: Optional[float], logger: logging.Logger) -> None:
-    """One poll task per backend (in parallel); apply the status changes they return."""
+def submit_polls(state: RunState, cancel_after: Optional[float]) -> None:
+    """One poll task per backend, unless its previous poll is still running (a slow or down
+    backend must not hold up the others: the flow collects polls as they return)."""
     df = state.db.df
     busy = set(state.starts.values())
+    polling = {backend for backend, _ in state.polls.values()}
     tracked = df[df["status"].isin(bk.POLLED_STATUSES) & df["id"].notna()]
     tracked = tracked[~tracked.index.isin(list(busy))]
     overdue = {r["id"] for r in bk.overdue_running(
         tracked[["status", "running_start_time", "id"]].to_dict("records"), cancel_after, datetime.now(timezone.utc))}
-    futures = {}
     for name in state.backends:
         mine = tracked[tracked["backend_name"] == name]
-        if len(mine):
+        if len(mine) and name not in polling:
             active = dict(zip(mine["id"].astype(str), mine["status"].astype(str)))
-            futures[name] = (poll_backend.submit(name, active, [j for j in active if j in overdue]),
-                             dict(zip(mine["id"].astype(str), mine.index.astype(int))))
+            future = poll_backend.submit(name, active, [j for j in active if j in overdue])
+            state.polls[future] = (name, dict(zip(mine["id"].astype(str), mine.index.astype(int))))
             state.counters["poll_tasks"] += 1
+
+
+def collect_polls(state: RunState, download: bool, logger: logging.Logger) -> None:
+    """Apply the status changes returned by finished poll tasks."""
+    df = state.db.df
     updates: Dict[int, Dict[str, Any]] = {}
     ended: List[tuple] = []
-    for name, (future, rows_by_id) in futures.items():
+    for future in [f for f in state.polls if f.wrapped_future.done()]:
+        name, rows_by_id = state.polls.pop(future)
         try:
             changes = future.result()
         except Exception as exc:  # noqa: BLE001 - a backend that is down: keep waiting, others go on
@@ -358,11 +367,11 @@ def poll(state: RunState, download: bool, cancel_after: Optional[float], logger:
         for job_id, change in changes.items():
             i = rows_by_id[job_id]
             row = {"status": df.at[i, "status"], "running_start_time": df.at[i, "running_start_time"]}
+            if row["status"] not in bk.POLLED_STATUSES:
+                continue  # changed meanwhile (e.g. a start task returned)
             update = bk.status_change(row, change["status"], change.get("metadata"))
             if change.get("error"):
                 update["error_message"] = change["error"]
-            if not update:
-                continue
             if update["status"] != row["status"]:
                 logger.info("job %s (row %s, %s): %s -> %s", job_id, i, name, row["status"], update["status"])
             updates[i] = update
@@ -416,14 +425,14 @@ def collect_finishers(state: RunState, logger: logging.Logger) -> None:
 
 
 def finished(state: RunState) -> bool:
-    return not state.starts and not state.finishers and not state.needs_reconcile and bool(
+    return not state.starts and not state.finishers and not state.polls and not state.needs_reconcile and bool(
         state.db.df["status"].isin(TERMINAL_STATUSES).all()
     )
 
 
 def wait_for_progress(state: RunState, timeout: float) -> None:
     """Sleep until a task returns or the next poll is due, whichever comes first."""
-    pending = [f.wrapped_future for f in (*state.starts, *state.finishers)]
+    pending = [f.wrapped_future for f in (*state.starts, *state.finishers, *state.polls)]
     held = [until - time.monotonic() for until in state.hold_until.values() if until > time.monotonic()]
     if held:
         timeout = min(timeout, max(0.05, min(held)))
