@@ -192,3 +192,16 @@ def test_killed_run_resumes_without_duplicates(two_sims, tmp_path, prefect_harne
     assert counters["jobs_total"] == 10
     assert_results_complete(tmp_path, df, asset_size=2048)
     assert stats["status"] == {"finished": 10}
+
+
+def test_long_runners_are_canceled(tmp_path):
+    (sim,) = started_simulators(1, run_time=60)
+    try:
+        db = make_db(tmp_path / "jobs.parquet", 3)
+        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
+                         poll_interval_seconds=0.3, cancel_running_job_after=1.0, download_results=False)
+    finally:
+        sim.stop()
+    assert stats["status"] == {"canceled": 3}
+    assert sim.counters()["requests"].get("DELETE /jobs/{id}/results 204") == 3
+    assert not list(tmp_path.glob("job_*"))  # nothing downloaded
