@@ -32,6 +32,7 @@ from flows.reporting import (
     status_by_backend,
     status_counts,
 )
+from flows.slots import JobSlots, lease_seconds_for
 from flows.setup import (
     check_process_parameters,
     check_row_backends,
@@ -70,6 +71,7 @@ class RunState:
     hold_until: Dict[int, float] = field(default_factory=dict)
     needs_reconcile: set = field(default_factory=set)
     pinned: set = field(default_factory=set)  # rows whose backend the user chose
+    slots: Optional[JobSlots] = None  # job slots shared with other flow runs (flows/slots.py)
     counters: Dict[str, int] = field(default_factory=lambda: {
         "cycles": 0, "start_tasks": 0, "poll_tasks": 0, "download_tasks": 0, "error_log_tasks": 0, "persists": 0,
     })
@@ -119,12 +121,15 @@ def run_jobs(
     state = prepare(job_db, backends, start_job, process, root_dir)
     try:
         ensure_start_tag_limits(state.backends)
+        state.slots = JobSlots(state.backends, lease_seconds_for(poll_interval_seconds), _flow_run_id())
         progress = ProgressReport(Path(job_db).stem, f"Rows terminal in {job_db}")
         all_started_at = drive(state, max_start_workers, poll_interval_seconds, download_results,
                                cancel_running_job_after, progress, logger)
     finally:
         for name in state.connections:
             unregister_connection(name)
+        if state.slots is not None:
+            state.slots.close()
     stats = build_stats(state, job_db, t0, all_started_at)
     publish_final_artifacts(Path(job_db).stem, state.db.df, stats, failures(state))
     logger.info("run finished in %.1f s: %s", stats["elapsed_seconds"], stats["status"])
@@ -255,12 +260,18 @@ def claim_rows(state: RunState) -> List[Dict[str, Any]]:
             claims.append((int(i), df.at[i, "backend_name"], "queued_for_start"))
     holding = df.loc[df["status"].isin(bk.SLOT_STATUSES), "backend_name"]
     slots = bk.free_slots({n: b.parallel_jobs for n, b in state.backends.items()}, holding.value_counts().to_dict())
+    if state.slots is not None:  # leases for rows holding a slot; slots other flow runs left free
+        state.slots.sync({int(i): b for i, b in holding.items()})
     if sum(slots.values()) > 0:
         waiting = [i for i in df.index[df["status"] == "not_started"] if int(i) not in held and int(i) not in busy]
+        if state.slots is not None:
+            slots = state.slots.grant(slots, len(waiting))
         candidates = [{"_row": int(i), "backend_name": _str_or_none(df.at[i, "backend_name"])}
                       for i in waiting[: sum(slots.values()) * 2 + len(state.backends)]]
         for row, backend in bk.assign_backends(candidates, slots):
             claims.append((row["_row"], backend, "creating"))
+        if state.slots is not None:
+            state.slots.bind([(i, backend) for i, backend, status in claims if status == "creating"])
     if not claims:
         return []
     updates = {}
@@ -474,6 +485,12 @@ def build_stats(state: RunState, job_db: str, t0: float, all_started_at: Optiona
         "time_to_all_started_seconds": None if all_started_at is None else round(all_started_at, 3),
         **state.counters,
     }
+
+
+def _flow_run_id() -> Optional[str]:
+    from prefect.runtime import flow_run
+
+    return flow_run.id
 
 
 def _str_or_none(value: Any) -> Optional[str]:

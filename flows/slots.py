@@ -1,0 +1,149 @@
+"""Job slots shared by every flow run on one Prefect server: one global concurrency limit per
+backend account, one lease per job that holds a slot.
+
+Within a run the flow counts its own active rows (bookkeeping.free_slots). Across runs (two job
+DBs, one account) it also needs a slot from the Prefect global concurrency limit
+`openeo-jobs:<host>:<user>` (limit = parallel_jobs). Slots are taken without waiting, one lease
+per claimed row; a row's lease is released when the row stops holding a backend slot (job
+ended, start handed back) and renewed while it does. A run that dies without releasing keeps its
+slots only until its leases expire (lease_seconds, the server's minimum is 60 s).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Dict, Iterable, List, Optional, Tuple
+from urllib.parse import urlparse
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+
+from flows.params import BackendConfig
+
+LIMIT_PREFIX = "openeo-jobs:"
+MIN_LEASE_SECONDS = 60.0  # the Prefect server refuses shorter leases
+
+log = logging.getLogger(__name__)
+
+
+def limit_name(backend: BackendConfig) -> str:
+    """One limit per backend account (host + user), whatever name a run gives the backend."""
+    url = urlparse(backend.url)
+    account = backend.auth.username or backend.auth.client_id or backend.auth.type
+    where = (url.netloc + url.path.rstrip("/")).replace("/", "_").replace("%", "_")
+    return f"{LIMIT_PREFIX}{where}:{account}"
+
+
+def lease_seconds_for(poll_interval: float) -> float:
+    return max(MIN_LEASE_SECONDS, 3.0 * poll_interval)
+
+
+class JobSlots:
+    """The leases of one flow run. Only the flow thread uses it."""
+
+    def __init__(self, backends: Dict[str, BackendConfig], lease_seconds: float, flow_run_id: Optional[str] = None):
+        self.limits = {name: limit_name(b) for name, b in backends.items()}
+        self.lease_seconds = lease_seconds
+        self.holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run_id)) if flow_run_id else None
+        self.leases: Dict[int, Tuple[str, UUID, float]] = {}  # row -> (backend, lease id, renewed at)
+        self.spare: Dict[str, List[UUID]] = {}
+        self.counters = {"acquired": 0, "denied": 0, "released": 0, "renewed": 0}
+        self._client_context = get_client(sync_client=True)
+        self.client = self._client_context.__enter__()
+        limits: Dict[str, int] = {}
+        for name, backend in backends.items():  # two names for one account: the smaller limit
+            limit = self.limits[name]
+            limits[limit] = min(limits.get(limit, backend.parallel_jobs), backend.parallel_jobs)
+        for limit, value in limits.items():
+            self.client.upsert_global_concurrency_limit_by_name(limit, value)
+
+    # --- one slot -------------------------------------------------------------------------
+    def _acquire(self, backend: str) -> Optional[UUID]:
+        response = None
+        try:
+            response = self.client.increment_concurrency_slots_with_lease(
+                names=[self.limits[backend]], slots=1, mode="concurrency",
+                lease_duration=self.lease_seconds, holder=self.holder,
+            )
+        except Exception as exc:  # noqa: BLE001 - 423 Locked: no slot free across runs
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            if status != 423:
+                log.warning("could not take a job slot on %s: %s", self.limits[backend], exc)
+            self.counters["denied"] += 1
+            return None
+        self.counters["acquired"] += 1
+        return UUID(response.json()["lease_id"])
+
+    def _release(self, lease_id: UUID) -> None:
+        try:
+            self.client.release_concurrency_slots_with_lease(lease_id)
+            self.counters["released"] += 1
+        except Exception as exc:  # noqa: BLE001 - an expired lease is already released
+            log.info("releasing job slot lease %s: %s", lease_id, exc)
+
+    def _renew(self, lease_id: UUID) -> bool:
+        try:
+            self.client.renew_concurrency_lease(lease_id, lease_duration=self.lease_seconds)
+            self.counters["renewed"] += 1
+            return True
+        except Exception as exc:  # noqa: BLE001 - expired (the run stalled): take a new one
+            log.warning("job slot lease %s could not be renewed: %s", lease_id, exc)
+            return False
+
+    # --- per cycle ------------------------------------------------------------------------
+    def sync(self, holding: Dict[int, str]) -> None:
+        """Match leases to the rows holding a backend slot ({row: backend_name}).
+
+        Releases leases of rows that no longer hold a slot, takes leases (best effort) for rows
+        that hold one without a lease (rows active when the run started), renews due leases.
+        """
+        holding = {i: b for i, b in holding.items() if b in self.limits}
+        for i in [i for i, (b, _, _) in self.leases.items() if holding.get(i) != b]:
+            self._release(self.leases.pop(i)[1])
+        now = time.monotonic()
+        for i, backend in holding.items():
+            lease = self.leases.get(i)
+            if lease is None or (now - lease[2] > self.lease_seconds / 3 and not self._renew(lease[1])):
+                lease_id = self._acquire(backend)
+                if lease_id is not None:
+                    self.leases[i] = (backend, lease_id, now)
+                else:
+                    self.leases.pop(i, None)
+            elif now - lease[2] > self.lease_seconds / 3:
+                self.leases[i] = (backend, lease[1], now)
+
+    def grant(self, wanted: Dict[str, int], waiting: int) -> Dict[str, int]:
+        """Take up to `wanted[backend]` slots (never more than `waiting` in all); what was taken."""
+        granted: Dict[str, int] = {}
+        left = waiting
+        for backend, count in wanted.items():
+            granted[backend] = 0
+            while count > granted[backend] and left > 0:
+                lease_id = self._acquire(backend)
+                if lease_id is None:
+                    break
+                self.spare.setdefault(backend, []).append(lease_id)
+                granted[backend] += 1
+                left -= 1
+        return granted
+
+    def bind(self, claims: Iterable[Tuple[int, str]]) -> None:
+        """Give the slots taken by grant() to the rows claimed with them; release the rest."""
+        now = time.monotonic()
+        for i, backend in claims:
+            if self.spare.get(backend):
+                self.leases[i] = (backend, self.spare[backend].pop(), now)
+        for lease_ids in self.spare.values():
+            for lease_id in lease_ids:
+                self._release(lease_id)
+        self.spare.clear()
+
+    def close(self) -> None:
+        """Leases of rows still active stay until they expire: their jobs still run."""
+        for lease_ids in self.spare.values():
+            for lease_id in lease_ids:
+                self._release(lease_id)
+        self.spare.clear()
+        self._client_context.__exit__(None, None, None)
