@@ -33,6 +33,7 @@ from flows.reporting import (
     status_counts,
 )
 from flows.slots import JobSlots, lease_seconds_for
+from flows.tile_map import write_tile_map
 from flows.setup import (
     check_process_parameters,
     check_row_backends,
@@ -131,6 +132,7 @@ def run_jobs(
         if state.slots is not None:
             state.slots.close()
     stats = build_stats(state, job_db, t0, all_started_at)
+    stats["tile_map"] = write_tile_map(state.db.df, job_db)
     publish_final_artifacts(Path(job_db).stem, state.db.df, stats, failures(state))
     logger.info("run finished in %.1f s: %s", stats["elapsed_seconds"], stats["status"])
     return stats
