@@ -11,7 +11,7 @@ from openeo.extra.job_management import ProcessBasedJobCreator
 from openeo.rest import OpenEoApiError, OpenEoApiPlainError, OpenEoClientException
 
 from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
-from tasks.connections import ManagedConnection, make_session
+from tasks.connections import IDEMPOTENT_RETRY, SETUP_RETRY, ManagedConnection, make_session, use_retry_policy
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def check_process_parameters(
 def connect_backend(backend: BackendConfig, pool_size: int = 32) -> ManagedConnection:
     """Connect (with version discovery, as `openeo.connect`) and authenticate, or fail clearly."""
     try:
-        connection = ManagedConnection(backend.url, session=make_session(pool_size), default_timeout=60)
+        # Few retries while connecting: a wrong URL fails in seconds, not after minutes of backoff.
+        connection = ManagedConnection(backend.url, session=make_session(pool_size, SETUP_RETRY), default_timeout=30)
     except (requests.RequestException, OpenEoApiError, OpenEoApiPlainError, OpenEoClientException) as exc:
         raise SetupError(f"backend {backend.name!r} at {backend.url} is not reachable as an openEO backend: {exc}") from exc
     auth = backend.auth
@@ -128,6 +129,8 @@ def connect_backend(backend: BackendConfig, pool_size: int = 32) -> ManagedConne
         raise SetupError(f"backend {backend.name!r}: authentication ({auth.type}) failed: {exc}") from None
     except (requests.RequestException, OpenEoClientException) as exc:
         raise SetupError(f"backend {backend.name!r}: authentication ({auth.type}) failed: {exc}") from None
+    use_retry_policy(connection.session, IDEMPOTENT_RETRY, pool_size)  # patient retries for the run itself
+    connection.default_timeout = 60
     return connection
 
 

@@ -175,12 +175,23 @@ def _route_template(path: str) -> str:
     return "/" + "/".join(parts)
 
 
-def make_session(pool_size: int = 32) -> requests.Session:
+# While connecting before a run: fail within seconds on a wrong or unreachable URL.
+SETUP_RETRY = urllib3.util.Retry(
+    total=3, connect=2, read=1, status=2, backoff_factor=0.5, backoff_max=5,
+    status_forcelist=(429, 500, 502, 503, 504), respect_retry_after_header=True, raise_on_status=False,
+)
+
+
+def make_session(pool_size: int = 32, retry: urllib3.util.Retry = IDEMPOTENT_RETRY) -> requests.Session:
     session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(max_retries=IDEMPOTENT_RETRY, pool_maxsize=pool_size)
+    use_retry_policy(session, retry, pool_size)
+    return session
+
+
+def use_retry_policy(session: requests.Session, retry: urllib3.util.Retry, pool_size: int = 32) -> None:
+    adapter = requests.adapters.HTTPAdapter(max_retries=retry, pool_maxsize=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    return session
 
 
 # --- process-local registry ---------------------------------------------------------------
