@@ -1,0 +1,172 @@
+"""Secrets never leak (DB, result files, logs, Prefect records); bearer tokens stay on their origin;
+asset names cannot escape the job directory; short or oversize downloads are caught."""
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import threading
+
+import pandas as pd
+import pytest
+
+from flows.run_jobs import run_jobs
+from tasks.connections import ManagedConnection, register_connection, unregister_connection
+from tasks.download import IncompleteDownload, UnsafeAssetName, download_results, safe_asset_path
+from tests.flow_helpers import assert_results_complete, backend, fast_config, make_db
+from simulator import start_simulator
+
+PASSWORD = "S3cr3t-pa55-XYZ"
+LOGGERS = ("openeo", "urllib3", "prefect", "tasks", "flows", "jobdb", "requests")
+
+
+def _find(secrets, text: str, where: str):
+    for secret in secrets:
+        assert secret not in text, f"secret {secret[:4]}... found in {where}"
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_no_secret_anywhere_and_bearer_only_to_own_origin(tmp_path, caplog):
+    sim = start_simulator(fast_config(password=PASSWORD, token_ttl=1.5, run_time=0.6))
+    foreign = start_simulator(fast_config())
+    try:
+        sim.configure(asset_host=foreign.url)  # assets served by another origin
+        db = make_db(tmp_path / "jobs.parquet", 6)
+        for name in LOGGERS:
+            caplog.set_level(logging.DEBUG, logger=name)
+        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 3)],
+                         start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.3)
+        assert stats["status"] == {"finished": 6}
+        with sim.state.lock:
+            tokens = list(sim.state.tokens)
+        assert tokens and sim.users["alice"] >= 2, "the short-lived token was never renewed"
+        secrets = [PASSWORD, *tokens]
+
+        # the job DB and every file under root_dir (results, metadata)
+        files = [p for p in tmp_path.rglob("*") if p.is_file()]
+        assert len(files) >= 1 + 2 * 6
+        for path in files:
+            data = path.read_bytes()
+            for secret in secrets:
+                assert secret.encode() not in data, f"secret found in {path}"
+        # captured logs at DEBUG (request/response logging of openeo, urllib3, ...)
+        assert any(r.levelno == logging.DEBUG for r in caplog.records)
+        _find(secrets, "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records), "logs")
+
+        # what Prefect stored: flow run parameters, task run inputs and parameters, artifacts, logs
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs()
+            task_runs = client.read_task_runs()
+            artifacts = client.read_artifacts()
+            logs = client.read_logs()
+        assert runs and task_runs and artifacts and logs
+        stored = [json.dumps(r.model_dump(mode="json"), default=str) for r in [*runs, *task_runs, *artifacts, *logs]]
+        assert any('"password_env"' in s for s in stored)  # the parameters are there, by env var name
+        _find(secrets, "\n".join(stored), "Prefect records")
+
+        # assets came from the foreign origin without our token, and are complete
+        df = pd.read_parquet(db)
+        assert_results_complete(tmp_path, df, asset_size=2048)
+        asset_requests = foreign.asset_requests
+        assert len(asset_requests) >= 6
+        assert not any(had_auth for _, had_auth in asset_requests)
+        assert sim.asset_requests == []
+    finally:
+        sim.stop()
+        foreign.stop()
+
+
+# --- download safety, against a tiny results server -------------------------------------------
+class _ResultsHandler(http.server.BaseHTTPRequestHandler):
+    assets: dict = {}
+    payload: bytes = b""
+    auth_seen: list = []
+
+    def _json(self, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if self.path.startswith("/asset"):
+            self.auth_seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(self.payload)))
+            self.end_headers()
+            self.wfile.write(self.payload)
+        elif self.path.endswith("/results"):
+            self._json({"assets": {name: {"href": base + href, **extra} for name, (href, extra) in self.assets.items()}})
+        elif self.path.startswith("/jobs/"):
+            self._json({"id": "j1", "status": "finished"})
+        else:
+            self._json({"api_version": "1.2.0", "endpoints": [], "links": []})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def results_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ResultsHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    connection = ManagedConnection(url)
+    register_connection("custom", connection)
+    _ResultsHandler.auth_seen = []
+    yield connection
+    unregister_connection("custom")
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("name", ["../evil.tif", "a/../../evil.tif", "/etc/evil.tif", "C:/evil.tif", "..\\evil.tif", ""])
+def test_unsafe_asset_names_rejected(tmp_path, name):
+    with pytest.raises(UnsafeAssetName):
+        safe_asset_path(tmp_path / "job_x", name)
+
+
+def test_safe_asset_names_accepted(tmp_path):
+    d = tmp_path / "job_x"
+    assert safe_asset_path(d, "openEO.tif") == (d / "openEO.tif").resolve()
+    assert safe_asset_path(d, "sub/dir/b.nc") == (d / "sub" / "dir" / "b.nc").resolve()
+
+
+@pytest.mark.parametrize("name", ["../evil.tif", "<absolute>"])
+def test_download_refuses_escaping_asset(tmp_path, results_server, name):
+    if name == "<absolute>":
+        name = str(tmp_path / "evil.tif")
+    _ResultsHandler.assets = {name: ("/asset/1", {"file:size": 4})}
+    _ResultsHandler.payload = b"evil"
+    with pytest.raises(UnsafeAssetName, match="outside"):
+        download_results.fn("custom", "j1", str(tmp_path / "out"))
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # neither evil.tif nor anything else
+    assert _ResultsHandler.auth_seen == []  # refused before any byte was fetched
+
+
+@pytest.mark.parametrize("announced, served", [(100, 60), (100, 140)])
+def test_short_or_oversize_download_detected(tmp_path, results_server, announced, served):
+    _ResultsHandler.assets = {"data.tif": ("/asset/1", {"file:size": announced})}
+    _ResultsHandler.payload = b"x" * served
+    with pytest.raises(IncompleteDownload, match=f"got {served} bytes"):
+        download_results.fn("custom", "j1", str(tmp_path))
+    job_dir = tmp_path / "job_j1"
+    assert not (job_dir / "data.tif").exists()
+    assert list(job_dir.glob(".*.part")) == []
+    assert not (job_dir / "job_j1.json").exists()  # metadata only once every asset is complete
+
+
+def test_complete_download_and_resume_skips_done_assets(tmp_path, results_server):
+    _ResultsHandler.assets = {"data.tif": ("/asset/1", {"file:size": 50})}
+    _ResultsHandler.payload = b"y" * 50
+    result = download_results.fn("custom", "j1", str(tmp_path))
+    assert result["bytes"] == 50 and (tmp_path / "job_j1" / "data.tif").read_bytes() == b"y" * 50
+    download_results.fn("custom", "j1", str(tmp_path))
+    assert len(_ResultsHandler.auth_seen) == 1  # the complete asset was not fetched again
