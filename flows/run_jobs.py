@@ -54,6 +54,8 @@ START_TAG_PREFIX = "openeo-start:"
 MIN_PERSIST_INTERVAL_SECONDS = 1.0
 # After a row was handed back (rate limit, job limit), wait this long before trying it again.
 RETRY_HOLD_SECONDS = 5.0
+# Renew basic/OIDC access tokens this often, before they expire (expired ones are renewed on 403 too).
+TOKEN_REFRESH_SECONDS = 30 * 60.0
 
 
 @dataclass
@@ -218,6 +220,8 @@ def drive(
             collect_starts(state, logger)
             collect_polls(state, download, logger)
             if time.monotonic() >= next_poll:
+                for connection in state.connections.values():
+                    connection.refresh_token_if_older(TOKEN_REFRESH_SECONDS)
                 reconcile(state, logger)
                 submit_polls(state, cancel_after)
                 next_poll = time.monotonic() + poll_interval

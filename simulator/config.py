@@ -21,6 +21,8 @@ class SimulatorConfig:
     run_time: float = 0.5
     run_time_jitter: float = 0.0  # uniform extra run time in [0, jitter]
     max_running_per_user: Optional[int] = None  # None = unlimited
+    # Starting a job while this many are queued/running answers 400 ConcurrentJobLimit; None = off.
+    max_queued_per_user: Optional[int] = None
 
     # Outcome.
     p_error: float = 0.0  # probability a job ends in "error"
@@ -33,6 +35,7 @@ class SimulatorConfig:
     p_5xx: float = 0.0  # probability of 500/502/503 before processing, any method
     p_lost_response: float = 0.0  # POST processed, then answered 502
     outage_until: Optional[float] = None  # epoch seconds; every request answers 503 until then
+    corrupt_title: Optional[str] = None  # jobs whose title contains this: invalid JSON on GET /jobs/{id}[/results]
 
     # Authentication.
     password: str = "secret"  # any username is accepted with this password

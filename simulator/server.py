@@ -274,9 +274,16 @@ class Router:
             items = [self.state.job_summary(j, now) for j in jobs]
         return Response(200, {"jobs": items, "links": links})
 
+    def _corrupt(self, job: Any) -> bool:
+        marker = self.state.config.corrupt_title
+        return bool(marker) and marker in (job.title or "")
+
     def describe_job(self, req: Request) -> Response:
         with self.state.lock:
             job = self.state.get_job(req.user, req.params["id"])
+            if self._corrupt(job):
+                self.state.count_fault("corrupt_json")
+                return Response(200, b'{"id": "' + job.id.encode() + b'", "status": ', {"Content-Type": "application/json"})
             return Response(200, self.state.job_details(job, time.monotonic()))
 
     def update_job(self, req: Request) -> Response:
@@ -310,6 +317,9 @@ class Router:
             job = state.get_job(req.user, req.params["id"])
             if job.status != "finished":
                 raise ApiError(400, "JobNotFinished", f"Batch job has not finished computing the results yet (status: {job.status}).")
+            if self._corrupt(job):
+                self.state.count_fault("corrupt_json")
+                return Response(200, b"<html>502 Bad Gateway</html>", {"Content-Type": "application/json"})
             size = state.config.asset_size
             names = asset_names(job.output_format, state.config.asset_count)
             updated = job.updated

@@ -388,6 +388,10 @@ class SimState:
             job = self.get_job(user, job_id)
             if job.status in ACTIVE:
                 return
+            limit = self.config.max_queued_per_user
+            if limit is not None and sum(map(len, self._active(user))) >= limit:
+                raise ApiError(400, "ConcurrentJobLimit",
+                               f"You have reached the limit of {limit} concurrent batch jobs; try again later.")
             if job.status in TERMINAL:
                 self.job_restarts += 1
                 job.finish_at = job.started_at = job.ended_at = None

@@ -7,6 +7,7 @@ connection up here. The flow registers the connections before it submits any tas
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -140,6 +141,22 @@ class ManagedConnection(openeo.Connection):
         if refreshed:
             self.token_obtained_at = time.time()
         return refreshed
+
+    def refresh_token_if_older(self, max_age_seconds: float) -> bool:
+        """Renew a (basic or OIDC) access token that is older than `max_age_seconds`, before it expires."""
+        if not isinstance(self.auth, BearerAuth):
+            return False
+        now = time.time()
+        if not self.token_obtained_at:  # OIDC logins do not go through authenticate_basic
+            self.token_obtained_at = now
+        if now - self.token_obtained_at < max_age_seconds:
+            return False
+        self.token_obtained_at = now  # also for tokens that cannot be renewed: try again a period later
+        try:
+            return self.try_access_token_refresh(reason="proactive renewal")
+        except Exception as exc:  # noqa: BLE001 - the reactive renewal on 401/403 still applies
+            logging.getLogger(__name__).warning("proactive token renewal for %s failed: %s", self.root_url, exc)
+            return False
 
     def bearer_header_for(self, url: str) -> Dict[str, str]:
         """The Authorization header to send to `url`: only on this backend's own origin."""

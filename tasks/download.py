@@ -76,11 +76,21 @@ def _download_asset(connection: ManagedConnection, href: str, target: Path, expe
     return written
 
 
+def worth_retrying(task, task_run, state) -> bool:
+    """Retry transient failures, not answers that will not improve (invalid JSON, unsafe names)."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as raised:  # noqa: BLE001
+        exc = raised
+    return not isinstance(exc, UnexpectedResponse) or isinstance(exc, IncompleteDownload)
+
+
 @task(
     name="download-results",
     task_run_name="download-{job_id}",
     retries=3,
     retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=worth_retrying,
     cache_policy=NO_CACHE,
 )
 def download_results(
@@ -96,8 +106,11 @@ def download_results(
         metadata = describe_job(connection, job_id)
     directory = job_dir(root_dir, job_id)
     directory.mkdir(parents=True, exist_ok=True)
-    results = connection.get(f"/jobs/{job_id}/results", expected_status=200).json()
-    assets = results.get("assets")
+    response = connection.get(f"/jobs/{job_id}/results", expected_status=200)
+    try:
+        assets = response.json().get("assets")
+    except (ValueError, AttributeError) as exc:
+        raise UnexpectedResponse(f"results document of job {job_id} is not valid JSON: {exc}") from None
     if not isinstance(assets, dict):
         raise UnexpectedResponse(f"results of job {job_id} list no assets")
     total = 0

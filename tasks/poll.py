@@ -8,7 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.connections import get_connection, marker_tag
-from tasks.faults import classify
+from tasks.faults import UnexpectedResponse, classify
 from tasks.openeo_calls import cancel_job, describe_job, is_api_error, iter_job_listing, statuses_from_listing
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,10 @@ def poll_backend(backend: str, active: Dict[str, str], cancel: list = ()) -> Dic
         except Exception as exc:  # noqa: BLE001 - one job's problem must not hide the others
             if is_api_error(exc, 404):
                 updates[job_id] = {"status": "error", "error": f"job {job_id} no longer exists on {backend}"}
+            elif isinstance(exc, UnexpectedResponse) and entry is not None and entry.get("status"):
+                # Its details are unusable, but the listing says how it ended: don't wait forever.
+                log.warning("job %s on %s: %s; using its listed status %s", job_id, backend, exc, entry["status"])
+                updates[job_id] = {"status": entry["status"], "error": str(exc)}
             else:
                 log.warning("could not describe job %s on %s: %s", job_id, backend, classify(exc))
             continue
