@@ -135,6 +135,7 @@ def run_jobs(
             state.slots.close()
     stats = build_stats(state, job_db, t0, all_started_at)
     stats["tile_map"] = write_tile_map(state.db.df, job_db)
+    stats["slot_leases"] = dict(state.slots.counters) if state.slots is not None else None
     publish_final_artifacts(Path(job_db).stem, state.db.df, stats, failures(state))
     logger.info("run finished in %.1f s: %s", stats["elapsed_seconds"], stats["status"])
     return stats

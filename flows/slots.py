@@ -4,20 +4,22 @@ backend account, one lease per job that holds a slot.
 Within a run the flow counts its own active rows (bookkeeping.free_slots). Across runs (two job
 DBs, one account) it also needs a slot from the Prefect global concurrency limit
 `openeo-jobs:<host>:<user>` (limit = parallel_jobs). Slots are taken without waiting, one lease
-per claimed row; a row's lease is released when the row stops holding a backend slot (job
-ended, start handed back) and renewed while it does. A run that dies without releasing keeps its
-slots only until its leases expire (lease_seconds, the server's minimum is 60 s).
+per row holding a backend slot. When a row stops holding its slot (job ended, start handed
+back) its lease goes to the next row this run starts on that backend, or back to the server
+when none is waiting. Leases are renewed in the background while held; a run that dies keeps
+its slots only until its leases expire (lease_seconds, the server's minimum is 60 s).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import threading
 import time
 from typing import Dict, Iterable, List, Optional, Tuple
 from urllib.parse import urlparse
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
-from prefect.exceptions import ObjectNotFound
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
 from flows.params import BackendConfig
@@ -41,15 +43,20 @@ def lease_seconds_for(poll_interval: float) -> float:
 
 
 class JobSlots:
-    """The leases of one flow run. Only the flow thread uses it."""
+    """The leases of one flow run. Only the flow thread calls its methods; renewals run in a
+    background thread so a slow Prefect API never holds up the cycle."""
 
     def __init__(self, backends: Dict[str, BackendConfig], lease_seconds: float, flow_run_id: Optional[str] = None):
         self.limits = {name: limit_name(b) for name, b in backends.items()}
         self.lease_seconds = lease_seconds
         self.holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run_id)) if flow_run_id else None
-        self.leases: Dict[int, Tuple[str, UUID, float]] = {}  # row -> (backend, lease id, renewed at)
+        self.leases: Dict[int, Tuple[str, UUID]] = {}  # row -> (backend, lease id)
+        self.renewed_at: Dict[UUID, float] = {}
         self.spare: Dict[str, List[UUID]] = {}
-        self.counters = {"acquired": 0, "denied": 0, "released": 0, "renewed": 0}
+        self.counters = {"acquired": 0, "denied": 0, "released": 0, "reused": 0, "renewed": 0, "lost": 0}
+        self._lost: set = set()
+        self._lock = threading.Lock()
+        self._renewer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slot-leases")
         self._client_context = get_client(sync_client=True)
         self.client = self._client_context.__enter__()
         limits: Dict[str, int] = {}
@@ -59,9 +66,8 @@ class JobSlots:
         for limit, value in limits.items():
             self.client.upsert_global_concurrency_limit_by_name(limit, value)
 
-    # --- one slot -------------------------------------------------------------------------
+    # --- server calls ---------------------------------------------------------------------
     def _acquire(self, backend: str) -> Optional[UUID]:
-        response = None
         try:
             response = self.client.increment_concurrency_slots_with_lease(
                 names=[self.limits[backend]], slots=1, mode="concurrency",
@@ -74,52 +80,73 @@ class JobSlots:
             self.counters["denied"] += 1
             return None
         self.counters["acquired"] += 1
-        return UUID(response.json()["lease_id"])
+        lease_id = UUID(response.json()["lease_id"])
+        self.renewed_at[lease_id] = time.monotonic()
+        return lease_id
 
     def _release(self, lease_id: UUID) -> None:
+        self.renewed_at.pop(lease_id, None)
         try:
             self.client.release_concurrency_slots_with_lease(lease_id)
             self.counters["released"] += 1
         except Exception as exc:  # noqa: BLE001 - an expired lease is already released
             log.info("releasing job slot lease %s: %s", lease_id, exc)
 
-    def _renew(self, lease_id: UUID) -> bool:
-        try:
-            self.client.renew_concurrency_lease(lease_id, lease_duration=self.lease_seconds)
-            self.counters["renewed"] += 1
-            return True
-        except Exception as exc:  # noqa: BLE001 - expired (the run stalled): take a new one
-            log.warning("job slot lease %s could not be renewed: %s", lease_id, exc)
-            return False
+    def _renew_in_background(self, lease_ids: List[UUID]) -> None:
+        for lease_id in lease_ids:
+            try:
+                self.client.renew_concurrency_lease(lease_id, lease_duration=self.lease_seconds)
+                with self._lock:
+                    self.counters["renewed"] += 1
+            except Exception as exc:  # noqa: BLE001 - expired (the run stalled): take a new one
+                log.warning("job slot lease %s could not be renewed: %s", lease_id, exc)
+                with self._lock:
+                    self._lost.add(lease_id)
+
+    def _take(self, backend: str) -> Optional[UUID]:
+        if self.spare.get(backend):
+            self.counters["reused"] += 1
+            return self.spare[backend].pop()
+        return self._acquire(backend)
 
     # --- per cycle ------------------------------------------------------------------------
     def sync(self, holding: Dict[int, str]) -> None:
         """Match leases to the rows holding a backend slot ({row: backend_name}).
 
-        Releases leases of rows that no longer hold a slot, takes leases (best effort) for rows
-        that hold one without a lease (rows active when the run started), renews due leases.
+        Leases of rows that no longer hold a slot become spare (for the next row started on
+        that backend); rows holding a slot without a lease (rows active when the run started)
+        get one if a slot is free; leases due for renewal are renewed in the background.
         """
         holding = {i: b for i, b in holding.items() if b in self.limits}
-        for i in [i for i, (b, _, _) in self.leases.items() if holding.get(i) != b]:
-            self._release(self.leases.pop(i)[1])
-        now = time.monotonic()
+        with self._lock:
+            lost, self._lost = self._lost, set()
+        self.counters["lost"] += len(lost)
+        for i in [i for i, (b, lease_id) in self.leases.items() if lease_id in lost]:
+            self.renewed_at.pop(self.leases.pop(i)[1], None)
+        for i in [i for i, (b, _) in self.leases.items() if holding.get(i) != b]:
+            backend, lease_id = self.leases.pop(i)
+            self.spare.setdefault(backend, []).append(lease_id)
         for i, backend in holding.items():
-            lease = self.leases.get(i)
-            if lease is None or (now - lease[2] > self.lease_seconds / 3 and not self._renew(lease[1])):
-                lease_id = self._acquire(backend)
+            if i not in self.leases:
+                lease_id = self._take(backend)
                 if lease_id is not None:
-                    self.leases[i] = (backend, lease_id, now)
-                else:
-                    self.leases.pop(i, None)
-            elif now - lease[2] > self.lease_seconds / 3:
-                self.leases[i] = (backend, lease[1], now)
+                    self.leases[i] = (backend, lease_id)
+        now = time.monotonic()
+        due = [lease_id for lease_id, at in self.renewed_at.items() if now - at > self.lease_seconds / 3]
+        if due:
+            for lease_id in due:
+                self.renewed_at[lease_id] = now
+            self._renewer.submit(self._renew_in_background, due)
 
     def grant(self, wanted: Dict[str, int], waiting: int) -> Dict[str, int]:
         """Take up to `wanted[backend]` slots (never more than `waiting` in all); what was taken."""
         granted: Dict[str, int] = {}
         left = waiting
         for backend, count in wanted.items():
-            granted[backend] = 0
+            # spare leases are already ours: bind() hands them over first
+            granted[backend] = min(count, left, len(self.spare.get(backend, [])))
+            left -= granted[backend]
+            self.counters["reused"] += granted[backend]
             while count > granted[backend] and left > 0:
                 lease_id = self._acquire(backend)
                 if lease_id is None:
@@ -131,19 +158,20 @@ class JobSlots:
 
     def bind(self, claims: Iterable[Tuple[int, str]]) -> None:
         """Give the slots taken by grant() to the rows claimed with them; release the rest."""
-        now = time.monotonic()
         for i, backend in claims:
             if self.spare.get(backend):
-                self.leases[i] = (backend, self.spare[backend].pop(), now)
+                self.leases[i] = (backend, self.spare[backend].pop())
+        self.release_spare()
+
+    def release_spare(self) -> None:
         for lease_ids in self.spare.values():
             for lease_id in lease_ids:
                 self._release(lease_id)
         self.spare.clear()
 
     def close(self) -> None:
-        """Leases of rows still active stay until they expire: their jobs still run."""
-        for lease_ids in self.spare.values():
-            for lease_id in lease_ids:
-                self._release(lease_id)
-        self.spare.clear()
+        """Spare leases go back; leases of rows still active stay until they expire (their jobs
+        still run on the backend, so the slots are still taken)."""
+        self.release_spare()
+        self._renewer.shutdown(wait=True)
         self._client_context.__exit__(None, None, None)

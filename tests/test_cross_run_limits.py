@@ -57,24 +57,33 @@ def test_two_runs_share_the_account_slots(sim, tmp_path):
     # Without the shared limit each run would use its own 3 slots: both must have had jobs active
     # at once only within the 3 (the runs overlapped, which the limit must have held back).
     assert max_active == 3
+    # Leases are handed from an ended job to the next one of the same run, not taken anew.
+    leases = [results[k]["slot_leases"] for k in range(2)]
+    assert sum(l["acquired"] for l in leases) < 16 and sum(l["reused"] for l in leases) > 0, leases
 
 
 def test_slots_denied_when_taken_and_freed_on_release(sim):
-    """The lease bookkeeping itself: a second holder gets no slot until the first releases."""
+    """The lease bookkeeping itself: a second holder gets no slot until the first gives one back."""
     config = {n: BackendConfig(**backend(n, sim, 2)) for n in ("x",)}
     first, second = JobSlots(config, 60), JobSlots(config, 60)
     try:
         assert first.grant({"x": 5}, waiting=5) == {"x": 2}
         first.bind([(0, "x"), (1, "x")])
         assert second.grant({"x": 2}, waiting=2) == {"x": 0}
-        first.sync({0: "x"})  # row 1 ended: its slot goes back
+        first.sync({0: "x"})  # row 1 ended: its lease is spare, for the next row of this run
+        assert first.grant({"x": 1}, waiting=1) == {"x": 1}
+        first.bind([(2, "x")])
+        assert first.counters["acquired"] == 2 and first.counters["reused"] >= 1
+        assert second.grant({"x": 2}, waiting=2) == {"x": 0}
+        first.sync({0: "x"})  # row 2 ended and nothing waits: the slot goes back to the server
+        first.bind([])
         assert second.grant({"x": 2}, waiting=2) == {"x": 1}
         second.bind([(7, "x")])
         first.sync({})
-        second.sync({})
-        assert second.grant({"x": 2}, waiting=2) == {"x": 2}
+        first.bind([])
+        assert second.grant({"x": 2}, waiting=2) == {"x": 1}
         second.bind([])  # unused slots are released again
-        assert first.grant({"x": 2}, waiting=2) == {"x": 2}
+        assert first.grant({"x": 2}, waiting=2) == {"x": 1}  # row 7 of `second` still holds one
         first.bind([])
     finally:
         first.close()

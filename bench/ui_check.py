@@ -1,0 +1,87 @@
+"""Look at a run in the Prefect UI: start a Prefect server (UI on), run a small run-jobs flow
+against a local simulator, screenshot the flow run page with headless Chromium.
+
+    python bench/ui_check.py --out /tmp/ui_check   # writes flow_run.png (and runs.png)
+
+Needs the Debian `chromium` package. Everything listens on 127.0.0.1 only and is stopped at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def screenshot(url: str, out: Path, profile: Path, budget_ms: int = 20000) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not browser:
+        raise SystemExit("chromium not found (apt-get install -y chromium)")
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+         "--hide-scrollbars", "--window-size=1500,1100", f"--virtual-time-budget={budget_ms}",
+         f"--screenshot={out}", url],
+        check=True, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="/tmp/ui_check")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="ui_check_"))
+    from tests.prefect_server import PrefectServer
+
+    home = work / "prefect-home"
+    home.mkdir()
+    import tests.prefect_server as ps
+
+    original = ps.base_env
+    port = ps.free_port()
+    ps.free_port = lambda: port
+    api = f"http://127.0.0.1:{port}/api"  # the UI (served by the server) must call this, not :4200
+    ps.base_env = lambda h, api_url=None: {**original(h, api_url), "PREFECT_UI_ENABLED": "true",
+                                           "PREFECT_UI_API_URL": api, "PREFECT_SERVER_UI_API_URL": api}
+    server = PrefectServer(home)
+    sim = None
+    try:
+        os.environ.update({k: v for k, v in server.env().items() if k.startswith("PREFECT_")})
+        from simulator import start_simulator
+        from tests.flow_helpers import backend, fast_config, make_db
+
+        sim = start_simulator(fast_config(run_time=1.0))
+        from flows.run_jobs import run_jobs
+        from flows.tile_area import tile_area
+
+        db = work / "ui_demo.parquet"
+        tile_area(aoi={"west": 4.0, "south": 50.5, "east": 4.1, "north": 50.55}, tile_size=4_000, job_db=str(db))
+        t0 = time.monotonic()
+        state = run_jobs(job_db=str(db), backends=[backend("sim", sim, 3)], start_job="flows.demo_callbacks:start_job",
+                         poll_interval_seconds=0.5, return_state=True)
+        flow_run_id = state.state_details.flow_run_id
+        print(f"flow run {flow_run_id}: {state.type.value} in {time.monotonic() - t0:.1f} s")
+        ui = f"http://127.0.0.1:{server.port}"
+        for name, url in (("flow_run", f"{ui}/runs/flow-run/{flow_run_id}"), ("runs", f"{ui}/runs"),
+                          ("artifacts", f"{ui}/artifacts")):
+            screenshot(url, out / f"{name}.png", work / f"chromium-{name}")
+            print(f"{name}: {out / f'{name}.png'} ({(out / f'{name}.png').stat().st_size} bytes) <- {url}")
+    finally:
+        if sim is not None:
+            sim.stop()
+        server.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
