@@ -124,7 +124,7 @@ def run_jobs(
     state = prepare(job_db, backends, start_job, process, root_dir)
     try:
         ensure_start_tag_limits(state.backends)
-        state.slots = JobSlots(state.backends, lease_seconds_for(poll_interval_seconds), _flow_run_id())
+        state.slots = JobSlots(state.backends, lease_seconds_for(poll_interval_seconds), _flow_run_id(), job_db)
         progress = ProgressReport(Path(job_db).stem, f"Rows terminal in {job_db}")
         all_started_at = drive(state, max_start_workers, poll_interval_seconds, download_results,
                                cancel_running_job_after, progress, logger)

@@ -6,15 +6,22 @@ DBs, one account) it also needs a slot from the Prefect global concurrency limit
 `openeo-jobs:<host>:<user>` (limit = parallel_jobs). Slots are taken without waiting, one lease
 per row holding a backend slot. When a row stops holding its slot (job ended, start handed
 back) its lease goes to the next row this run starts on that backend, or back to the server
-when none is waiting. Leases are renewed in the background while held; a run that dies keeps
-its slots only until its leases expire (lease_seconds, the server's minimum is 60 s).
+when none is waiting. Leases are renewed in the background while held.
+
+The leases of a run's rows are also written next to the job DB (`.<db name>.slot-leases.json`),
+so a run that resumes the DB after a crash adopts (renews) the leases its predecessor held for
+rows still active instead of waiting for them to expire. Leases nobody adopts expire after
+lease_seconds (the server's minimum is 60 s).
 """
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 from urllib.parse import urlparse
 from uuid import UUID
@@ -42,18 +49,33 @@ def lease_seconds_for(poll_interval: float) -> float:
     return max(MIN_LEASE_SECONDS, 3.0 * poll_interval)
 
 
+def lease_file(job_db: str | Path) -> Path:
+    job_db = Path(job_db)
+    return job_db.with_name(f".{job_db.name}.slot-leases.json")
+
+
 class JobSlots:
     """The leases of one flow run. Only the flow thread calls its methods; renewals run in a
     background thread so a slow Prefect API never holds up the cycle."""
 
-    def __init__(self, backends: Dict[str, BackendConfig], lease_seconds: float, flow_run_id: Optional[str] = None):
+    def __init__(
+        self,
+        backends: Dict[str, BackendConfig],
+        lease_seconds: float,
+        flow_run_id: Optional[str] = None,
+        job_db: Optional[str | Path] = None,
+    ):
         self.limits = {name: limit_name(b) for name, b in backends.items()}
+        self.path = lease_file(job_db) if job_db is not None else None
+        self.adoptable = self._load()  # row -> (limit name, lease id) written by an earlier run
+        self._saved: Optional[dict] = None
         self.lease_seconds = lease_seconds
         self.holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run_id)) if flow_run_id else None
         self.leases: Dict[int, Tuple[str, UUID]] = {}  # row -> (backend, lease id)
         self.renewed_at: Dict[UUID, float] = {}
         self.spare: Dict[str, List[UUID]] = {}
-        self.counters = {"acquired": 0, "denied": 0, "released": 0, "reused": 0, "renewed": 0, "lost": 0}
+        self.counters = {"acquired": 0, "denied": 0, "released": 0, "reused": 0, "renewed": 0, "lost": 0,
+                         "adopted": 0}
         self._lost: set = set()
         self._lock = threading.Lock()
         self._renewer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="slot-leases")
@@ -103,6 +125,44 @@ class JobSlots:
                 with self._lock:
                     self._lost.add(lease_id)
 
+    def _adopt(self, i: int, backend: str) -> Optional[UUID]:
+        """The lease an earlier run of this job DB held for row i, if it is still alive."""
+        limit, lease_id = self.adoptable.pop(i, (None, None))
+        if lease_id is None or limit != self.limits[backend]:
+            return None
+        try:
+            self.client.renew_concurrency_lease(lease_id, lease_duration=self.lease_seconds)
+        except Exception:  # noqa: BLE001 - expired: its slot is free again
+            return None
+        self.counters["adopted"] += 1
+        self.renewed_at[lease_id] = time.monotonic()
+        return lease_id
+
+    def _load(self) -> Dict[int, Tuple[str, UUID]]:
+        if self.path is None or not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+            return {int(i): (limit, UUID(lease_id)) for i, (limit, lease_id) in data["leases"].items()}
+        except (ValueError, KeyError, TypeError, OSError) as exc:
+            log.warning("ignoring unreadable slot lease file %s: %s", self.path, exc)
+            return {}
+
+    def _save(self) -> None:
+        """Write the row -> lease map when it changed (atomically), for a run resuming this DB."""
+        if self.path is None:
+            return
+        data = {"leases": {str(i): [self.limits[b], str(lease_id)] for i, (b, lease_id) in sorted(self.leases.items())}}
+        if data == self._saved:
+            return
+        try:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.path)
+            self._saved = data
+        except OSError as exc:
+            log.warning("could not write slot lease file %s: %s", self.path, exc)
+
     def _take(self, backend: str) -> Optional[UUID]:
         if self.spare.get(backend):
             self.counters["reused"] += 1
@@ -126,11 +186,20 @@ class JobSlots:
         for i in [i for i, (b, _) in self.leases.items() if holding.get(i) != b]:
             backend, lease_id = self.leases.pop(i)
             self.spare.setdefault(backend, []).append(lease_id)
+        denied = set()
         for i, backend in holding.items():
-            if i not in self.leases:
-                lease_id = self._take(backend)
+            if i not in self.leases and backend not in denied:
+                lease_id = self._adopt(i, backend) if i in self.adoptable else None
+                lease_id = lease_id or self._take(backend)
                 if lease_id is not None:
                     self.leases[i] = (backend, lease_id)
+                else:
+                    denied.add(backend)  # the account is full: try again next cycle
+        if self.adoptable:  # leases of rows that ended while no run was watching
+            for i, (_, lease_id) in list(self.adoptable.items()):
+                if i not in holding:
+                    self._release(self.adoptable.pop(i)[1])
+        self._save()
         now = time.monotonic()
         due = [lease_id for lease_id, at in self.renewed_at.items() if now - at > self.lease_seconds / 3]
         if due:
@@ -162,6 +231,7 @@ class JobSlots:
             if self.spare.get(backend):
                 self.leases[i] = (backend, self.spare[backend].pop())
         self.release_spare()
+        self._save()
 
     def release_spare(self) -> None:
         for lease_ids in self.spare.values():
@@ -173,5 +243,8 @@ class JobSlots:
         """Spare leases go back; leases of rows still active stay until they expire (their jobs
         still run on the backend, so the slots are still taken)."""
         self.release_spare()
+        self._save()
+        if self.path is not None and not self.leases:
+            self.path.unlink(missing_ok=True)
         self._renewer.shutdown(wait=True)
         self._client_context.__exit__(None, None, None)

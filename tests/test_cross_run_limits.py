@@ -9,7 +9,7 @@ import pytest
 
 from flows.params import BackendConfig
 from flows.run_jobs import run_jobs
-from flows.slots import JobSlots, limit_name
+from flows.slots import JobSlots, lease_file, limit_name
 from simulator import start_simulator
 from tests.flow_helpers import backend, fast_config, make_db
 
@@ -88,3 +88,32 @@ def test_slots_denied_when_taken_and_freed_on_release(sim):
     finally:
         first.close()
         second.close()
+
+
+def test_resumed_run_adopts_the_leases_of_a_crashed_one(sim, tmp_path):
+    """A run that died leaves its leases in the lease file; the next run of that DB renews them
+    instead of waiting ~a minute for them to expire, and releases those of rows that ended."""
+    config = {"x": BackendConfig(**backend("x", sim, 3))}
+    db = tmp_path / "jobs.parquet"
+    crashed = JobSlots(config, 60, job_db=db)
+    assert crashed.grant({"x": 3}, waiting=3) == {"x": 3}
+    crashed.bind([(0, "x"), (1, "x"), (2, "x")])
+    crashed._renewer.shutdown()  # dies without giving anything back
+    assert lease_file(db).exists()
+
+    other = JobSlots(config, 60)  # another DB on the same account: no slot free
+    resumed = JobSlots(config, 60, job_db=db)
+    try:
+        assert other.grant({"x": 1}, waiting=1) == {"x": 0}
+        resumed.sync({0: "x", 1: "x"})  # rows 0 and 1 still active, row 2 ended meanwhile
+        assert resumed.counters["adopted"] == 2 and resumed.counters["acquired"] == 0
+        assert other.grant({"x": 2}, waiting=2) == {"x": 1}  # row 2's slot came back at once
+        other.bind([])
+        resumed.sync({})
+        resumed.bind([])
+        assert other.grant({"x": 3}, waiting=3) == {"x": 3}
+        other.bind([])
+    finally:
+        resumed.close()
+        other.close()
+    assert not lease_file(db).exists()
