@@ -1,0 +1,406 @@
+"""Scale benchmark of the run_jobs flow, and of the job DB.
+
+    .venv/bin/python bench/scale.py [--rows 10000] [--db-rows 100000] [--json out.json]
+                                     [--skip-flow] [--skip-db] [--no-download]
+
+1. Flow: `--rows` rows over 2 simulated backends (fast jobs: queue 0.1 s, run 0.3 s, one 1 KiB
+   asset), parallel_jobs 200 per backend, poll every 1 s, run to completion in a child process
+   (the parent holds the simulators, so the child's RSS excludes them). Reports wall time,
+   overhead per job, peak RSS (flow process, and with its Prefect server), job-DB persist
+   time per save, time per cycle phase, and the task runs Prefect recorded for the flow run
+   by final state (the ephemeral server can drop state events in bursts).
+2. Job DB: `--db-rows` rows: load, select-by-status, apply_updates of 1 000 rows, persist, for
+   Parquet and CSV (and one openeo-manager-style persist of one row, which rewrites the file).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PASSWORD_ENV = "BENCH_OPENEO_PASSWORD"
+DEFAULT_PREFECT_HOME = Path.home() / ".cache" / "openeo-prefect-bench" / "prefect"
+SIM = dict(queue_time=0.1, run_time=0.3, create_latency=0.0, start_latency=0.0, asset_count=1, asset_size=1024, seed=5)
+PHASES = ["collect_starts", "collect_polls", "submit_polls", "reconcile", "claim_rows", "collect_finishers",
+          "log_histogram", "submit_finisher", "wait_for_progress"]
+
+
+# ---------------------------------------------------------------------------------- child: flow
+class Timer:
+    def __init__(self):
+        self.total: Dict[str, float] = defaultdict(float)
+        self.count: Dict[str, int] = defaultdict(int)
+        self.max: Dict[str, float] = defaultdict(float)
+
+    def wrap(self, owner: Any, name: str, label: Optional[str] = None) -> None:
+        original, label = getattr(owner, name), label or name
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                d = time.perf_counter() - t
+                self.total[label] += d
+                self.count[label] += 1
+                self.max[label] = max(self.max[label], d)
+
+        setattr(owner, name, timed)
+
+    def summary(self) -> Dict[str, Dict[str, float]]:
+        return {k: {"total_s": round(v, 3), "calls": self.count[k], "mean_ms": round(1000 * v / self.count[k], 2),
+                    "max_ms": round(1000 * self.max[k], 1)} for k, v in sorted(self.total.items(), key=lambda kv: -kv[1])}
+
+
+def child_flow(spec: Dict[str, Any], out: Path) -> None:
+    import pandas as pd
+
+    from jobdb import JobDatabase
+
+    os.environ[PASSWORD_ENV] = spec["password"]
+    workdir = Path(spec["workdir"])
+    n = spec["rows"]
+    db_path = workdir / "jobs.parquet"
+    JobDatabase.create(db_path, pd.DataFrame({"tile_id": [f"T{i:06d}" for i in range(n)],
+                                              "year": [2020 + i % 4 for i in range(n)]}))
+    import flows.run_jobs as rj
+    from flows.reporting import ProgressReport
+
+    timer = Timer()
+    timer.wrap(JobDatabase, "save", "JobDatabase.save")
+    timer.wrap(ProgressReport, "update", "ProgressReport.update")
+    for name in PHASES:
+        if hasattr(rj, name):
+            timer.wrap(rj, name)
+    try:
+        import flows.slots as slots
+
+        for name in ("sync", "grant", "bind"):
+            timer.wrap(slots.JobSlots, name, f"JobSlots.{name}")
+    except ImportError:
+        pass
+    backends = [{"name": b["name"], "url": b["url"], "parallel_jobs": b["parallel_jobs"],
+                 "auth": {"type": "basic", "username": "scale", "password_env": PASSWORD_ENV}} for b in spec["backends"]]
+    result: Dict[str, Any] = {}
+    t0 = time.time()
+    try:
+        state = rj.run_jobs(job_db=str(db_path), backends=backends, start_job="flows.demo_callbacks:start_job",
+                            max_start_workers=spec["start_workers"], poll_interval_seconds=1.0,
+                            download_results=spec["download"], root_dir=str(workdir / "results"), return_state=True)
+        t1 = time.time()
+        stats = state.result()
+        result.update(ok=True, stats=stats, flow_run_id=str(state.state_details.flow_run_id))
+    except BaseException as exc:  # noqa: BLE001
+        import traceback
+
+        t1 = time.time()
+        result.update(ok=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-3000:])
+    result.update(call_start=t0, call_end=t1, timings=timer.summary())
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result.update(ru_maxrss_kb=usage.ru_maxrss, cpu_s=round(usage.ru_utime + usage.ru_stime, 2))
+    if result.get("flow_run_id"):
+        result["task_runs"] = count_task_runs(result["flow_run_id"], spec.get("settle_seconds", 10))
+    out.write_text(json.dumps(result, default=str))
+
+
+def count_task_runs(flow_run_id: str, settle: float) -> Dict[str, Any]:
+    """Task runs the Prefect server holds for the flow run, by state type (after `settle` s)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterState,
+                                                TaskRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+
+    flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    counts: Dict[str, Any] = {}
+    deadline = time.time() + settle
+    with get_client(sync_client=True) as client:
+        while True:
+            counts = {"total": client.count_task_runs(flow_run_filter=flow_filter)}
+            for st in StateType:
+                c = client.count_task_runs(flow_run_filter=flow_filter, task_run_filter=TaskRunFilter(
+                    state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[st]))))
+                if c:
+                    counts[st.value] = c
+            if time.time() >= deadline:
+                break
+            time.sleep(min(2.0, max(0.0, deadline - time.time())))
+    return counts
+
+
+# --------------------------------------------------------------------------------- parent: flow
+def proc_tree(pid: int) -> Dict[int, Dict[str, float]]:
+    """{pid: {rss_kb, cpu_s, cmd}} for a process and its descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        if p in out:
+            continue
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+            fields = stat[stat.rfind(")") + 2:].split()
+            rss = next(int(line.split()[1]) for line in Path(f"/proc/{p}/status").read_text().splitlines()
+                       if line.startswith("VmRSS:"))
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+            out[p] = {"rss_kb": rss, "cpu_s": (int(fields[11]) + int(fields[12])) / tick, "cmd": cmd}
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError, StopIteration):
+            continue
+    return out
+
+
+def run_flow_bench(args: argparse.Namespace) -> Dict[str, Any]:
+    from simulator import SimulatorConfig, start_simulator
+
+    sims = [start_simulator(SimulatorConfig(**SIM)) for _ in range(2)]
+    workdir = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.workdir))
+    spec = {"rows": args.rows, "workdir": str(workdir), "password": sims[0].config.password,
+            "start_workers": args.start_workers, "download": not args.no_download,
+            "backends": [{"name": f"b{i}", "url": s.url, "parallel_jobs": args.parallel_jobs} for i, s in enumerate(sims)]}
+    (workdir / "spec.json").write_text(json.dumps(spec))
+    out = workdir / "child_result.json"
+    env = dict(os.environ)
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("PREFECT_HOME", str(DEFAULT_PREFECT_HOME))
+    env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(workdir / "spec.json"), str(out)]
+    print(f"[{time.strftime('%H:%M:%S')}] flow: {args.rows} rows, 2 backends × {args.parallel_jobs} slots, "
+          f"{args.start_workers} start workers, download={not args.no_download} ...", flush=True)
+    log = open(workdir / "child.log", "wb")
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    peak = {"flow_rss_kb": 0, "tree_rss_kb": 0}
+    last: Dict[int, Dict[str, float]] = {}
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.5):
+            tree = proc_tree(proc.pid)
+            last.update(tree)
+            peak["tree_rss_kb"] = max(peak["tree_rss_kb"], sum(v["rss_kb"] for v in tree.values()))
+            if proc.pid in tree:
+                peak["flow_rss_kb"] = max(peak["flow_rss_kb"], tree[proc.pid]["rss_kb"])
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    outcome = "ok"
+    try:
+        proc.wait(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        outcome = "timeout"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done.set()
+    sampler.join()
+    log.close()
+    counters = [s.counters() for s in sims]
+    for s in sims:
+        s.stop()
+    result: Dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"ok": False}
+    if outcome == "ok" and not result.get("ok"):
+        outcome = "crashed"
+    server_cpu = sum(v["cpu_s"] for p, v in last.items() if p != proc.pid and "uvicorn" in v["cmd"])
+    n = args.rows
+    rounds = math.ceil(n / (2 * args.parallel_jobs))
+    ideal = rounds * (SIM["create_latency"] + SIM["start_latency"] + SIM["queue_time"] + SIM["run_time"])
+    wall = (result["call_end"] - result["call_start"]) if result.get("call_start") else None
+    stats = result.get("stats") or {}
+    elapsed = stats.get("elapsed_seconds")
+    save = (result.get("timings") or {}).get("JobDatabase.save", {})
+    requests: Dict[str, int] = defaultdict(int)
+    for c in counters:
+        for k, v in c["requests"].items():
+            requests[k] += v
+    summary = {
+        "outcome": outcome, "rows": n, "parallel_jobs_per_backend": args.parallel_jobs,
+        "start_workers": args.start_workers, "download": not args.no_download,
+        "process_wall_s": round(time.time() - t0, 1),
+        "call_wall_s": round(wall, 1) if wall else None,
+        "flow_elapsed_s": elapsed,
+        "time_to_all_started_s": stats.get("time_to_all_started_seconds"),
+        "ideal_s": round(ideal, 1),
+        "overhead_per_job_ms": round(1000 * (elapsed - ideal) / n, 2) if elapsed else None,
+        "flow_cpu_s": result.get("cpu_s"), "flow_cpu_per_job_ms": round(1000 * result["cpu_s"] / n, 2) if result.get("cpu_s") else None,
+        "prefect_server_cpu_s": round(server_cpu, 1),
+        "peak_rss_mb": round(result.get("ru_maxrss_kb", 0) / 1024, 1),
+        "peak_rss_sampled_mb": round(peak["flow_rss_kb"] / 1024, 1),
+        "peak_tree_rss_mb": round(peak["tree_rss_kb"] / 1024, 1),
+        "persists": save.get("calls"), "persist_mean_ms": save.get("mean_ms"), "persist_max_ms": save.get("max_ms"),
+        "persist_total_s": save.get("total_s"),
+        "cycles": stats.get("cycles"),
+        "task_runs_submitted": sum(stats.get(k, 0) for k in ("start_tasks", "download_tasks", "poll_tasks", "error_log_tasks")),
+        "task_runs_by_kind": {k: stats.get(k) for k in ("start_tasks", "download_tasks", "poll_tasks", "error_log_tasks")},
+        "task_runs_on_server": result.get("task_runs"),
+        "status": stats.get("status"),
+        "jobs_total": sum(c["jobs_total"] for c in counters),
+        "duplicates": sum(len(v) for c in counters for v in c["duplicate_titles"].values()),
+        "requests": dict(requests),
+        "phase_timings": result.get("timings"),
+        "error": result.get("error"), "traceback": result.get("traceback"),
+        "workdir": str(workdir),
+    }
+    if outcome != "ok":
+        summary["log_tail"] = (workdir / "child.log").read_text(errors="replace")[-3000:]
+    return summary
+
+
+# ----------------------------------------------------------------------------------- job DB
+def run_db_bench(rows: int, base: Path) -> Dict[str, Any]:
+    import numpy as np
+    import pandas as pd
+
+    from jobdb import JobDatabase
+
+    print(f"[{time.strftime('%H:%M:%S')}] job DB: {rows} rows ...", flush=True)
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"tile_id": [f"T{i:06d}" for i in range(rows)], "year": 2020 + rng.integers(0, 5, rows),
+                       "west": rng.uniform(-180, 170, rows), "south": rng.uniform(-80, 70, rows)})
+    out: Dict[str, Any] = {"rows": rows}
+    for fmt in ("parquet", "csv"):
+        path = base / f"db100k.{fmt}"
+        path.unlink(missing_ok=True)
+        r: Dict[str, Any] = {}
+        t = time.perf_counter()
+        db = JobDatabase.create(path, df)
+        r["create_s"] = time.perf_counter() - t
+        # a run in progress: a mix of statuses and ids
+        updates = {i: {"status": s, "id": f"j-{i:08d}", "backend_name": "b0"}
+                   for i, s in zip(range(0, rows, 3), ["finished", "running", "queued", "error"] * rows)}
+        db.apply_updates(updates)
+        db.save()
+        r["file_mb"] = round(path.stat().st_size / 1e6, 2)
+        t = time.perf_counter()
+        db = JobDatabase.open(path)
+        r["load_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        sel = db.get_by_status(["running", "queued"])
+        r["select_by_status_s"] = time.perf_counter() - t
+        r["selected"] = len(sel)
+        t = time.perf_counter()
+        few = db.rows(statuses=["not_started"], max=400)
+        r["rows_not_started_400_s"] = time.perf_counter() - t
+        r["rows_dicts"] = len(few)
+        upd = {i: {"status": "finished", "id": f"j-{i:08d}", "backend_name": "b1", "costs": 1.5,
+                   "running_start_time": "2026-01-01T00:00:00Z"} for i in range(1, min(rows, 3001), 3)}
+        r["updated_rows"] = len(upd)
+        t = time.perf_counter()
+        db.apply_updates(upd)
+        r["apply_updates_1000_s"] = time.perf_counter() - t
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            db.save()
+            times.append(time.perf_counter() - t)
+        r["persist_s"] = min(times)
+        r["persist_s_runs"] = [round(x, 3) for x in times]
+        # openeo's manager: persist(one row) reads the whole file and writes it again, per event
+        try:
+            from openeo.extra.job_management import get_job_db
+
+            odb = get_job_db(path)
+            one = odb.read().iloc[[5]].copy()
+            one["status"] = "queued"
+            t = time.perf_counter()
+            odb.persist(one)
+            r["openeo_persist_one_row_s"] = time.perf_counter() - t
+        except Exception as exc:  # noqa: BLE001
+            r["openeo_persist_one_row_s"] = f"failed: {exc}"
+        out[fmt] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+        print(f"    {fmt}: {out[fmt]}", flush=True)
+    return out
+
+
+def flow_table(s: Dict[str, Any]) -> str:
+    tr = s.get("task_runs_on_server") or {}
+    rows = [
+        ("outcome", s["outcome"]), ("rows", s["rows"]), ("status", s.get("status")),
+        ("wall time of the flow call (s)", s["call_wall_s"]), ("flow elapsed_seconds (s)", s["flow_elapsed_s"]),
+        ("time until all started (s)", s["time_to_all_started_s"]),
+        ("ideal makespan ceil(N/400)·0.4 s (s)", s["ideal_s"]),
+        ("flow overhead per job: (elapsed − ideal)/N (ms)", s["overhead_per_job_ms"]),
+        ("flow process CPU (s) / per job (ms)", f"{s['flow_cpu_s']} / {s['flow_cpu_per_job_ms']}"),
+        ("Prefect server CPU (s)", s["prefect_server_cpu_s"]),
+        ("peak RSS flow process (MB)", s["peak_rss_mb"]),
+        ("peak RSS flow + Prefect server (MB)", s["peak_tree_rss_mb"]),
+        ("job-DB persists / mean / max (ms)", f"{s['persists']} / {s['persist_mean_ms']} / {s['persist_max_ms']}"),
+        ("cycles", s["cycles"]),
+        ("task runs submitted (start/download/poll/error-log)",
+         f"{s['task_runs_submitted']} ({'/'.join(str(v) for v in s['task_runs_by_kind'].values())})"),
+        ("task runs on the Prefect server, by state", tr),
+        ("jobs created / duplicates", f"{s['jobs_total']} / {s['duplicates']}"),
+    ]
+    return "\n".join(["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def phase_table(s: Dict[str, Any]) -> str:
+    lines = ["| cycle phase | total s | calls | mean ms | max ms |", "|---|---|---|---|---|"]
+    for k, v in (s.get("phase_timings") or {}).items():
+        lines.append(f"| {k} | {v['total_s']} | {v['calls']} | {v['mean_ms']} | {v['max_ms']} |")
+    return "\n".join(lines)
+
+
+def db_table(d: Dict[str, Any]) -> str:
+    keys = ["file_mb", "load_s", "select_by_status_s", "rows_not_started_400_s", "apply_updates_1000_s", "persist_s",
+            "openeo_persist_one_row_s"]
+    lines = [f"| {d['rows']} rows | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for fmt in ("parquet", "csv"):
+        lines.append(f"| {fmt} | " + " | ".join(str(d[fmt].get(k)) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child_flow(json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=10_000, help="rows for the flow run")
+    parser.add_argument("--parallel-jobs", type=int, default=200, help="job slots per backend")
+    parser.add_argument("--start-workers", type=int, default=20, help="max_start_workers of the flow")
+    parser.add_argument("--no-download", action="store_true", help="download_results=False")
+    parser.add_argument("--db-rows", type=int, default=100_000, help="rows for the job DB benchmark")
+    parser.add_argument("--skip-flow", action="store_true")
+    parser.add_argument("--skip-db", action="store_true")
+    parser.add_argument("--timeout", type=float, default=720, help="kill the flow run after this many seconds")
+    parser.add_argument("--workdir", help="default: a temp dir")
+    parser.add_argument("--json", help="write all figures here")
+    args = parser.parse_args(argv)
+    args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench-scale-")
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    report: Dict[str, Any] = {"simulator": SIM}
+    if not args.skip_db:
+        report["job_db"] = run_db_bench(args.db_rows, Path(args.workdir))
+        print("\n" + db_table(report["job_db"]) + "\n", flush=True)
+    if not args.skip_flow:
+        report["flow"] = run_flow_bench(args)
+        print("\n" + flow_table(report["flow"]) + "\n\n" + phase_table(report["flow"]), flush=True)
+        if report["flow"].get("error"):
+            print("\nerror:", report["flow"]["error"], report["flow"].get("log_tail", "")[-1500:])
+    report["total_seconds"] = round(time.time() - t0, 1)
+    print(f"\ntotal {report['total_seconds']} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
