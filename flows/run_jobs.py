@@ -347,7 +347,10 @@ def reconcile(state: RunState, logger: logging.Logger) -> None:
             if job is not None:
                 logger.info("row %s: adopted job %s found on %s", i, job["id"], name)
                 status = job.get("status") or "created"
-                updates[i] = {"status": "created" if status == "created" else status, "id": job["id"]}
+                # A job that ended meanwhile is taken up as `queued`: the next poll sees it end and
+                # records usage and downloads results (or saves error logs), as for any other job.
+                updates[i] = {"status": status if status in ("created", "queued", "running") else "queued",
+                              "id": job["id"]}
     for i in updates:
         state.needs_reconcile.discard(i)
     state.update(updates)

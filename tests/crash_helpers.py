@@ -1,0 +1,152 @@
+"""Kill the run-jobs flow (SIGKILL) again and again at random moments, resuming each time.
+
+Shared by tests/test_crash_recovery.py (fast) and bench/crash_recovery.py (long).
+Each round starts the flow in a child process against the same job DB (a resume of the
+previous round), waits until the child works on jobs and has rewritten the job DB once
+(so every round makes progress), waits a seeded random delay and kills it. The phase the kill landed in is read from what the child left behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pandas as pd
+
+from jobdb import TERMINAL_STATUSES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _job_requests(sim) -> int:
+    """Requests about jobs (create, start, list, describe, results): the run is past its setup."""
+    return sum(n for k, n in sim.counters()["requests"].items() if " /jobs" in k)
+
+
+def _stamp(path: Path):
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def free_slots_of_killed_run(prefix: str = "openeo-jobs:") -> int:
+    """Delete the cross-run job-slot limits (flows/slots.py), as if the killed run's leases expired.
+
+    A SIGKILLed run keeps its slot leases until they expire (>= 60 s, the Prefect server's
+    minimum); without this each resume would wait that long before starting new jobs.
+    """
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        names = [limit.name for limit in client.read_global_concurrency_limits(limit=200)
+                 if limit.name.startswith(prefix)]
+        for name in names:
+            client.delete_global_concurrency_limit_by_name(name)
+    return len(names)
+
+
+def kill_phase(db: Path, root: Path) -> str:
+    """What the killed run was doing, judged by the DB and files it left: phases joined by '+'."""
+    phases = []
+    if any(root.glob(f".{db.name}.*.tmp")):
+        phases.append("persist")
+    if not db.exists():
+        return "+".join(phases) or "setup"
+    df = pd.read_parquet(db)
+    status = df["status"]
+    results = df["results_status"] if "results_status" in df.columns else pd.Series(index=df.index, dtype=object)
+    if (status == "creating").any():
+        phases.append("create")
+    if status.isin(["created", "queued_for_start"]).any():
+        phases.append("start")
+    if status.isin(["queued", "running"]).any():
+        phases.append("poll")
+    if any(root.rglob(".*.part")):
+        phases.append("download(partial file)")
+    elif ((status == "finished") & (results != "downloaded")).any():
+        phases.append("download")
+    return "+".join(phases) or "idle"
+
+
+def kill_rounds(sim, kwargs: Dict, kills: int, seed: int, min_delay: float = 0.1, max_delay: float = 1.6,
+                timeout: float = 60.0, env: Optional[Dict[str, str]] = None,
+                log_dir: Optional[Path] = None) -> List[Dict]:
+    """Up to `kills` child runs, each SIGKILLed a random delay after it first reached the backend.
+
+    Stops early when a child finishes on its own (all rows done). Returns one record per round.
+    """
+    rng = random.Random(seed)
+    db, root = Path(kwargs["job_db"]), Path(kwargs.get("root_dir") or Path(kwargs["job_db"]).parent)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    records = []
+    for round_no in range(kills):
+        before, stamp = _job_requests(sim), _stamp(db)
+        jobs_before = sim.counters()["jobs_total"]
+        child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],
+                                 env=env, stdout=subprocess.DEVNULL,
+                                 stderr=open(log_dir / f"round{round_no + 1}.log", "wb") if log_dir else subprocess.DEVNULL)
+        delay = rng.uniform(min_delay, max_delay)
+        outcome = "killed"
+        try:
+            deadline = time.monotonic() + timeout
+            # wait until it is past setup and has persisted progress, then kill after `delay`
+            while _job_requests(sim) <= before or _stamp(db) == stamp:
+                if child.poll() is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)  # polling another process's effect on the simulator, bounded
+            end = time.monotonic() + delay
+            while time.monotonic() < end and child.poll() is None:
+                time.sleep(0.01)
+        finally:
+            if child.poll() is None:
+                child.send_signal(signal.SIGKILL)
+            else:
+                outcome = f"exited {child.returncode}"
+            child.wait(30)
+            free_slots_of_killed_run()
+        statuses = pd.read_parquet(db)["status"] if db.exists() else pd.Series(dtype=object)
+        records.append({
+            "round": round_no + 1, "delay_s": round(delay, 2), "outcome": outcome,
+            "phase": kill_phase(db, root) if outcome == "killed" else "-",
+            "terminal": int(statuses.isin(TERMINAL_STATUSES).sum()),
+            "new_jobs": sim.counters()["jobs_total"] - jobs_before,
+        })
+        if outcome != "killed":
+            break
+    return records
+
+
+def check_recovered(sim, db: Path, root: Path, asset_size: int, asset_count: int) -> Dict:
+    """The invariants after the final resume; returns a summary."""
+    from tests.flow_helpers import assert_results_complete
+
+    df = pd.read_parquet(db)
+    counters = sim.counters()
+    assert df["status"].isin(TERMINAL_STATUSES).all(), df["status"].value_counts()
+    assert counters["duplicate_titles"] == {}, counters["duplicate_titles"]
+    assert counters["jobs_total"] == len(df) == df["id"].nunique(), (counters["jobs_total"], len(df))
+    assert (df["status"] == "finished").all(), df["status"].value_counts()
+    not_downloaded = df.loc[df["results_status"] != "downloaded", ["id", "status", "results_status", "error_message"]]
+    assert not_downloaded.empty, not_downloaded.to_dict("records")
+    assert_results_complete(root, df, asset_size=asset_size, asset_count=asset_count)
+    leftovers = [p for p in root.rglob("*.part")] + list(root.glob(f".{db.name}.*.tmp"))
+    assert leftovers == [], leftovers
+    return {"rows": len(df), "jobs": counters["jobs_total"], "duplicates": 0,
+            "job_starts": counters["job_starts"], "job_restarts": counters["job_restarts"]}
+
+
+def table(records: List[Dict]) -> str:
+    if not records:
+        return "(no rounds)"
+    header = list(records[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in records]
+    return "\n".join(lines)

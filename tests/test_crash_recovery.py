@@ -1,0 +1,49 @@
+"""SIGKILL the flow at 10 random moments (create, start, poll, download, DB persist), resume each
+time; finally resume in-process: every row terminal, no job twice, every result complete.
+
+The kill moments are seeded (CRASH_SEED env var to vary them); bench/crash_recovery.py is the
+long version.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import pytest
+
+from flows.run_jobs import run_jobs
+from simulator import start_simulator
+from tests.crash_helpers import check_recovered, kill_rounds, table
+from tests.flow_helpers import backend, fast_config, make_db
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+KILLS = 10
+ROWS = 40
+ASSET_SIZE = 1 << 20  # 1 MiB x 2 assets: downloads take long enough to be killed mid-file sometimes
+
+
+def test_killed_ten_times_then_resumed(tmp_path, prefect_harness):
+    from prefect.settings import PREFECT_API_URL
+
+    seed = int(os.environ.get("CRASH_SEED", "20261122"))
+    sim = start_simulator(fast_config(create_latency=0.15, start_latency=0.15, queue_time=0.1, run_time=0.6,
+                                      asset_size=ASSET_SIZE, asset_count=2, seed=seed))
+    try:
+        db = make_db(tmp_path / "jobs.parquet", ROWS)
+        kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
+                      poll_interval_seconds=0.25)
+        records = kill_rounds(sim, kwargs, kills=KILLS, seed=seed, env={"PREFECT_API_URL": PREFECT_API_URL.value()})
+        print(f"\ncrash rounds (seed {seed}):\n" + table(records))
+        killed = [r for r in records if r["outcome"] == "killed"]
+        assert len(killed) >= KILLS, "the work finished before 10 kills: make it longer"
+        phases = Counter(p.split("(")[0] for r in killed for p in r["phase"].split("+"))
+        print("kills that landed while rows were in each phase:", dict(phases))
+        assert len({"create", "start", "poll", "download"} & set(phases)) >= 3, phases
+
+        stats = run_jobs(**kwargs)  # the final resume, in-process
+        summary = check_recovered(sim, db, tmp_path, asset_size=ASSET_SIZE, asset_count=2)
+        print("after final resume:", summary, "stats:", stats["status"])
+        assert stats["status"] == {"finished": ROWS}
+    finally:
+        sim.stop()
