@@ -296,7 +296,9 @@ def claim_rows(state: RunState) -> List[Dict[str, Any]]:
 
 def collect_starts(state: RunState, logger: logging.Logger) -> None:
     updates = {}
-    for future in [f for f in state.starts if f.state.is_final() or f.wrapped_future.done()]:
+    # wrapped_future only: `f.state` of an unfinished future is one API call (read_task_run) per
+    # pending start per cycle, which stalled the flow thread for seconds with hundreds of starts.
+    for future in [f for f in state.starts if f.wrapped_future.done()]:
         i = state.starts.pop(future)
         try:
             result = future.result(raise_on_failure=True)
