@@ -37,22 +37,6 @@ def _stamp(path: Path):
     return st.st_mtime_ns, st.st_size, st.st_ino
 
 
-def free_slots_of_killed_run(prefix: str = "openeo-jobs:") -> int:
-    """Delete the cross-run job-slot limits (flows/slots.py), as if the killed run's leases expired.
-
-    A SIGKILLed run keeps its slot leases until they expire (>= 60 s, the Prefect server's
-    minimum); without this each resume would wait that long before starting new jobs.
-    """
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        names = [limit.name for limit in client.read_global_concurrency_limits(limit=200)
-                 if limit.name.startswith(prefix)]
-        for name in names:
-            client.delete_global_concurrency_limit_by_name(name)
-    return len(names)
-
-
 def kill_phase(db: Path, root: Path) -> str:
     """What the killed run was doing, judged by the DB and files it left: phases joined by '+'."""
     phases = []
@@ -111,7 +95,6 @@ def kill_rounds(sim, kwargs: Dict, kills: int, seed: int, min_delay: float = 0.1
             else:
                 outcome = f"exited {child.returncode}"
             child.wait(30)
-            free_slots_of_killed_run()
         statuses = pd.read_parquet(db)["status"] if db.exists() else pd.Series(dtype=object)
         records.append({
             "round": round_no + 1, "delay_s": round(delay, 2), "outcome": outcome,
