@@ -1,10 +1,13 @@
 """Helpers shared by the flow tests: simulated backends, job DBs, result checks."""
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
+import threading
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 import pandas as pd
 
@@ -61,3 +64,47 @@ def assert_results_complete(root: Path, df: pd.DataFrame, asset_size: int, asset
 
 def started_simulators(n: int, **knobs) -> List:
     return [start_simulator(fast_config(**knobs)) for _ in range(n)]
+
+
+# A user-defined process with one parameter (max_cloud) that no make_db column provides.
+UDP_DEFINITION = {
+    "id": "ndvi_composite",
+    "parameters": [
+        {"name": "tile_id", "description": "tile", "schema": {"type": "string"}},
+        {"name": "year", "description": "year", "schema": {"type": "integer"}},
+        {"name": "max_cloud", "description": "cloud cover limit", "schema": {"type": "number"}},
+    ],
+    "process_graph": {
+        "load": {"process_id": "load_collection",
+                 "arguments": {"id": "SENTINEL2_L2A", "spatial_extent": None, "temporal_extent": None}},
+        "save": {"process_id": "save_result", "arguments": {"data": {"from_node": "load"}, "format": "GTiff"},
+                 "result": True},
+    },
+}
+
+
+@contextlib.contextmanager
+def serve_json(document: dict) -> Iterator[str]:
+    """Serve `document` on a loopback port (e.g. a UDP definition as a process namespace URL)."""
+    body = json.dumps(document).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/udp/{document.get('id', 'doc')}.json"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

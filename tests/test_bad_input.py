@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import socket
-import threading
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
 from flows.run_jobs import run_jobs
-from tests.flow_helpers import PASSWORD_ENV, backend, make_db, started_simulators
+from tests.flow_helpers import PASSWORD_ENV, UDP_DEFINITION, backend, make_db, serve_json, started_simulators
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -126,40 +124,11 @@ def test_start_job_and_process_both_or_neither(sim, tmp_path):
     expect_setup_failure(sim, db, ["exactly one"], start_job=None)
 
 
-class _UdpHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
-        body = json.dumps({
-            "id": "needs_cloud",
-            "parameters": [
-                {"name": "tile_id", "description": "tile", "schema": {"type": "string"}},
-                {"name": "max_cloud", "description": "cloud cover limit", "schema": {"type": "number"}},
-            ],
-            "process_graph": {"load": {"process_id": "load_collection", "arguments": {"id": "SENTINEL2_L2A"},
-                                       "result": True}},
-        }).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 def test_process_parameter_nobody_provides(sim, tmp_path):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _UdpHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve_json(UDP_DEFINITION) as url:
         db = make_db(tmp_path / "jobs.parquet", 3)
-        url = f"http://127.0.0.1:{server.server_address[1]}/udp/needs_cloud.json"
         expect_setup_failure(sim, db, ["max_cloud", "parameter_defaults", "column"],
-                             start_job=None, process={"process_id": "needs_cloud", "namespace": url})
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+                             start_job=None, process={"process_id": "ndvi_composite", "namespace": url})
 
 
 def test_process_definition_unreachable(sim, tmp_path):

@@ -1,13 +1,11 @@
 """End-to-end runs of the run-jobs flow: real Prefect, simulated backends over HTTP."""
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,6 +20,8 @@ from tests.flow_helpers import (
     make_db,
     manager_requests_per_job,
     started_simulators,
+    serve_json,
+    UDP_DEFINITION,
 )
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -106,43 +106,10 @@ def test_errored_jobs_keep_their_logs(tmp_path):
     assert_results_complete(tmp_path, df, asset_size=2048)
 
 
-class _UdpHandler(http.server.BaseHTTPRequestHandler):
-    definition: dict = {}
-
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        body = json.dumps(self.definition).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def udp_server():
-    _UdpHandler.definition = {
-        "id": "ndvi_composite",
-        "parameters": [
-            {"name": "tile_id", "description": "tile", "schema": {"type": "string"}},
-            {"name": "year", "description": "year", "schema": {"type": "integer"}},
-            {"name": "max_cloud", "description": "cloud cover limit", "schema": {"type": "number"}},
-        ],
-        "process_graph": {
-            "load": {"process_id": "load_collection", "arguments": {"id": "SENTINEL2_L2A", "spatial_extent": None,
-                                                                      "temporal_extent": None}},
-            "save": {"process_id": "save_result", "arguments": {"data": {"from_node": "load"}, "format": "GTiff"},
-                     "result": True},
-        },
-    }
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _UdpHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/udp/ndvi_composite.json"
-    server.shutdown()
-    thread.join(5)
+    with serve_json(UDP_DEFINITION) as url:
+        yield url
 
 
 def test_process_based_creator(two_sims, tmp_path, udp_server):
