@@ -57,7 +57,7 @@ def main() -> int:
     try:
         os.environ.update({k: v for k, v in server.env().items() if k.startswith("PREFECT_")})
         from simulator import start_simulator
-        from tests.flow_helpers import backend, fast_config, make_db
+        from tests.flow_helpers import backend, fast_config
 
         sim = start_simulator(fast_config(run_time=1.0))
         from flows.run_jobs import run_jobs

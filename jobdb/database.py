@@ -16,7 +16,6 @@ import pandas as pd
 from openeo.extra.job_management import JobDatabaseInterface
 
 from jobdb.schema import (
-    GEOMETRY_COLUMN,
     JobDbError,
     JobDbExistsError,
     normalize_df,
