@@ -240,7 +240,7 @@ def drive(
                     start_runs[backend],
                     parameters=dict(
                         row=row, backend=backend, creator=state.creator, marker=row["job_marker"],
-                        label=bk.row_label(row), job_id=row.get("id") if row["status"] == "queued_for_start" else None,
+                        label=f"{bk.row_label(row)}@{backend}", job_id=row.get("id") if row["status"] == "queued_for_start" else None,
                     ),
                 )
                 state.starts[future] = row["_row"]
