@@ -56,6 +56,9 @@ START_TAG_PREFIX = "openeo-start:"
 MIN_PERSIST_INTERVAL_SECONDS = 1.0
 # After a row was handed back (rate limit, job limit), wait this long before trying it again.
 RETRY_HOLD_SECONDS = 5.0
+# After a task returned, wait this long for others before the next cycle (10k rows: a cycle per
+# returning task meant 2240 cycles, each scanning the whole DB; bench/README.md).
+COALESCE_SECONDS = 0.1
 # Renew basic/OIDC access tokens this often, before they expire (expired ones are renewed on 403 too).
 TOKEN_REFRESH_SECONDS = 30 * 60.0
 
@@ -478,7 +481,10 @@ def wait_for_progress(state: RunState, timeout: float) -> None:
     if held:
         timeout = min(timeout, max(0.05, min(held)))
     if pending:
-        concurrent.futures.wait(pending, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+        t0 = time.monotonic()
+        done, _ = concurrent.futures.wait(pending, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED)
+        if done:  # let tasks finishing about now join this cycle: every cycle scans the whole job DB
+            time.sleep(max(0.0, min(COALESCE_SECONDS, timeout - (time.monotonic() - t0))))
     else:
         time.sleep(timeout)
 
