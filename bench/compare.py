@@ -410,8 +410,8 @@ def targets_table(rows: List[Dict[str, Any]]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="default: all")
-    parser.add_argument("--tool", action="append", choices=["openeo", "ours"], help="default: both")
+    parser.add_argument("--scenario", action="extend", nargs="+", choices=sorted(SCENARIOS), help="default: all")
+    parser.add_argument("--tool", action="extend", nargs="+", choices=["openeo", "ours"], help="default: both")
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--workdir", help="where job DBs and results go (default: a temp dir)")
     parser.add_argument("--timeout-factor", type=float, default=4.0,
