@@ -47,6 +47,7 @@ from flows.setup import (
 from jobdb import TERMINAL_STATUSES, JobDatabase, JobDbError
 from tasks.connections import ManagedConnection, register_connection, unregister_connection
 from tasks.download import download_results as download_results_task
+from tasks.download import download_results_batch
 from tasks.download import save_error_logs
 from tasks.poll import find_marked_jobs, poll_backend
 from tasks.start import start_job as start_job_task
@@ -54,6 +55,9 @@ from tasks.start import start_job as start_job_task
 START_TAG_PREFIX = "openeo-start:"
 # Persist at least this often while results stream in (intents are always persisted at once).
 MIN_PERSIST_INTERVAL_SECONDS = 1.0
+# More downloads than this for one backend in one cycle go in batch tasks of this size.
+DOWNLOAD_BATCH_THRESHOLD = 8
+DOWNLOAD_BATCH_SIZE = 25
 # After a row was handed back (rate limit, job limit), wait this long before trying it again.
 RETRY_HOLD_SECONDS = 5.0
 # After a task returned, wait this long for others before the next cycle (10k rows: a cycle per
@@ -74,7 +78,7 @@ class RunState:
     root_dir: Path
     marker_prefix: str
     starts: Dict[PrefectFuture, int] = field(default_factory=dict)
-    finishers: Dict[PrefectFuture, tuple] = field(default_factory=dict)
+    finishers: Dict[PrefectFuture, tuple] = field(default_factory=dict)  # future -> ([(row, status, job id)], batched)
     polls: Dict[PrefectFuture, tuple] = field(default_factory=dict)  # future -> (backend, {job id: row})
     hold_until: Dict[int, float] = field(default_factory=dict)
     needs_reconcile: set = field(default_factory=set)
@@ -408,49 +412,74 @@ def collect_polls(state: RunState, download: bool, logger: logging.Logger) -> No
             if update["status"] in ("finished", "error") and row["status"] != update["status"]:
                 ended.append((i, name, job_id, update["status"], change.get("metadata")))
     state.update(updates)
-    for i, name, job_id, status, metadata in ended:
-        submit_finisher(state, i, name, job_id, status, metadata, download)
+    submit_finishers(state, ended, download)
 
 
-def submit_finisher(state, i, backend, job_id, status, metadata, download) -> None:
-    if status == "finished" and download:
-        future = download_results_task.submit(backend, job_id, str(state.root_dir), metadata)
-        state.counters["download_tasks"] += 1
-    elif status == "error":
-        future = save_error_logs.submit(backend, job_id, str(state.root_dir))
-        state.counters["error_log_tasks"] += 1
-    else:
-        return
-    state.finishers[future] = (i, status)
+def submit_finishers(state: RunState, ended: List[tuple], download: bool) -> None:
+    """Download tasks for finished jobs, error-log tasks for failed ones.
+
+    One task run per job, named after it; but when many jobs of a backend end in one cycle
+    their downloads go in batches (Prefect's server falls behind on thousands of task runs).
+    """
+    downloads: Dict[str, List[tuple]] = {}
+    for i, backend, job_id, status, metadata in ended:
+        if status == "finished" and download:
+            downloads.setdefault(backend, []).append((i, job_id, metadata))
+        elif status == "error":
+            future = save_error_logs.submit(backend, job_id, str(state.root_dir))
+            state.counters["error_log_tasks"] += 1
+            state.finishers[future] = ([(i, status, job_id)], False)
+    for backend, jobs in downloads.items():
+        if len(jobs) <= DOWNLOAD_BATCH_THRESHOLD:
+            for i, job_id, metadata in jobs:
+                future = download_results_task.submit(backend, job_id, str(state.root_dir), metadata)
+                state.finishers[future] = ([(i, "finished", job_id)], False)
+                state.counters["download_tasks"] += 1
+            continue
+        for start in range(0, len(jobs), DOWNLOAD_BATCH_SIZE):
+            batch = jobs[start:start + DOWNLOAD_BATCH_SIZE]
+            future = download_results_batch.submit(
+                backend, [{"job_id": job_id, "metadata": metadata} for _, job_id, metadata in batch],
+                str(state.root_dir), label=f"{backend}-{len(batch)}-jobs-{batch[0][1]}",
+            )
+            state.finishers[future] = ([(i, "finished", job_id) for i, job_id, _ in batch], True)
+            state.counters["download_tasks"] += 1
 
 
 def resume_finishers(state: RunState, download: bool) -> None:
     """Jobs that ended in an earlier run whose results (or error logs) were never saved."""
     df = state.db.df
     results = df["results_status"] if "results_status" in df.columns else None
+    ended = []
     for i in df.index[(df["status"] == "finished") & df["id"].notna()]:
         if results is None or results.at[i] != "downloaded":
-            submit_finisher(state, int(i), df.at[i, "backend_name"], df.at[i, "id"], "finished", None, download)
+            ended.append((int(i), df.at[i, "backend_name"], df.at[i, "id"], "finished", None))
     logs_missing = df["error_message"].isna() if "error_message" in df.columns else True
     for i in df.index[(df["status"] == "error") & df["id"].notna() & logs_missing]:
-        submit_finisher(state, int(i), df.at[i, "backend_name"], df.at[i, "id"], "error", None, download)
+        ended.append((int(i), df.at[i, "backend_name"], df.at[i, "id"], "error", None))
+    submit_finishers(state, ended, download)
 
 
 def collect_finishers(state: RunState, logger: logging.Logger) -> None:
     updates = {}
     for future in [f for f in state.finishers if f.wrapped_future.done()]:
-        i, status = state.finishers.pop(future)
+        jobs, batched = state.finishers.pop(future)
         try:
             result = task_result(future)
+            if not batched:  # a one-job task returns that job's result
+                result = {jobs[0][2]: result}
         except Exception as exc:  # noqa: BLE001 - recorded in the DB, retried on the next run
-            logger.warning("row %s: %s handling failed: %s", i, status, exc)
-            key = "results_status" if status == "finished" else "error_message"
-            updates[i] = {key: f"failed: {exc}"}
-            continue
-        if status == "finished":
-            updates[i] = {"results_status": "downloaded", "error_message": None}
-        elif result.get("error_message"):
-            updates[i] = {"error_message": result["error_message"]}
+            result = {job_id: {"error": str(exc)} for _, _, job_id in jobs}
+        for i, status, job_id in jobs:
+            outcome = result.get(job_id) or {"error": "no result returned"}
+            if outcome.get("error"):
+                logger.warning("row %s: %s handling failed: %s", i, status, outcome["error"])
+                key = "results_status" if status == "finished" else "error_message"
+                updates[i] = {key: f"failed: {outcome['error']}"}
+            elif status == "finished":
+                updates[i] = {"results_status": "downloaded", "error_message": None}
+            elif outcome.get("error_message"):
+                updates[i] = {"error_message": outcome["error_message"]}
     state.update(updates)
 
 

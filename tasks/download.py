@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -82,6 +83,11 @@ def worth_retrying(task, task_run, state) -> bool:
         exc = state.result(raise_on_failure=False)
     except Exception as raised:  # noqa: BLE001
         exc = raised
+    return is_transient(exc)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another try: anything but an answer that will not improve (invalid JSON, unsafe names)."""
     return not isinstance(exc, UnexpectedResponse) or isinstance(exc, IncompleteDownload)
 
 
@@ -101,7 +107,48 @@ def download_results(
     Assets already complete on disk (right size) are not fetched again, so a retried or
     resumed download only fetches what is missing. `metadata` is fetched when not given.
     """
+    return fetch_job_results(get_connection(backend), job_id, root_dir, metadata)
+
+
+# Waits between attempts of one job inside a batch (a batch has no Prefect retries of its own:
+# retrying it whole would repeat the jobs that went well).
+BATCH_RETRY_DELAYS = (2.0, 10.0)
+
+
+@task(
+    name="download-results-batch",
+    task_run_name="download-{label}",
+    retries=0,
+    cache_policy=NO_CACHE,
+)
+def download_results_batch(backend: str, jobs: List[Dict[str, Any]], root_dir: str, label: str) -> Dict[str, dict]:
+    """Download the results of several finished jobs of one backend, one after the other.
+
+    Used when many jobs end in the same cycle: one task run per job would flood Prefect's
+    server with events at thousands of jobs (bench/README.md). Each job is retried on its own;
+    returns {job_id: result} with {"error": message} for jobs that still failed.
+    """
     connection = get_connection(backend)
+    outcome: Dict[str, dict] = {}
+    for job in jobs:
+        job_id = job["job_id"]
+        for delay in (*BATCH_RETRY_DELAYS, None):
+            try:
+                outcome[job_id] = fetch_job_results(connection, job_id, root_dir, job.get("metadata"))
+                break
+            except Exception as exc:  # noqa: BLE001 - one job's failure must not sink the batch
+                if delay is None or not is_transient(exc):
+                    outcome[job_id] = {"job_id": job_id, "error": f"{type(exc).__name__}: {exc}"}
+                    break
+                log.info("download of job %s failed (%s); retrying in %.0f s", job_id, exc, delay)
+                time.sleep(delay)
+    return outcome
+
+
+def fetch_job_results(
+    connection: ManagedConnection, job_id: str, root_dir: str, metadata: Optional[Dict[str, Any]] = None
+) -> Dict[str, Any]:
+    """The work of one download: results document, each asset, then the metadata JSON."""
     if metadata is None:
         metadata = describe_job(connection, job_id)
     directory = job_dir(root_dir, job_id)

@@ -172,3 +172,19 @@ def test_long_runners_are_canceled(tmp_path):
     assert stats["status"] == {"canceled": 3}
     assert sim.counters()["requests"].get("DELETE /jobs/{id}/results 204") == 3
     assert not list(tmp_path.glob("job_*"))  # nothing downloaded
+
+
+def test_many_jobs_ending_together_download_in_batches(tmp_path):
+    """When many jobs end in one cycle their downloads share task runs (fewer Prefect events)."""
+    (sim,) = started_simulators(1)
+    try:
+        db = make_db(tmp_path / "jobs.parquet", 30)
+        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 30)], start_job="flows.demo_callbacks:start_job",
+                         poll_interval_seconds=2.0)
+    finally:
+        sim.stop()
+    df = pd.read_parquet(db)
+    assert stats["status"] == {"finished": 30}
+    assert (df["results_status"] == "downloaded").all()
+    assert stats["download_tasks"] < 30  # at least one batch
+    assert_results_complete(tmp_path, df, asset_size=2048)
