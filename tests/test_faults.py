@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional
 import pandas as pd
 import pytest
 
-import flows.run_jobs as run_jobs_module
+import flows.cycle as cycle_module
 from flows.run_jobs import run_jobs
 from jobdb import TERMINAL_STATUSES
 from simulator import start_simulator
@@ -129,7 +129,7 @@ def test_expired_tokens_are_renewed(tmp_path):
 
 def test_tokens_renewed_proactively(tmp_path, monkeypatch):
     """With a short renewal period the flow logs in again before any token expires: no 403 at all."""
-    monkeypatch.setattr(run_jobs_module, "TOKEN_REFRESH_SECONDS", 0.5)
+    monkeypatch.setattr(cycle_module, "TOKEN_REFRESH_SECONDS", 0.5)
     run = run_scenario("proactive token renewal every 0.5 s", tmp_path, [dict(token_ttl=30.0, run_time=0.8)],
                        rows=8)
     counters = run["counters"][0]
@@ -139,7 +139,7 @@ def test_tokens_renewed_proactively(tmp_path, monkeypatch):
 
 def test_concurrent_job_limit_sends_rows_back_to_wait(tmp_path, monkeypatch):
     """The backend allows 2 active jobs while we think 4: refused starts wait, never `start_failed`."""
-    monkeypatch.setattr(run_jobs_module, "RETRY_HOLD_SECONDS", 0.5)
+    monkeypatch.setattr(cycle_module, "RETRY_HOLD_SECONDS", 0.5)
     run = run_scenario("400 ConcurrentJobLimit (2 allowed, 4 slots)", tmp_path,
                        [dict(max_queued_per_user=2, run_time=0.5)], rows=8)
     counters = run["counters"][0]
