@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ from tasks.download import download_results as download_results_task
 from tasks.download import download_results_batch, save_error_logs
 from tasks.poll import find_marked_jobs, poll_backend
 from tasks.start import start_job as start_job_task
+from tasks.start import start_jobs_batch
 
 START_TAG_PREFIX = "openeo-start:"
 # Persist at least this often while results stream in (intents are always persisted at once).
@@ -35,6 +37,8 @@ MIN_PERSIST_INTERVAL_SECONDS = 1.0
 # More downloads than this for one backend in one cycle go in batch tasks of this size.
 DOWNLOAD_BATCH_THRESHOLD = 8
 DOWNLOAD_BATCH_SIZE = 25
+# Batch start tasks when more rows wait than this many times the start workers.
+START_BATCH_FACTOR = 4
 # After a row was handed back (rate limit, job limit), wait this long before trying it again.
 RETRY_HOLD_SECONDS = 5.0
 # After a task returned, wait this long for others before the next cycle (10k rows: a cycle per
@@ -54,7 +58,7 @@ class RunState:
     creator: Callable[..., Any]
     root_dir: Path
     marker_prefix: str
-    starts: Dict[PrefectFuture, int] = field(default_factory=dict)
+    starts: Dict[PrefectFuture, List[int]] = field(default_factory=dict)  # future -> its rows
     finishers: Dict[PrefectFuture, tuple] = field(default_factory=dict)  # future -> ([(row, status, job id)], batched)
     polls: Dict[PrefectFuture, tuple] = field(default_factory=dict)  # future -> (backend, {job id: row})
     hold_until: Dict[int, float] = field(default_factory=dict)
@@ -116,16 +120,7 @@ def drive(
             collect_finishers(state, logger)
             intents = claim_rows(state)
             state.persist(force=bool(intents))
-            for row, backend in intents:
-                future = start_runner.submit(
-                    start_runs[backend],
-                    parameters=dict(
-                        row=row, backend=backend, creator=state.creator, marker=row["job_marker"],
-                        label=f"{bk.row_label(row)}@{backend}", job_id=row.get("id") if row["status"] == "queued_for_start" else None,
-                    ),
-                )
-                state.starts[future] = row["_row"]
-                state.counters["start_tasks"] += 1
+            submit_starts(state, intents, start_runner, start_runs, max_start_workers)
             if all_started_at is None and not state.db.df["status"].isin(["not_started", "creating"]).any():
                 all_started_at = time.monotonic() - t0
             if finished(state):
@@ -142,7 +137,7 @@ def claim_rows(state: RunState) -> List[Dict[str, Any]]:
     """
     df = state.db.df
     now = time.monotonic()
-    busy = set(state.starts.values())
+    busy = starting_rows(state)
     state.hold_until = {i: until for i, until in state.hold_until.items() if until > now}
     held = set(state.hold_until)
     claims: List[tuple] = []
@@ -177,34 +172,84 @@ def claim_rows(state: RunState) -> List[Dict[str, Any]]:
     return [(rows[i], backend) for i, backend, _ in claims]
 
 
+def submit_starts(
+    state: RunState, intents: List[tuple], runner: ThreadPoolTaskRunner, start_runs: Dict[str, Any], workers: int
+) -> None:
+    """One start task run per row, named after its tile; when many more rows wait than there
+    are start workers (thousands of rows, hundreds of slots), rows go in batches so that each
+    worker gets about one batch: the same parallelism with far fewer task runs."""
+    def job_id_of(row: Dict[str, Any]) -> Optional[str]:
+        return row.get("id") if row["status"] == "queued_for_start" else None
+
+    if len(intents) <= START_BATCH_FACTOR * workers:
+        for row, backend in intents:
+            future = runner.submit(start_runs[backend], parameters=dict(
+                row=row, backend=backend, creator=state.creator, marker=row["job_marker"],
+                label=f"{bk.row_label(row)}@{backend}", job_id=job_id_of(row),
+            ))
+            state.starts[future] = [row["_row"]]
+            state.counters["start_tasks"] += 1
+        return
+    size = math.ceil(len(intents) / workers)
+    by_backend: Dict[str, List[Dict[str, Any]]] = {}
+    for row, backend in intents:
+        by_backend.setdefault(backend, []).append({**row, "job_id": job_id_of(row)})
+    for backend, rows in by_backend.items():
+        for first in range(0, len(rows), size):
+            batch = rows[first:first + size]
+            future = runner.submit(start_jobs_batch, parameters=dict(
+                rows=batch, backend=backend, creator=state.creator,
+                label=f"{bk.row_label(batch[0])}+{len(batch) - 1}@{backend}",
+            ))
+            state.starts[future] = [row["_row"] for row in batch]
+            state.counters["start_tasks"] += 1
+
+
+def starting_rows(state: RunState) -> set:
+    """Rows whose start task has not returned yet."""
+    return {i for rows in state.starts.values() for i in rows}
+
+
 def collect_starts(state: RunState, logger: logging.Logger) -> None:
     updates = {}
     # wrapped_future only: `f.state` of an unfinished future is one API call (read_task_run) per
     # pending start per cycle, which stalled the flow thread for seconds with hundreds of starts.
     for future in [f for f in state.starts if f.wrapped_future.done()]:
-        i = state.starts.pop(future)
+        rows = state.starts.pop(future)
         try:
-            result = task_result(future)
+            results = task_result(future)
+            if not isinstance(results, list):  # a one-row task
+                results = [results]
         except Exception as exc:  # noqa: BLE001 - the task crashed: we can't know if a job was created
-            logger.warning("start task of row %s crashed (%s); looking for its job on the next poll", i, exc)
-            state.needs_reconcile.add(i)
-            continue
-        update = {k: v for k, v in result.items() if k != "_row"}
-        if update["status"] in ("not_started", "created"):
-            state.hold_until[i] = time.monotonic() + RETRY_HOLD_SECONDS
-        if update["status"] == "not_started":
-            update["job_marker"] = None  # nothing was created under this marker
-            update.pop("id", None)
-            if i not in state.pinned:
-                update["backend_name"] = None  # free to go to another backend next time
-        logger.info("row %s: %s%s", i, update["status"], f" (job {update['id']})" if update.get("id") else "")
-        updates[i] = update
+            results = [{"_row": i, "crashed": str(exc)} for i in rows]
+        for result in results:
+            apply_start_result(state, result, updates, logger)
     state.update(updates)
+
+
+def apply_start_result(state: RunState, result: Dict[str, Any], updates: Dict[int, Dict[str, Any]],
+                       logger: logging.Logger) -> None:
+    i = result["_row"]
+    if "crashed" in result:
+        logger.warning("start of row %s crashed (%s); looking for its job on the next poll", i, result["crashed"])
+        state.needs_reconcile.add(i)
+        return
+    update = {k: v for k, v in result.items() if k != "_row"}
+    if update["status"] in ("not_started", "created"):
+        state.hold_until[i] = time.monotonic() + RETRY_HOLD_SECONDS
+    if update["status"] == "not_started":
+        update["job_marker"] = None  # nothing was created under this marker
+        update.pop("id", None)
+        if i not in state.pinned:
+            update["backend_name"] = None  # free to go to another backend next time
+    logger.info("row %s: %s%s", i, update["status"], f" (job {update['id']})" if update.get("id") else "")
+    updates[i] = update
 
 
 def reconcile(state: RunState, logger: logging.Logger) -> None:
     """Rows left in `creating` (a crash, a crashed task): adopt their job if the backend has it."""
-    pending = [i for i in state.needs_reconcile if i not in state.starts.values()]
+    busy = starting_rows(state)
+    pending = [i for i in state.needs_reconcile if i not in busy]
     if not pending:
         return
     df = state.db.df
@@ -245,7 +290,7 @@ def submit_polls(state: RunState, cancel_after: Optional[float]) -> None:
     """One poll task per backend, unless its previous poll is still running (a slow or down
     backend must not hold up the others: the flow collects polls as they return)."""
     df = state.db.df
-    busy = set(state.starts.values())
+    busy = starting_rows(state)
     polling = {backend for backend, _ in state.polls.values()}
     tracked = df[df["status"].isin(bk.POLLED_STATUSES) & df["id"].notna()]
     tracked = tracked[~tracked.index.isin(list(busy))]
