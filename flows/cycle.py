@@ -34,7 +34,10 @@ from tasks.start import start_jobs_batch
 START_TAG_PREFIX = "openeo-start:"
 # Persist at least this often while results stream in (intents are always persisted at once).
 MIN_PERSIST_INTERVAL_SECONDS = 1.0
-# More downloads than this for one backend in one cycle go in batch tasks of this size.
+# Polls, downloads and error logs run on the flow's task runner with this many threads.
+FLOW_TASK_WORKERS = 8
+# More downloads than this for one backend in one cycle go in batch tasks of at most this
+# size, and in at least FLOW_TASK_WORKERS of them, so downloads stay as parallel as before.
 DOWNLOAD_BATCH_THRESHOLD = 8
 DOWNLOAD_BATCH_SIZE = 25
 # Batch start tasks when more rows wait than this many times the start workers.
@@ -355,8 +358,9 @@ def submit_finishers(state: RunState, ended: List[tuple], download: bool) -> Non
                 state.finishers[future] = ([(i, "finished", job_id)], False)
                 state.counters["download_tasks"] += 1
             continue
-        for start in range(0, len(jobs), DOWNLOAD_BATCH_SIZE):
-            batch = jobs[start:start + DOWNLOAD_BATCH_SIZE]
+        size = min(DOWNLOAD_BATCH_SIZE, math.ceil(len(jobs) / FLOW_TASK_WORKERS))
+        for start in range(0, len(jobs), size):
+            batch = jobs[start:start + size]
             future = download_results_batch.submit(
                 backend, [{"job_id": job_id, "metadata": metadata} for _, job_id, metadata in batch],
                 str(state.root_dir), label=f"{backend}-{len(batch)}-jobs-{batch[0][1]}",

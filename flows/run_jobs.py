@@ -17,7 +17,7 @@ from pydantic import Field
 
 from flows import bookkeeping as bk
 from flows.blocks import resolve_backend
-from flows.cycle import START_TAG_PREFIX, RunState, str_or_none, drive
+from flows.cycle import FLOW_TASK_WORKERS, START_TAG_PREFIX, RunState, drive, str_or_none
 from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
 from flows.reporting import (
     ProgressReport,
@@ -40,7 +40,7 @@ from jobdb import TERMINAL_STATUSES, JobDatabase, JobDbError
 from tasks.connections import register_connection, unregister_connection
 
 
-@flow(name="run-jobs", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
+@flow(name="run-jobs", task_runner=ThreadPoolTaskRunner(max_workers=FLOW_TASK_WORKERS), log_prints=True)
 def run_jobs(
     job_db: Annotated[str, Field(description="Path of the job DB (.csv, .parquet, .geoparquet)")],
     backends: Annotated[
