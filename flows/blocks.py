@@ -14,12 +14,12 @@ run's parameters only hold the name, and the secret is read when the flow connec
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from flows.params import AuthConfig, BackendConfig, SetupError
+from flows.params import AuthConfig, AuthType, BackendConfig, SetupError
 
 SECRET_KINDS = ("password", "token", "client_secret", "refresh_token")
 
@@ -34,7 +34,7 @@ class OpenEOBackend(Block):
     url: str = Field(..., description="Root URL, e.g. https://openeo.dataspace.copernicus.eu")
     parallel_jobs: int = Field(2, ge=1, description="Maximum concurrently active jobs on this backend")
     max_parallel_starts: Optional[int] = Field(None, ge=1, description="Cap on concurrent start tasks")
-    auth_type: Literal["none", "basic", "bearer", "oidc_client_credentials", "oidc_refresh_token"] = Field(
+    auth_type: AuthType = Field(
         "none", description="Authentication method"
     )
     username: Optional[str] = Field(None, description="Basic auth user name")

@@ -15,12 +15,15 @@ class SetupError(ValueError):
     """Bad input found before any job was created; the job DB is left untouched."""
 
 
+AuthType = Literal["none", "basic", "bearer", "oidc_client_credentials", "oidc_refresh_token"]
+
+
 class AuthConfig(BaseModel):
     """How to authenticate to one backend. Each secret comes from an env var or a Secret block."""
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["none", "basic", "bearer", "oidc_client_credentials", "oidc_refresh_token"] = Field(
+    type: AuthType = Field(
         "none", description="Authentication method"
     )
     username: Optional[str] = Field(None, description="Basic auth user name")
