@@ -21,7 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import bookkeeping as bk
 from flows.params import BackendConfig
-from flows.reporting import ProgressReport, share_terminal, status_counts
+from flows.reporting import ProgressReport, progress_bar, share_terminal, status_counts
 from flows.slots import JobSlots
 from jobdb import TERMINAL_STATUSES, JobDatabase
 from tasks.connections import ManagedConnection
@@ -442,7 +442,8 @@ def wait_for_progress(state: RunState, timeout: float) -> None:
 
 
 def log_histogram(state: RunState, logger: logging.Logger) -> None:
-    logger.info("job status histogram: %s (%.0f%% terminal)", status_counts(state.db.df), share_terminal(state.db.df))
+    df = state.db.df
+    logger.info("%s terminal; job status histogram: %s", progress_bar(share_terminal(df)), status_counts(df))
 
 
 def str_or_none(value: Any) -> Optional[str]:

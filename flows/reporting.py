@@ -39,6 +39,12 @@ def share_terminal(df: pd.DataFrame) -> float:
     return 100.0 * float(df["status"].isin(TERMINAL_STATUSES).sum()) / len(df)
 
 
+def progress_bar(percent: float, width: int = 24) -> str:
+    """A text bar for log lines, e.g. `[#########---------------]  37%`."""
+    filled = int(round(width * min(max(percent, 0.0), 100.0) / 100.0))
+    return f"[{'#' * filled}{'-' * (width - filled)}] {percent:3.0f}%"
+
+
 class ProgressReport:
     """The progress artifact of one run, updated at most once per cycle when it changed."""
 

@@ -61,3 +61,11 @@ def test_cli_backend_option():
         parse_backend("a=http://x,parallel_jobs=many")
     with pytest.raises(argparse.ArgumentTypeError, match="name=URL"):
         parse_backend("http://x")
+
+
+def test_progress_bar():
+    from flows.reporting import progress_bar
+
+    assert progress_bar(0, width=10) == "[----------]   0%"
+    assert progress_bar(50, width=10) == "[#####-----]  50%"
+    assert progress_bar(100, width=10) == "[##########] 100%"
