@@ -11,17 +11,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from jobdb import ACTIVE_STATUSES
+from jobdb import ACTIVE_STATUSES, utc_now
 
 # Statuses in which a row holds one of its backend's job slots.
 SLOT_STATUSES = ACTIVE_STATUSES
 # Our own rows whose backend job we track by polling.
 POLLED_STATUSES = frozenset({"created", "queued_for_start", "queued", "running"})
 USAGE_FIELDS = ("cpu", "memory", "duration", "network", "disk")
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def db_marker_prefix(db_path: str | Path) -> str:

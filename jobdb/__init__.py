@@ -7,6 +7,7 @@ from jobdb.schema import (
     TERMINAL_STATUSES,
     JobDbError,
     JobDbExistsError,
+    utc_now,
 )
 from jobdb.storage import remove_stale_temp_files
 
@@ -20,4 +21,5 @@ __all__ = [
     "JobDbExistsError",
     "load_job_db",
     "remove_stale_temp_files",
+    "utc_now",
 ]

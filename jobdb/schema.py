@@ -4,6 +4,7 @@ Kept free of I/O so both the storage layer and the database class can use it.
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -41,6 +42,11 @@ OPENEO_COLUMNS: dict[str, tuple[str, object]] = {
 }
 
 GEOMETRY_COLUMN = "geometry"
+
+
+def utc_now() -> str:
+    """Now as the RFC3339 string openeo's manager writes to `start_time` / `running_start_time`."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 # Cap the number of row numbers listed in one error message.
 _MAX_ROWS_IN_MESSAGE = 10

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 from urllib.parse import urlsplit
 
 import openeo
@@ -239,5 +239,3 @@ def get_connection(name: str) -> ManagedConnection:
         except KeyError:
             raise KeyError(f"No connection registered for backend {name!r}") from None
 
-
-ConnectionProvider = Callable[[str], ManagedConnection]

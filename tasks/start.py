@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional
 
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from jobdb import utc_now
 from tasks.connections import get_connection
 from tasks.faults import Backoff, BackendUnavailable, JobLimitReached, RateLimited, classify
 from tasks.openeo_calls import find_job_by_marker, start_job_carefully
@@ -18,10 +18,6 @@ log = logging.getLogger(__name__)
 
 # How long one start task may keep waiting on rate limits/outages before it hands the row back.
 DEFAULT_START_DEADLINE_SECONDS = 600.0
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def row_as_series(row: Dict[str, Any]) -> pd.Series:
