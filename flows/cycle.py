@@ -102,10 +102,11 @@ def drive(
     all_started_at = None
     # Tags only where a tag limit is wanted: Prefect 3.8 asks the server for a lease on every
     # tagged task run (limit or not), serialized per tag set: ~0.1-0.5 s per start (bench/).
-    start_runs = {
-        name: start_job_task.with_options(tags=[f"{START_TAG_PREFIX}{name}"] if b.max_parallel_starts else [])
-        for name, b in state.backends.items()
-    }
+    start_runs = {}
+    for name, backend in state.backends.items():
+        tags = [f"{START_TAG_PREFIX}{name}"] if backend.max_parallel_starts else []
+        # (one row, a batch of rows): both count against the backend's tag limit
+        start_runs[name] = (start_job_task.with_options(tags=tags), start_jobs_batch.with_options(tags=tags))
     resume_finishers(state, download)
     with ThreadPoolTaskRunner(max_workers=max_start_workers) as start_runner:
         while True:
@@ -186,7 +187,7 @@ def submit_starts(
 
     if len(intents) <= START_BATCH_FACTOR * workers:
         for row, backend in intents:
-            future = runner.submit(start_runs[backend], parameters=dict(
+            future = runner.submit(start_runs[backend][0], parameters=dict(
                 row=row, backend=backend, creator=state.creator, marker=row["job_marker"],
                 label=f"{bk.row_label(row)}@{backend}", job_id=job_id_of(row),
             ))
@@ -200,7 +201,7 @@ def submit_starts(
     for backend, rows in by_backend.items():
         for first in range(0, len(rows), size):
             batch = rows[first:first + size]
-            future = runner.submit(start_jobs_batch, parameters=dict(
+            future = runner.submit(start_runs[backend][1], parameters=dict(
                 rows=batch, backend=backend, creator=state.creator,
                 label=f"{bk.row_label(batch[0])}+{len(batch) - 1}@{backend}",
             ))

@@ -205,3 +205,23 @@ def test_many_waiting_rows_start_in_batches(tmp_path):
     assert counters["jobs_total"] == 40 and counters["duplicate_titles"] == {}
     assert counters["requests"].get("POST /jobs/{id}/results 202") == 40
     assert_results_complete(tmp_path, pd.read_parquet(db), asset_size=2048)
+
+
+def test_batched_starts_keep_the_start_tag(tmp_path, prefect_harness):
+    """With max_parallel_starts set, batch start task runs carry the backend's tag too."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    (sim,) = started_simulators(1)
+    try:
+        db = make_db(tmp_path / "jobs.parquet", 24)
+        config = {**backend("tagged", sim, 24), "max_parallel_starts": 4}
+        stats = run_jobs(job_db=str(db), backends=[config], start_job="flows.demo_callbacks:start_job",
+                         max_start_workers=2, poll_interval_seconds=0.5)
+    finally:
+        sim.stop()
+    assert stats["status"] == {"finished": 24} and stats["start_tasks"] < 24
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="start-")))
+    mine = [r for r in runs if r.name.endswith("@tagged")]
+    assert mine and all("openeo-start:tagged" in r.tags for r in mine)
