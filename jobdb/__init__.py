@@ -1,8 +1,12 @@
 """Job database: one row per openEO batch job, compatible with openeo's MultiBackendJobManager."""
 from jobdb.database import JobDatabase, load_job_db
+from jobdb.lock import JobDbLock, JobDbLocked
+from jobdb.paths import JobDbPaths
+from jobdb.status import JobStatus
 from jobdb.schema import (
     ACTIVE_STATUSES,
     OPENEO_COLUMNS,
+    OWN_COLUMNS,
     STATUSES,
     TERMINAL_STATUSES,
     JobDbError,
@@ -17,6 +21,11 @@ __all__ = [
     "STATUSES",
     "TERMINAL_STATUSES",
     "JobDatabase",
+    "JobDbLock",
+    "JobDbLocked",
+    "JobDbPaths",
+    "JobStatus",
+    "OWN_COLUMNS",
     "JobDbError",
     "JobDbExistsError",
     "load_job_db",

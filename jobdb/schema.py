@@ -11,21 +11,10 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-STATUSES: tuple[str, ...] = (
-    "not_started",
-    "creating",  # ours: job creation call in flight, no id known yet
-    "created",
-    "queued_for_start",
-    "queued",
-    "running",
-    "finished",
-    "error",
-    "canceled",
-    "start_failed",
-    "skipped",
-)
-ACTIVE_STATUSES = frozenset({"creating", "created", "queued_for_start", "queued", "running"})
-TERMINAL_STATUSES = frozenset({"finished", "error", "canceled", "start_failed", "skipped"})
+from jobdb.status import HOLDS_SLOT, STATUSES, TERMINAL
+
+ACTIVE_STATUSES = HOLDS_SLOT
+TERMINAL_STATUSES = TERMINAL
 
 # Active statuses that imply a backend job exists, hence an id must be known.
 STATUSES_REQUIRING_ID = ACTIVE_STATUSES - {"creating"}
@@ -39,6 +28,17 @@ OPENEO_COLUMNS: dict[str, tuple[str, object]] = {
     "start_time": ("str", None),
     "running_start_time": ("str", None),
     "costs": ("float64", None),
+}
+
+# The project's own columns (openeo's manager carries them along untouched): name -> meaning.
+OWN_COLUMNS: dict[str, str] = {
+    "job_marker": "marker in the job title, persisted before POST /jobs (exactly-once creation)",
+    "results_status": "'downloaded' or 'failed' once a finished job's results were handled",
+    "results_error": "why the last download failed",
+    "error_message": "the job's first error log line, or why its start failed",
+    "attempt": "how many jobs were created for this row (resubmission)",
+    "previous_job_ids": "ids of this row's earlier failed jobs, comma-separated",
+    "postprocess_status": "'done' or 'failed: <message>' of the on_job_done/on_job_error hook",
 }
 
 GEOMETRY_COLUMN = "geometry"
