@@ -12,7 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class SetupError(ValueError):
-    """Bad input found before any job was created; the job DB is left untouched."""
+    """Bad input found before any job was created; the job DB is left untouched.
+
+    `parameter` names the flow parameter at fault (e.g. "start_job", "backends"), so the CLI can
+    name the flag the user wrote instead (`--start-job`).
+    """
+
+    def __init__(self, message: str, parameter: Optional[str] = None):
+        super().__init__(message)
+        self.parameter = parameter
 
 
 AuthType = Literal["none", "basic", "bearer", "oidc_client_credentials", "oidc_refresh_token"]
