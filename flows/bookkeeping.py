@@ -1,74 +1,42 @@
-"""Pure functions turning task results into job DB updates; no I/O, no Prefect.
+"""Pure rules turning what a task reported (an `Outcome`) into job DB updates; no I/O, no Prefect.
 
-Kept apart from the flow so the rules (what a status change writes, which rows may start
-where) can be read and tested on their own.
+The flow applies the returned `Effects`: updates go to the store, held rows wait before another
+try, a refusal for good stops starts on that backend, status changes become log lines and events.
 """
 from __future__ import annotations
 
-import hashlib
-import math
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
-from jobdb import ACTIVE_STATUSES, utc_now
+from jobdb.schema import utc_now
+from jobdb.status import POLLED, RESULTS_DOWNLOADED, RESULTS_FAILED, RESULTS_LOGS_SAVED
+from tasks.outcome import Outcome, Step
 
-# Statuses in which a row holds one of its backend's job slots.
-SLOT_STATUSES = ACTIVE_STATUSES
-# Our own rows whose backend job we track by polling.
-POLLED_STATUSES = frozenset({"created", "queued_for_start", "queued", "running"})
 USAGE_FIELDS = ("cpu", "memory", "duration", "network", "disk")
+ADOPTABLE_STATUSES = ("created", "queued", "running")
 
 
-def db_marker_prefix(db_path: str | Path) -> str:
-    """A short stable id of the job DB, so markers of different DBs never collide."""
-    return hashlib.sha1(str(Path(db_path).resolve()).encode()).hexdigest()[:8]
+@dataclass
+class Effects:
+    updates: Dict[int, Dict[str, Any]] = field(default_factory=dict)
+    hold: Set[int] = field(default_factory=set)  # rows handed back: wait before trying again
+    refused: Optional[str] = None  # the backend refused for good (e.g. no credits left)
+    changes: List[Tuple[int, str, str]] = field(default_factory=list)  # (row, old, new status)
+    warnings: List[str] = field(default_factory=list)
+    metadata: Dict[int, Mapping[str, Any]] = field(default_factory=dict)  # job metadata of ended jobs
 
 
-def row_marker(db_prefix: str, row_index: int) -> str:
-    return f"{db_prefix}-r{row_index}"
+@dataclass(frozen=True)
+class RowNow:
+    """What the DB says of a row now (the outcome may be older than the row's last change)."""
 
-
-def row_label(row: Mapping[str, Any]) -> str:
-    """A readable name for a row's task runs: its tile id (and year) when it has one."""
-    parts = [str(row[key]) for key in ("tile_id", "year") if _present(row.get(key))]
-    if not parts and _present(row.get("title")):
-        parts = [str(row["title"])]
-    return "-".join(parts) if parts else f"row-{row['_row']}"
+    status: str
+    running_start_time: Optional[str] = None
+    pinned: bool = False  # the user chose its backend
 
 
 def _present(value: Any) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value != ""
-
-
-def free_slots(parallel_jobs: Mapping[str, int], used: Mapping[str, int]) -> Dict[str, int]:
-    """Free job slots per backend: its parallel_jobs minus the rows holding a slot there."""
-    return {name: max(0, limit - int(used.get(name, 0))) for name, limit in parallel_jobs.items()}
-
-
-def assign_backends(
-    candidates: List[Mapping[str, Any]], slots: Dict[str, int]
-) -> List[tuple]:
-    """Pair waiting rows with backends that have a free slot.
-
-    A row that names a backend waits for that one; the others go to the backend with the
-    most free slots at that moment, which spreads the work over all backends.
-    """
-    slots = dict(slots)
-    assigned = []
-    for row in candidates:
-        wanted = row.get("backend_name")
-        if wanted:
-            if slots.get(wanted, 0) > 0:
-                slots[wanted] -= 1
-                assigned.append((row, wanted))
-            continue
-        best = max(slots, key=lambda name: slots[name], default=None)
-        if best is None or slots[best] <= 0:
-            continue
-        slots[best] -= 1
-        assigned.append((row, best))
-    return assigned
+    return value is not None and value == value and value != ""  # NaN != NaN
 
 
 def format_usage(metadata: Mapping[str, Any]) -> Dict[str, Any]:
@@ -86,31 +54,103 @@ def format_usage(metadata: Mapping[str, Any]) -> Dict[str, Any]:
     return fields
 
 
-def status_change(row: Mapping[str, Any], new_status: str, metadata: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+def status_change(row: RowNow, new_status: str, metadata: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     """The DB fields a polled status change writes (openeo's manager fills the same columns)."""
     update: Dict[str, Any] = {"status": new_status}
-    if new_status == "running" and not _present(row.get("running_start_time")):
+    if new_status == "running" and not _present(row.running_start_time):
         update["running_start_time"] = utc_now()
     if metadata:
         update.update(format_usage(metadata))
     return update
 
 
-def overdue_running(rows: Iterable[Mapping[str, Any]], limit_seconds: Optional[float], now: datetime) -> List[Mapping]:
-    """Running rows that have been running longer than `limit_seconds`."""
-    if not limit_seconds:
-        return []
-    overdue = []
-    for row in rows:
-        started = row.get("running_start_time")
-        if row.get("status") != "running" or not _present(started):
+def _given_back(row: int, pinned: bool) -> Dict[str, Any]:
+    """A row whose job was never created goes back to waiting (to any backend unless pinned)."""
+    update: Dict[str, Any] = {"status": "not_started", "job_marker": None, "id": None}
+    if not pinned:
+        update["backend_name"] = None
+    return update
+
+
+def effects_of(outcome: Outcome, now: Callable[[int], RowNow]) -> Effects:
+    handler = {
+        Step.START: _start, Step.POLL: _poll, Step.RECONCILE: _reconcile,
+        Step.DOWNLOAD: _download, Step.ERROR_LOGS: _error_logs,
+    }[outcome.step]
+    effects = Effects()
+    if outcome.crashed:
+        effects.warnings.append(f"{outcome.step.value} task on {outcome.backend} failed: {outcome.crashed}")
+    handler(outcome, now, effects)
+    return effects
+
+
+def _start(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> None:
+    for row, fact in outcome.rows.items():
+        current = now(row)
+        if "crashed" in fact:  # the row stays `creating`: the scheduler looks its job up by marker
+            effects.warnings.append(f"start of row {row} crashed ({fact['crashed']}); looking for its job")
             continue
-        try:
-            since = datetime.fromisoformat(str(started).replace("Z", "+00:00"))
-        except ValueError:
+        if fact.get("refused"):
+            effects.refused = str(fact["refused"])
+        if fact.get("handed_back"):
+            effects.hold.add(row)
+            update = _given_back(row, current.pinned) if fact["status"] == "not_started" \
+                else {"status": "created", "id": fact["id"]}
+        else:
+            update = {k: v for k, v in fact.items() if k in ("status", "id", "start_time", "error_message")}
+        effects.updates[row] = update
+        if update["status"] != current.status:
+            effects.changes.append((row, current.status, update["status"]))
+
+
+def _poll(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> None:
+    for row, fact in outcome.rows.items():
+        current = now(row)
+        if current.status not in POLLED:
+            continue  # changed meanwhile (e.g. a start task returned)
+        update = status_change(current, fact["status"], fact.get("metadata"))
+        if fact.get("error"):
+            update["error_message"] = fact["error"]
+        effects.updates[row] = update
+        if fact.get("metadata"):
+            effects.metadata[row] = fact["metadata"]
+        if update["status"] != current.status:
+            effects.changes.append((row, current.status, update["status"]))
+
+
+def _reconcile(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> None:
+    for row, fact in outcome.rows.items():
+        current = now(row)
+        if current.status != "creating":
             continue
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=timezone.utc)
-        if (now - since).total_seconds() > limit_seconds:
-            overdue.append(row)
-    return overdue
+        job = fact.get("job")
+        if job is None:
+            effects.updates[row] = _given_back(row, current.pinned)
+            effects.changes.append((row, "creating", "not_started"))
+            continue
+        # A job that ended meanwhile is taken up as `queued`: the next poll sees it end and records
+        # its usage and downloads its results (or saves its error logs), as for any other job.
+        status = job.get("status") if job.get("status") in ADOPTABLE_STATUSES else "queued"
+        effects.updates[row] = {"status": status, "id": job["id"]}
+        effects.changes.append((row, "creating", status))
+
+
+def _download(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> None:
+    for row, fact in outcome.rows.items():
+        if fact.get("error"):
+            effects.warnings.append(f"row {row}: results could not be downloaded: {fact['error']}")
+            effects.updates[row] = {"results_status": RESULTS_FAILED, "results_error": fact["error"]}
+        else:
+            effects.updates[row] = {"results_status": RESULTS_DOWNLOADED, "results_error": None}
+
+
+def _error_logs(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> None:
+    for row, fact in outcome.rows.items():
+        if fact.get("error"):
+            effects.warnings.append(f"row {row}: error logs could not be saved: {fact['error']}")
+            effects.updates[row] = {"results_status": RESULTS_FAILED, "results_error": fact["error"]}
+        else:
+            update: Dict[str, Any] = {"results_status": RESULTS_LOGS_SAVED}
+            if fact.get("error_message"):
+                update["error_message"] = fact["error_message"]
+            effects.updates[row] = update

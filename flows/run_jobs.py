@@ -1,31 +1,35 @@
 """The run-jobs flow: drive every row of a job DB through an openEO batch job.
 
-Fan-out/fan-in: the flow alone owns the job DB. This module validates and connects before
-any job is created (`prepare`), runs the cycle (`flows/cycle.py`: collect what tasks returned,
-poll each backend when due, record start intents, persist once, submit tasks), and reports.
+Fan-out/fan-in: the flow alone owns the job DB. It validates and connects before any job is
+created (`prepare`), takes the DB's lock, runs the cycle (flows/cycle.py) with job slots shared
+with other runs of the same accounts (flows/account_slots.py), then reports. Its final state says
+how the run went: Completed, Failed (more failed rows than `failure_threshold` allows) or
+Cancelled (interrupted: run the same command again to resume).
 """
 from __future__ import annotations
 
+import signal
+import threading
 import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Dict, List, Optional, Union
+from typing import Annotated, Any, Callable, Dict, Iterator, List, Optional, Union
 
 from prefect import flow, get_run_logger
-from prefect.client.orchestration import get_client
+from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows import bookkeeping as bk
+from flows.account_slots import AccountSlots
+from flows.background import BackgroundPublisher
 from flows.blocks import resolve_backend
-from flows.cycle import FLOW_TASK_WORKERS, START_TAG_PREFIX, RunState, drive, str_or_none
+from flows.cycle import Cycle, CycleEnd, CycleOptions, StopSignal
+from flows.dispatcher import Dispatcher
 from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
-from flows.reporting import (
-    ProgressReport,
-    merge_request_counts,
-    publish_final_artifacts,
-    status_by_backend,
-    status_counts,
-)
+from flows.reporting import ProgressReport, merge_request_counts, publish_final_artifacts
+from flows.scheduler import BackendPolicy
 from flows.setup import (
     check_process_parameters,
     check_row_backends,
@@ -34,10 +38,41 @@ from flows.setup import (
     load_start_job,
     make_process_creator,
 )
-from flows.slots import JobSlots, lease_seconds_for
 from flows.tile_map import write_tile_map
-from jobdb import TERMINAL_STATUSES, JobDatabase, JobDbError
-from tasks.connections import register_connection, unregister_connection
+from jobdb import JobDbError, JobDbLocked
+from jobdb.status import FAILED, HOLDS_SLOT
+from jobdb.store import JobStore
+from tasks.connections import ManagedConnection, register_connection, unregister_connection
+
+# Polls, reconciles, downloads and error logs run on the flow's task runner with this many threads.
+FLOW_TASK_WORKERS = 8
+# Renew basic/OIDC access tokens this often, before they expire (expired ones are renewed on 403 too).
+TOKEN_REFRESH_SECONDS = 30 * 60.0
+
+
+class RunFailed(Exception):
+    """The run ended Failed (too many rows failed); `stats` says how it went."""
+
+    def __init__(self, message: str, stats: Dict[str, Any]):
+        super().__init__(message)
+        self.stats = stats
+
+
+class RunInterrupted(Exception):
+    """The run was interrupted (Ctrl-C / SIGTERM); the same call resumes it. `stats` as for RunFailed."""
+
+    def __init__(self, message: str, stats: Dict[str, Any]):
+        super().__init__(message)
+        self.stats = stats
+
+
+@dataclass
+class PreparedRun:
+    store: JobStore
+    backends: Dict[str, BackendConfig]
+    connections: Dict[str, ManagedConnection]
+    creator: Callable[..., Any]
+    root_dir: Path
 
 
 @flow(name="run-jobs", task_runner=ThreadPoolTaskRunner(max_workers=FLOW_TASK_WORKERS), log_prints=True)
@@ -63,116 +98,187 @@ def run_jobs(
     cancel_running_job_after: Annotated[
         Optional[float], Field(gt=0, description="Cancel jobs running longer than this many seconds")
     ] = None,
-) -> Dict[str, Any]:
+    max_runtime_minutes: Annotated[
+        Optional[float],
+        Field(gt=0, description="Bounded pass: start nothing new after this many minutes, finish what runs in "
+                                "this process, persist and end; the next run goes on (for schedules)"),
+    ] = None,
+    failure_threshold: Annotated[
+        float, Field(ge=0, le=1, description="Share of rows that may end error/start_failed/canceled before the "
+                                             "run ends Failed (0: any failure fails the run; 0.05: 5 %)"),
+    ] = 0.0,
+    wait_for_lock: Annotated[
+        bool, Field(description="If another run holds the job DB, wait for it instead of failing at once")
+    ] = False,
+) -> State:
     """Create, start, poll and download one openEO batch job per job DB row until all are done."""
     logger = get_run_logger()
     t0 = time.monotonic()
-    state = prepare(job_db, backends, start_job, process, root_dir)
+    run = prepare(job_db, backends, start_job, process, root_dir)
+    flow_run_id = current_flow_run_id()
+
+    def tell_waiting(exc: JobDbLocked) -> None:
+        logger.warning("%s; waiting for it (wait_for_lock)", exc.describe().split("; wait")[0])
+
+    run.store.lock.acquire(flow_run_id, wait_seconds=float("inf") if wait_for_lock else 0.0, on_wait=tell_waiting)
     try:
-        ensure_start_tag_limits(state.backends)
-        state.slots = JobSlots(state.backends, lease_seconds_for(poll_interval_seconds), _flow_run_id(), job_db)
-        progress = ProgressReport(Path(job_db).stem, f"Rows terminal in {job_db}")
-        all_started_at = drive(state, max_start_workers, poll_interval_seconds, download_results,
-                               cancel_running_job_after, progress, logger)
+        end, stats = drive(run, logger, flow_run_id, t0, max_start_workers, poll_interval_seconds, download_results,
+                           cancel_running_job_after, max_runtime_minutes)
     finally:
-        for name in state.connections:
-            unregister_connection(name)
-        if state.slots is not None:
-            state.slots.close()
-    stats = build_stats(state, job_db, t0, all_started_at)
-    stats["tile_map"] = write_tile_map(state.db.df, job_db)
-    stats["slot_leases"] = dict(state.slots.counters) if state.slots is not None else None
-    publish_final_artifacts(Path(job_db).stem, state.db.df, stats, failures(state))
-    logger.info("run finished in %.1f s: %s", stats["elapsed_seconds"], stats["status"])
-    return stats
+        run.store.persist(force=True)
+        run.store.lock.release()
+    return final_state(run, end, stats, failure_threshold, logger)
+
+
+def drive(
+    run: PreparedRun, logger, flow_run_id: Optional[str], t0: float, max_start_workers: int, poll_interval: float,
+    download: bool, cancel_after: Optional[float], max_runtime_minutes: Optional[float],
+) -> tuple[CycleEnd, Dict[str, Any]]:
+    run_key = uuid.uuid4().hex[:12]
+    keys = {name: f"{run_key}:{name}" for name in run.backends}
+    for name, connection in run.connections.items():
+        register_connection(keys[name], connection)
+    slots = AccountSlots(run.backends, run_key, note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)})
+    publisher = BackgroundPublisher(logger)
+    progress = publisher.call(lambda: ProgressReport(run.store.paths.artifact_key_base, f"Rows terminal in {run.store.path}"))
+    stop = StopSignal()
+    options = CycleOptions(
+        poll_interval=poll_interval, download=download, cancel_after=cancel_after,
+        deadline=t0 + 60.0 * max_runtime_minutes if max_runtime_minutes else None,
+    )
+    policies = {n: BackendPolicy(b.parallel_jobs, b.max_parallel_starts) for n, b in run.backends.items()}
+    run.store.retry_failed_downloads()
+    try:
+        with ThreadPoolTaskRunner(max_workers=max_start_workers) as start_runner, catch_interrupts(stop):
+            dispatcher = Dispatcher(keys, run.creator, str(run.root_dir), start_runner, max_start_workers,
+                                    FLOW_TASK_WORKERS, run.store.row, run.store.label, TOKEN_REFRESH_SECONDS)
+            cycle = Cycle(run.store, policies, dispatcher, options, logger, slots=slots, stop=stop,
+                          on_progress=lambda snapshot: publisher.submit(
+                              "progress", lambda: progress.result().update(run.store.dataframe())))
+            try:
+                end = cycle.run()
+            finally:
+                run.store.persist(force=True)
+                dispatcher.stop()
+                dispatcher.close()
+    finally:
+        slots.close()
+        for key in keys.values():
+            unregister_connection(key)
+    stats = build_stats(run, end, dispatcher.counters, t0)
+    stats["tile_map"] = write_tile_map(run.store.dataframe(), run.store.path)
+    publisher.call(lambda: publish_final_artifacts(run.store.paths.artifact_key_base, run.store.dataframe(), stats,
+                                                   run.store.failures()))
+    publisher.close(timeout=15.0)
+    return end, stats
+
+
+def final_state(run: PreparedRun, end: CycleEnd, stats: Dict[str, Any], threshold: float, logger) -> State:
+    counts = stats["status"]
+    failed = sum(counts.get(s, 0) for s in FAILED)
+    active = sum(counts.get(s, 0) for s in HOLDS_SLOT)
+    summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    if end.reason == "interrupted":
+        message = (f"interrupted: {active} jobs still running on backends; "
+                   "run the same command again to resume")
+        logger.warning(message)
+        return Cancelled(message=message, data=RunInterrupted(message, stats))
+    if failed > threshold * stats["rows"]:
+        message = f"{failed} of {stats['rows']} rows failed (allowed: {threshold:.0%}): {summary}"
+        logger.error(message)
+        return Failed(message=message, data=RunFailed(message, stats))
+    left = stats["rows"] - stats["terminal"]
+    if end.reason == "time_up" and left:
+        message = f"time is up: {left} rows left for the next run ({summary})"
+    else:
+        message = f"run finished in {stats['elapsed_seconds']:.1f} s: {summary}"
+    logger.info(message)
+    return Completed(message=message, data=stats)
+
+
+@contextmanager
+def catch_interrupts(stop: StopSignal) -> Iterator[None]:
+    """First Ctrl-C / SIGTERM: stop gracefully (the cycle winds down); a second one: at once.
+
+    Only in the main thread, and SIGTERM only where nobody else (a Prefect worker's cancellation
+    bridge) handles it already."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def handler(signum, frame):
+        if stop.event.is_set():
+            raise KeyboardInterrupt
+        stop.set("interrupted by " + signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        current = signal.getsignal(sig)
+        if sig == signal.SIGTERM and current not in (signal.SIG_DFL, None):
+            continue
+        previous[sig] = current
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 # --- setup ---------------------------------------------------------------------------------
 def prepare(
     job_db: str,
-    backends: List[BackendConfig],
+    backends: List[Union[BackendConfig, str]],
     start_job: Optional[Union[str, Callable[..., Any]]],
     process: Optional[ProcessCreatorConfig],
     root_dir: Optional[str],
-) -> RunState:
+) -> PreparedRun:
     """Validate everything and connect, before any job is created. Raises SetupError."""
-    backends = [resolve_backend(b) for b in backends]
-    check_unique_names(backends)
+    configs = [resolve_backend(b) for b in backends]
+    check_unique_names(configs)
     if (start_job is None) == (process is None):
-        raise SetupError("give exactly one of start_job (an import path) or process (a process-based creator)")
+        raise SetupError("give exactly one of start_job (an import path) or process (a process-based creator)",
+                         parameter="start_job")
     creator = load_start_job(start_job) if start_job is not None else None
     try:
-        db = JobDatabase.open(job_db)
+        store = JobStore.open(job_db)
     except JobDbError as exc:
-        raise SetupError(str(exc)) from exc
-    names = {b.name for b in backends}
-    check_row_backends({int(i): str_or_none(v) for i, v in db.df["backend_name"].items()}, names)
-    connections = {b.name: connect_backend(b) for b in backends}
+        raise SetupError(str(exc), parameter="job_db") from exc
+    snapshot_backends = {int(i): b for i, b in store.dataframe()["backend_name"].items() if isinstance(b, str) and b}
+    check_row_backends(snapshot_backends, {b.name for b in configs})
+    connections = {b.name: connect_backend(b) for b in configs}
     if process is not None:
         creator = make_process_creator(process)
-        check_process_parameters(creator, process, next(iter(connections.values())), db.df.columns)
-    for name, connection in connections.items():
-        register_connection(name, connection)
-    return RunState(
-        db=db,
-        backends={b.name: b for b in backends},
-        connections=connections,
-        creator=creator,
-        root_dir=Path(root_dir) if root_dir else Path(job_db).resolve().parent,
-        marker_prefix=bk.db_marker_prefix(job_db),
-        needs_reconcile=set(db.df.index[db.df["status"] == "creating"].astype(int)),
-        pinned=set(db.df.index[(db.df["status"] == "not_started") & db.df["backend_name"].notna()].astype(int)),
-    )
-
-
-def ensure_start_tag_limits(backends: Dict[str, BackendConfig]) -> None:
-    """Create or update the tag concurrency limit on start tasks of backends that ask for one.
-
-    It caps concurrent start requests per backend across every flow run on this Prefect server.
-    Only where configured (`max_parallel_starts`): Prefect 3.8 takes a lease per limited task
-    run, which measured ~1 s per start task here (20 jobs: 18-28 s instead of 4-5 s).
-    """
-    limited = [b for b in backends.values() if b.max_parallel_starts]
-    if not limited:
-        return
-    with get_client(sync_client=True) as client:
-        for backend in limited:
-            client.create_concurrency_limit(
-                tag=f"{START_TAG_PREFIX}{backend.name}", concurrency_limit=backend.max_parallel_starts
-            )
+        check_process_parameters(creator, process, next(iter(connections.values())), store.dataframe().columns)
+    return PreparedRun(store, {b.name: b for b in configs}, connections, creator,
+                       Path(root_dir) if root_dir else store.paths.default_results_root)
 
 
 # --- results -------------------------------------------------------------------------------
-def failures(state: RunState) -> List[Dict[str, Any]]:
-    df = state.db.df
-    bad = df[df["status"].isin(["error", "start_failed", "canceled"])]
-    return [
-        {"_row": int(i), "label": bk.row_label({"_row": int(i), **{k: bad.at[i, k] for k in ("tile_id", "year", "title") if k in bad.columns}}),
-         "id": str_or_none(bad.at[i, "id"]), "status": bad.at[i, "status"],
-         "error_message": str_or_none(bad.at[i, "error_message"]) if "error_message" in bad.columns else None}
-        for i in bad.index
-    ]
-
-
-def build_stats(state: RunState, job_db: str, t0: float, all_started_at: Optional[float]) -> Dict[str, Any]:
-    df = state.db.df
-    requests_by_backend = {n: dict(c.request_counts) for n, c in state.connections.items()}
+def build_stats(run: PreparedRun, end: CycleEnd, counters: Dict[str, int], t0: float) -> Dict[str, Any]:
+    snapshot = run.store.snapshot()
+    requests_by_backend = {n: dict(c.request_counts) for n, c in run.connections.items()}
     return {
-        "job_db": str(job_db),
-        "rows": int(len(df)),
-        "terminal": int(df["status"].isin(TERMINAL_STATUSES).sum()),
-        "status": status_counts(df),
-        "by_backend": status_by_backend(df),
+        "job_db": str(run.store.path),
+        "rows": snapshot.rows,
+        "terminal": snapshot.terminal,
+        "status": dict(sorted(snapshot.counts.items())),
+        "by_backend": run.store.status_by_backend(),
+        "failures": run.store.failures()[:50],
+        "ended": end.reason,
+        "refused_backends": end.refused,
         "requests": requests_by_backend,
         "requests_by_route": merge_request_counts(requests_by_backend.values()),
         "requests_total": int(sum(sum(c.values()) for c in requests_by_backend.values())),
         "elapsed_seconds": round(time.monotonic() - t0, 3),
-        "time_to_all_started_seconds": None if all_started_at is None else round(all_started_at, 3),
-        **state.counters,
+        "time_to_all_started_seconds": None if end.all_started_at is None else round(end.all_started_at, 3),
+        "cycles": end.cycles,
+        "persists": run.store.persist_count,
+        **counters,
     }
 
 
-def _flow_run_id() -> Optional[str]:
+def current_flow_run_id() -> Optional[str]:
     from prefect.runtime import flow_run
 
     return flow_run.id

@@ -48,6 +48,7 @@ FAILED = frozenset({"error", "canceled", "start_failed"})
 # Rows that a run may still start.
 WAITING = frozenset({"not_started"})
 
-# Our per-row results state (column `results_status`); the message goes to `results_error`.
+# Our per-row results state (column `results_status`); a failure's message goes to `results_error`.
 RESULTS_DOWNLOADED = "downloaded"
 RESULTS_FAILED = "failed"
+RESULTS_LOGS_SAVED = "logs_saved"  # an `error` row whose error logs were saved

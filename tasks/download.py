@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.connections import ManagedConnection, get_connection
 from tasks.faults import UnexpectedResponse
 from tasks.openeo_calls import describe_job, fetch_error_logs
+from tasks.outcome import Outcome, Step, deliver
 
 log = logging.getLogger(__name__)
 
@@ -77,72 +78,54 @@ def _download_asset(connection: ManagedConnection, href: str, target: Path, expe
     return written
 
 
-def worth_retrying(task, task_run, state) -> bool:
-    """Retry transient failures, not answers that will not improve (invalid JSON, unsafe names)."""
-    try:
-        exc = state.result(raise_on_failure=False)
-    except Exception as raised:  # noqa: BLE001
-        exc = raised
-    return is_transient(exc)
-
-
 def is_transient(exc: BaseException) -> bool:
     """Worth another try: anything but an answer that will not improve (invalid JSON, unsafe names)."""
     return not isinstance(exc, UnexpectedResponse) or isinstance(exc, IncompleteDownload)
 
 
-@task(
-    name="download-results",
-    task_run_name="download-{job_id}",
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    retry_condition_fn=worth_retrying,
-    cache_policy=NO_CACHE,
-)
+# Waits between attempts of one job (the task has no Prefect retries of its own: retrying a
+# batch whole would repeat the jobs that went well).
+RETRY_DELAYS = (2.0, 10.0)
+
+
+def _with_retries(what: str, call: Callable[[], Dict[str, Any]], delays: Sequence[float]) -> Dict[str, Any]:
+    for delay in (*delays, None):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - one job's failure must not sink the batch
+            if delay is None or not is_transient(exc):
+                return {"error": f"{type(exc).__name__}: {exc}"}
+            log.info("%s failed (%s); retrying in %.0f s", what, exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+@task(name="download-results", task_run_name="download-{label}", retries=0, cache_policy=NO_CACHE)
 def download_results(
-    backend: str, job_id: str, root_dir: str, metadata: Optional[Dict[str, Any]] = None
-) -> Dict[str, Any]:
-    """Download every asset of a finished job into `root_dir/job_<id>/` and save its metadata.
+    backend: str,
+    connection_key: str,
+    jobs: List[Dict[str, Any]],
+    root_dir: str,
+    label: str,
+    inbox: Optional[str] = None,
+    retry_delays: Sequence[float] = RETRY_DELAYS,
+) -> Outcome:
+    """Download every asset of each finished job (`jobs`: [{"_row", "job_id", "metadata"?}]) into
+    `root_dir/job_<id>/` and save its metadata, one job after the other, each retried on its own.
 
-    Assets already complete on disk (right size) are not fetched again, so a retried or
-    resumed download only fetches what is missing. `metadata` is fetched when not given.
+    Assets already complete on disk (right size) are not fetched again, so a retried or resumed
+    download only fetches what is missing. Outcome rows: {row: {"assets", "bytes"} or {"error"}}.
     """
-    return fetch_job_results(get_connection(backend), job_id, root_dir, metadata)
-
-
-# Waits between attempts of one job inside a batch (a batch has no Prefect retries of its own:
-# retrying it whole would repeat the jobs that went well).
-BATCH_RETRY_DELAYS = (2.0, 10.0)
-
-
-@task(
-    name="download-results-batch",
-    task_run_name="download-{label}",
-    retries=0,
-    cache_policy=NO_CACHE,
-)
-def download_results_batch(backend: str, jobs: List[Dict[str, Any]], root_dir: str, label: str) -> Dict[str, dict]:
-    """Download the results of several finished jobs of one backend, one after the other.
-
-    Used when many jobs end in the same cycle: one task run per job would flood Prefect's
-    server with events at thousands of jobs (bench/README.md). Each job is retried on its own;
-    returns {job_id: result} with {"error": message} for jobs that still failed.
-    """
-    connection = get_connection(backend)
-    outcome: Dict[str, dict] = {}
-    for job in jobs:
-        job_id = job["job_id"]
-        for delay in (*BATCH_RETRY_DELAYS, None):
-            try:
-                outcome[job_id] = fetch_job_results(connection, job_id, root_dir, job.get("metadata"))
-                break
-            except Exception as exc:  # noqa: BLE001 - one job's failure must not sink the batch
-                if delay is None or not is_transient(exc):
-                    outcome[job_id] = {"job_id": job_id, "error": f"{type(exc).__name__}: {exc}"}
-                    break
-                log.info("download of job %s failed (%s); retrying in %.0f s", job_id, exc, delay)
-                time.sleep(delay)
-    return outcome
+    connection = get_connection(connection_key)
+    results = {
+        int(job["_row"]): _with_retries(
+            f"download of job {job['job_id']}",
+            lambda job=job: fetch_job_results(connection, job["job_id"], root_dir, job.get("metadata")),
+            retry_delays,
+        )
+        for job in jobs
+    }
+    return deliver(inbox, Outcome(Step.DOWNLOAD, backend, results))
 
 
 def fetch_job_results(
@@ -175,18 +158,34 @@ def fetch_job_results(
     return {"job_id": job_id, "assets": len(assets), "bytes": total}
 
 
-@task(
-    name="save-error-logs",
-    task_run_name="error-logs-{job_id}",
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    cache_policy=NO_CACHE,
-)
-def save_error_logs(backend: str, job_id: str, root_dir: str) -> Dict[str, Any]:
-    """Save a failed job's error logs as `job_<id>_errors.json`; return its last error message."""
-    logs = fetch_error_logs(get_connection(backend), job_id)
+@task(name="save-error-logs", task_run_name="error-logs-{label}", retries=0, cache_policy=NO_CACHE)
+def save_error_logs(
+    backend: str,
+    connection_key: str,
+    jobs: List[Dict[str, Any]],
+    root_dir: str,
+    label: str,
+    inbox: Optional[str] = None,
+    retry_delays: Sequence[float] = RETRY_DELAYS,
+) -> Outcome:
+    """Save each failed job's error logs as `job_<id>_errors.json` (`jobs`: [{"_row", "job_id"}]).
+    Outcome rows: {row: {"error_message": its first error line, "log_entries": n} or {"error"}}."""
+    connection = get_connection(connection_key)
+    results = {
+        int(job["_row"]): _with_retries(
+            f"error logs of job {job['job_id']}",
+            lambda job=job: _save_logs(connection, job["job_id"], root_dir),
+            retry_delays,
+        )
+        for job in jobs
+    }
+    return deliver(inbox, Outcome(Step.ERROR_LOGS, backend, results))
+
+
+def _save_logs(connection: ManagedConnection, job_id: str, root_dir: str) -> Dict[str, Any]:
+    logs = fetch_error_logs(connection, job_id)
     directory = job_dir(root_dir, job_id)
     directory.mkdir(parents=True, exist_ok=True)
     write_atomically(directory / f"job_{job_id}_errors.json", json.dumps(logs, indent=2).encode())
-    last = logs[-1].get("message") if logs and isinstance(logs[-1], dict) else None
-    return {"job_id": job_id, "error_message": last, "log_entries": len(logs)}
+    messages = [entry.get("message") for entry in logs if isinstance(entry, dict) and entry.get("message")]
+    return {"error_message": messages[0] if messages else None, "log_entries": len(logs)}

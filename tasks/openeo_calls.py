@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, Iterable, Iterator, Optional
+from typing import Callable, Dict, Iterable, Iterator, Optional
 
 from openeo.rest import OpenEoApiError, OpenEoApiPlainError
 
@@ -69,17 +69,24 @@ def describe_job(connection: ManagedConnection, job_id: str) -> dict:
     return metadata
 
 
-def _sleep_or_give_up(backoff: Backoff, deadline: float, delay_hint: Optional[float], what: str) -> bool:
-    """Sleep before the next attempt; False when the deadline would pass first."""
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return True
+
+
+def _sleep_or_give_up(backoff: Backoff, deadline: float, delay_hint: Optional[float], what: str,
+                      sleep: Callable[[float], bool] = _sleep) -> bool:
+    """Sleep before the next attempt; False when the deadline would pass first or `sleep` says stop."""
     delay = backoff.next_delay(delay_hint)
     if time.monotonic() + delay > deadline:
         return False
     log.info("%s: waiting %.1f s before retrying", what, delay)
-    time.sleep(delay)
-    return True
+    return sleep(delay)
 
 
-def start_job_carefully(connection: ManagedConnection, job_id: str, deadline: float) -> str:
+def start_job_carefully(
+    connection: ManagedConnection, job_id: str, deadline: float, sleep: Callable[[float], bool] = _sleep
+) -> str:
     """`POST /jobs/{id}/results` until the job is started; returns the job's status afterwards.
 
     Returns "created" when the backend refuses for now (job limits) or the deadline passes:
@@ -97,14 +104,14 @@ def start_job_carefully(connection: ManagedConnection, job_id: str, deadline: fl
                 log.info("start of %s refused for now: %s", job_id, kind)
                 return "created"
             if isinstance(kind, RateLimited):
-                if not _sleep_or_give_up(backoff, deadline, kind.retry_after, f"start {job_id} rate limited"):
+                if not _sleep_or_give_up(backoff, deadline, kind.retry_after, f"start {job_id} rate limited", sleep):
                     return "created"
                 continue
             if isinstance(kind, BackendUnavailable):
                 status = _status_after_ambiguous_failure(connection, job_id)
                 if status in STARTED_STATUSES:
                     return status
-                if not _sleep_or_give_up(backoff, deadline, None, f"start {job_id} failed ({kind})"):
+                if not _sleep_or_give_up(backoff, deadline, None, f"start {job_id} failed ({kind})", sleep):
                     return "created"
                 continue
             raise
@@ -128,6 +135,15 @@ def fetch_error_logs(connection: ManagedConnection, job_id: str) -> list:
 
 def cancel_job(connection: ManagedConnection, job_id: str) -> None:
     connection.delete(f"/jobs/{job_id}/results", expected_status=204)
+
+
+# openEO error codes saying the account cannot pay for (more) jobs: retrying will not help.
+PAYMENT_CODES = frozenset({"PaymentRequired", "InsufficientCredits", "InsufficientFunds", "CreditsExhausted"})
+
+
+def is_refused_for_good(exc: BaseException) -> bool:
+    """402 Payment Required (or an error code saying so): the account is out of credits."""
+    return is_api_error(exc, 402) or getattr(exc, "code", None) in PAYMENT_CODES
 
 
 def is_api_error(exc: BaseException, status: Optional[int] = None) -> bool:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Dict
+from typing import Dict, List, Optional, Sequence
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.connections import get_connection, marker_tag
 from tasks.faults import UnexpectedResponse, classify
 from tasks.openeo_calls import cancel_job, describe_job, is_api_error, iter_job_listing, statuses_from_listing
+from tasks.outcome import Outcome, Step, deliver
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +24,31 @@ TERMINAL_JOB_STATUSES = frozenset({"finished", "error", "canceled"})
     retry_delay_seconds=[2, 10],
     cache_policy=NO_CACHE,
 )
-def poll_backend(backend: str, active: Dict[str, str], cancel: list = ()) -> Dict[str, dict]:
-    """New statuses of `active` jobs ({job_id: status we know}).
+def poll_backend(
+    backend: str,
+    connection_key: str,
+    jobs: Dict[int, List[str]],
+    cancel: Sequence[str] = (),
+    inbox: Optional[str] = None,
+    token_max_age_seconds: Optional[float] = None,
+) -> Outcome:
+    """New statuses of the rows' jobs (`jobs`: {row: [job id, status we know]}).
 
     One `GET /jobs` listing (paged, stopping once every job is found) gives the statuses;
     `GET /jobs/{id}` is only made for jobs the listing lacks, and once for each job that
-    became terminal (its usage and costs). Jobs in `cancel` are canceled first.
-    Returns {job_id: {"status": ..., "metadata": {...} (terminal only), "error": ...}}.
+    became terminal (its usage and costs). Jobs in `cancel` are canceled first. An access
+    token older than `token_max_age_seconds` is renewed first (off the flow's thread).
+    Outcome rows: {row: {"status": ..., "metadata": {...} (terminal only), "error": ...}}.
     """
-    connection = get_connection(backend)
+    connection = get_connection(connection_key)
+    if token_max_age_seconds:
+        connection.refresh_token_if_older(token_max_age_seconds)
+    rows_by_job = {str(job_id): row for row, (job_id, _) in jobs.items()}
+    changes = _poll(connection, backend, {str(job_id): status for job_id, status in jobs.values()}, cancel)
+    return deliver(inbox, Outcome(Step.POLL, backend, {rows_by_job[j]: change for j, change in changes.items()}))
+
+
+def _poll(connection, backend: str, active: Dict[str, str], cancel: Sequence[str]) -> Dict[str, dict]:
     for job_id in cancel:
         try:
             cancel_job(connection, job_id)
@@ -69,19 +86,22 @@ def poll_backend(backend: str, active: Dict[str, str], cancel: list = ()) -> Dic
 
 @task(name="find-marked-jobs", task_run_name="reconcile-{backend}", retries=2, retry_delay_seconds=[2, 10],
       cache_policy=NO_CACHE)
-def find_marked_jobs(backend: str, markers: list) -> Dict[str, dict]:
-    """Jobs on `backend` whose title carries one of `markers` ({marker: listing entry}).
+def find_marked_jobs(
+    backend: str, connection_key: str, markers: Dict[str, int], inbox: Optional[str] = None
+) -> Outcome:
+    """The jobs on `backend` whose title carries one of `markers` ({marker: row}).
 
     Used after a crash: a row recorded as `creating` may or may not have its job on the
     backend; one listing answers that for all such rows, so nothing is created twice.
+    Outcome rows: {row: {"job": listing entry or None}}.
     """
     tags = {marker_tag(m): m for m in markers}
     found: Dict[str, dict] = {}
-    for job in iter_job_listing(get_connection(backend)):
+    for job in iter_job_listing(get_connection(connection_key)):
         title = job.get("title") or ""
         for tag, marker in tags.items():
             if tag in title and marker not in found:
                 found[marker] = job
         if len(found) == len(tags):
             break
-    return found
+    return deliver(inbox, Outcome(Step.RECONCILE, backend, {row: {"job": found.get(m)} for m, row in markers.items()}))

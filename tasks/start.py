@@ -1,4 +1,14 @@
-"""The start-job task: create (through the user's callback) and start one openEO batch job."""
+"""The start-job task: create (through the user's callback) and start the jobs of one or more rows.
+
+One task definition whatever the batch size: the dispatcher gives it one row while few rows move
+and a batch when thousands do. Every row gets its own answer in the outcome (`Outcome.rows`):
+  {"status": "queued", "id": ...}                   created and started (or started by the callback)
+  {"status": "created", "id": ..., "handed_back"}   created; the backend refused to start it for now
+  {"status": "not_started", "handed_back": why}     nothing created (rate limit, job limit, deadline)
+  {"status": "not_started", "refused": why}         the account cannot pay (402): stop starting there
+  {"status": "skipped"} / {"status": "start_failed", "error_message": why}
+  {"crashed": why}                                  unknown whether a job exists: reconcile by marker
+"""
 from __future__ import annotations
 
 import logging
@@ -9,115 +19,103 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from jobdb import utc_now
+from jobdb.schema import utc_now
 from tasks.connections import get_connection
 from tasks.faults import Backoff, BackendUnavailable, JobLimitReached, RateLimited, classify
-from tasks.openeo_calls import find_job_by_marker, start_job_carefully
+from tasks.openeo_calls import find_job_by_marker, is_refused_for_good, start_job_carefully
+from tasks.outcome import Outcome, Step, deliver, pause
 
 log = logging.getLogger(__name__)
 
-# How long one start task may keep waiting on rate limits/outages before it hands the row back.
+# How long one row may keep waiting on rate limits/outages before the task hands it back.
 DEFAULT_START_DEADLINE_SECONDS = 600.0
+# Columns the flow adds to a row for the task; the callback sees the DB's own columns only.
+TASK_FIELDS = ("_row", "job_marker", "job_id")
 
 
 def row_as_series(row: Dict[str, Any]) -> pd.Series:
     """The row as openeo's callbacks expect it: a Series named by its index."""
-    values = {k: v for k, v in row.items() if k != "_row"}
+    values = {k: v for k, v in row.items() if k not in TASK_FIELDS}
     return pd.Series(values, name=row.get("_row"), dtype=object)
 
 
-def _result(row: Dict[str, Any], status: str, **fields: Any) -> Dict[str, Any]:
-    return {"_row": row["_row"], "status": status, **fields}
+def connection_provider_for(connection_key: str) -> Callable[[str], Any]:
+    """openeo's `connection_provider`: backend name -> connection of this run."""
+    run_key = connection_key.split(":", 1)[0] + ":" if ":" in connection_key else ""
+    return lambda name: get_connection(f"{run_key}{name}")
 
 
-@task(
-    name="start-job",
-    task_run_name="start-{label}",
-    retries=0,  # retried inside: a Prefect retry delay would keep holding the backend's tag slot
-    cache_policy=NO_CACHE,
-)
-def start_job(
-    row: Dict[str, Any],
-    backend: str,
-    creator: Callable[..., Any],
-    marker: str,
-    label: str,
-    job_id: Optional[str] = None,
-    deadline_seconds: float = DEFAULT_START_DEADLINE_SECONDS,
-) -> Dict[str, Any]:
-    """Create the row's job (unless `job_id` is given: an adopted job) and start it.
-
-    Never raises for a row-level problem: returns the row's new status and fields instead.
-    Status "not_started" / "created" hand the row back to the flow for a later attempt.
-    """
-    return start_one(row, backend, creator, marker, job_id, deadline_seconds)
-
-
-@task(name="start-jobs-batch", task_run_name="start-{label}", retries=0, cache_policy=NO_CACHE)
-def start_jobs_batch(
+@task(name="start-job", task_run_name="start-{label}", retries=0, cache_policy=NO_CACHE)
+def start_jobs(
     rows: List[Dict[str, Any]],
     backend: str,
+    connection_key: str,
     creator: Callable[..., Any],
     label: str,
+    inbox: Optional[str] = None,
     deadline_seconds: float = DEFAULT_START_DEADLINE_SECONDS,
-) -> List[Dict[str, Any]]:
-    """Start several rows one after the other (each row dict carries `job_marker`, and `job_id`
-    for a job that exists already). Used when thousands of rows wait: one task run per row
-    floods Prefect's server with events (bench/README.md). A row whose start raised comes back
-    as {"_row": i, "crashed": message}: the flow then looks for its job by marker."""
-    results = []
+) -> Outcome:
+    """Create and start each row's job, one row after the other (each dict carries `_row`,
+    `job_marker` and, for a job created earlier, `job_id`).
+
+    No Prefect retries: a POST is never repeated blindly; every retry here is decided per
+    failure kind (tasks/openeo_calls.py), and a lost create is looked up by its marker first.
+    """
+    results: Dict[int, Dict[str, Any]] = {}
+    refused: Optional[str] = None
     for row in rows:
+        i = int(row["_row"])
+        if refused is not None:  # the account cannot pay: don't even try the rest of the batch
+            results[i] = {"status": "created", "id": row["job_id"], "handed_back": refused} if row.get("job_id") \
+                else {"status": "not_started", "handed_back": refused}
+            continue
         try:
-            plain = {k: v for k, v in row.items() if k != "job_id"}  # the callback sees DB columns only
-            results.append(start_one(plain, backend, creator, row["job_marker"], row.get("job_id"), deadline_seconds))
+            results[i] = start_one(row, backend, connection_key, creator, deadline_seconds, inbox)
         except Exception as exc:  # noqa: BLE001 - one row must not sink the batch
-            results.append({"_row": row["_row"], "crashed": f"{type(exc).__name__}: {exc}"})
-    return results
+            results[i] = {"crashed": f"{type(exc).__name__}: {exc}"}
+        refused = results[i].get("refused") or refused
+    return deliver(inbox, Outcome(Step.START, backend, results))
 
 
 def start_one(
-    row: Dict[str, Any],
-    backend: str,
-    creator: Callable[..., Any],
-    marker: str,
-    job_id: Optional[str],
-    deadline_seconds: float,
+    row: Dict[str, Any], backend: str, connection_key: str, creator: Callable[..., Any], deadline_seconds: float,
+    inbox: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """The work of one start task (see `start_job`)."""
     deadline = time.monotonic() + deadline_seconds
-    connection = get_connection(backend)
-    base = {"backend_name": backend, "job_marker": marker}
+    connection = get_connection(connection_key)
+    job_id = row.get("job_id")
     if job_id is None:
-        created = _create(row, backend, creator, marker, deadline)
+        created = _create(row, backend, connection_key, creator, deadline, inbox)
         if created["status"] != "created":
-            return _result(row, **{**base, **created})
+            return created
         job_id = created["id"]
         if created.get("started_by_callback"):
-            return _result(row, "queued", id=job_id, start_time=utc_now(), error_message=None, **base)
+            return {"status": "queued", "id": job_id, "start_time": utc_now(), "error_message": None}
     try:
-        status = start_job_carefully(connection, job_id, deadline)
-    except Exception as exc:  # noqa: BLE001 - a start refused for this job only
+        status = start_job_carefully(connection, job_id, deadline, sleep=lambda s: not pause(inbox, s))
+    except Exception as exc:  # noqa: BLE001 - classified: a refusal for this job only, or for the account
+        if is_refused_for_good(exc):
+            return {"status": "created", "id": job_id, "handed_back": str(exc), "refused": str(exc)}
         log.warning("start of job %s (row %s) failed: %s", job_id, row["_row"], exc)
-        return _result(row, "start_failed", id=job_id, error_message=f"start failed: {exc}", **base)
-    fields = {"id": job_id, **base}
-    if status != "created":
-        fields.update(start_time=utc_now(), error_message=None)
-    return _result(row, status, **fields)
+        return {"status": "start_failed", "id": job_id, "error_message": f"start failed: {exc}"}
+    if status == "created":
+        return {"status": "created", "id": job_id, "handed_back": "the backend did not start it yet"}
+    return {"status": status, "id": job_id, "start_time": utc_now(), "error_message": None}
 
 
-def _create(row: Dict[str, Any], backend: str, creator: Callable[..., Any], marker: str, deadline: float) -> dict:
+def _create(
+    row: Dict[str, Any], backend: str, connection_key: str, creator: Callable[..., Any], deadline: float,
+    inbox: Optional[str],
+) -> Dict[str, Any]:
     """Run the user's callback until it created a job, exactly once per marker."""
-    connection = get_connection(backend)
+    connection = get_connection(connection_key)
+    marker = row["job_marker"]
     backoff = Backoff()
     while True:
         with connection.call_context(marker) as tracking:
             try:
-                job = creator(
-                    row=row_as_series(row),
-                    connection=connection,
-                    provider=backend,
-                    connection_provider=get_connection,
-                )
+                job = creator(row=row_as_series(row), connection=connection, provider=backend,
+                              connection_provider=connection_provider_for(connection_key))
             except Exception as exc:  # noqa: BLE001 - user code: anything can happen
                 job, error = None, exc
             else:
@@ -130,7 +128,8 @@ def _create(row: Dict[str, Any], backend: str, creator: Callable[..., Any], mark
             if job is None:
                 return {"status": "skipped", "error_message": None}
             return {"status": "created", "id": job.job_id, "started_by_callback": job.job_id in tracking.started_job_ids}
-
+        if is_refused_for_good(error):
+            return {"status": "not_started", "handed_back": str(error), "refused": str(error)}
         kind = classify(error)
         if isinstance(kind, BackendUnavailable):
             # The backend may have created the job and lost the answer: look before creating again.
@@ -142,14 +141,14 @@ def _create(row: Dict[str, Any], backend: str, creator: Callable[..., Any], mark
                 log.info("adopted job %s for row %s after a lost response", existing["id"], row["_row"])
                 return {"status": "created", "id": existing["id"], "started_by_callback": False}
         if isinstance(kind, (RateLimited, BackendUnavailable)):
-            delay_hint = kind.retry_after if isinstance(kind, RateLimited) else None
-            delay = backoff.next_delay(delay_hint)
+            delay = backoff.next_delay(kind.retry_after if isinstance(kind, RateLimited) else None)
             if time.monotonic() + delay > deadline:
-                return {"status": "not_started", "error_message": f"gave up for now: {kind}"}
+                return {"status": "not_started", "handed_back": f"gave up for now: {kind}"}
             log.info("creating job for row %s: %s; retrying in %.1f s", row["_row"], kind, delay)
-            time.sleep(delay)
+            if pause(inbox, delay):
+                return {"status": "not_started", "handed_back": "the run is stopping"}
             continue
         if isinstance(kind, JobLimitReached):
-            return {"status": "not_started", "error_message": str(kind)}
+            return {"status": "not_started", "handed_back": str(kind)}
         log.warning("start_job callback failed for row %s: %r", row["_row"], error)
         return {"status": "start_failed", "error_message": f"{type(error).__name__}: {error}"}

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Set before Prefect is imported anywhere: the ephemeral server's telemetry job
 # logs "database is locked" on a fresh database otherwise.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+# Job-slot ledgers of this test session (flows/account_slots.py), shared with the runs it starts.
+os.environ.setdefault("OPENEO_JOBS_STATE_DIR", tempfile.mkdtemp(prefix="openeo-jobs-state-"))
 
 import pytest
 

@@ -1,55 +1,70 @@
-"""The flow's pure rules: slots, backend assignment, status changes, labels, CLI parsing."""
-from datetime import datetime, timedelta, timezone
-
+"""The flow's pure rules: what an outcome writes to the DB, status changes, CLI parsing."""
 import argparse
+
 import pytest
 
 from flows import bookkeeping as bk
 from flows.cli import parse_backend
+from jobdb.paths import JobDbPaths
+from tasks.outcome import Outcome, Step
 
 
-def test_free_slots_never_negative():
-    assert bk.free_slots({"a": 3, "b": 2}, {"a": 1, "b": 5}) == {"a": 2, "b": 0}
-
-
-def test_assign_spreads_over_backends_and_respects_pinned_rows():
-    rows = [{"_row": i, "backend_name": None} for i in range(4)] + [{"_row": 9, "backend_name": "b"}]
-    assigned = bk.assign_backends(rows, {"a": 2, "b": 1})
-    by_backend = {}
-    for row, backend in assigned:
-        by_backend.setdefault(backend, []).append(row["_row"])
-    assert len(by_backend["a"]) == 2
-    assert len(by_backend["b"]) == 1
-    assert sum(len(v) for v in by_backend.values()) == 3  # only 3 slots
-    # a row pinned to a full backend waits instead of going elsewhere
-    assert bk.assign_backends([{"_row": 9, "backend_name": "b"}], {"a": 5, "b": 0}) == []
+def now_of(statuses, pinned=()):
+    return lambda row: bk.RowNow(statuses[row], None, row in pinned)
 
 
 def test_status_change_fills_openeo_columns():
     metadata = {"usage": {"cpu": {"value": 12, "unit": "cpu-seconds"}, "memory": {"value": 5, "unit": "mb-seconds"}},
                 "costs": 1.5}
-    update = bk.status_change({"status": "running", "running_start_time": "2024-01-01T00:00:00Z"}, "finished", metadata)
+    update = bk.status_change(bk.RowNow("running", "2024-01-01T00:00:00Z"), "finished", metadata)
     assert update == {"status": "finished", "cpu": "12 cpu-seconds", "memory": "5 mb-seconds", "costs": 1.5}
-    started = bk.status_change({"status": "queued", "running_start_time": None}, "running", None)
+    started = bk.status_change(bk.RowNow("queued", None), "running", None)
     assert started["status"] == "running" and started["running_start_time"].endswith("Z")
 
 
-def test_overdue_running():
-    now = datetime(2024, 1, 1, 1, 0, tzinfo=timezone.utc)
-    rows = [
-        {"id": "old", "status": "running", "running_start_time": (now - timedelta(hours=1)).isoformat()},
-        {"id": "new", "status": "running", "running_start_time": (now - timedelta(seconds=10)).isoformat()},
-        {"id": "q", "status": "queued", "running_start_time": None},
-    ]
-    assert [r["id"] for r in bk.overdue_running(rows, 60, now)] == ["old"]
-    assert bk.overdue_running(rows, None, now) == []
+def test_start_outcomes_hand_back_hold_and_unpin():
+    outcome = Outcome(Step.START, "a", {
+        0: {"status": "queued", "id": "j0", "start_time": "t", "error_message": None},
+        1: {"status": "not_started", "handed_back": "429"},
+        2: {"status": "not_started", "handed_back": "429"},
+        3: {"crashed": "boom"},
+        4: {"status": "created", "id": "j4", "handed_back": "402", "refused": "402 no credits"},
+    })
+    effects = bk.effects_of(outcome, now_of({i: "creating" for i in range(5)}, pinned={2}))
+    assert effects.updates[0]["status"] == "queued" and effects.updates[0]["id"] == "j0"
+    assert effects.updates[1] == {"status": "not_started", "job_marker": None, "id": None, "backend_name": None}
+    assert "backend_name" not in effects.updates[2]  # the user chose its backend: it stays
+    assert 3 not in effects.updates and effects.warnings  # crashed: left `creating` for the reconcile
+    assert effects.updates[4] == {"status": "created", "id": "j4"}
+    assert effects.hold == {1, 2, 4} and effects.refused == "402 no credits"
 
 
-def test_labels_and_markers():
-    assert bk.row_label({"_row": 3, "tile_id": "T1", "year": 2024}) == "T1-2024"
-    assert bk.row_label({"_row": 3, "tile_id": float("nan")}) == "row-3"
-    assert bk.row_marker(bk.db_marker_prefix("/x/jobs.csv"), 7).endswith("-r7")
-    assert bk.db_marker_prefix("/x/jobs.csv") != bk.db_marker_prefix("/y/jobs.csv")
+def test_poll_outcome_ignores_rows_that_changed_meanwhile():
+    outcome = Outcome(Step.POLL, "a", {0: {"status": "running"}, 1: {"status": "finished"}})
+    effects = bk.effects_of(outcome, now_of({0: "queued", 1: "not_started"}))
+    assert set(effects.updates) == {0} and effects.changes == [(0, "queued", "running")]
+
+
+def test_reconcile_adopts_found_jobs_and_gives_back_the_rest():
+    outcome = Outcome(Step.RECONCILE, "a", {0: {"job": {"id": "j0", "status": "finished"}}, 1: {"job": None}})
+    effects = bk.effects_of(outcome, now_of({0: "creating", 1: "creating"}))
+    assert effects.updates[0] == {"status": "queued", "id": "j0"}  # ended meanwhile: polled, then downloaded
+    assert effects.updates[1]["status"] == "not_started"
+
+
+def test_download_and_error_log_outcomes():
+    down = bk.effects_of(Outcome(Step.DOWNLOAD, "a", {0: {"assets": 1}, 1: {"error": "x"}}), now_of({}))
+    assert down.updates == {0: {"results_status": "downloaded", "results_error": None},
+                            1: {"results_status": "failed", "results_error": "x"}}
+    logs = bk.effects_of(Outcome(Step.ERROR_LOGS, "a", {0: {"error_message": "no data", "log_entries": 1}}), now_of({}))
+    assert logs.updates == {0: {"results_status": "logs_saved", "error_message": "no data"}}
+
+
+def test_markers_differ_per_db_and_attempt():
+    a, b = JobDbPaths.of("/x/jobs.csv"), JobDbPaths.of("/y/jobs.csv")
+    assert a.row_marker(7).endswith("-r7") and a.marker_prefix != b.marker_prefix
+    assert a.row_marker(7, attempt=2) != a.row_marker(7)
+    assert a.artifact_key("progress") != b.artifact_key("progress")
 
 
 def test_cli_backend_option():
@@ -61,11 +76,3 @@ def test_cli_backend_option():
         parse_backend("a=http://x,parallel_jobs=many")
     with pytest.raises(argparse.ArgumentTypeError, match="name=URL"):
         parse_backend("http://x")
-
-
-def test_progress_bar():
-    from flows.reporting import progress_bar
-
-    assert progress_bar(0, width=10) == "[----------]   0%"
-    assert progress_bar(50, width=10) == "[#####-----]  50%"
-    assert progress_bar(100, width=10) == "[##########] 100%"

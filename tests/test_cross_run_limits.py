@@ -1,19 +1,23 @@
 """Two flow runs at once, two job DBs, one backend account: together they stay within its slots."""
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from flows.account_slots import AccountSlots, account_key
 from flows.params import BackendConfig
 from flows.run_jobs import run_jobs
-from flows.slots import JobSlots, lease_file, limit_name
 from simulator import start_simulator
 from tests.flow_helpers import backend, fast_config, make_db
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -23,11 +27,12 @@ def sim():
     sim.stop()
 
 
+@pytest.mark.usefixtures("prefect_harness")
 def test_two_runs_share_the_account_slots(sim, tmp_path):
     dbs = [make_db(tmp_path / f"jobs_{k}.parquet", 8) for k in range(2)]
     # Different backend names (as two users might call it), the same account: one shared limit.
     configs = [backend("sim-a", sim, 3), backend("sim-b", sim, 3)]
-    assert limit_name(BackendConfig(**configs[0])) == limit_name(BackendConfig(**configs[1]))
+    assert account_key(BackendConfig(**configs[0])) == account_key(BackendConfig(**configs[1]))
     results, errors = {}, {}
 
     def run(k):
@@ -57,63 +62,52 @@ def test_two_runs_share_the_account_slots(sim, tmp_path):
     # Without the shared limit each run would use its own 3 slots: both must have had jobs active
     # at once only within the 3 (the runs overlapped, which the limit must have held back).
     assert max_active == 3
-    # Leases are handed from an ended job to the next one of the same run, not taken anew.
-    leases = [results[k]["slot_leases"] for k in range(2)]
-    assert sum(l["acquired"] for l in leases) < 16 and sum(l["reused"] for l in leases) > 0, leases
 
 
-def test_slots_denied_when_taken_and_freed_on_release(sim):
-    """The lease bookkeeping itself: a second holder gets no slot until the first gives one back."""
-    config = {n: BackendConfig(**backend(n, sim, 2)) for n in ("x",)}
-    first, second = JobSlots(config, 60), JobSlots(config, 60)
+def test_slots_of_a_killed_run_come_back_at_the_next_claim(tmp_path):
+    """The ledger without leases: a run SIGKILLed while holding all of an account's slots frees
+    them the moment it dies (its flock goes with it), not after an expiry."""
+    account = {"a": BackendConfig(name="a", url="http://127.0.0.1:9", parallel_jobs=3)}
+    state = tmp_path / "state"
+    code = (
+        "import sys, time; sys.path.insert(0, %r)\n"
+        "from pathlib import Path\n"
+        "from flows.account_slots import AccountSlots\n"
+        "from flows.params import BackendConfig\n"
+        "slots = AccountSlots({'a': BackendConfig(name='a', url='http://127.0.0.1:9', parallel_jobs=3)}, 'doomed',"
+        " state_dir=Path(%r))\n"
+        "slots.claim(lambda others: (None, {'a': 3}))\n"
+        "print('holding', flush=True)\n"
+        "time.sleep(120)\n"
+    ) % (str(ROOT), str(state))
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    survivor = AccountSlots(account, "survivor", state_dir=state)
     try:
-        assert first.grant({"x": 5}, waiting=5) == {"x": 2}
-        first.bind([(0, "x"), (1, "x")])
-        assert second.grant({"x": 2}, waiting=2) == {"x": 0}
-        first.sync({0: "x"})  # row 1 ended: its lease is spare, for the next row of this run
-        assert first.grant({"x": 1}, waiting=1) == {"x": 1}
-        first.bind([(2, "x")])
-        assert first.counters["acquired"] == 2 and first.counters["reused"] >= 1
-        assert second.grant({"x": 2}, waiting=2) == {"x": 0}
-        first.sync({0: "x"})  # row 2 ended and nothing waits: the slot goes back to the server
-        first.bind([])
-        assert second.grant({"x": 2}, waiting=2) == {"x": 1}
-        second.bind([(7, "x")])
-        first.sync({})
-        first.bind([])
-        assert second.grant({"x": 2}, waiting=2) == {"x": 1}
-        second.bind([])  # unused slots are released again
-        assert first.grant({"x": 2}, waiting=2) == {"x": 1}  # row 7 of `second` still holds one
-        first.bind([])
+        assert child.stdout.readline().strip() == "holding"
+        assert survivor.others() == {"a": 3}  # alive: its slots count
+        t0 = time.monotonic()
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        seen = survivor.claim(lambda others: (others, {"a": 3}))
+        assert seen == {"a": 0} and time.monotonic() - t0 < 5
+        assert survivor.others() == {"a": 0}
     finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        survivor.close()
+    assert not list((state / "accounts").rglob("*.json"))  # nothing left behind
+
+
+def test_two_runs_in_one_process_see_each_other(tmp_path):
+    account = {"a": BackendConfig(name="a", url="http://127.0.0.1:9", parallel_jobs=3)}
+    first = AccountSlots(account, "one", state_dir=tmp_path)
+    second = AccountSlots({"other-name": BackendConfig(name="other-name", url="http://127.0.0.1:9")}, "two",
+                          state_dir=tmp_path)
+    try:
+        first.claim(lambda others: (None, {"a": 2}))
+        assert second.others() == {"other-name": 2}  # same account, whatever the run calls the backend
         first.close()
-        second.close()
-
-
-def test_resumed_run_adopts_the_leases_of_a_crashed_one(sim, tmp_path):
-    """A run that died leaves its leases in the lease file; the next run of that DB renews them
-    instead of waiting ~a minute for them to expire, and releases those of rows that ended."""
-    config = {"x": BackendConfig(**backend("x", sim, 3))}
-    db = tmp_path / "jobs.parquet"
-    crashed = JobSlots(config, 60, job_db=db)
-    assert crashed.grant({"x": 3}, waiting=3) == {"x": 3}
-    crashed.bind([(0, "x"), (1, "x"), (2, "x")])
-    crashed._renewer.shutdown()  # dies without giving anything back
-    assert lease_file(db).exists()
-
-    other = JobSlots(config, 60)  # another DB on the same account: no slot free
-    resumed = JobSlots(config, 60, job_db=db)
-    try:
-        assert other.grant({"x": 1}, waiting=1) == {"x": 0}
-        resumed.sync({0: "x", 1: "x"})  # rows 0 and 1 still active, row 2 ended meanwhile
-        assert resumed.counters["adopted"] == 2 and resumed.counters["acquired"] == 0
-        assert other.grant({"x": 2}, waiting=2) == {"x": 1}  # row 2's slot came back at once
-        other.bind([])
-        resumed.sync({})
-        resumed.bind([])
-        assert other.grant({"x": 3}, waiting=3) == {"x": 3}
-        other.bind([])
+        assert second.others() == {"other-name": 0}
     finally:
-        resumed.close()
-        other.close()
-    assert not lease_file(db).exists()
+        second.close()

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import flows.cycle as cycle_module
+import flows.run_jobs as run_jobs_module
 from flows.run_jobs import run_jobs
 from jobdb import TERMINAL_STATUSES
 from simulator import start_simulator
@@ -39,7 +40,7 @@ def run_scenario(name: str, tmp_path, knobs: List[Dict], during: Optional[Callab
             helper.start()
         t0 = time.monotonic()
         stats = run_jobs(job_db=str(db), backends=[backend(f"b{i}", s, PARALLEL) for i, s in enumerate(sims)],
-                         start_job=start_job, poll_interval_seconds=POLL)
+                         start_job=start_job, poll_interval_seconds=POLL, failure_threshold=1.0)
         elapsed = time.monotonic() - t0
         counters = [s.counters() for s in sims]
     finally:
@@ -129,7 +130,7 @@ def test_expired_tokens_are_renewed(tmp_path):
 
 def test_tokens_renewed_proactively(tmp_path, monkeypatch):
     """With a short renewal period the flow logs in again before any token expires: no 403 at all."""
-    monkeypatch.setattr(cycle_module, "TOKEN_REFRESH_SECONDS", 0.5)
+    monkeypatch.setattr(run_jobs_module, "TOKEN_REFRESH_SECONDS", 0.5)
     run = run_scenario("proactive token renewal every 0.5 s", tmp_path, [dict(token_ttl=30.0, run_time=0.8)],
                        rows=8)
     counters = run["counters"][0]

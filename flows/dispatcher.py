@@ -1,0 +1,220 @@
+"""The dispatcher: turns the scheduler's orders into Prefect task runs and hands back their outcomes.
+
+Batching is its choice alone: one task run per row (named after its tile) while few rows move,
+batches of rows per task run when hundreds move in one cycle (Prefect's server falls behind on
+thousands of tiny task runs; bench/README.md). Tasks drop their `Outcome` into this run's inbox
+(tasks/outcome.py); a done-callback on each future (public `add_done_callback`) follows it into
+the same queue, so a task that ended without an outcome (it raised, or Prefect failed it) is
+noticed and reported as crashed. Nothing here waits on the Prefect API.
+"""
+from __future__ import annotations
+
+import math
+import queue
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.scheduler import FinishOrder, InFlight, PollOrder, ReconcileOrder, StartOrder
+from tasks.download import download_results, save_error_logs
+from tasks.outcome import Outcome, Step, close_inbox, open_inbox, request_stop
+from tasks.poll import find_marked_jobs, poll_backend
+from tasks.start import start_jobs
+
+# Batch start tasks when more rows wait than this many times the start workers.
+START_BATCH_FACTOR = 4
+# More downloads than this for one backend in one cycle go in batches of at most this size,
+# and in at least `task_workers` of them, so downloads stay as parallel as one task per job.
+FINISH_BATCH_THRESHOLD = 8
+FINISH_BATCH_SIZE = 25
+# After the first outcome arrives, wait this long for others before the next cycle (10k rows:
+# a cycle per returning task meant thousands of cycles, each looking at the whole DB).
+COALESCE_SECONDS = 0.1
+
+
+def start_batch_size(orders: int, workers: int) -> int:
+    """Rows per start task: 1 while few rows wait, else about one batch per start worker."""
+    return 1 if orders <= START_BATCH_FACTOR * workers else math.ceil(orders / workers)
+
+
+def finish_batch_size(orders: int, workers: int) -> int:
+    """Jobs per download / error-log task of one backend."""
+    return 1 if orders <= FINISH_BATCH_THRESHOLD else min(FINISH_BATCH_SIZE, math.ceil(orders / workers))
+
+
+@dataclass
+class Submission:
+    step: Step
+    backend: str
+    rows: Tuple[int, ...]
+    future: Optional[PrefectFuture] = None
+    answered: bool = False
+
+
+class Dispatcher:
+    """Submits this run's tasks and collects their outcomes. Only the flow thread calls it."""
+
+    def __init__(
+        self,
+        connection_keys: Mapping[str, str],
+        creator: Callable[..., Any],
+        root_dir: str,
+        start_runner: ThreadPoolTaskRunner,
+        start_workers: int,
+        task_workers: int,
+        row_payload: Callable[[int], Dict[str, Any]],
+        label: Callable[[int], str],
+        token_max_age_seconds: Optional[float] = None,
+    ):
+        self.inbox_id = uuid.uuid4().hex
+        self._queue = open_inbox(self.inbox_id)
+        self.connection_keys = dict(connection_keys)
+        self.creator = creator
+        self.root_dir = root_dir
+        self.start_runner = start_runner
+        self.start_workers = start_workers
+        self.task_workers = task_workers
+        self.row_payload = row_payload
+        self.label = label
+        self.token_max_age_seconds = token_max_age_seconds
+        self.pending: Dict[str, Submission] = {}
+        self.counters = {"start_tasks": 0, "poll_tasks": 0, "reconcile_tasks": 0, "download_tasks": 0,
+                         "error_log_tasks": 0, "crashed_tasks": 0}
+
+    # --- submitting ---------------------------------------------------------------------
+    def _track(self, step: Step, backend: str, rows: Iterable[int], submit: Callable[[str], PrefectFuture]) -> None:
+        submission_id = uuid.uuid4().hex
+        record = Submission(step, backend, tuple(rows))
+        self.pending[submission_id] = record
+        record.future = submit(f"{self.inbox_id}/{submission_id}")
+        record.future.add_done_callback(lambda _f, sid=submission_id: self._queue.put((sid, None)))
+
+    def submit_starts(self, orders: Sequence[StartOrder]) -> None:
+        """One start task run per row, named after its tile; when many more rows wait than there are
+        start workers (thousands of rows, hundreds of slots), batches, about one per worker."""
+        if not orders:
+            return
+        size = start_batch_size(len(orders), self.start_workers)
+        by_backend: Dict[str, List[StartOrder]] = {}
+        for order in orders:
+            by_backend.setdefault(order.backend, []).append(order)
+        for backend, mine in by_backend.items():
+            for first in range(0, len(mine), size):
+                batch = mine[first:first + size]
+                payload = [{**self.row_payload(o.row), "_row": o.row, "job_marker": o.marker, "job_id": o.job_id}
+                           for o in batch]
+                label = self.label(batch[0].row) + (f"+{len(batch) - 1}" if len(batch) > 1 else "") + f"@{backend}"
+                self._track(Step.START, backend, [o.row for o in batch], lambda inbox, payload=payload, backend=backend,
+                            label=label: self.start_runner.submit(start_jobs, parameters=dict(
+                                rows=payload, backend=backend, connection_key=self.connection_keys[backend],
+                                creator=self.creator, label=label, inbox=inbox)))
+                self.counters["start_tasks"] += 1
+
+    def submit_poll(self, order: PollOrder) -> None:
+        jobs = {row: [job_id, status] for row, (job_id, status) in order.jobs.items()}
+        self._track(Step.POLL, order.backend, (), lambda inbox: poll_backend.submit(
+            order.backend, self.connection_keys[order.backend], jobs, list(order.cancel), inbox,
+            self.token_max_age_seconds))
+        self.counters["poll_tasks"] += 1
+
+    def submit_reconcile(self, order: ReconcileOrder) -> None:
+        self._track(Step.RECONCILE, order.backend, order.markers.values(), lambda inbox: find_marked_jobs.submit(
+            order.backend, self.connection_keys[order.backend], dict(order.markers), inbox))
+        self.counters["reconcile_tasks"] += 1
+
+    def submit_finishes(self, orders: Sequence[FinishOrder], metadata: Mapping[int, Mapping[str, Any]]) -> None:
+        """Downloads and error logs; `metadata`: what the poll already learned of ended jobs."""
+        groups: Dict[Tuple[str, bool], List[FinishOrder]] = {}
+        for order in orders:
+            groups.setdefault((order.backend, order.download), []).append(order)
+        for (backend, download), mine in groups.items():
+            size = finish_batch_size(len(mine), self.task_workers)
+            task = download_results if download else save_error_logs
+            for first in range(0, len(mine), size):
+                batch = mine[first:first + size]
+                jobs = [{"_row": o.row, "job_id": o.job_id, **({"metadata": metadata[o.row]} if o.row in metadata else {})}
+                        for o in batch]
+                label = batch[0].job_id + (f"+{len(batch) - 1}" if len(batch) > 1 else "")
+                self._track(Step.DOWNLOAD if download else Step.ERROR_LOGS, backend, [o.row for o in batch],
+                            lambda inbox, task=task, jobs=jobs, backend=backend, label=label: task.submit(
+                                backend, self.connection_keys[backend], jobs, self.root_dir, label, inbox))
+                self.counters["download_tasks" if download else "error_log_tasks"] += 1
+
+    # --- collecting ---------------------------------------------------------------------
+    def collect(self, timeout: float) -> List[Outcome]:
+        """Outcomes that arrived, waiting up to `timeout` for the first one."""
+        outcomes: List[Outcome] = []
+        try:
+            item = self._queue.get(timeout=max(0.0, timeout)) if timeout > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return outcomes
+        self._take(item, outcomes)
+        deadline = time.monotonic() + COALESCE_SECONDS
+        while True:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return outcomes
+            self._take(item, outcomes)
+
+    def _take(self, item: Tuple[str, Optional[Outcome]], outcomes: List[Outcome]) -> None:
+        submission_id, outcome = item
+        record = self.pending.get(submission_id)
+        if record is None:
+            return
+        if outcome is not None:
+            record.answered = True
+            outcomes.append(outcome)
+            return
+        del self.pending[submission_id]  # the task run has ended
+        if not record.answered:
+            self.counters["crashed_tasks"] += 1
+            outcomes.append(self._crashed(record))
+
+    @staticmethod
+    def _crashed(record: Submission) -> Outcome:
+        try:
+            state = record.future.state if record.future is not None else None
+            message = (state.message if state is not None else None) or "task ended without an answer"
+        except Exception as exc:  # noqa: BLE001 - the Prefect API may be down: the message is all we lose
+            message = f"task ended without an answer ({type(exc).__name__})"
+        if record.step is Step.START:
+            rows = {row: {"crashed": message} for row in record.rows}
+        elif record.step in (Step.DOWNLOAD, Step.ERROR_LOGS):
+            rows = {row: {"error": message} for row in record.rows}
+        else:
+            rows = {}
+        return Outcome(record.step, record.backend, rows, crashed=message)
+
+    # --- state --------------------------------------------------------------------------
+    def in_flight(self) -> InFlight:
+        starting, finishing, polling, reconciling = set(), set(), set(), set()
+        per_backend: Dict[str, int] = {}
+        for record in self.pending.values():
+            if record.step is Step.START:
+                starting.update(record.rows)
+                per_backend[record.backend] = per_backend.get(record.backend, 0) + 1
+            elif record.step is Step.POLL:
+                polling.add(record.backend)
+            elif record.step is Step.RECONCILE:
+                reconciling.add(record.backend)
+                starting.update(record.rows)  # a row being looked up is not free to start
+            else:
+                finishing.update(record.rows)
+        return InFlight(frozenset(starting), per_backend, frozenset(polling), frozenset(reconciling),
+                        frozenset(finishing))
+
+    def busy(self, steps: Optional[Iterable[Step]] = None) -> bool:
+        wanted = set(steps) if steps is not None else None
+        return any(wanted is None or r.step in wanted for r in self.pending.values())
+
+    def stop(self) -> None:
+        """Tasks waiting on rate limits or outages give their rows back instead of waiting on."""
+        request_stop(self.inbox_id)
+
+    def close(self) -> None:
+        close_inbox(self.inbox_id)

@@ -1,0 +1,229 @@
+"""The pure scheduler: from a snapshot of the job DB and what is in flight, decide what to do next.
+
+No Prefect, no HTTP, no clock of its own: every input is a value, so every decision is
+unit-tested in milliseconds (tests/test_scheduler.py). The dispatcher carries the plan out.
+
+Decisions per cycle:
+- starts: rows `created` earlier (they hold a slot already) first, then waiting rows into the
+  free slots of each backend (`parallel_jobs` minus the rows this run holds there minus the
+  slots other live runs hold on the same account); a row that names a backend waits for it, the
+  others go where most slots are free. Rows handed back by a start task are held for a while.
+  Nothing new starts while the run is stopping or on a backend that refused for good (402).
+- intents: the DB updates persisted *before* any start task is submitted (status `creating` +
+  a marker, or `queued_for_start`), so a crash never loses track of a job being created.
+- polls: one per backend with jobs to follow, when a poll is due and the last one returned;
+  jobs running longer than `cancel_after` are canceled by that poll.
+- reconciles: rows left in `creating` (a crash, a crashed task) are looked up by marker.
+- finishes: finished jobs whose results are not downloaded, failed jobs whose logs are not saved.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
+
+from jobdb.store import Snapshot
+
+
+@dataclass(frozen=True)
+class BackendPolicy:
+    parallel_jobs: int
+    max_parallel_starts: Optional[int] = None  # start tasks of this backend in flight at once
+    accepting: bool = True  # False once the account refused for good (no credits)
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """Work submitted and not yet answered."""
+
+    starting: FrozenSet[int] = frozenset()  # rows in start tasks
+    starts_per_backend: Mapping[str, int] = field(default_factory=dict)
+    polling: FrozenSet[str] = frozenset()  # backends with a poll task out
+    reconciling: FrozenSet[str] = frozenset()
+    finishing: FrozenSet[int] = frozenset()  # rows in download / error-log tasks
+
+
+@dataclass(frozen=True)
+class Situation:
+    """Everything besides the snapshot that a decision depends on."""
+
+    backends: Mapping[str, BackendPolicy]
+    now: float  # monotonic seconds, compared with `holds`
+    holds: Mapping[int, float] = field(default_factory=dict)  # row -> not before
+    others_holding: Mapping[str, int] = field(default_factory=dict)  # slots other live runs hold
+    starting_allowed: bool = True  # False while the run is stopping (Ctrl-C, time up)
+    poll_due: bool = False
+    download: bool = True
+    cancel_after: Optional[float] = None  # seconds a job may run
+    utc_now: Optional[datetime] = None
+
+
+@dataclass(frozen=True)
+class StartOrder:
+    row: int
+    backend: str
+    marker: Optional[str]  # None for a job created earlier (job_id set)
+    job_id: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class PollOrder:
+    backend: str
+    jobs: Mapping[int, Tuple[str, str]]  # row -> (job id, status we know)
+    cancel: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReconcileOrder:
+    backend: str
+    markers: Mapping[str, int]  # marker -> row
+
+
+@dataclass(frozen=True)
+class FinishOrder:
+    row: int
+    backend: str
+    job_id: str
+    download: bool  # True: download results; False: save error logs
+
+
+@dataclass(frozen=True)
+class Plan:
+    intents: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # persist before submitting
+    starts: Tuple[StartOrder, ...] = ()
+    polls: Tuple[PollOrder, ...] = ()
+    reconciles: Tuple[ReconcileOrder, ...] = ()
+    finishes: Tuple[FinishOrder, ...] = ()
+    updates: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # plain fixes (no task needed)
+
+
+def free_slots(situation: Situation, holding: Mapping[str, int]) -> Dict[str, int]:
+    """Free job slots per backend for this run."""
+    return {
+        name: max(0, policy.parallel_jobs - int(holding.get(name, 0)) - int(situation.others_holding.get(name, 0)))
+        for name, policy in situation.backends.items()
+    }
+
+
+def start_capacity(situation: Situation, in_flight: InFlight) -> Dict[str, int]:
+    """How many more start tasks each backend may have in flight (None = unbounded -> large)."""
+    capacity = {}
+    for name, policy in situation.backends.items():
+        if not situation.starting_allowed or not policy.accepting:
+            capacity[name] = 0
+        elif policy.max_parallel_starts is None:
+            capacity[name] = 1 << 30
+        else:
+            capacity[name] = max(0, policy.max_parallel_starts - int(in_flight.starts_per_backend.get(name, 0)))
+    return capacity
+
+
+def plan_starts(
+    snapshot: Snapshot, situation: Situation, in_flight: InFlight, marker_for: Callable[[int], str]
+) -> Tuple[Dict[int, Dict[str, Any]], List[StartOrder]]:
+    capacity = start_capacity(situation, in_flight)
+    busy = in_flight.starting
+
+    def free_to_go(row: int) -> bool:
+        return row not in busy and situation.holds.get(row, 0.0) <= situation.now
+
+    intents: Dict[int, Dict[str, Any]] = {}
+    orders: List[StartOrder] = []
+    for row, (backend, job_id) in snapshot.to_start.items():  # created earlier: they hold a slot already
+        if backend in capacity and capacity[backend] > 0 and free_to_go(row):
+            capacity[backend] -= 1
+            intents[row] = {"status": "queued_for_start"}
+            orders.append(StartOrder(row, backend, None, job_id))
+    slots = free_slots(situation, snapshot.holding)
+    slots = {name: min(n, capacity[name]) for name, n in slots.items()}
+    if sum(slots.values()) == 0:
+        return intents, orders
+    for row in snapshot.waiting:
+        if not free_to_go(row):
+            continue
+        wanted = snapshot.pinned.get(row)
+        if wanted is not None:
+            backend = wanted if slots.get(wanted, 0) > 0 else None
+        else:
+            backend = max(slots, key=lambda name: slots[name])
+            backend = backend if slots[backend] > 0 else None
+        if backend is None:
+            continue
+        slots[backend] -= 1
+        marker = marker_for(row)
+        intents[row] = {"status": "creating", "backend_name": backend, "job_marker": marker}
+        orders.append(StartOrder(row, backend, marker))
+        if sum(slots.values()) == 0:
+            break
+    return intents, orders
+
+
+def plan_polls(snapshot: Snapshot, situation: Situation, in_flight: InFlight) -> List[PollOrder]:
+    if not situation.poll_due:
+        return []
+    by_backend: Dict[str, Dict[int, Tuple[str, str]]] = {}
+    cancel: Dict[str, List[str]] = {}
+    for row, job in snapshot.polled.items():
+        if row in in_flight.starting or job.backend not in situation.backends:
+            continue
+        by_backend.setdefault(job.backend, {})[row] = (job.job_id, job.status)
+        if job.status == "running" and overdue(job.running_start_time, situation.cancel_after, situation.utc_now):
+            cancel.setdefault(job.backend, []).append(job.job_id)
+    return [PollOrder(name, jobs, tuple(cancel.get(name, ()))) for name, jobs in by_backend.items()
+            if name not in in_flight.polling]
+
+
+def plan_reconciles(
+    snapshot: Snapshot, situation: Situation, in_flight: InFlight
+) -> Tuple[List[ReconcileOrder], Dict[int, Dict[str, Any]]]:
+    """Rows left in `creating` by a crash: find their job by marker, or give them back."""
+    orders: Dict[str, Dict[str, int]] = {}
+    updates: Dict[int, Dict[str, Any]] = {}
+    for row, (backend, marker) in snapshot.creating.items():
+        if row in in_flight.starting:
+            continue
+        if backend in situation.backends and marker:
+            if backend not in in_flight.reconciling:
+                orders.setdefault(backend, {})[marker] = row
+        else:  # no marker or a backend this run does not know: nothing can have been created by us
+            updates[row] = {"status": "not_started", "job_marker": None}
+    return [ReconcileOrder(name, markers) for name, markers in orders.items()], updates
+
+
+def plan_finishes(snapshot: Snapshot, situation: Situation, in_flight: InFlight) -> List[FinishOrder]:
+    orders = []
+    for rows, download in ((snapshot.to_download, True), (snapshot.to_save_logs, False)):
+        if download and not situation.download:
+            continue
+        for row, (backend, job_id) in rows.items():
+            if row not in in_flight.finishing and backend in situation.backends:
+                orders.append(FinishOrder(row, backend, job_id, download))
+    return orders
+
+
+def plan_cycle(
+    snapshot: Snapshot, situation: Situation, in_flight: InFlight, marker_for: Callable[[int], str]
+) -> Plan:
+    reconciles, updates = plan_reconciles(snapshot, situation, in_flight)
+    intents, starts = plan_starts(snapshot, situation, in_flight, marker_for)
+    return Plan(
+        intents=intents,
+        starts=tuple(starts),
+        polls=tuple(plan_polls(snapshot, situation, in_flight)),
+        reconciles=tuple(reconciles),
+        finishes=tuple(plan_finishes(snapshot, situation, in_flight)),
+        updates=updates,
+    )
+
+
+def overdue(running_since: Optional[str], limit_seconds: Optional[float], now: Optional[datetime]) -> bool:
+    """True when a job running since `running_since` (RFC3339) has run longer than the limit."""
+    if not limit_seconds or not running_since or now is None:
+        return False
+    try:
+        since = datetime.fromisoformat(str(running_since).replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    return (now - since).total_seconds() > limit_seconds

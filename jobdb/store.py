@@ -1,0 +1,188 @@
+"""The job store: owns one job DB for a run — its frame, its lock, its sidecars, its persistence.
+
+The flow reads the DB only through `snapshot()` (what the scheduler needs, in plain values) and
+the row queries below, and changes it only through `apply()`; `persist()` writes it atomically
+at most once per `min_persist_interval` (intents are persisted at once with `force=True`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+import pandas as pd
+
+from jobdb.database import JobDatabase, _plain
+from jobdb.lock import JobDbLock
+from jobdb.paths import JobDbPaths
+from jobdb.status import FAILED, HOLDS_SLOT, POLLED, RESULTS_FAILED, TERMINAL
+
+LABEL_COLUMNS = ("tile_id", "year")
+
+
+@dataclass(frozen=True)
+class PolledJob:
+    backend: str
+    job_id: str
+    status: str
+    running_start_time: Optional[str]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the scheduler needs to know about the rows, as plain values (row = index)."""
+
+    rows: int
+    waiting: Tuple[int, ...] = ()  # not_started, in row order
+    pinned: Mapping[int, str] = field(default_factory=dict)  # waiting rows that name their backend
+    creating: Mapping[int, Tuple[Optional[str], Optional[str]]] = field(default_factory=dict)  # (backend, marker)
+    to_start: Mapping[int, Tuple[str, str]] = field(default_factory=dict)  # created: (backend, job id)
+    polled: Mapping[int, PolledJob] = field(default_factory=dict)
+    holding: Mapping[str, int] = field(default_factory=dict)  # rows holding a slot, per backend
+    to_download: Mapping[int, Tuple[str, str]] = field(default_factory=dict)  # finished, results not handled
+    to_save_logs: Mapping[int, Tuple[str, str]] = field(default_factory=dict)  # error, logs not saved
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> int:
+        return sum(n for status, n in self.counts.items() if status in TERMINAL)
+
+    @property
+    def all_terminal(self) -> bool:
+        return self.terminal == self.rows
+
+
+class JobStore:
+    """One job DB, opened for a run. Use `JobStore.open(path)`."""
+
+    def __init__(self, db: JobDatabase, min_persist_interval: float = 1.0):
+        self._db = db
+        self.paths = JobDbPaths.of(db.path)
+        self.lock = JobDbLock(db.path)
+        self.min_persist_interval = min_persist_interval
+        self._dirty = False
+        self._last_persist = 0.0
+        self.persist_count = 0
+
+    @classmethod
+    def open(cls, job_db: str | Path, min_persist_interval: float = 1.0) -> "JobStore":
+        """Load and validate (raises JobDbError); nothing is written."""
+        return cls(JobDatabase.open(job_db), min_persist_interval)
+
+    @property
+    def path(self) -> Path:
+        return self._db.path
+
+    def __len__(self) -> int:
+        return len(self._db)
+
+    # --- reads --------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        df = self._db.df
+        status = df["status"]
+        backend = df["backend_name"]
+        has_id = df["id"].notna()
+        has_backend = backend.notna()
+
+        def pairs(mask: pd.Series, *columns: str) -> List[tuple]:
+            idx = df.index[mask].tolist()
+            return list(zip(idx, *(df.loc[mask, c].tolist() for c in columns)))
+
+        waiting_mask = status == "not_started"
+        results = df["results_status"] if "results_status" in df.columns else pd.Series(None, index=df.index, dtype=object)
+        marker = df["job_marker"] if "job_marker" in df.columns else pd.Series(None, index=df.index, dtype=object)
+        creating = {}
+        for i in df.index[status == "creating"].tolist():
+            creating[i] = (_str(backend.iat[i]), _str(marker.iat[i]))
+        polled = {
+            i: PolledJob(str(b), str(j), str(s), _str(t))
+            for i, b, j, s, t in pairs(status.isin(POLLED) & has_id & has_backend,
+                                       "backend_name", "id", "status", "running_start_time")
+        }
+        holding = backend[status.isin(HOLDS_SLOT) & has_backend].value_counts().to_dict()
+        return Snapshot(
+            rows=len(df),
+            waiting=tuple(df.index[waiting_mask].tolist()),
+            pinned={i: str(b) for i, b in pairs(waiting_mask & has_backend, "backend_name")},
+            creating=creating,
+            to_start={i: (str(b), str(j)) for i, b, j in pairs((status == "created") & has_id & has_backend,
+                                                               "backend_name", "id")},
+            polled=polled,
+            holding={str(k): int(v) for k, v in holding.items()},
+            to_download={i: (str(b), str(j)) for i, b, j in pairs(
+                (status == "finished") & has_id & has_backend & results.isna(), "backend_name", "id")},
+            to_save_logs={i: (str(b), str(j)) for i, b, j in pairs(
+                (status == "error") & has_id & has_backend & results.isna(), "backend_name", "id")},
+            counts={str(k): int(v) for k, v in status.value_counts(sort=False).items()},
+        )
+
+    def row(self, i: int) -> Dict[str, Any]:
+        """Row i as plain python values plus "_row" (what a start_job callback gets)."""
+        record = {k: _plain(v) for k, v in self._db.df.iloc[i].to_dict().items()}
+        record["_row"] = int(i)
+        return record
+
+    def value(self, i: int, column: str) -> Any:
+        return _plain(self._db.df.at[i, column]) if column in self._db.df.columns else None
+
+    def label(self, i: int) -> str:
+        """A readable name for a row: its tile id (and year), else its title, else row-<i>."""
+        parts = [str(v) for v in (self.value(i, c) for c in LABEL_COLUMNS) if v not in (None, "")]
+        if not parts and self.value(i, "title"):
+            parts = [str(self.value(i, "title"))]
+        return "-".join(parts) if parts else f"row-{i}"
+
+    def failures(self) -> List[Dict[str, Any]]:
+        """Rows that ended without results, with their reason."""
+        df = self._db.df
+        rows = df.index[df["status"].isin(FAILED)].tolist()
+        return [{"_row": i, "label": self.label(i), "id": self.value(i, "id"), "status": self.value(i, "status"),
+                 "backend": self.value(i, "backend_name"), "error_message": self.value(i, "error_message")}
+                for i in rows]
+
+    def status_by_backend(self) -> Dict[str, Dict[str, int]]:
+        df = self._db.df
+        grouped = df.groupby([df["backend_name"].fillna("(none)"), "status"]).size()
+        out: Dict[str, Dict[str, int]] = {}
+        for (name, status), count in grouped.items():
+            out.setdefault(str(name), {})[str(status)] = int(count)
+        return out
+
+    def dataframe(self) -> pd.DataFrame:
+        """The frame itself, for reports (map, artifacts) only: read it, never change it."""
+        return self._db.df
+
+    # --- writes -------------------------------------------------------------------------
+    def apply(self, updates: Mapping[int, Mapping[str, Any]]) -> None:
+        if updates:
+            self._db.apply_updates(updates)
+            self._dirty = True
+
+    def persist(self, force: bool = False) -> bool:
+        """Write the DB atomically if it changed (throttled unless `force`). True if written."""
+        if not self._dirty or (not force and time.monotonic() - self._last_persist < self.min_persist_interval):
+            return False
+        self._db.save()
+        self._dirty = False
+        self._last_persist = time.monotonic()
+        self.persist_count += 1
+        return True
+
+    def retry_failed_downloads(self) -> int:
+        """A new run tries again the downloads an earlier run gave up on. Returns how many."""
+        df = self._db.df
+        if "results_status" not in df.columns:
+            return 0
+        failed = df["results_status"].astype("string").str.startswith(RESULTS_FAILED).fillna(False)  # also "failed: ..." of 0.1
+        rows = df.index[(df["status"] == "finished") & failed].tolist()
+        self.apply({i: {"results_status": None} for i in rows})
+        return len(rows)
+
+    def rows_with(self, statuses: Iterable[str]) -> List[int]:
+        return self._db.df.index[self._db.df["status"].isin(list(statuses))].tolist()
+
+
+def _str(value: Any) -> Optional[str]:
+    value = _plain(value)
+    return None if value is None else str(value)

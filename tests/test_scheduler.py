@@ -1,0 +1,132 @@
+"""The scheduler's decisions and the dispatcher's batching, as pure functions: no Prefect, no HTTP."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from flows.dispatcher import finish_batch_size, start_batch_size
+from flows.scheduler import (
+    BackendPolicy,
+    InFlight,
+    Situation,
+    free_slots,
+    plan_cycle,
+    plan_finishes,
+    plan_polls,
+    plan_reconciles,
+    plan_starts,
+)
+from jobdb.store import PolledJob, Snapshot
+
+
+def marker(row: int) -> str:
+    return f"db-r{row}"
+
+
+def situation(**kw) -> Situation:
+    base = dict(backends={"a": BackendPolicy(2), "b": BackendPolicy(1)}, now=100.0)
+    base.update(kw)
+    return Situation(**base)
+
+
+def test_free_slots_subtract_own_and_other_runs_and_never_go_negative():
+    s = situation(others_holding={"a": 1, "b": 3})
+    assert free_slots(s, {"a": 0}) == {"a": 1, "b": 0}
+    assert free_slots(situation(), {"a": 5}) == {"a": 0, "b": 1}
+
+
+def test_waiting_rows_spread_over_backends_into_free_slots_only():
+    snap = Snapshot(rows=10, waiting=tuple(range(10)))
+    intents, orders = plan_starts(snap, situation(), InFlight(), marker)
+    assert [o.backend for o in orders].count("a") == 2 and [o.backend for o in orders].count("b") == 1
+    assert len(orders) == 3
+    for order in orders:
+        assert intents[order.row] == {"status": "creating", "backend_name": order.backend, "job_marker": marker(order.row)}
+
+
+def test_pinned_row_waits_for_its_backend_and_does_not_block_others():
+    snap = Snapshot(rows=4, waiting=(0, 1, 2, 3), pinned={0: "b", 1: "b"}, holding={"b": 1})
+    _, orders = plan_starts(snap, situation(), InFlight(), marker)
+    assert {(o.row, o.backend) for o in orders} == {(2, "a"), (3, "a")}
+
+
+def test_slots_held_by_other_live_runs_are_not_used():
+    snap = Snapshot(rows=5, waiting=tuple(range(5)))
+    _, orders = plan_starts(snap, situation(others_holding={"a": 2, "b": 1}), InFlight(), marker)
+    assert orders == []
+
+
+def test_rows_held_after_a_hand_back_wait_until_their_hold_ends():
+    snap = Snapshot(rows=3, waiting=(0, 1, 2))
+    _, orders = plan_starts(snap, situation(holds={0: 105.0, 1: 99.0}), InFlight(), marker)
+    assert 0 not in {o.row for o in orders} and {1, 2} <= {o.row for o in orders}
+    _, later = plan_starts(snap, situation(now=106.0, holds={0: 105.0}), InFlight(), marker)
+    assert 0 in {o.row for o in later}
+
+
+def test_created_jobs_are_started_first_and_rows_in_flight_are_left_alone():
+    snap = Snapshot(rows=4, waiting=(2, 3), to_start={0: ("a", "j0"), 1: ("a", "j1")}, holding={"a": 2})
+    intents, orders = plan_starts(snap, situation(), InFlight(starting=frozenset({1})), marker)
+    assert intents[0] == {"status": "queued_for_start"} and orders[0].job_id == "j0"
+    assert 1 not in intents
+    assert {o.row for o in orders[1:]} == {2}  # a is full (2 held): only b's slot is free
+
+
+def test_nothing_new_starts_while_stopping_or_on_a_backend_that_refused():
+    snap = Snapshot(rows=3, waiting=(0, 1, 2), to_start={5: ("a", "j5")})
+    assert plan_starts(snap, situation(starting_allowed=False), InFlight(), marker) == ({}, [])
+    refused = situation(backends={"a": BackendPolicy(2, accepting=False), "b": BackendPolicy(1)})
+    _, orders = plan_starts(snap, refused, InFlight(), marker)
+    assert [o.backend for o in orders] == ["b"]
+
+
+def test_max_parallel_starts_caps_start_tasks_in_flight():
+    capped = situation(backends={"a": BackendPolicy(10, max_parallel_starts=3)})
+    snap = Snapshot(rows=10, waiting=tuple(range(10)))
+    _, orders = plan_starts(snap, capped, InFlight(starts_per_backend={"a": 2}), marker)
+    assert len(orders) == 1
+
+
+def test_polls_only_when_due_one_per_backend_and_cancel_overdue_jobs():
+    now = datetime(2024, 1, 1, 12, tzinfo=timezone.utc)
+    snap = Snapshot(rows=3, polled={
+        0: PolledJob("a", "j0", "running", (now - timedelta(hours=2)).isoformat()),
+        1: PolledJob("a", "j1", "running", (now - timedelta(seconds=5)).isoformat()),
+        2: PolledJob("b", "j2", "queued", None),
+    })
+    assert plan_polls(snap, situation(), InFlight()) == []
+    due = situation(poll_due=True, cancel_after=60, utc_now=now)
+    polls = {p.backend: p for p in plan_polls(snap, due, InFlight(polling=frozenset({"b"})))}
+    assert set(polls) == {"a"}
+    assert polls["a"].jobs == {0: ("j0", "running"), 1: ("j1", "running")} and polls["a"].cancel == ("j0",)
+
+
+def test_rows_left_creating_are_looked_up_by_marker_or_given_back():
+    snap = Snapshot(rows=3, creating={0: ("a", "db-r0"), 1: (None, None), 2: ("a", "db-r2")})
+    orders, updates = plan_reconciles(snap, situation(), InFlight(starting=frozenset({2})))
+    assert [(o.backend, dict(o.markers)) for o in orders] == [("a", {"db-r0": 0})]
+    assert updates == {1: {"status": "not_started", "job_marker": None}}
+
+
+def test_finished_jobs_are_downloaded_once_and_failed_ones_get_their_logs():
+    snap = Snapshot(rows=3, to_download={0: ("a", "j0"), 1: ("a", "j1")}, to_save_logs={2: ("b", "j2")})
+    orders = plan_finishes(snap, situation(), InFlight(finishing=frozenset({1})))
+    assert [(o.row, o.download) for o in orders] == [(0, True), (2, False)]
+    no_download = plan_finishes(snap, situation(download=False), InFlight())
+    assert [(o.row, o.download) for o in no_download] == [(2, False)]
+
+
+def test_a_whole_cycle_plans_everything_at_once():
+    snap = Snapshot(rows=4, waiting=(0,), creating={1: ("a", "db-r1")}, polled={2: PolledJob("b", "j2", "queued", None)},
+                    to_download={3: ("a", "j3")}, holding={"a": 1, "b": 1})
+    plan = plan_cycle(snap, situation(poll_due=True), InFlight(), marker)
+    assert [o.row for o in plan.starts] == [0] and plan.starts[0].backend == "a"
+    assert len(plan.polls) == 1 and len(plan.reconciles) == 1 and len(plan.finishes) == 1
+
+
+def test_batching_thresholds():
+    assert start_batch_size(20, workers=5) == 1  # few rows: one task run per row (named after its tile)
+    assert start_batch_size(21, workers=5) == 5  # many: about one batch per worker
+    assert start_batch_size(1000, workers=5) == 200
+    assert finish_batch_size(8, workers=8) == 1
+    assert finish_batch_size(9, workers=8) == 2
+    assert finish_batch_size(1000, workers=8) == 25
