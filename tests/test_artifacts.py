@@ -7,6 +7,7 @@ import pytest
 from flows.run_jobs import run_jobs
 from flows.tile_area import tile_area
 from flows.tile_map import tile_map_path, write_tile_map
+from jobdb import JobDbPaths
 from simulator import start_simulator
 from tests.flow_helpers import backend, fast_config
 
@@ -42,12 +43,13 @@ def test_artifacts_and_tile_map(sim, tmp_path):
     assert stats["tile_map"] == str(png) and png.name == "grid_map.png"
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 5_000
 
-    progress = read_artifacts("grid-progress")
+    keys = JobDbPaths.of(db)
+    progress = read_artifacts(keys.artifact_key("progress"))
     assert progress and progress[-1].type == "progress"
     assert max(float(a.data) for a in progress) == 100.0
-    table = read_artifacts("grid-status")
+    table = read_artifacts(keys.artifact_key("status"))
     assert table and table[-1].type == "table" and "finished" in str(table[-1].data)
-    summary = read_artifacts("grid-summary")
+    summary = read_artifacts(keys.artifact_key("summary"))
     assert summary and summary[-1].type == "markdown"
     assert "grid_map.png" in summary[-1].data and f"rows: **{rows}**" in summary[-1].data
 

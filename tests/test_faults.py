@@ -160,7 +160,8 @@ def test_invalid_json_for_one_job(tmp_path):
     assert (good["status"] == "finished").all() and (good["results_status"] == "downloaded").all()
     assert bad["status"] == "finished"  # as the listing says: the job ran
     assert "not valid" in str(bad["error_message"]) and bad["id"] in str(bad["error_message"])
-    assert str(bad["results_status"]).startswith("failed") and "not valid" in str(bad["results_status"])
+    # the state and its message in two columns (issue 11): results_status + results_error
+    assert bad["results_status"] == "failed" and "not valid" in str(bad["results_error"])
     assert_results_complete(tmp_path, good, asset_size=2048)
     assert not (tmp_path / f"job_{bad['id']}" / f"job_{bad['id']}.json").exists()
     # not retried three times with 2 + 10 + 30 s delays: an invalid answer does not improve by waiting

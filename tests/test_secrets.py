@@ -12,7 +12,7 @@ import pytest
 
 from flows.run_jobs import run_jobs
 from tasks.connections import ManagedConnection, register_connection, unregister_connection
-from tasks.download import IncompleteDownload, UnsafeAssetName, download_results, safe_asset_path
+from tasks.download import IncompleteDownload, UnsafeAssetName, fetch_job_results, safe_asset_path
 from tests.flow_helpers import assert_results_complete, backend, fast_config, make_db
 from simulator import start_simulator
 
@@ -146,7 +146,7 @@ def test_download_refuses_escaping_asset(tmp_path, results_server, name):
     _ResultsHandler.assets = {name: ("/asset/1", {"file:size": 4})}
     _ResultsHandler.payload = b"evil"
     with pytest.raises(UnsafeAssetName, match="outside"):
-        download_results.fn("custom", "j1", str(tmp_path / "out"))
+        fetch_job_results(results_server, "j1", str(tmp_path / "out"))
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # neither evil.tif nor anything else
     assert _ResultsHandler.auth_seen == []  # refused before any byte was fetched
 
@@ -156,7 +156,7 @@ def test_short_or_oversize_download_detected(tmp_path, results_server, announced
     _ResultsHandler.assets = {"data.tif": ("/asset/1", {"file:size": announced})}
     _ResultsHandler.payload = b"x" * served
     with pytest.raises(IncompleteDownload, match=f"got {served} bytes"):
-        download_results.fn("custom", "j1", str(tmp_path))
+        fetch_job_results(results_server, "j1", str(tmp_path))
     job_dir = tmp_path / "job_j1"
     assert not (job_dir / "data.tif").exists()
     assert list(job_dir.glob(".*.part")) == []
@@ -166,7 +166,7 @@ def test_short_or_oversize_download_detected(tmp_path, results_server, announced
 def test_complete_download_and_resume_skips_done_assets(tmp_path, results_server):
     _ResultsHandler.assets = {"data.tif": ("/asset/1", {"file:size": 50})}
     _ResultsHandler.payload = b"y" * 50
-    result = download_results.fn("custom", "j1", str(tmp_path))
+    result = fetch_job_results(results_server, "j1", str(tmp_path))
     assert result["bytes"] == 50 and (tmp_path / "job_j1" / "data.tif").read_bytes() == b"y" * 50
-    download_results.fn("custom", "j1", str(tmp_path))
+    fetch_job_results(results_server, "j1", str(tmp_path))
     assert len(_ResultsHandler.auth_seen) == 1  # the complete asset was not fetched again
