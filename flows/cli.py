@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root-dir", help="where job_<id>/ result folders go (default: beside the job DB)")
     parser.add_argument("--cancel-running-job-after", type=float, help="seconds")
     parser.add_argument("--output-dir", default="demo-output", help="--demo: where the job DB and results go")
+    parser.add_argument("--max-runtime-minutes", type=float,
+                        help="bounded pass: start nothing new after this many minutes, then end (for schedules)")
+    parser.add_argument("--failure-threshold", type=float,
+                        help="share of rows that may fail before the run ends Failed (default 0)")
+    parser.add_argument("--wait-for-lock", action="store_true",
+                        help="if another run holds the job DB, wait for it instead of failing")
     return parser
 
 
@@ -75,19 +82,65 @@ def main(argv: Optional[List[str]] = None) -> int:
     process = None
     if args.process_id:
         process = {"process_id": args.process_id, "namespace": args.namespace, "parameter_defaults": args.parameter_defaults}
-    stats = run_jobs(
-        job_db=args.job_db,
-        backends=args.backend,
-        start_job=args.start_job,
-        process=process,
-        max_start_workers=args.max_start_workers,
-        poll_interval_seconds=args.poll_interval,
-        download_results=not args.no_download,
-        root_dir=args.root_dir,
-        cancel_running_job_after=args.cancel_running_job_after,
-    )
-    print(json.dumps(stats, indent=2, default=str))
-    return 0 if stats["terminal"] == stats["rows"] else 1
+    optional = {k: v for k, v in dict(max_runtime_minutes=args.max_runtime_minutes,
+                                       failure_threshold=args.failure_threshold).items() if v is not None}
+    try:
+        with prefect_api():
+            state = run_jobs(
+                job_db=args.job_db,
+                backends=args.backend,
+                start_job=args.start_job,
+                process=process,
+                max_start_workers=args.max_start_workers,
+                poll_interval_seconds=args.poll_interval,
+                download_results=not args.no_download,
+                root_dir=args.root_dir,
+                cancel_running_job_after=args.cancel_running_job_after,
+                wait_for_lock=args.wait_for_lock,
+                return_state=True,
+                **optional,
+            )
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return report_outcome(state)
+
+
+def report_outcome(state) -> int:
+    """Print the run's outcome; exit code 0 completed, 1 failed, 130 interrupted."""
+    outcome = state.result(raise_on_failure=False)
+    stats = getattr(outcome, "stats", outcome if isinstance(outcome, dict) else None)
+    if stats is not None:
+        print(json.dumps(stats, indent=2, default=str))
+    if state.is_cancelled():
+        print(state.message, file=sys.stderr)
+        return 130
+    if not state.is_completed():
+        print(f"error: {state.message}", file=sys.stderr)
+        return 1
+    print(state.message)
+    return 0
+
+
+@contextlib.contextmanager
+def prefect_api():
+    """A Prefect server for this run in its own session (flows/local_server.py), unless the user
+    points PREFECT_API_URL at one: Ctrl-C then reaches only this process, which records the run's
+    final state before it exits, and no server outlives the CLI."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from flows.local_server import local_prefect_server
+
+    with local_prefect_server() as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
+        try:
+            yield
+        finally:
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler().flush()  # send the run's last logs while the server is still there
 
 
 def run_demo(output_dir: Path) -> int:

@@ -1,0 +1,102 @@
+"""A Prefect server for one CLI run, in its own session, that ends when the CLI ends.
+
+Prefect's temporary server is started in the CLI's process group: a terminal's Ctrl-C reaches it
+too and kills it first, so the interrupted run can no longer record its final state (it stays
+`Running`), and a SIGKILLed CLI leaves the server behind as an orphan. This module starts
+`prefect server start` (the public command, same `PREFECT_HOME` database) under a small watchdog
+in a new session: Ctrl-C reaches only the CLI, which winds down and records `Cancelled`; and the
+watchdog stops the server as soon as the CLI's end of a pipe closes — on a normal exit, an
+exception or a SIGKILL alike.
+
+Run as `python -m flows.local_server PORT`: the watchdog itself (stdin = the pipe from the CLI).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Iterator, Optional
+
+import httpx
+
+STARTUP_TIMEOUT_SECONDS = 90.0
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_prefect_server(timeout: float = STARTUP_TIMEOUT_SECONDS) -> Iterator[str]:
+    """Start the watchdog + server, wait until healthy, yield the API URL, stop it afterwards."""
+    port = free_port()
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED", "false")}
+    watchdog = subprocess.Popen(
+        [sys.executable, "-m", "flows.local_server", str(port)],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env=env,
+    )
+    api_url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if watchdog.poll() is not None:
+                raise RuntimeError(f"the local Prefect server exited at start (code {watchdog.returncode})")
+            try:
+                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the local Prefect server did not answer within {timeout:.0f} s")
+            time.sleep(0.2)  # polling another process's startup; there is no event to wait on
+        yield api_url
+    finally:
+        if watchdog.stdin is not None:
+            watchdog.stdin.close()  # the watchdog stops the server
+        try:
+            watchdog.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(watchdog.pid, signal.SIGKILL)
+            watchdog.wait(5)
+
+
+def _watch(port: int) -> int:
+    """Run `prefect server start` until stdin closes (the CLI ended), then stop it."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+    def leave(signum, frame):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, leave)
+    try:
+        while os.read(sys.stdin.fileno(), 1024):  # blocks until the CLI closes the pipe or dies
+            pass
+    except OSError:
+        pass
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+    return 0
+
+
+def main(argv: Optional[list] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    return _watch(int(argv[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

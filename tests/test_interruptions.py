@@ -1,0 +1,274 @@
+"""Interruptions are boring: Ctrl-C, a second run on the same DB, a failed campaign, a bounded
+pass, a Prefect server that goes away mid-run. Real simulator over HTTP, real Prefect."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import httpx
+import pandas as pd
+import pytest
+
+from flows.run_jobs import RunFailed, run_jobs
+from jobdb import JobDbLocked, JobDbPaths
+from simulator import start_simulator
+from tests.flow_helpers import PASSWORD_ENV, assert_results_complete, backend, fast_config, make_db
+from tests.prefect_server import PrefectServer, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def sim():
+    sim = start_simulator(fast_config(queue_time=0.2, run_time=1.0))
+    yield sim
+    sim.stop()
+
+
+def cli_command(db: Path, sim, parallel_jobs: int = 2, *extra: str) -> List[str]:
+    return [sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), "--backend",
+            f"a={sim.url},parallel_jobs={parallel_jobs},user=alice,password_env={PASSWORD_ENV}",
+            "--start-job", "flows.demo_callbacks:start_job", "--poll-interval", "0.3", *extra]
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
+    """Poll another process's effect (a file, the simulator) until it shows, or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def active_jobs(db: Path) -> int:
+    return int(pd.read_parquet(db)["status"].isin(["queued", "running"]).sum()) if db.exists() else 0
+
+
+class PeakActive:
+    """Watches the simulator's active job count for one account while a run goes on."""
+
+    def __init__(self, sim, user: str = "alice"):
+        self.sim, self.user, self.peak = sim, user, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self.sim.counters()["active_per_user"].get(self.user, 0))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(5)
+        return self.peak
+
+
+def processes_with_env(name: str, value: str) -> List[int]:
+    """Pids of live processes whose environment has name=value (to find leftovers)."""
+    wanted = f"{name}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def flow_run_states(api_url: str) -> List[str]:
+    response = httpx.post(f"{api_url}/flow_runs/filter", json={"limit": 50}, timeout=10)
+    response.raise_for_status()
+    return [run["state"]["type"] for run in response.json()]
+
+
+def test_ctrl_c_in_the_cli_exits_in_seconds_and_the_rerun_completes(tmp_path):
+    """Embedded mode (no PREFECT_API_URL): SIGINT to the CLI's process group as a terminal sends
+    it. The run stops starting, records Cancelled, exits 130 within ~5 s, leaves no server behind;
+    the same command again completes every row with the account's full slots, nothing twice."""
+    sim = start_simulator(fast_config(queue_time=0.2, run_time=4.0))
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PYTHONPATH=str(ROOT), PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               **{PASSWORD_ENV: sim.config.password})
+    db = make_db(tmp_path / "jobs.parquet", 6)
+    child = None
+    try:
+        child = subprocess.Popen(cli_command(db, sim), env=env, start_new_session=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: active_jobs(db) >= 2, 120, "two jobs running")
+        t0 = time.monotonic()
+        os.killpg(child.pid, signal.SIGINT)
+        out, err = child.communicate(timeout=60)
+        exit_seconds = time.monotonic() - t0
+        print(f"\nCtrl-C: exit code {child.returncode} after {exit_seconds:.2f} s")
+        assert child.returncode == 130, err[-2000:]
+        assert exit_seconds < 6.0
+        assert "interrupted: 2 jobs still running on backends; run the same command again to resume" in err
+        assert processes_with_env("PREFECT_HOME", str(home)) == []  # no server outlived the CLI
+        assert not JobDbPaths.of(db).lock_holder.exists()
+
+        peak = PeakActive(sim)
+        t1 = time.monotonic()
+        rerun = subprocess.run(cli_command(db, sim), env=env, capture_output=True, text=True, timeout=180)
+        rerun_seconds = time.monotonic() - t1
+        full = peak.stop()
+        print(f"rerun: exit {rerun.returncode} in {rerun_seconds:.1f} s, peak active jobs {full}")
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert full == 2  # the interrupted run's slots were free at once
+        df = pd.read_parquet(db)
+        assert (df["status"] == "finished").all()
+        counters = sim.counters()
+        assert counters["jobs_total"] == 6 and counters["duplicate_titles"] == {}
+        assert_results_complete(tmp_path, df, asset_size=2048)
+    finally:
+        if child is not None and child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait(10)
+        sim.stop()
+    # The interrupted flow run was recorded as Cancelled, not left Running.
+    from flows.local_server import local_prefect_server
+
+    os.environ["PREFECT_HOME"], saved = str(home), os.environ.get("PREFECT_HOME")
+    try:
+        with local_prefect_server() as api_url:
+            states = flow_run_states(api_url)
+    finally:
+        if saved is None:
+            os.environ.pop("PREFECT_HOME", None)
+        else:
+            os.environ["PREFECT_HOME"] = saved
+    assert sorted(states) == ["CANCELLED", "COMPLETED"], states
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_second_run_on_the_same_db_refuses_then_waits_when_asked(sim, tmp_path):
+    db = make_db(tmp_path / "jobs.parquet", 8)
+    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
+                  poll_interval_seconds=0.3)
+    first: Dict = {}
+    thread = threading.Thread(target=lambda: first.update(stats=run_jobs(**kwargs)))
+    peak = PeakActive(sim)
+    thread.start()
+    try:
+        holder = wait_for(lambda: JobDbPaths.of(db).lock_holder.exists(), 60, "the first run to hold the lock")
+        assert holder
+        t0 = time.monotonic()
+        with pytest.raises(JobDbLocked) as refused:
+            run_jobs(**kwargs)
+        message = str(refused.value)
+        print(f"\nrefused in {time.monotonic() - t0:.1f} s: {message}")
+        assert f"pid {os.getpid()}" in message and "flow run" in message and "--wait-for-lock" in message
+        waited = run_jobs(**kwargs, wait_for_lock=True)  # queues behind the first run, then finds it all done
+    finally:
+        thread.join(120)
+    assert peak.stop() <= 3
+    assert first["stats"]["status"] == {"finished": 8} and waited["status"] == {"finished": 8}
+    assert waited["start_tasks"] == 0
+    counters = sim.counters()
+    assert counters["jobs_total"] == 8 and counters["duplicate_titles"] == {}
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_whose_rows_all_fail_ends_failed_and_the_cli_exits_non_zero(tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    sim = start_simulator(fast_config(p_error=1.0))
+    try:
+        db = make_db(tmp_path / "jobs.parquet", 3)
+        state = run_jobs(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
+                         poll_interval_seconds=0.3, return_state=True)
+        assert state.is_failed() and "3 of 3 rows failed" in state.message
+        outcome = state.result(raise_on_failure=False)
+        assert isinstance(outcome, RunFailed) and outcome.stats["status"] == {"error": 3}
+        with pytest.raises(RunFailed):  # a plain call raises, so scripts notice too
+            run_jobs(job_db=str(make_db(tmp_path / "more.parquet", 1)), backends=[backend("a", sim, 3)],
+                     start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.3)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": PREFECT_API_URL.value()}
+        db2 = make_db(tmp_path / "cli.parquet", 2)
+        done = subprocess.run(cli_command(db2, sim), env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert "2 of 2 rows failed" in done.stderr
+        tolerated = subprocess.run(cli_command(make_db(tmp_path / "ok.parquet", 2), sim, 2, "--failure-threshold",
+                                               "1.0"), env=env, capture_output=True, text=True, timeout=120)
+        assert tolerated.returncode == 0, tolerated.stderr[-2000:]
+    finally:
+        sim.stop()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_two_bounded_passes_finish_what_one_could_not(tmp_path):
+    sim = start_simulator(fast_config(queue_time=0.2, run_time=5.0))
+    try:
+        db = make_db(tmp_path / "jobs.parquet", 4)
+        kwargs = dict(job_db=str(db), backends=[backend("a", sim, 4)], start_job="flows.demo_callbacks:start_job",
+                      poll_interval_seconds=0.3)
+        t0 = time.monotonic()
+        first = run_jobs(**kwargs, max_runtime_minutes=0.04)  # 2.4 s: the jobs run 5 s
+        first_seconds = time.monotonic() - t0
+        assert first["ended"] == "time_up" and first["terminal"] < 4 and first_seconds < 15
+        assert pd.read_parquet(db)["status"].isin(["queued", "running"]).sum() == 4
+        second = run_jobs(**kwargs, max_runtime_minutes=1.0)
+        assert second["status"] == {"finished": 4} and second["ended"] == "done"
+        assert second["start_tasks"] == 0  # it adopted the jobs of the first pass
+        assert sim.counters()["jobs_total"] == 4
+        assert_results_complete(tmp_path, pd.read_parquet(db), asset_size=2048)
+    finally:
+        sim.stop()
+
+
+def _outage_run(tmp_path, outage_seconds: float) -> None:
+    """A `prefect server` stopped mid-run for `outage_seconds`, then started again on the same
+    port and database: the openEO side goes on meanwhile and the run completes by itself."""
+    sim = start_simulator(fast_config(queue_time=0.2, run_time=1.5))
+    home = tmp_path / "home"
+    home.mkdir()
+    server = PrefectServer(home)
+    db = make_db(tmp_path / "jobs.parquet", 16)
+    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
+                  poll_interval_seconds=0.3)
+    child = server.spawn([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],
+                         log=open(tmp_path / "child.log", "wb"), PYTHONPATH=str(ROOT),
+                         **{PASSWORD_ENV: sim.config.password})
+    try:
+        wait_for(lambda: active_jobs(db) >= 2, 120, "jobs running")
+        server.server.send_signal(signal.SIGTERM)
+        server.server.wait(30)
+        before = sim.counters()["jobs_total"]
+        down_at = time.monotonic()
+        wait_for(lambda: time.monotonic() - down_at >= outage_seconds, outage_seconds + 5, "the outage", 0.5)
+        during = sim.counters()["jobs_total"] - before
+        print(f"\njobs created while the Prefect API was down for {outage_seconds:.0f} s: {during}")
+        assert during >= 2  # the openEO side went on
+        server.server = server.spawn([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
+                                      "127.0.0.1", "--port", str(server.port)], log=server.log, api=False)
+        server.wait_healthy(90)
+        assert child.wait(180) == 0, (tmp_path / "child.log").read_text()[-3000:]
+        df = pd.read_parquet(db)
+        assert (df["status"] == "finished").all()
+        counters = sim.counters()
+        assert counters["jobs_total"] == 16 and counters["duplicate_titles"] == {}
+        assert_results_complete(tmp_path, df, asset_size=2048)
+        assert flow_run_states(server.api_url) == ["COMPLETED"]
+    finally:
+        server.close()
+        sim.stop()
+
+
+def test_prefect_server_outage_of_ten_seconds(tmp_path):
+    _outage_run(tmp_path, 10.0)
+
+
+@pytest.mark.slow
+def test_prefect_server_outage_of_forty_seconds(tmp_path):
+    _outage_run(tmp_path, 40.0)
