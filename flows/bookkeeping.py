@@ -75,7 +75,7 @@ def _given_back(row: int, pinned: bool) -> Dict[str, Any]:
 def effects_of(outcome: Outcome, now: Callable[[int], RowNow]) -> Effects:
     handler = {
         Step.START: _start, Step.POLL: _poll, Step.RECONCILE: _reconcile,
-        Step.DOWNLOAD: _download, Step.ERROR_LOGS: _error_logs,
+        Step.DOWNLOAD: _download, Step.ERROR_LOGS: _error_logs, Step.HOOK: _hook,
     }[outcome.step]
     effects = Effects()
     if outcome.crashed:
@@ -154,3 +154,12 @@ def _error_logs(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects
             if fact.get("error_message"):
                 update["error_message"] = fact["error_message"]
             effects.updates[row] = update
+
+
+def _hook(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> None:
+    for row, fact in outcome.rows.items():
+        if fact.get("error"):
+            effects.warnings.append(f"row {row}: post-processing hook failed: {fact['error']}")
+            effects.updates[row] = {"postprocess_status": "failed", "postprocess_error": fact["error"]}
+        else:
+            effects.updates[row] = {"postprocess_status": "done", "postprocess_error": None}

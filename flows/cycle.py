@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 from flows.account_slots import AccountSlots
 from flows.bookkeeping import RowNow, effects_of
@@ -49,6 +49,8 @@ class CycleOptions:
     cancel_after: Optional[float] = None
     deadline: Optional[float] = None  # monotonic time after which nothing new starts (bounded pass)
     stop_grace_seconds: float = 3.0  # how long an interrupted run waits for its tasks
+    hooks: FrozenSet[str] = frozenset()  # configured post-processing hooks: "done", "error"
+    max_attempts: int = 1
 
 
 @dataclass
@@ -114,7 +116,7 @@ class Cycle:
                 backends={n: replace(p, accepting=p.accepting and n not in self.refused) for n, p in self.policies.items()},
                 now=now, holds=self.holds, starting_allowed=not stopping, poll_due=poll_due,
                 download=self.options.download, cancel_after=self.options.cancel_after,
-                utc_now=datetime.now(timezone.utc),
+                utc_now=datetime.now(timezone.utc), hooks=self.options.hooks, max_attempts=self.options.max_attempts,
             )
             plan = self.decide(snapshot, situation)
             self.store.apply(plan.updates)
@@ -132,7 +134,7 @@ class Cycle:
                     break
                 timeout = 0.1
                 continue
-            if self._done():
+            if self._done(plan):
                 break
             timeout = self._wait_time(now, next_poll)
         self.store.persist(force=True)
@@ -142,10 +144,12 @@ class Cycle:
     def _time_up(self, now: float) -> bool:
         return self.options.deadline is not None and now >= self.options.deadline
 
-    def _done(self) -> bool:
-        snapshot = self.store.snapshot()
-        unhandled = snapshot.to_save_logs or (snapshot.to_download if self.options.download else {})
-        return snapshot.all_terminal and not unhandled and not self.dispatcher.busy()
+    def _done(self, plan: Plan) -> bool:
+        """Every row terminal, nothing in flight, and this cycle found nothing left to do."""
+        if self.dispatcher.busy() or plan.intents or plan.updates or plan.starts or plan.reconciles \
+                or plan.finishes or plan.hooks:
+            return False
+        return self.store.snapshot().all_terminal
 
     def _wait_time(self, now: float, next_poll: float) -> float:
         wait = next_poll - now
@@ -159,7 +163,7 @@ class Cycle:
     # --- deciding -------------------------------------------------------------------------
     def decide(self, snapshot: Snapshot, situation: Situation) -> Plan:
         in_flight = self.dispatcher.in_flight()
-        marker = self.store.paths.row_marker
+        marker = self.store.paths.row_marker  # (row, attempt) -> marker
         wants_slots = situation.starting_allowed and bool(snapshot.waiting)
         if self.slots is None or (not wants_slots and dict(snapshot.holding) == self._ledger_holding):
             return plan_cycle(snapshot, situation, in_flight, marker)
@@ -182,6 +186,7 @@ class Cycle:
             for order in plan.polls:
                 self.dispatcher.submit_poll(order)
             self.dispatcher.submit_finishes(plan.finishes, self.metadata)
+            self.dispatcher.submit_hooks(plan.hooks)
         self.dispatcher.submit_starts(plan.starts)
 
     # --- applying outcomes ----------------------------------------------------------------

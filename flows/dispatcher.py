@@ -19,8 +19,9 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.scheduler import FinishOrder, InFlight, PollOrder, ReconcileOrder, StartOrder
+from flows.scheduler import FinishOrder, HookOrder, InFlight, PollOrder, ReconcileOrder, StartOrder
 from tasks.download import download_results, save_error_logs
+from tasks.hooks import run_hook
 from tasks.outcome import Outcome, Step, close_inbox, open_inbox, request_stop
 from tasks.poll import find_marked_jobs, poll_backend
 from tasks.start import start_jobs
@@ -69,6 +70,7 @@ class Dispatcher:
         row_payload: Callable[[int], Dict[str, Any]],
         label: Callable[[int], str],
         token_max_age_seconds: Optional[float] = None,
+        hooks: Optional[Mapping[str, str]] = None,
     ):
         self.inbox_id = uuid.uuid4().hex
         self._queue = open_inbox(self.inbox_id)
@@ -81,9 +83,10 @@ class Dispatcher:
         self.row_payload = row_payload
         self.label = label
         self.token_max_age_seconds = token_max_age_seconds
+        self.hooks = dict(hooks or {})  # "done" / "error" -> import path
         self.pending: Dict[str, Submission] = {}
         self.counters = {"start_tasks": 0, "poll_tasks": 0, "reconcile_tasks": 0, "download_tasks": 0,
-                         "error_log_tasks": 0, "crashed_tasks": 0}
+                         "error_log_tasks": 0, "hook_tasks": 0, "crashed_tasks": 0}
 
     # --- submitting ---------------------------------------------------------------------
     def _track(self, step: Step, backend: str, rows: Iterable[int], submit: Callable[[str], PrefectFuture]) -> None:
@@ -144,6 +147,14 @@ class Dispatcher:
                                 backend, self.connection_keys[backend], jobs, self.root_dir, label, inbox))
                 self.counters["download_tasks" if download else "error_log_tasks"] += 1
 
+    def submit_hooks(self, orders: Sequence[HookOrder]) -> None:
+        for order in orders:
+            row = {**self.row_payload(order.row), "_row": order.row}
+            self._track(Step.HOOK, order.backend, [order.row], lambda inbox, order=order, row=row: run_hook.submit(
+                self.hooks[order.kind], order.kind, order.backend, self.connection_keys[order.backend], order.job_id,
+                row, self.root_dir, self.label(order.row), inbox))
+            self.counters["hook_tasks"] += 1
+
     # --- collecting ---------------------------------------------------------------------
     def collect(self, timeout: float) -> List[Outcome]:
         """Outcomes that arrived, waiting up to `timeout` for the first one."""
@@ -178,13 +189,15 @@ class Dispatcher:
     @staticmethod
     def _crashed(record: Submission) -> Outcome:
         try:
+            if record.future is not None:
+                record.future.wait(1)  # done already: this only records its final state
             state = record.future.state if record.future is not None else None
             message = (state.message if state is not None else None) or "task ended without an answer"
         except Exception as exc:  # noqa: BLE001 - the Prefect API may be down: the message is all we lose
             message = f"task ended without an answer ({type(exc).__name__})"
         if record.step is Step.START:
             rows = {row: {"crashed": message} for row in record.rows}
-        elif record.step in (Step.DOWNLOAD, Step.ERROR_LOGS):
+        elif record.step in (Step.DOWNLOAD, Step.ERROR_LOGS, Step.HOOK):
             rows = {row: {"error": message} for row in record.rows}
         else:
             rows = {}
@@ -192,7 +205,7 @@ class Dispatcher:
 
     # --- state --------------------------------------------------------------------------
     def in_flight(self) -> InFlight:
-        starting, finishing, polling, reconciling = set(), set(), set(), set()
+        starting, finishing, polling, reconciling, hooking = set(), set(), set(), set(), set()
         per_backend: Dict[str, int] = {}
         for record in self.pending.values():
             if record.step is Step.START:
@@ -203,10 +216,12 @@ class Dispatcher:
             elif record.step is Step.RECONCILE:
                 reconciling.add(record.backend)
                 starting.update(record.rows)  # a row being looked up is not free to start
+            elif record.step is Step.HOOK:
+                hooking.update(record.rows)
             else:
                 finishing.update(record.rows)
         return InFlight(frozenset(starting), per_backend, frozenset(polling), frozenset(reconciling),
-                        frozenset(finishing))
+                        frozenset(finishing), frozenset(hooking))
 
     def busy(self, steps: Optional[Iterable[Step]] = None) -> bool:
         wanted = set(steps) if steps is not None else None

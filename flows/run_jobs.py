@@ -27,6 +27,7 @@ from flows.background import BackgroundPublisher
 from flows.blocks import resolve_backend
 from flows.cycle import Cycle, CycleEnd, CycleOptions, StopSignal
 from flows.dispatcher import Dispatcher
+from flows.events import emit_job_event
 from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
 from flows.reporting import ProgressReport, merge_request_counts, publish_final_artifacts
 from flows.scheduler import BackendPolicy
@@ -43,6 +44,7 @@ from jobdb import JobDbError, JobDbLocked
 from jobdb.status import FAILED, HOLDS_SLOT
 from jobdb.store import JobStore
 from tasks.connections import ManagedConnection, register_connection, unregister_connection
+from tasks.hooks import load_hook
 
 # Polls, reconciles, downloads and error logs run on the flow's task runner with this many threads.
 FLOW_TASK_WORKERS = 8
@@ -73,6 +75,7 @@ class PreparedRun:
     connections: Dict[str, ManagedConnection]
     creator: Callable[..., Any]
     root_dir: Path
+    hooks: Dict[str, str]  # "done" / "error" -> import path
 
 
 @flow(name="run-jobs", task_runner=ThreadPoolTaskRunner(max_workers=FLOW_TASK_WORKERS), log_prints=True)
@@ -110,11 +113,23 @@ def run_jobs(
     wait_for_lock: Annotated[
         bool, Field(description="If another run holds the job DB, wait for it instead of failing at once")
     ] = False,
+    max_attempts: Annotated[
+        int, Field(ge=1, le=20, description="Jobs a row may use: a row whose job ends in error is resubmitted "
+                                            "as a new job until it has used them (1: no resubmission)"),
+    ] = 1,
+    on_job_done: Annotated[
+        Optional[str], Field(description="Import path of a hook (job_id, row, job_dir, connection) run as its own "
+                                         "task after a finished job's results are downloaded"),
+    ] = None,
+    on_job_error: Annotated[
+        Optional[str], Field(description="Import path of a hook (job_id, row, job_dir, connection) run after a "
+                                         "failed job's error logs are saved"),
+    ] = None,
 ) -> State:
     """Create, start, poll and download one openEO batch job per job DB row until all are done."""
     logger = get_run_logger()
     t0 = time.monotonic()
-    run = prepare(job_db, backends, start_job, process, root_dir)
+    run = prepare(job_db, backends, start_job, process, root_dir, {"done": on_job_done, "error": on_job_error})
     flow_run_id = current_flow_run_id()
 
     def tell_waiting(exc: JobDbLocked) -> None:
@@ -123,7 +138,7 @@ def run_jobs(
     run.store.lock.acquire(flow_run_id, wait_seconds=float("inf") if wait_for_lock else 0.0, on_wait=tell_waiting)
     try:
         end, stats = drive(run, logger, flow_run_id, t0, max_start_workers, poll_interval_seconds, download_results,
-                           cancel_running_job_after, max_runtime_minutes)
+                           cancel_running_job_after, max_runtime_minutes, max_attempts)
     finally:
         run.store.persist(force=True)
         run.store.lock.release()
@@ -132,7 +147,7 @@ def run_jobs(
 
 def drive(
     run: PreparedRun, logger, flow_run_id: Optional[str], t0: float, max_start_workers: int, poll_interval: float,
-    download: bool, cancel_after: Optional[float], max_runtime_minutes: Optional[float],
+    download: bool, cancel_after: Optional[float], max_runtime_minutes: Optional[float], max_attempts: int = 1,
 ) -> tuple[CycleEnd, Dict[str, Any]]:
     run_key = uuid.uuid4().hex[:12]
     keys = {name: f"{run_key}:{name}" for name in run.backends}
@@ -145,16 +160,26 @@ def drive(
     options = CycleOptions(
         poll_interval=poll_interval, download=download, cancel_after=cancel_after,
         deadline=t0 + 60.0 * max_runtime_minutes if max_runtime_minutes else None,
+        hooks=frozenset(run.hooks), max_attempts=max_attempts,
     )
+    run.store.track_hooks = bool(run.hooks)
+    run.store.track_retries = max_attempts > 1
+
+    def on_change(row: int, old: str, new: str) -> None:
+        emit_job_event(new, run.store.value(row, "id"), run.store.value(row, "backend_name") or "", row,
+                       run.store.label(row), str(run.store.path))
+
     policies = {n: BackendPolicy(b.parallel_jobs, b.max_parallel_starts) for n, b in run.backends.items()}
     run.store.retry_failed_downloads()
     try:
         with ThreadPoolTaskRunner(max_workers=max_start_workers) as start_runner, catch_interrupts(stop):
             dispatcher = Dispatcher(keys, run.creator, str(run.root_dir), start_runner, max_start_workers,
-                                    FLOW_TASK_WORKERS, run.store.row, run.store.label, TOKEN_REFRESH_SECONDS)
+                                    FLOW_TASK_WORKERS, run.store.row, run.store.label, TOKEN_REFRESH_SECONDS,
+                                    hooks=run.hooks)
             cycle = Cycle(run.store, policies, dispatcher, options, logger, slots=slots, stop=stop,
                           on_progress=lambda snapshot: publisher.submit(
-                              "progress", lambda: progress.result().update(run.store.dataframe())))
+                              "progress", lambda: progress.result().update(run.store.dataframe())),
+                          on_change=on_change)
             try:
                 end = cycle.run()
             finally:
@@ -232,8 +257,15 @@ def prepare(
     start_job: Optional[Union[str, Callable[..., Any]]],
     process: Optional[ProcessCreatorConfig],
     root_dir: Optional[str],
+    hooks: Optional[Dict[str, Optional[str]]] = None,
 ) -> PreparedRun:
     """Validate everything and connect, before any job is created. Raises SetupError."""
+    hooks = {kind: spec for kind, spec in (hooks or {}).items() if spec}
+    for kind, spec in hooks.items():
+        try:
+            load_hook(spec)
+        except ValueError as exc:
+            raise SetupError(f"on_job_{kind}: {exc}", parameter=f"on_job_{kind}") from None
     configs = [resolve_backend(b) for b in backends]
     check_unique_names(configs)
     if (start_job is None) == (process is None):
@@ -251,7 +283,7 @@ def prepare(
         creator = make_process_creator(process)
         check_process_parameters(creator, process, next(iter(connections.values())), store.dataframe().columns)
     return PreparedRun(store, {b.name: b for b in configs}, connections, creator,
-                       Path(root_dir) if root_dir else store.paths.default_results_root)
+                       Path(root_dir) if root_dir else store.paths.default_results_root, hooks)
 
 
 # --- results -------------------------------------------------------------------------------

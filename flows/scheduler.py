@@ -41,6 +41,7 @@ class InFlight:
     polling: FrozenSet[str] = frozenset()  # backends with a poll task out
     reconciling: FrozenSet[str] = frozenset()
     finishing: FrozenSet[int] = frozenset()  # rows in download / error-log tasks
+    hooking: FrozenSet[int] = frozenset()  # rows in post-processing hook tasks
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class Situation:
     download: bool = True
     cancel_after: Optional[float] = None  # seconds a job may run
     utc_now: Optional[datetime] = None
+    hooks: FrozenSet[str] = frozenset()  # "done" / "error": which post-processing hooks are configured
+    max_attempts: int = 1  # jobs a row may use (resubmission after error)
 
 
 @dataclass(frozen=True)
@@ -88,12 +91,21 @@ class FinishOrder:
 
 
 @dataclass(frozen=True)
+class HookOrder:
+    row: int
+    backend: str
+    job_id: str
+    kind: str  # "done" or "error"
+
+
+@dataclass(frozen=True)
 class Plan:
     intents: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # persist before submitting
     starts: Tuple[StartOrder, ...] = ()
     polls: Tuple[PollOrder, ...] = ()
     reconciles: Tuple[ReconcileOrder, ...] = ()
     finishes: Tuple[FinishOrder, ...] = ()
+    hooks: Tuple[HookOrder, ...] = ()
     updates: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # plain fixes (no task needed)
 
 
@@ -119,7 +131,7 @@ def start_capacity(situation: Situation, in_flight: InFlight) -> Dict[str, int]:
 
 
 def plan_starts(
-    snapshot: Snapshot, situation: Situation, in_flight: InFlight, marker_for: Callable[[int], str]
+    snapshot: Snapshot, situation: Situation, in_flight: InFlight, marker_for: Callable[[int, int], str]
 ) -> Tuple[Dict[int, Dict[str, Any]], List[StartOrder]]:
     capacity = start_capacity(situation, in_flight)
     busy = in_flight.starting
@@ -150,8 +162,9 @@ def plan_starts(
         if backend is None:
             continue
         slots[backend] -= 1
-        marker = marker_for(row)
-        intents[row] = {"status": "creating", "backend_name": backend, "job_marker": marker}
+        attempt = snapshot.attempts.get(row, 0) + 1
+        marker = marker_for(row, attempt)
+        intents[row] = {"status": "creating", "backend_name": backend, "job_marker": marker, "attempt": attempt}
         orders.append(StartOrder(row, backend, marker))
         if sum(slots.values()) == 0:
             break
@@ -201,10 +214,57 @@ def plan_finishes(snapshot: Snapshot, situation: Situation, in_flight: InFlight)
     return orders
 
 
+def plan_hooks(snapshot: Snapshot, situation: Situation, in_flight: InFlight) -> List[HookOrder]:
+    """on_job_done after the results are downloaded (or at once without downloads), on_job_error
+    after the error logs are in; a resumed run runs the hooks that did not complete."""
+    orders = []
+    for row, (backend, job_id, status, results) in snapshot.hook_pending.items():
+        kind = "done" if status == "finished" else "error"
+        if kind not in situation.hooks or row in in_flight.hooking or backend not in situation.backends:
+            continue
+        if kind == "error":
+            ready = results is not None  # error logs saved (or given up on)
+        else:
+            ready = results == "downloaded" if situation.download else True
+        if ready:
+            orders.append(HookOrder(row, backend, job_id, kind))
+    return orders
+
+
+RESET_ON_RESUBMIT = ("id", "job_marker", "backend_name", "start_time", "running_start_time", "results_status",
+                     "results_error", "postprocess_status", "postprocess_error")
+
+
+def plan_resubmits(snapshot: Snapshot, situation: Situation, in_flight: InFlight) -> Dict[int, Dict[str, Any]]:
+    """Rows that failed with attempts left go back to `not_started` (a new job, a new marker).
+
+    Not before their error logs and error hook are done; and a start that failed twice with the
+    same error is not tried again (a broken callback does not heal by retrying).
+    """
+    if situation.max_attempts <= 1 or not situation.starting_allowed:
+        return {}
+    updates: Dict[int, Dict[str, Any]] = {}
+    for row, failed in snapshot.failed.items():
+        if failed.attempt >= situation.max_attempts or not failed.handled or row in in_flight.hooking:
+            continue
+        if "error" in situation.hooks and row in snapshot.hook_pending:
+            continue
+        if failed.status == "start_failed" and failed.error is not None and failed.error == failed.previous_error:
+            continue
+        update: Dict[str, Any] = {column: None for column in RESET_ON_RESUBMIT}
+        update.update(status="not_started", attempt=failed.attempt, previous_error=failed.error)
+        if failed.job_id:
+            earlier = [j for j in (failed.previous_job_ids or "").split(",") if j]
+            update["previous_job_ids"] = ",".join(earlier + [failed.job_id])
+        updates[row] = update
+    return updates
+
+
 def plan_cycle(
-    snapshot: Snapshot, situation: Situation, in_flight: InFlight, marker_for: Callable[[int], str]
+    snapshot: Snapshot, situation: Situation, in_flight: InFlight, marker_for: Callable[[int, int], str]
 ) -> Plan:
     reconciles, updates = plan_reconciles(snapshot, situation, in_flight)
+    updates.update(plan_resubmits(snapshot, situation, in_flight))
     intents, starts = plan_starts(snapshot, situation, in_flight, marker_for)
     return Plan(
         intents=intents,
@@ -212,6 +272,7 @@ def plan_cycle(
         polls=tuple(plan_polls(snapshot, situation, in_flight)),
         reconciles=tuple(reconciles),
         finishes=tuple(plan_finishes(snapshot, situation, in_flight)),
+        hooks=tuple(plan_hooks(snapshot, situation, in_flight)),
         updates=updates,
     )
 

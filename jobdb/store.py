@@ -30,6 +30,19 @@ class PolledJob:
 
 
 @dataclass(frozen=True)
+class FailedRow:
+    """A row that ended without results, with what resubmission needs to know."""
+
+    status: str
+    attempt: int  # jobs created for the row so far
+    error: Optional[str]
+    previous_error: Optional[str]  # the error that made the flow resubmit it last time
+    handled: bool  # its error logs were saved (error) or there is nothing to save (start_failed)
+    job_id: Optional[str] = None
+    previous_job_ids: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """What the scheduler needs to know about the rows, as plain values (row = index)."""
 
@@ -43,6 +56,11 @@ class Snapshot:
     to_download: Mapping[int, Tuple[str, str]] = field(default_factory=dict)  # finished, results not handled
     to_save_logs: Mapping[int, Tuple[str, str]] = field(default_factory=dict)  # error, logs not saved
     counts: Mapping[str, int] = field(default_factory=dict)
+    # ended rows (finished / error) whose post-processing hook has not completed:
+    # row -> (backend, job id, status, results_status)
+    hook_pending: Mapping[int, Tuple[str, str, str, Optional[str]]] = field(default_factory=dict)
+    failed: Mapping[int, FailedRow] = field(default_factory=dict)  # error / start_failed rows
+    attempts: Mapping[int, int] = field(default_factory=dict)  # waiting rows tried before: tries so far
 
     @property
     def terminal(self) -> int:
@@ -64,6 +82,9 @@ class JobStore:
         self._dirty = False
         self._last_persist = 0.0
         self.persist_count = 0
+        # What the snapshot also reports, when the run needs it (hooks configured, max_attempts > 1).
+        self.track_hooks = False
+        self.track_retries = False
 
     @classmethod
     def open(cls, job_db: str | Path, min_persist_interval: float = 1.0) -> "JobStore":
@@ -87,7 +108,8 @@ class JobStore:
 
         def pairs(mask: pd.Series, *columns: str) -> List[tuple]:
             idx = df.index[mask].tolist()
-            return list(zip(idx, *(df.loc[mask, c].tolist() for c in columns)))
+            return list(zip(idx, *((df.loc[mask, c].tolist() if c in df.columns else [None] * len(idx))
+                                   for c in columns)))
 
         waiting_mask = status == "not_started"
         results = df["results_status"] if "results_status" in df.columns else pd.Series(None, index=df.index, dtype=object)
@@ -101,8 +123,30 @@ class JobStore:
                                        "backend_name", "id", "status", "running_start_time")
         }
         holding = backend[status.isin(HOLDS_SLOT) & has_backend].value_counts().to_dict()
+        hook_state = df["postprocess_status"] if "postprocess_status" in df.columns \
+            else pd.Series(None, index=df.index, dtype=object)
+        hook_pending = {
+            i: (str(b), str(j), str(st), _str(r)) for i, b, j, st, r in pairs(
+                status.isin(["finished", "error"]) & has_id & has_backend & hook_state.isna(),
+                "backend_name", "id", "status", "results_status")
+        } if self.track_hooks else {}
+        failed = {}
+        for i in (df.index[status.isin(["error", "start_failed"])].tolist() if self.track_retries else []):
+            failed[i] = FailedRow(
+                status=str(status.iat[i]), attempt=int(self.value(i, "attempt") or (1 if self.value(i, "id") else 0)),
+                error=self.value(i, "error_message"), previous_error=self.value(i, "previous_error"),
+                handled=status.iat[i] == "start_failed" or results.iat[i] is not None and results.iat[i] == results.iat[i],
+                job_id=self.value(i, "id"), previous_job_ids=self.value(i, "previous_job_ids"),
+            )
+        attempts = {}
+        if "attempt" in df.columns:
+            tried = waiting_mask & df["attempt"].notna()
+            attempts = {i: int(a) for i, a in pairs(tried, "attempt") if a}
         return Snapshot(
             rows=len(df),
+            attempts=attempts,
+            hook_pending=hook_pending,
+            failed=failed,
             waiting=tuple(df.index[waiting_mask].tolist()),
             pinned={i: str(b) for i, b in pairs(waiting_mask & has_backend, "backend_name")},
             creating=creating,

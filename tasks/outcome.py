@@ -23,6 +23,7 @@ class Step(str, Enum):
     RECONCILE = "reconcile"
     DOWNLOAD = "download"
     ERROR_LOGS = "error_logs"
+    HOOK = "hook"
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,17 @@ from flows.scheduler import (
     free_slots,
     plan_cycle,
     plan_finishes,
+    plan_hooks,
     plan_polls,
     plan_reconciles,
+    plan_resubmits,
     plan_starts,
 )
-from jobdb.store import PolledJob, Snapshot
+from jobdb.store import FailedRow, PolledJob, Snapshot
 
 
-def marker(row: int) -> str:
-    return f"db-r{row}"
+def marker(row: int, attempt: int = 1) -> str:
+    return f"db-r{row}" if attempt == 1 else f"db-r{row}-a{attempt}"
 
 
 def situation(**kw) -> Situation:
@@ -40,7 +42,8 @@ def test_waiting_rows_spread_over_backends_into_free_slots_only():
     assert [o.backend for o in orders].count("a") == 2 and [o.backend for o in orders].count("b") == 1
     assert len(orders) == 3
     for order in orders:
-        assert intents[order.row] == {"status": "creating", "backend_name": order.backend, "job_marker": marker(order.row)}
+        assert intents[order.row] == {"status": "creating", "backend_name": order.backend,
+                                      "job_marker": marker(order.row), "attempt": 1}
 
 
 def test_pinned_row_waits_for_its_backend_and_does_not_block_others():
@@ -130,3 +133,41 @@ def test_batching_thresholds():
     assert finish_batch_size(8, workers=8) == 1
     assert finish_batch_size(9, workers=8) == 2
     assert finish_batch_size(1000, workers=8) == 25
+
+
+def test_hooks_run_after_downloads_or_error_logs_and_only_when_configured():
+    snap = Snapshot(rows=4, hook_pending={
+        0: ("a", "j0", "finished", "downloaded"), 1: ("a", "j1", "finished", None),
+        2: ("a", "j2", "error", "logs_saved"), 3: ("a", "j3", "error", None)})
+    both = situation(hooks=frozenset({"done", "error"}))
+    assert [(o.row, o.kind) for o in plan_hooks(snap, both, InFlight())] == [(0, "done"), (2, "error")]
+    assert [o.row for o in plan_hooks(snap, situation(hooks=frozenset({"error"})), InFlight())] == [2]
+    assert plan_hooks(snap, both, InFlight(hooking=frozenset({0, 2}))) == []
+    no_download = situation(hooks=frozenset({"done"}), download=False)
+    assert [o.row for o in plan_hooks(snap, no_download, InFlight())] == [0, 1]
+
+
+def test_failed_rows_are_resubmitted_until_their_attempts_are_used():
+    snap = Snapshot(rows=5, failed={
+        0: FailedRow("error", 1, "oom", None, True, "j0"),
+        1: FailedRow("error", 2, "oom", "oom", True, "j1b", "j1a"),
+        2: FailedRow("error", 1, "oom", None, False, "j2"),  # error logs not saved yet
+        3: FailedRow("start_failed", 1, "KeyError: x", "KeyError: x", True),  # same callback error twice
+        4: FailedRow("start_failed", 1, "429", None, True),
+    })
+    updates = plan_resubmits(snap, situation(max_attempts=2), InFlight())
+    assert set(updates) == {0, 4}
+    assert updates[0]["status"] == "not_started" and updates[0]["id"] is None and updates[0]["job_marker"] is None
+    assert updates[0]["previous_job_ids"] == "j0" and updates[0]["attempt"] == 1 and updates[0]["previous_error"] == "oom"
+    assert set(plan_resubmits(snap, situation(max_attempts=3), InFlight())) == {0, 1, 4}
+    assert plan_resubmits(snap, situation(max_attempts=3), InFlight())[1]["previous_job_ids"] == "j1a,j1b"
+    assert plan_resubmits(snap, situation(), InFlight()) == {}  # max_attempts=1: today's behaviour
+    waiting_hook = Snapshot(rows=1, failed={0: FailedRow("error", 1, "oom", None, True, "j0")},
+                            hook_pending={0: ("a", "j0", "error", "logs_saved")})
+    assert plan_resubmits(waiting_hook, situation(max_attempts=2, hooks=frozenset({"error"})), InFlight()) == {}
+
+
+def test_a_resubmitted_row_gets_a_new_marker_per_attempt():
+    snap = Snapshot(rows=1, waiting=(0,), attempts={0: 1})
+    intents, orders = plan_starts(snap, situation(), InFlight(), marker)
+    assert intents[0]["attempt"] == 2 and orders[0].marker == marker(0, 2) != marker(0)

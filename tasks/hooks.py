@@ -1,0 +1,67 @@
+"""The post-processing task: run a user's `on_job_done` / `on_job_error` hook for one ended job.
+
+A hook is an import path "package.module:function" of a callable `(job_id, row, job_dir,
+connection)` — openeo's `on_job_done` / `on_job_error` override points without subclassing. It
+runs as its own named task run with Prefect retries; if it still raises, the row is marked
+(`postprocess_status` = failed, the reason in `postprocess_error`) and the run goes on.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.connections import get_connection
+from tasks.download import job_dir as job_dir_of
+from tasks.outcome import Outcome, Step, deliver
+from tasks.start import row_as_series
+
+HOOK_ARGUMENTS = ("job_id", "row", "job_dir", "connection")
+
+
+def load_hook(spec: str) -> Callable[..., Any]:
+    """The callable an import path names; ValueError with a clear reason otherwise."""
+    module_name, sep, attribute = str(spec).partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"{spec!r} is not an import path of the form 'package.module:function'")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{spec!r}: module {module_name!r} cannot be imported: {exc}") from exc
+    try:
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except AttributeError:
+        raise ValueError(f"{spec!r}: {module_name!r} has no attribute {attribute!r}") from None
+    if not callable(target):
+        raise ValueError(f"{spec!r} is not callable")
+    try:
+        inspect.signature(target).bind(*HOOK_ARGUMENTS)
+    except TypeError as exc:
+        raise ValueError(f"{spec!r} cannot be called as hook(job_id, row, job_dir, connection): {exc}") from None
+    except ValueError:
+        pass  # builtins without a signature: nothing to check
+    return target
+
+
+@task(name="post-process", task_run_name="on-job-{kind}-{label}", retries=2, retry_delay_seconds=[2, 10],
+      cache_policy=NO_CACHE)
+def run_hook(
+    hook: str,
+    kind: str,
+    backend: str,
+    connection_key: str,
+    job_id: str,
+    row: Dict[str, Any],
+    root_dir: str,
+    label: str,
+    inbox: Optional[str] = None,
+) -> Outcome:
+    """Call the hook for one job; raise (and be retried) if it raises."""
+    function = load_hook(hook)
+    function(job_id, row_as_series(row), Path(job_dir_of(root_dir, job_id)), get_connection(connection_key))
+    return deliver(inbox, Outcome(Step.HOOK, backend, {int(row["_row"]): {"kind": kind}}))
