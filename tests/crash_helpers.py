@@ -60,11 +60,24 @@ def kill_phase(db: Path, root: Path) -> str:
     return "+".join(phases) or "idle"
 
 
+def cli_argv(kwargs: Dict) -> List[str]:
+    """The command line a user would type for these run_jobs keyword arguments (basic-auth backends)."""
+    argv = [sys.executable, "-m", "flows.run_jobs", "--job-db", kwargs["job_db"], "--start-job", kwargs["start_job"],
+            "--poll-interval", str(kwargs.get("poll_interval_seconds", 10.0))]
+    for b in kwargs["backends"]:
+        auth = b["auth"]
+        argv += ["--backend", f"{b['name']}={b['url']},parallel_jobs={b['parallel_jobs']},user={auth['username']},"
+                              f"password_env={auth['password_env']}"]
+    return argv
+
+
 def kill_rounds(sim, kwargs: Dict, kills: int, seed: int, min_delay: float = 0.1, max_delay: float = 1.6,
                 timeout: float = 60.0, env: Optional[Dict[str, str]] = None,
-                log_dir: Optional[Path] = None) -> List[Dict]:
+                log_dir: Optional[Path] = None, cli: bool = False) -> List[Dict]:
     """Up to `kills` child runs, each SIGKILLed a random delay after it first reached the backend.
 
+    `cli`: the child is the command line (`python -m flows.run_jobs ...`) in embedded mode, as a
+    user runs it; otherwise `run_jobs(**kwargs)` in a child process against the given Prefect API.
     Stops early when a child finishes on its own (all rows done). Returns one record per round.
     """
     rng = random.Random(seed)
@@ -74,7 +87,9 @@ def kill_rounds(sim, kwargs: Dict, kills: int, seed: int, min_delay: float = 0.1
     for round_no in range(kills):
         before, stamp = _job_requests(sim), _stamp(db)
         jobs_before = sim.counters()["jobs_total"]
-        child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],
+        argv = cli_argv(kwargs) if cli else [sys.executable, str(ROOT / "tests" / "run_flow_process.py"),
+                                             json.dumps(kwargs)]
+        child = subprocess.Popen(argv,
                                  env=env, stdout=subprocess.DEVNULL,
                                  stderr=open(log_dir / f"round{round_no + 1}.log", "wb") if log_dir else subprocess.DEVNULL)
         delay = rng.uniform(min_delay, max_delay)
