@@ -46,8 +46,9 @@ def test_block_resolution():
     block = OpenEOBackend(url="http://127.0.0.1:9/", auth_type="oidc_client_credentials", client_id="me",
                           client_secret="s3cret")
     config = block.to_backend_config("cdse")
-    assert config.url == "http://127.0.0.1:9" and config.auth.backend_block == "cdse"
-    assert "s3cret" not in config.model_dump_json()
+    assert config.url == "http://127.0.0.1:9" and config.name == "cdse"
+    assert "s3cret" not in config.model_dump_json() and "s3cret" not in repr(config)
+    assert config.auth.read_secret("client_secret") == "s3cret"  # from the block, without loading it again
     assert block.secret("client_secret") == "s3cret"
     with pytest.raises(SetupError):
         block.secret("password")
