@@ -5,7 +5,7 @@ every connection of that account (`pacer_for`):
 
 - `max_concurrent_requests`: a semaphore around each request (a streamed response holds its slot
   until it is closed or dropped);
-- `max_starts_per_minute`: `POST /jobs/{id}/results` take turns at least `60 / N` s apart. Each
+- `max_starts_per_minute`: `POST /jobs/{id}/results` take turns just over `60 / N` s apart. Each
   start reserves the next free turn and sleeps until then (no polling, no thundering herd). The
   schedule lives in a small JSON file under a file lock, so runs in other processes on this
   machine that use the same account share it (cheap: one lock per start, never per poll);
@@ -32,6 +32,14 @@ from typing import Dict, Optional
 from filelock import FileLock
 
 PACING_DIR_ENV = "OPENEO_PREFECT_PACING_DIR"
+# Turns a little wider than 60/N s: requests that leave exactly on the server's rate arrive
+# with jitter, and a start landing 1 ms early is a 429.
+TURN_MARGIN = 0.01
+TURN_MARGIN_SECONDS = 0.05
+
+
+def turn_interval(max_starts_per_minute: float) -> float:
+    return 60.0 / max_starts_per_minute * (1 + TURN_MARGIN) + TURN_MARGIN_SECONDS
 
 
 def pacing_dir() -> Path:
@@ -47,11 +55,14 @@ class StartSchedule:
         directory.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha256(account.encode()).hexdigest()[:24]
         self.path = directory / f"starts-{name}.json"
-        self._lock = FileLock(str(self.path) + ".lock", thread_local=False)
+        # The file lock keeps other processes out; it is re-entrant within a process, so threads
+        # take the in-process lock first.
+        self._file_lock = FileLock(str(self.path) + ".lock", thread_local=False)
+        self._thread_lock = threading.Lock()
 
     def reserve(self) -> float:
         """Reserve the next free turn; returns its wall-clock time (the caller sleeps until then)."""
-        with self._lock:
+        with self._thread_lock, self._file_lock:
             now = time.time()
             turn = max(now, self._next_free())
             self._write(turn + self.interval)
@@ -59,7 +70,7 @@ class StartSchedule:
 
     def push_back(self, until: float) -> None:
         """No turn before `until` (wall clock): the server asked the account to wait."""
-        with self._lock:
+        with self._thread_lock, self._file_lock:
             if self._next_free() < until:
                 self._write(until)
 
@@ -84,7 +95,7 @@ class AccountPacer:
         self.max_starts_per_minute = max_starts_per_minute
         self.max_concurrent_requests = max_concurrent_requests
         self._slots = threading.BoundedSemaphore(max_concurrent_requests) if max_concurrent_requests else None
-        self._schedule = StartSchedule(account, 60.0 / max_starts_per_minute) if max_starts_per_minute else None
+        self._schedule = StartSchedule(account, turn_interval(max_starts_per_minute)) if max_starts_per_minute else None
         self._paused_until = 0.0  # wall clock
         self._pause_changed = threading.Condition()
         self.counters: Dict[str, float] = {"paused_seconds": 0.0, "pauses": 0, "start_wait_seconds": 0.0}
