@@ -1,8 +1,8 @@
 """How each auth type logs in to a backend, the way openEO users log in (openeo's own methods).
 
-- `oidc`: `connection.authenticate_oidc()`: a refresh token from openeo's token store, else the
-  device-code login, but only when a terminal is attached; without one (a deployment, a worker)
-  it fails at once and says how to log in once, instead of polling for minutes;
+- `oidc`: as openeo's `connection.authenticate_oidc()`: a refresh token from openeo's token store,
+  else the device-code login, but only when a terminal is attached; without one (a deployment, a
+  worker) it fails at once and says how to log in once, instead of polling for minutes;
 - `env`: openeo's `OPENEO_AUTH_METHOD`, `OPENEO_AUTH_CLIENT_ID`, `OPENEO_AUTH_CLIENT_SECRET`,
   `OPENEO_AUTH_PROVIDER_ID`, read by `authenticate_oidc()` itself;
 - `oidc_client_credentials`, `oidc_refresh_token`, `basic`, `bearer`: secrets from env vars,
@@ -70,18 +70,19 @@ def _log_in_from_env(connection: ManagedConnection, backend: BackendConfig) -> N
 
 
 def _log_in_oidc(connection: ManagedConnection, backend: BackendConfig) -> None:
+    """authenticate_oidc()'s own order (stored refresh token, then device code) without its env-var
+    branch: OPENEO_AUTH_* belong to backends with auth type 'env', not to every backend of a run."""
     auth = backend.auth
-    if os.environ.get("OPENEO_AUTH_METHOD") or terminal_attached():
-        # What authenticate_oidc() does: the env vars if set, else a stored refresh token, else
-        # the device-code login, which a person at this terminal can follow.
-        connection.authenticate_oidc(provider_id=auth.provider_id, client_id=auth.client_id)
-        return
     try:
-        # The same stored refresh token authenticate_oidc() would try first; never the device code.
         connection.authenticate_oidc_refresh_token(
             client_id=auth.client_id, provider_id=auth.provider_id, store_refresh_token=True)
+        return
     except OpenEoClientException as exc:
-        raise SetupError(
-            f"backend {backend.name!r}: auth 'oidc' found no usable refresh token in openeo's token store ({exc}) "
-            f"and no terminal is attached for a device-code login. Log in once on this machine, as the user "
-            f"that runs the flow: {login_once_hint(backend.url)}", parameter="backends") from None
+        if not terminal_attached():
+            raise SetupError(
+                f"backend {backend.name!r}: auth 'oidc' found no usable refresh token in openeo's token store "
+                f"({exc}) and no terminal is attached for a device-code login. Log in once on this machine, as "
+                f"the user that runs the flow: {login_once_hint(backend.url)}", parameter="backends") from None
+    # A person at this terminal can follow the device-code login; openeo stores the refresh token.
+    connection.authenticate_oidc_device(client_id=auth.client_id, provider_id=auth.provider_id,
+                                        store_refresh_token=True)
