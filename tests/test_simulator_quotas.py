@@ -204,3 +204,20 @@ def test_cli_help_describes_every_option_and_startup_line_names_credentials():
     bad = subprocess.run([sys.executable, "-m", "simulator", "--credits-checked-on", "never"], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "credits_checked_on" in bad.stderr
+
+
+def test_402_is_classified_as_account_cannot_pay(make_sim):
+    from tasks.faults import AccountCannotPay, classify
+
+    sim = make_sim(credits=0, credits_checked_on="start", **FAST)
+    con = openeo.connect(sim.url).authenticate_basic("alice", "secret")
+    job = con.create_job({"save": {"process_id": "save_result", "arguments": {"data": 1, "format": "GTiff"},
+                                   "result": True}})
+    with pytest.raises(OpenEoApiError) as exc:
+        job.start_job()
+    kind = classify(exc.value)
+    assert isinstance(kind, AccountCannotPay) and "402" in str(kind)
+    assert not isinstance(classify(OpenEoApiError(http_status_code=400, code="ConcurrentJobLimit", message="x")),
+                          AccountCannotPay)
+    assert isinstance(classify(OpenEoApiError(http_status_code=403, code="InsufficientCredits", message="x")),
+                      AccountCannotPay)
