@@ -1,25 +1,31 @@
-"""A Prefect block for one openEO backend: URL, job slots, auth method and its secrets.
+"""A Prefect block for one openEO backend: URL, job slots, quotas, auth method and its secrets.
 
 Register the block type once per Prefect server, then create blocks in the UI or in Python:
 
     prefect block register -m flows.blocks
 
     from flows.blocks import OpenEOBackend
-    OpenEOBackend(url="https://openeo.dataspace.copernicus.eu", parallel_jobs=4,
-                  auth_type="oidc_client_credentials", client_id="...", client_secret="...").save("cdse")
+    OpenEOBackend(url="https://openeo.dataspace.copernicus.eu", parallel_jobs=2, max_starts_per_minute=12,
+                  max_concurrent_requests=2, auth_type="oidc_client_credentials", client_id="...",
+                  client_secret="...").save("cdse")
 
 A run then names the block instead of an inline config: `backends=["cdse"]`. The block's
-document name becomes the backend name in the job DB. The secrets stay in the block: the flow
-run's parameters only hold the name, and the secret is read when the flow connects.
+document name becomes the backend name in the job DB. Inline configs and blocks validate into
+one model, `BackendConfig`; the block builds the authenticated connection itself
+(`OpenEOBackend.connect`, as prefect-dbt's credentials blocks build their clients). The secrets
+stay in the block: the flow run's parameters only hold the name, and each secret is read once,
+when the flow connects.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from flows.params import AuthConfig, AuthType, BackendConfig, SetupError
+from flows.params import AUTH_TYPES_HELP, SECRETS_FROM_BLOCK, AuthType, BackendConfig, SetupError
+from flows.setup import connect_backend
+from tasks.connections import ManagedConnection
 
 SECRET_KINDS = ("password", "token", "client_secret", "refresh_token")
 
@@ -29,14 +35,16 @@ class OpenEOBackend(Block):
 
     _block_type_name = "openEO Backend"
     _block_type_slug = "openeo-backend"
-    _description = "An openEO backend (root URL, job slots) and the credentials to use on it."
+    _description = "An openEO backend (root URL, job slots, quotas) and the credentials to use on it."
 
     url: str = Field(..., description="Root URL, e.g. https://openeo.dataspace.copernicus.eu")
     parallel_jobs: int = Field(2, ge=1, description="Maximum concurrently active jobs on this backend")
     max_parallel_starts: Optional[int] = Field(None, ge=1, description="Cap on concurrent start tasks")
-    auth_type: AuthType = Field(
-        "none", description="Authentication method"
-    )
+    max_starts_per_minute: Optional[float] = Field(
+        None, gt=0, description="Job starts per minute on this account, spaced evenly (CDSE: 12). Off by default")
+    max_concurrent_requests: Optional[int] = Field(
+        None, ge=1, description="HTTP requests in progress at once on this account (CDSE: 2). Off by default")
+    auth_type: AuthType = Field("none", description=AUTH_TYPES_HELP)
     username: Optional[str] = Field(None, description="Basic auth user name")
     client_id: Optional[str] = Field(None, description="OIDC client id")
     provider_id: Optional[str] = Field(None, description="OIDC provider id (default: the backend's default)")
@@ -46,23 +54,35 @@ class OpenEOBackend(Block):
     refresh_token: Optional[SecretStr] = Field(None, description="OIDC refresh token")
 
     def to_backend_config(self, name: str) -> BackendConfig:
-        """The flow's config for this backend; its auth refers back to the block for the secret."""
-        auth = AuthConfig(
-            type=self.auth_type, username=self.username, client_id=self.client_id,
-            provider_id=self.provider_id, backend_block=name if self.auth_type != "none" else None,
+        """The one backend model; its auth reads the secrets from this (already loaded) block."""
+        config = BackendConfig.model_validate(
+            {
+                "name": name, "url": self.url, "parallel_jobs": self.parallel_jobs,
+                "max_parallel_starts": self.max_parallel_starts, "max_starts_per_minute": self.max_starts_per_minute,
+                "max_concurrent_requests": self.max_concurrent_requests,
+                "auth": {"type": self.auth_type, "username": self.username, "client_id": self.client_id,
+                         "provider_id": self.provider_id},
+            },
+            context={SECRETS_FROM_BLOCK: True},
         )
-        return BackendConfig(
-            name=name, url=self.url, parallel_jobs=self.parallel_jobs,
-            max_parallel_starts=self.max_parallel_starts, auth=auth,
-        )
+        config.auth = config.auth.with_secret_source(self._secret_or_none)
+        return config
+
+    def connect(self, name: str) -> ManagedConnection:
+        """The authenticated connection of this backend, or a SetupError saying what is wrong."""
+        return connect_backend(self.to_backend_config(name))
 
     def secret(self, kind: str) -> str:
+        value = self._secret_or_none(kind)
+        if not value:
+            raise SetupError(f"openEO backend block has no {kind} (auth type {self.auth_type!r})")
+        return value
+
+    def _secret_or_none(self, kind: str) -> Optional[str]:
         if kind not in SECRET_KINDS:
             raise ValueError(f"unknown secret kind {kind!r}")
         value = getattr(self, kind)
-        if value is None or not value.get_secret_value():
-            raise SetupError(f"openEO backend block has no {kind} (auth type {self.auth_type!r})")
-        return value.get_secret_value()
+        return value.get_secret_value() if value is not None else None
 
 
 def load_backend_block(name: str) -> OpenEOBackend:
@@ -71,11 +91,12 @@ def load_backend_block(name: str) -> OpenEOBackend:
     except (ValueError, KeyError) as exc:
         raise SetupError(
             f"backend {name!r} is not an OpenEOBackend block on this Prefect server "
-            f"(create it, after `prefect block register -m flows.blocks`): {exc}"
+            f"(create it, after `prefect block register -m flows.blocks`): {exc}",
+            parameter="backends",
         ) from None
 
 
-def resolve_backend(backend) -> BackendConfig:
+def resolve_backend(backend: Union[BackendConfig, dict, str]) -> BackendConfig:
     """An inline config (model or dict) as is; a string as the OpenEOBackend block of that name."""
     if isinstance(backend, BackendConfig):
         return backend

@@ -8,39 +8,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
+
+from flows.backend_spec import BACKEND_HELP, parse_backend
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-
-def parse_backend(text: str) -> Dict[str, object]:
-    """`name=URL[,parallel_jobs=N][,user=U,password_env=VAR | token_env=VAR]` -> a backend config dict."""
-    head, *options = text.split(",")
-    name, sep, url = head.partition("=")
-    if not sep or not name or not url:
-        raise argparse.ArgumentTypeError(f"--backend {text!r}: expected name=URL[,parallel_jobs=N,...]")
-    backend: Dict[str, object] = {"name": name, "url": url}
-    auth: Dict[str, object] = {}
-    for option in options:
-        key, sep, value = option.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"--backend {text!r}: option {option!r} is not key=value")
-        if key == "parallel_jobs":
-            try:
-                backend["parallel_jobs"] = int(value)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"--backend {text!r}: parallel_jobs must be an integer") from None
-        elif key in ("user", "username"):
-            auth.update(type="basic", username=value)
-        elif key in ("password_env", "password_block"):
-            auth[key] = value
-        elif key in ("token_env", "token_block"):
-            auth.update(type="bearer", **{key: value})
-        else:
-            raise argparse.ArgumentTypeError(f"--backend {text!r}: unknown option {key!r}")
-    if auth:
-        backend["auth"] = auth
-    return backend
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--demo", action="store_true", help="start the bundled simulator and run a small tile set")
     parser.add_argument("--job-db", help="job DB path (.csv, .parquet, .geoparquet)")
-    parser.add_argument("--backend", action="append", type=parse_backend, default=[],
-                        help="name=URL[,parallel_jobs=N][,user=U,password_env=VAR][,token_env=VAR]; repeatable")
+    parser.add_argument("--backend", action="append", type=parse_backend, default=[], help=BACKEND_HELP)
     parser.add_argument("--start-job", help="import path of a start_job callback, 'package.module:function'")
     parser.add_argument("--process-id", help="create jobs from this user-defined process instead")
     parser.add_argument("--namespace", help="namespace (URL) of --process-id")

@@ -1,14 +1,16 @@
 """JSON-typed parameters of the run-jobs flow (rendered as a form in the Prefect UI).
 
 Secrets are never parameters: a backend's auth names the environment variable or the
-Prefect Secret block that holds the secret, and the flow reads it at run time.
+Prefect Secret block that holds the secret, and the flow reads it at run time. A backend made
+from an `OpenEOBackend` block (`flows/blocks.py`) carries a private reader of the block's own
+secret fields instead (`AuthConfig.with_secret_source`), so this module never imports the block.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Callable, Dict, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 
 class SetupError(ValueError):
@@ -23,7 +25,15 @@ class SetupError(ValueError):
         self.parameter = parameter
 
 
-AuthType = Literal["none", "basic", "bearer", "oidc_client_credentials", "oidc_refresh_token"]
+AuthType = Literal["none", "basic", "bearer", "oidc", "env", "oidc_client_credentials", "oidc_refresh_token"]
+AUTH_TYPES_HELP = (
+    "Authentication method: 'oidc' (openeo's authenticate_oidc(): a refresh token from openeo's token store; "
+    "the device-code login only when a terminal is attached), 'env' (openeo's OPENEO_AUTH_METHOD, "
+    "OPENEO_AUTH_CLIENT_ID, OPENEO_AUTH_CLIENT_SECRET, OPENEO_AUTH_PROVIDER_ID environment variables), "
+    "'oidc_client_credentials', 'oidc_refresh_token', 'basic', 'bearer' or 'none'"
+)
+# Context key for validating a config whose secrets come from a block rather than env/Secret blocks.
+SECRETS_FROM_BLOCK = "secrets_from_block"
 
 
 class AuthConfig(BaseModel):
@@ -31,26 +41,25 @@ class AuthConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: AuthType = Field(
-        "none", description="Authentication method"
-    )
+    type: AuthType = Field("none", description=AUTH_TYPES_HELP)
     username: Optional[str] = Field(None, description="Basic auth user name")
     password_env: Optional[str] = Field(None, description="Env var holding the basic auth password")
     password_block: Optional[str] = Field(None, description="Prefect Secret block holding the basic auth password")
     token_env: Optional[str] = Field(None, description="Env var holding a bearer token")
     token_block: Optional[str] = Field(None, description="Prefect Secret block holding a bearer token")
-    client_id: Optional[str] = Field(None, description="OIDC client id")
+    client_id: Optional[str] = Field(
+        None, description="OIDC client id (for 'oidc': default = the backend's default client)")
     client_secret_env: Optional[str] = Field(None, description="Env var holding the OIDC client secret")
     client_secret_block: Optional[str] = Field(None, description="Prefect Secret block holding the OIDC client secret")
     refresh_token_env: Optional[str] = Field(None, description="Env var holding an OIDC refresh token")
     refresh_token_block: Optional[str] = Field(None, description="Prefect Secret block holding an OIDC refresh token")
     provider_id: Optional[str] = Field(None, description="OIDC provider id (default: the backend's default)")
-    backend_block: Optional[str] = Field(
-        None, description="OpenEOBackend block whose secret fields hold the secrets (set when a block name is given)"
-    )
+
+    _secret_source: Optional[Callable[[str], Optional[str]]] = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _complete(self) -> "AuthConfig":
+    def _complete(self, info: ValidationInfo) -> "AuthConfig":
+        secrets_elsewhere = bool(info.context and info.context.get(SECRETS_FROM_BLOCK))
         needs = {
             "basic": ("password", self.username is not None),
             "bearer": ("token", True),
@@ -61,9 +70,15 @@ class AuthConfig(BaseModel):
             secret, has_id = needs[self.type]
             if not has_id:
                 raise ValueError(f"auth type {self.type!r} needs {'username' if self.type == 'basic' else 'client_id'}")
-            if not (getattr(self, f"{secret}_env") or getattr(self, f"{secret}_block") or self.backend_block):
+            if not (getattr(self, f"{secret}_env") or getattr(self, f"{secret}_block") or secrets_elsewhere):
                 raise ValueError(f"auth type {self.type!r} needs {secret}_env or {secret}_block")
         return self
+
+    def with_secret_source(self, source: Callable[[str], Optional[str]]) -> "AuthConfig":
+        """A copy whose secrets not named by an env var or Secret block are `source(kind)`."""
+        copy = self.model_copy()
+        copy._secret_source = source
+        return copy
 
     def read_secret(self, kind: str) -> str:
         """The secret `kind` (password, token, client_secret, refresh_token), read now."""
@@ -73,10 +88,11 @@ class AuthConfig(BaseModel):
             if not value:
                 raise SetupError(f"environment variable {env_name!r} (the {kind} for this backend) is not set")
             return value
-        if not block_name and self.backend_block:
-            from flows.blocks import load_backend_block
-
-            return load_backend_block(self.backend_block).secret(kind)
+        if not block_name:
+            value = self._secret_source(kind) if self._secret_source is not None else None
+            if not value:
+                raise SetupError(f"no {kind} for auth type {self.type!r}: give {kind}_env or {kind}_block")
+            return value
         from prefect.blocks.system import Secret
 
         try:
@@ -99,6 +115,18 @@ class BackendConfig(BaseModel):
         description="Cap on concurrent start tasks for this backend across all flow runs, as a Prefect tag "
         "concurrency limit 'openeo-start:<name>'. Off by default: each limited task run costs ~1 s of "
         "Prefect lease bookkeeping (measured on 3.8.8)",
+    )
+    max_starts_per_minute: Optional[float] = Field(
+        None,
+        gt=0,
+        description="Job starts (POST /jobs/{id}/results) per minute on this account, spaced evenly, across all "
+        "tasks of a run and runs on this machine (CDSE: 12). Off by default",
+    )
+    max_concurrent_requests: Optional[int] = Field(
+        None,
+        ge=1,
+        description="HTTP requests in progress at once on this account, across all tasks of a run (CDSE: 2). "
+        "Off by default",
     )
     auth: AuthConfig = Field(default_factory=AuthConfig)
 

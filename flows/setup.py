@@ -4,14 +4,19 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import re
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from urllib.parse import urlsplit
 
 import requests
 from openeo.extra.job_management import ProcessBasedJobCreator
+from openeo.internal.processes.parse import Process, parse_remote_process_definition
 from openeo.rest import OpenEoApiError, OpenEoApiPlainError, OpenEoClientException
 
+from flows.login import log_in
 from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
-from tasks.connections import IDEMPOTENT_RETRY, SETUP_RETRY, ManagedConnection, make_session, use_retry_policy
+from tasks.connections import IDEMPOTENT_RETRY, SETUP_RETRY, ManagedConnection, make_session, use_pacing
+from tasks.pacing import pacer_for
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +71,24 @@ def make_process_creator(config: ProcessCreatorConfig) -> ProcessBasedJobCreator
     )
 
 
+def load_process_definition(config: ProcessCreatorConfig, connection: ManagedConnection) -> Process:
+    """The definition ProcessBasedJobCreator will use: from the namespace URL, or the user's own UDP."""
+    if config.namespace is None:
+        return Process.from_dict(connection.user_defined_process(config.process_id).describe())
+    if re.match(r"https?://", config.namespace):
+        return parse_remote_process_definition(namespace=config.namespace, process_id=config.process_id)
+    raise SetupError(f"process {config.process_id!r}: namespace {config.namespace!r} is not a URL "
+                     "(give the URL of the process definition, or no namespace for your own UDP)")
+
+
 def check_process_parameters(
     creator: ProcessBasedJobCreator, config: ProcessCreatorConfig, connection: ManagedConnection, columns: Iterable[str]
 ) -> None:
     """Every required process parameter must come from a column, a default or the process itself."""
     try:
-        definition = creator._get_process_definition(connection=connection)
+        definition = load_process_definition(config, connection)
+    except SetupError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure to fetch it is a setup problem
         raise SetupError(
             f"process {config.process_id!r} (namespace {config.namespace!r}) could not be loaded: {exc}"
@@ -99,39 +116,35 @@ def check_process_parameters(
 
 
 def connect_backend(backend: BackendConfig, pool_size: int = 32) -> ManagedConnection:
-    """Connect (with version discovery, as `openeo.connect`) and authenticate, or fail clearly."""
+    """Connect (with version discovery, as `openeo.connect`), authenticate and pace, or fail clearly."""
     try:
         # Few retries while connecting: a wrong URL fails in seconds, not after minutes of backoff.
         connection = ManagedConnection(backend.url, session=make_session(pool_size, SETUP_RETRY), default_timeout=30)
     except (requests.RequestException, OpenEoApiError, OpenEoApiPlainError, OpenEoClientException) as exc:
         raise SetupError(f"backend {backend.name!r} at {backend.url} is not reachable as an openEO backend: {exc}") from exc
     auth = backend.auth
+    user_id = None
     try:
-        if auth.type == "basic":
-            connection.authenticate_basic(auth.username, auth.read_secret("password"))
-        elif auth.type == "bearer":
-            from openeo.rest.auth.auth import BearerAuth
-
-            connection.auth = BearerAuth(bearer=auth.read_secret("token"))
-        elif auth.type == "oidc_client_credentials":
-            connection.authenticate_oidc_client_credentials(
-                client_id=auth.client_id, client_secret=auth.read_secret("client_secret"), provider_id=auth.provider_id
-            )
-        elif auth.type == "oidc_refresh_token":
-            connection.authenticate_oidc_refresh_token(
-                client_id=auth.client_id, refresh_token=auth.read_secret("refresh_token"), provider_id=auth.provider_id
-            )
+        log_in(connection, backend)
         if auth.type != "none":
-            connection.describe_account()  # proves the credentials work, before any job is created
+            # proves the credentials work, before any job is created; names the account for pacing
+            user_id = connection.describe_account().get("user_id")
     except SetupError:
         raise
     except (OpenEoApiError, OpenEoApiPlainError) as exc:
         raise SetupError(f"backend {backend.name!r}: authentication ({auth.type}) failed: {exc}") from None
-    except (requests.RequestException, OpenEoClientException) as exc:
+    except (requests.RequestException, OpenEoClientException, ValueError) as exc:
         raise SetupError(f"backend {backend.name!r}: authentication ({auth.type}) failed: {exc}") from None
-    use_retry_policy(connection.session, IDEMPOTENT_RETRY, pool_size)  # patient retries for the run itself
+    pacer = pacer_for(account_key(backend.url, user_id), backend.max_starts_per_minute, backend.max_concurrent_requests)
+    use_pacing(connection, pacer, IDEMPOTENT_RETRY, pool_size)  # and patient retries for the run itself
     connection.default_timeout = 60
     return connection
+
+
+def account_key(url: str, user_id: Optional[str]) -> str:
+    """One backend account: the backend's origin and the user the credentials log in as."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}|{user_id or '<anonymous>'}"
 
 
 def check_unique_names(backends: List[BackendConfig]) -> None:

@@ -5,6 +5,7 @@ URL layout (root ``sim.url``, API root ``sim.api_url`` = ``<root>/openeo/1.2/``)
     GET  /.well-known/openeo                      version discovery
     GET  /openeo/1.2/                             capabilities
     GET  /openeo/1.2/credentials/basic            HTTP Basic -> {"access_token": ...}
+    GET  /openeo/1.2/credentials/oidc             the trusted OIDC provider (OIDC mode: `oidc_issuer`)
     GET  /openeo/1.2/me | /collections[/{id}] | /processes | /file_formats
     POST|GET /openeo/1.2/jobs                     create (201) | list (?limit=&cursor=)
     GET|PATCH|DELETE /openeo/1.2/jobs/{id}

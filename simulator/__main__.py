@@ -6,16 +6,35 @@ import sys
 import threading
 from typing import List, Optional
 
-from simulator.config import add_cli_arguments, config_from_args
+from simulator.config import SimulatorConfig, add_cli_arguments, config_from_args
 from simulator.runner import Simulator
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def accepted_credentials(config: SimulatorConfig) -> str:
+    """One line saying how a client may log in (the default password is shown: it is a test value)."""
+    ways = []
+    if config.basic_auth:
+        shown = repr(config.password) if config.password == SimulatorConfig().password else "as given by --password"
+        ways.append(f"HTTP Basic (any user name, password {shown})")
+    if config.oidc_issuer:
+        client = f", default client {config.oidc_default_client_id!r}" if config.oidc_default_client_id else ""
+        ways.append(f"OIDC bearer tokens of {config.oidc_issuer} (provider id {config.oidc_provider_id!r}{client})")
+    if config.static_token:
+        ways.append(f"the static bearer token given by --static-token (user {config.static_token_user!r})")
+    return "accepts: " + ("; ".join(ways) if ways else "no credentials (enable --basic-auth or --oidc-issuer)")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m simulator", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8123, help="0 = pick a free port")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     add_cli_arguments(parser)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
     ns = parser.parse_args(argv)
     try:
         config = config_from_args(ns)
@@ -23,6 +42,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(str(e))
     sim = Simulator(config=config, port=ns.port, host=ns.host, verbose=ns.verbose).start()
     print(f"openEO simulator listening on {sim.url} (API root {sim.api_url})", flush=True)
+    print(accepted_credentials(config), flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

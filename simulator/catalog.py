@@ -9,7 +9,6 @@ STAC_VERSION = "1.0.0"
 
 # (path, methods) as listed in the capabilities document (openEO path-parameter style).
 ENDPOINTS: List[Dict[str, Any]] = [
-    {"path": "/credentials/basic", "methods": ["GET"]},
     {"path": "/me", "methods": ["GET"]},
     {"path": "/collections", "methods": ["GET"]},
     {"path": "/collections/{collection_id}", "methods": ["GET"]},
@@ -22,7 +21,10 @@ ENDPOINTS: List[Dict[str, Any]] = [
 ]
 
 
-def capabilities(api_url: str) -> Dict[str, Any]:
+def capabilities(api_url: str, basic: bool = True, oidc: bool = False) -> Dict[str, Any]:
+    """The capabilities document; the credentials endpoints listed are the login methods offered."""
+    credentials = ([{"path": "/credentials/basic", "methods": ["GET"]}] if basic else []) + (
+        [{"path": "/credentials/oidc", "methods": ["GET"]}] if oidc else [])
     return {
         "api_version": API_VERSION,
         "backend_version": BACKEND_VERSION,
@@ -32,7 +34,7 @@ def capabilities(api_url: str) -> Dict[str, Any]:
         "title": "openEO backend simulator",
         "description": "Local simulation of an openEO batch-job backend for tests and benchmarks.",
         "production": False,
-        "endpoints": ENDPOINTS,
+        "endpoints": credentials + ENDPOINTS,
         "billing": {"currency": "credits", "default_plan": "free", "plans": [
             {"name": "free", "description": "Simulated free plan", "paid": False},
         ]},

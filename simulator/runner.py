@@ -6,7 +6,8 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from simulator.config import SimulatorConfig
-from simulator.server import API_PREFIX, SimHTTPServer
+from simulator.httpd import SimHTTPServer
+from simulator.server import API_PREFIX
 from simulator.state import SimState
 
 

@@ -1,21 +1,20 @@
-"""HTTP layer: routing, auth, fault injection and response encoding (stdlib only)."""
+"""Request handling: routing, auth, quotas and fault injection, openEO responses (stdlib only;
+the HTTP server itself is simulator/httpd.py)."""
 from __future__ import annotations
 
 import base64
 import json
 import math
 import re
-import socket
-import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from simulator import catalog
+from simulator.oidc import TOKEN_INVALID, OidcTrust
 from simulator.state import ApiError, SimState, asset_bytes, asset_names, iso
 
 API_PREFIX = "/openeo/1.2"
@@ -27,6 +26,7 @@ class Response:
     body: Any = None  # dict/list -> JSON, bytes -> raw
     headers: Dict[str, str] = field(default_factory=dict)
     stream: Optional[Iterable[bytes]] = None  # raw body chunks; requires Content-Length header
+    on_sent: Optional[Callable[[], None]] = None  # called once the response is written (or failed)
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Request:
     body: bytes
     params: Dict[str, str]
     user: Optional[str] = None
+    auth_error: Optional[ApiError] = None  # a bearer already found invalid (checked once per request)
 
     def json(self) -> Dict[str, Any]:
         if not self.body:
@@ -87,11 +88,14 @@ class Router:
         self.root_url = root_url
         self.api_url = root_url + API_PREFIX + "/"
         self.routes: List[Route] = []
+        self._oidc: Optional[OidcTrust] = None
+        self._oidc_lock = threading.Lock()
         r = self._add
         r("GET", "/.well-known/openeo", Router.well_known, api=False, auth=False)
         r("GET", "/", Router.capabilities, auth=False)
         r("GET", "", Router.capabilities, auth=False)
         r("GET", "/credentials/basic", Router.credentials_basic, auth=False)
+        r("GET", "/credentials/oidc", Router.credentials_oidc, auth=False)
         r("GET", "/me", Router.me)
         r("GET", "/collections", Router.collections, auth=False)
         r("GET", "/collections/{id}", Router.collection, auth=False)
@@ -142,11 +146,13 @@ class Router:
                 return "<unmatched>", Response(405, error_body("MethodNotAllowed", f"Method {method} not allowed on {path}."))
             return "<unmatched>", Response(404, error_body("NotFound", f"Path {path} not found."))
         req = Request(method, path, parse_qs(parts.query), headers, body, params)
+        user_in_flight: Optional[str] = None
         try:
             if not route.control:
-                fault = self._inject_before(req)
+                fault = self._inject_before(req, route)
                 if fault is not None:
                     return route.template, fault
+                user_in_flight = self._enter_in_flight(req)
             if route.auth:
                 req.user = self._authenticate(req)
             resp = route.handler(self, req)
@@ -154,41 +160,88 @@ class Router:
                 # The work is done (job created/started) but the client never hears about it.
                 if self.state.config.p_lost_response > 0 and self.state.random() < self.state.config.p_lost_response:
                     self.state.count_fault("lost_response")
-                    return route.template, Response(502, error_body("BadGateway", "Bad Gateway: upstream connection reset."))
-            return route.template, resp
+                    resp = Response(502, error_body("BadGateway", "Bad Gateway: upstream connection reset."))
         except ApiError as e:
-            return route.template, Response(e.status, error_body(e.code, e.message), dict(e.headers))
+            resp = Response(e.status, error_body(e.code, e.message), dict(e.headers))
         except Exception as e:  # noqa: BLE001 - a crash must still be a proper openEO error
-            return route.template, Response(500, error_body("Internal", f"Server error: {e!r}"))
+            resp = Response(500, error_body("Internal", f"Server error: {e!r}"))
+        if user_in_flight is not None:
+            # Held until the body is written: a streamed asset stays "in flight" while it streams.
+            resp.on_sent = lambda: self.state.quotas.leave(user_in_flight)
+        return route.template, resp
 
-    def _bearer_token(self, req: Request) -> Optional[str]:
+    def _enter_in_flight(self, req: Request) -> Optional[str]:
+        """Count the request against its user's in-flight cap; 429 when the cap is reached."""
+        key = self._rate_key(req)
+        if key == "<anonymous>":
+            return None
+        if not self.state.quotas.enter(key):
+            self.state.count_fault("in_flight")
+            headers = _retry_after_header(self.state.config.retry_after)
+            raise ApiError(429, "TooManyRequests",
+                           f"Too many requests in progress (at most {self.state.config.max_requests_in_flight}).",
+                           headers)
+        return key
+
+    def _bearer(self, req: Request) -> Optional[Tuple[str, str, str]]:
+        """(method, provider, token) of an openEO bearer: "basic//TOKEN", "oidc/PROVIDER/TOKEN"; a plain
+        token counts as basic."""
         auth = req.headers.get("Authorization") or ""
         if not auth.startswith("Bearer "):
             return None
-        # openEO bearer format: "basic//TOKEN" or "oidc/PROVIDER/TOKEN"; plain tokens also accepted.
-        return auth[len("Bearer "):].strip().rsplit("/", 1)[-1]
+        value = auth[len("Bearer "):].strip()
+        parts = value.split("/", 2)
+        if len(parts) == 3:
+            return parts[0], parts[1], parts[2]
+        return "basic", "", value
+
+    def oidc(self) -> Optional[OidcTrust]:
+        """The trusted OIDC provider of the current config (None when OIDC is off)."""
+        cfg = self.state.config
+        with self._oidc_lock:
+            if cfg.oidc_issuer is None:
+                self._oidc = None
+            elif self._oidc is None or self._oidc.issuer != cfg.oidc_issuer.rstrip("/"):
+                self._oidc = OidcTrust(cfg.oidc_issuer, cfg.oidc_cache_seconds)
+            if self._oidc is not None:
+                self._oidc.cache_seconds = cfg.oidc_cache_seconds
+            return self._oidc
+
+    def _user_for_bearer(self, bearer: Tuple[str, str, str]) -> str:
+        method, provider, token = bearer
+        if method == "oidc":
+            trust = self.oidc()
+            if trust is None or provider != self.state.config.oidc_provider_id:
+                raise ApiError(403, "TokenInvalid", TOKEN_INVALID)
+            user = trust.user_for(token)
+            self.state.record_oidc_user(user, token)
+            return user
+        return self.state.user_for_token(token)
 
     def _rate_key(self, req: Request) -> str:
+        if req.user is not None:
+            return req.user
         auth = req.headers.get("Authorization") or ""
         if auth.startswith("Basic "):
             try:
                 return base64.b64decode(auth[6:]).decode().split(":", 1)[0]
             except Exception:
                 return "<anonymous>"
-        token = self._bearer_token(req)
-        if token:
+        bearer = self._bearer(req)
+        if bearer and req.auth_error is None:
             try:
-                return self.state.user_for_token(token)
-            except ApiError:
-                pass
+                req.user = self._user_for_bearer(bearer)
+                return req.user
+            except ApiError as exc:
+                req.auth_error = exc
         return "<anonymous>"
 
-    def _inject_before(self, req: Request) -> Optional[Response]:
+    def _inject_before(self, req: Request, route: Route) -> Optional[Response]:
         cfg = self.state.config
         if cfg.outage_until is not None and time.time() < cfg.outage_until:
             self.state.count_fault("outage")
             return Response(503, error_body("ServiceUnavailable", "Service temporarily unavailable (maintenance)."))
-        wait = self.state.rate_limited(self._rate_key(req))
+        wait = self.state.quotas.rate_limited(self._rate_key(req), req.method, route.template)
         if wait is not None:
             self.state.count_fault("rate_limit")
             headers = _retry_after_header(wait) if cfg.retry_after is not None else {}
@@ -205,19 +258,33 @@ class Router:
         return None
 
     def _authenticate(self, req: Request) -> str:
-        token = self._bearer_token(req)
-        if not token:
+        if req.user is not None:
+            return req.user
+        if req.auth_error is not None:
+            raise req.auth_error
+        bearer = self._bearer(req)
+        if not bearer:
             raise ApiError(401, "AuthenticationRequired", "Unauthorized: authentication required.")
-        return self.state.user_for_token(token)
+        return self._user_for_bearer(bearer)
 
     # ------------------------------------------------------------- discovery
     def well_known(self, req: Request) -> Response:
         return Response(200, catalog.well_known(self.root_url, self.api_url))
 
     def capabilities(self, req: Request) -> Response:
-        return Response(200, catalog.capabilities(self.api_url))
+        cfg = self.state.config
+        return Response(200, catalog.capabilities(self.api_url, basic=cfg.basic_auth, oidc=cfg.oidc_issuer is not None))
+
+    def credentials_oidc(self, req: Request) -> Response:
+        trust = self.oidc()
+        if trust is None:
+            raise ApiError(404, "NotFound", "This backend does not support OpenID Connect.")
+        cfg = self.state.config
+        return Response(200, {"providers": [trust.provider_document(cfg.oidc_provider_id, cfg.oidc_default_client_id)]})
 
     def credentials_basic(self, req: Request) -> Response:
+        if not self.state.config.basic_auth:
+            raise ApiError(404, "NotFound", "HTTP Basic authentication is not supported: use OpenID Connect.")
         auth = req.headers.get("Authorization") or ""
         if not auth.startswith("Basic "):
             raise ApiError(401, "AuthenticationRequired", "Unauthorized: HTTP Basic credentials required.")
@@ -229,7 +296,11 @@ class Router:
         return Response(200, {"access_token": token})
 
     def me(self, req: Request) -> Response:
-        return Response(200, {"user_id": req.user, "name": req.user, "links": []})
+        account: Dict[str, Any] = {"user_id": req.user, "name": req.user, "links": []}
+        balance = self.state.quotas.balance(req.user)
+        if balance is not None:
+            account["budget"] = balance
+        return Response(200, account)
 
     def collections(self, req: Request) -> Response:
         return Response(200, catalog.collections(self.api_url))
@@ -419,110 +490,3 @@ class Router:
         seconds = float(req.json().get("seconds", 0))
         self.state.configure(outage_until=time.time() + seconds)
         return Response(200, {"outage_until": self.state.config.outage_until})
-
-
-class SimRequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive; every response carries Content-Length
-    server: "SimHTTPServer"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default
-        if self.server.verbose:
-            super().log_message(format, *args)
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers and body go out in separate writes; without NODELAY, Nagle + delayed ACK
-        # adds ~40 ms to every small keep-alive response.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.track(self.connection, False)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
-            while True:
-                line = self.rfile.readline()
-                n = int(line.split(b";")[0].strip() or b"0", 16)
-                if n == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                chunks.append(self.rfile.read(n))
-                self.rfile.readline()
-            return b"".join(chunks)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _handle(self) -> None:
-        body = self._read_body()
-        template, resp = self.server.router.dispatch(self.command, self.path, self.headers, body)
-        self.server.router.state.count_request(f"{self.command} {template} {resp.status}")
-        self._send(resp)
-
-    do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = do_HEAD = _handle
-
-    def _send(self, resp: Response) -> None:
-        headers = dict(resp.headers)
-        payload = b""
-        if resp.stream is None:
-            if isinstance(resp.body, (dict, list)):
-                payload = json.dumps(resp.body).encode()
-                headers.setdefault("Content-Type", "application/json")
-            elif isinstance(resp.body, bytes):
-                payload = resp.body
-            if resp.status != 204:
-                headers["Content-Length"] = str(len(payload))
-        self.send_response(resp.status)
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command == "HEAD" or resp.status == 204:
-            return
-        try:
-            if resp.stream is not None:
-                for chunk in resp.stream:
-                    self.wfile.write(chunk)
-            elif payload:
-                self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-
-class SimHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client killed mid-request (crash tests) is expected: no traceback on stderr.
-        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
-            return
-        super().handle_error(request, client_address)
-
-    def __init__(self, addr: Tuple[str, int], state: SimState, verbose: bool = False):
-        super().__init__(addr, SimRequestHandler)
-        host, port = self.server_address[:2]
-        self.root_url = f"http://{host}:{port}"
-        self.router = Router(state, self.root_url)
-        self.verbose = verbose
-        self._conns: set = set()
-        self._conns_lock = threading.Lock()
-
-    def track(self, conn: socket.socket, add: bool) -> None:
-        with self._conns_lock:
-            (self._conns.add if add else self._conns.discard)(conn)
-
-    def close_connections(self) -> None:
-        """Unblock handler threads idling on keep-alive connections so stop() is prompt."""
-        with self._conns_lock:
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from simulator.config import SimulatorConfig
+from simulator.quotas import Quotas
 
 ACTIVE = ("queued", "running")
 TERMINAL = ("finished", "error", "canceled")
@@ -116,23 +117,6 @@ def asset_bytes(job_id: str, name: str, start: int, end: int, chunk: int = 65536
         pos += n
 
 
-class TokenBucket:
-    def __init__(self) -> None:
-        self.tokens: Optional[float] = None
-        self.last = time.monotonic()
-
-    def take(self, rate: float, burst: int, now: float) -> Optional[float]:
-        """Take one token; return None if allowed, else seconds until one is available."""
-        if self.tokens is None:
-            self.tokens = float(burst)
-        self.tokens = min(float(burst), self.tokens + (now - self.last) * rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return None
-        return (1.0 - self.tokens) / rate if rate > 0 else 1.0
-
-
 class SimState:
     def __init__(self, config: SimulatorConfig):
         self.config = config
@@ -152,7 +136,8 @@ class SimState:
         self._start_seq = 0
         self._user_clock: Dict[str, float] = {}
         self.requests: Counter = Counter()
-        self.faults: Counter = Counter({k: 0 for k in ("429", "rate_limit", "5xx", "lost_response", "outage")})
+        self.faults: Counter = Counter(
+            {k: 0 for k in ("429", "rate_limit", "in_flight", "payment_required", "5xx", "lost_response", "outage")})
         self.jobs_total = 0
         self.jobs_per_user: Counter = Counter()
         self.titles_per_user: Dict[str, Counter] = defaultdict(Counter)
@@ -161,7 +146,8 @@ class SimState:
         self.job_starts = 0
         self.job_restarts = 0
         self.asset_requests: List[Tuple[str, bool]] = []
-        self.buckets: Dict[str, TokenBucket] = {}
+        self.quotas = Quotas(self.config)
+        self.oidc_tokens_per_user: Dict[str, set] = defaultdict(set)  # sub -> access tokens seen (hashed)
 
     def reset(self) -> None:
         with self.lock:
@@ -209,14 +195,17 @@ class SimState:
             raise ApiError(403, "TokenInvalid", "Authorization token has expired or is invalid. Please authenticate again.")
         return user
 
-    def rate_limited(self, key: str) -> Optional[float]:
-        """Token bucket per user: None if allowed, else seconds to wait."""
-        rate = self.config.rate_limit_per_second
-        if rate is None:
-            return None
+    def payment_required(self, user: str, where: str) -> None:
+        """402 when `user` cannot pay a job here (credits checked on `where`: create or start)."""
+        if not self.quotas.can_pay(user, where):
+            self.count_fault("payment_required")
+            raise ApiError(402, "PaymentRequired",
+                           f"The budget required to fulfil the request is insufficient: {self.quotas.balance(user)} "
+                           f"credits left, a job costs {self.config.job_cost}.")
+
+    def record_oidc_user(self, user: str, token: str) -> None:
         with self.lock:
-            bucket = self.buckets.setdefault(key, TokenBucket())
-            return bucket.take(rate, max(1, int(self.config.rate_limit_burst)), time.monotonic())
+            self.oidc_tokens_per_user[user].add(hash(token))
 
     # ------------------------------------------------------------- lifecycle
     def _log(self, job: Job, level: str, message: str, mono: float, code: str = "") -> None:
@@ -305,6 +294,7 @@ class SimState:
         if not isinstance(process, dict) or not isinstance(process.get("process_graph"), dict):
             raise ApiError(400, "ProcessGraphMissing", "No valid process graph specified ('process.process_graph').")
         now = time.monotonic()
+        self.payment_required(user, "create")
         with self.lock:
             self._seq += 1
             job = Job(
@@ -392,6 +382,8 @@ class SimState:
             if limit is not None and sum(map(len, self._active(user))) >= limit:
                 raise ApiError(400, "ConcurrentJobLimit",
                                f"You have reached the limit of {limit} concurrent batch jobs; try again later.")
+            self.payment_required(user, "start")
+            self.quotas.charge(user)
             if job.status in TERMINAL:
                 self.job_restarts += 1
                 job.finish_at = job.started_at = job.ended_at = None
@@ -496,6 +488,16 @@ class SimState:
         with self.lock:
             self.faults[kind] += 1
 
+    def refusals(self) -> Dict[str, Dict[str, int]]:
+        """429 and 402 answers per 'METHOD /route' (from the request counters)."""
+        out: Dict[str, Dict[str, int]] = {"429": {}, "402": {}}
+        with self.lock:
+            for key, n in self.requests.items():
+                route, _, status = key.rpartition(" ")
+                if status in out:
+                    out[status][route] = out[status].get(route, 0) + n
+        return out
+
     def record_asset_request(self, path: str, had_auth: bool) -> None:
         with self.lock:
             self.asset_requests.append((path, had_auth))
@@ -525,5 +527,9 @@ class SimState:
                 "job_starts": self.job_starts,
                 "job_restarts": self.job_restarts,
                 "faults_injected": dict(self.faults),
+                "refusals": self.refusals(),
+                "peak_in_flight_per_user": dict(self.quotas.peak_in_flight),
+                "credits_spent_per_user": dict(self.quotas.spent),
+                "oidc_tokens_per_user": {u: len(t) for u, t in self.oidc_tokens_per_user.items()},
                 "asset_requests": len(self.asset_requests),
             }

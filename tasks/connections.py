@@ -1,17 +1,20 @@
-"""Authenticated openEO connections, one per backend per process, looked up by backend name.
+"""Authenticated openEO connections, registered per run and looked up by a key.
 
 Tasks never receive tokens or passwords as parameters (Prefect would show task inputs in
-the UI and hash them into cache keys): they receive the backend *name* and look the live
-connection up here. The flow registers the connections before it submits any task.
+the UI and hash them into cache keys): they receive a registry key (`connection_key(run, name)`,
+or just the backend name) and look the live connection up here. The flow registers the
+connections before it submits any task. Every request goes through the account's pacer
+(`tasks/pacing.py`): quotas before sending, an account-wide pause on 429.
 """
 from __future__ import annotations
 
 import collections
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 from urllib.parse import urlsplit
 
 import openeo
@@ -20,11 +23,13 @@ import urllib3
 from openeo.rest import OpenEoApiError, OpenEoApiPlainError
 from openeo.rest.auth.auth import BearerAuth
 
-from tasks.faults import parse_retry_after
+from tasks.faults import Backoff, parse_retry_after
+from tasks.pacing import AccountPacer
 
-# Idempotent calls (GET, DELETE, ...) are retried by urllib3 on 429/5xx, honouring
-# Retry-After; POST is not in urllib3's default allowed_methods, so creating or starting a
-# job is never blindly repeated: tasks handle POST failures themselves (see tasks/start.py).
+# Idempotent calls (GET, DELETE, ...) are retried by urllib3 on 5xx, honouring Retry-After,
+# and by `PacedAdapter` on 429 (after the whole account paused); POST is retried by neither,
+# so creating or starting a job is never blindly repeated: tasks handle POST failures
+# themselves (see tasks/start.py).
 IDEMPOTENT_RETRY = urllib3.util.Retry(
     total=8,
     connect=8,
@@ -33,10 +38,13 @@ IDEMPOTENT_RETRY = urllib3.util.Retry(
     backoff_factor=0.5,
     backoff_max=20,
     backoff_jitter=0.5,
-    status_forcelist=(429, 500, 502, 503, 504),
+    status_forcelist=(500, 502, 503, 504),
     respect_retry_after_header=True,
     raise_on_status=False,
 )
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+MAX_429_RETRIES = 8
+START_PATH = re.compile(r"/jobs/[^/]+/results/?$")
 
 MARKER_PREFIX = "ojm:"
 
@@ -62,6 +70,54 @@ class _CallContext(threading.local):
     marker: Optional[str] = None
     started_job_ids: Optional[List[str]] = None
     created_job_ids: Optional[List[str]] = None
+    auth_used: object = None  # the auth of this thread's last request (to renew an expired token once)
+
+
+_LAST_429 = threading.local()  # Retry-After of this thread's last 429, for the error raised on it
+
+
+class PacedAdapter(requests.adapters.HTTPAdapter):
+    """Sends each request to the backend's origin only when its account's pacer lets it go.
+
+    A 429 pauses the whole account for `Retry-After` (or a backoff when the header is missing);
+    idempotent requests are then sent again (up to MAX_429_RETRIES), a POST is not: its caller
+    decides. Requests to other origins (asset hosts) are not paced. Paced here rather than in
+    the session so that a redirect, which the session follows after this returns, takes a turn
+    of its own instead of waiting for the slot its first hop still holds.
+    """
+
+    def __init__(self, origin: str, pacer: AccountPacer, **kwargs):
+        self.origin = origin
+        self.pacer = pacer
+        super().__init__(**kwargs)
+
+    def send(self, request: requests.PreparedRequest, stream: bool = False, **kwargs) -> requests.Response:
+        if not same_origin(request.url or "", self.origin):
+            return super().send(request, stream=stream, **kwargs)
+        is_start = request.method == "POST" and bool(START_PATH.search(urlsplit(request.url).path))
+        backoff = Backoff(base=0.5, cap=20.0)
+        retries = 0
+        while True:
+            turn = self.pacer.acquire(is_start)
+            try:
+                response = super().send(request, stream=stream, **kwargs)
+            except BaseException:
+                turn.release()
+                raise
+            if response.status_code == 429:
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                _LAST_429.retry_after = retry_after
+                self.pacer.pause(retry_after if retry_after is not None else backoff.next_delay())
+                if request.method in IDEMPOTENT_METHODS and retries < MAX_429_RETRIES:
+                    retries += 1
+                    response.close()
+                    turn.release()
+                    continue
+            if stream:
+                turn.release_with(response)  # the body still streams: the slot is held until then
+            else:
+                turn.release()
+            return response
 
 
 class ManagedConnection(openeo.Connection):
@@ -71,8 +127,10 @@ class ManagedConnection(openeo.Connection):
     - records which jobs the calling thread created and started (so a job started by the
       user's callback is not started twice, without an extra status request),
     - counts requests per method + route,
-    - renews basic-auth tokens the way openeo renews OIDC ones (on 401/403 TokenInvalid),
-    - attaches `Retry-After` to the raised openEO errors.
+    - renews basic-auth tokens the way openeo renews OIDC ones (on 401/403 TokenInvalid), and
+      renews any token once when many threads find it expired at the same time,
+    - attaches `Retry-After` to the raised openEO errors (`exc.retry_after`),
+    - paces its requests to the account's quotas (`pacer`, see `PacedAdapter`).
     """
 
     def __init__(self, url: str, **kwargs):
@@ -82,6 +140,7 @@ class ManagedConnection(openeo.Connection):
         self._basic_credentials: Optional[tuple] = None
         self._auth_lock = threading.Lock()
         self.token_obtained_at: float = 0.0
+        self.pacer: Optional[AccountPacer] = None
         super().__init__(url, **kwargs)
 
     # --- observation -------------------------------------------------------------------
@@ -99,7 +158,14 @@ class ManagedConnection(openeo.Connection):
                 body["title"] = f"{title} {tag}".strip()
             kwargs["json"] = body
         self.count(method, route)
-        response = super().request(method, path, *args, **kwargs)
+        self._context.auth_used = self.auth
+        _LAST_429.retry_after = None
+        try:
+            response = super().request(method, path, *args, **kwargs)
+        except (OpenEoApiError, OpenEoApiPlainError) as exc:
+            if exc.http_status_code == 429:
+                exc.retry_after = _LAST_429.retry_after
+            raise
         if method.upper() == "POST" and response.status_code < 300:
             if route == "/jobs/{id}/results" and self._context.started_job_ids is not None:
                 self._context.started_job_ids.append(path.strip("/").split("/")[1])
@@ -108,13 +174,6 @@ class ManagedConnection(openeo.Connection):
                 if job_id:
                     self._context.created_job_ids.append(job_id)
         return response
-
-    def _raise_api_error(self, response: requests.Response):
-        try:
-            super()._raise_api_error(response)
-        except (OpenEoApiError, OpenEoApiPlainError) as exc:
-            exc.retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            raise
 
     def call_context(self, marker: Optional[str]) -> "_Tracking":
         return _Tracking(self._context, marker)
@@ -128,19 +187,19 @@ class ManagedConnection(openeo.Connection):
         return result
 
     def try_access_token_refresh(self, *, reason: Optional[str] = None) -> bool:
-        if self._basic_credentials is not None:
-            stale_auth = self.auth
-            with self._auth_lock:
-                if self.auth is not stale_auth:
-                    return True  # another thread renewed it meanwhile
+        stale_auth = self._context.auth_used or self.auth  # what this thread's failed request sent
+        with self._auth_lock:
+            if self.auth is not stale_auth:
+                return True  # another thread renewed it meanwhile: one token request, not one per thread
+            if self._basic_credentials is not None:
                 username, password = self._basic_credentials
                 super().authenticate_basic(username=username, password=password)
+                refreshed = True
+            else:
+                refreshed = super().try_access_token_refresh(reason=reason)
+            if refreshed:
                 self.token_obtained_at = time.time()
-                return True
-        refreshed = super().try_access_token_refresh(reason=reason)
-        if refreshed:
-            self.token_obtained_at = time.time()
-        return refreshed
+            return refreshed
 
     def refresh_token_if_older(self, max_age_seconds: float) -> bool:
         """Renew a (basic or OIDC) access token that is older than `max_age_seconds`, before it expires."""
@@ -152,6 +211,7 @@ class ManagedConnection(openeo.Connection):
         if now - self.token_obtained_at < max_age_seconds:
             return False
         self.token_obtained_at = now  # also for tokens that cannot be renewed: try again a period later
+        self._context.auth_used = self.auth
         try:
             return self.try_access_token_refresh(reason="proactive renewal")
         except Exception as exc:  # noqa: BLE001 - the reactive renewal on 401/403 still applies
@@ -211,6 +271,15 @@ def use_retry_policy(session: requests.Session, retry: urllib3.util.Retry, pool_
     session.mount("https://", adapter)
 
 
+def use_pacing(connection: ManagedConnection, pacer: AccountPacer, retry: urllib3.util.Retry = IDEMPOTENT_RETRY,
+               pool_size: int = 32) -> None:
+    """From now on, requests of `connection` to its backend go through `pacer` (with `retry` for 5xx)."""
+    adapter = PacedAdapter(connection.root_url, pacer, max_retries=retry, pool_maxsize=pool_size)
+    connection.session.mount("http://", adapter)
+    connection.session.mount("https://", adapter)
+    connection.pacer = pacer
+
+
 # --- process-local registry ---------------------------------------------------------------
 @dataclass
 class _Registry:
@@ -219,23 +288,42 @@ class _Registry:
 
 
 _REGISTRY = _Registry()
+RUN_KEY_SEPARATOR = "@"
 
 
-def register_connection(name: str, connection: ManagedConnection) -> None:
+def connection_key(run_id: str, backend_name: str) -> str:
+    """The registry key of a backend's connection in one run: two runs in one process that both
+    name a backend "cdse" keep their own connections."""
+    return f"{backend_name}{RUN_KEY_SEPARATOR}{run_id}"
+
+
+def register_connection(key: str, connection: ManagedConnection) -> None:
+    """Register under `key`: a `connection_key(run, name)`, or a plain backend name."""
     with _REGISTRY.lock:
-        _REGISTRY.connections[name] = connection
+        _REGISTRY.connections[key] = connection
 
 
-def unregister_connection(name: str) -> None:
+def unregister_connection(key: str) -> None:
     with _REGISTRY.lock:
-        _REGISTRY.connections.pop(name, None)
+        _REGISTRY.connections.pop(key, None)
 
 
-def get_connection(name: str) -> ManagedConnection:
-    """The live connection of backend `name` (the `connection_provider` handed to callbacks)."""
+def get_connection(key: str) -> ManagedConnection:
+    """The live connection registered under `key`; a plain backend name also finds the connection
+    of the only run in this process that uses that backend (openeo-style `connection_provider(name)`)."""
     with _REGISTRY.lock:
-        try:
-            return _REGISTRY.connections[name]
-        except KeyError:
-            raise KeyError(f"No connection registered for backend {name!r}") from None
+        connection = _REGISTRY.connections.get(key)
+        if connection is not None:
+            return connection
+        runs = {k: c for k, c in _REGISTRY.connections.items() if k.rpartition(RUN_KEY_SEPARATOR)[0] == key}
+    if len(runs) == 1:
+        return next(iter(runs.values()))
+    if runs:
+        raise KeyError(f"backend {key!r} is used by {len(runs)} runs in this process: look its connection up by "
+                       f"connection_key(run_id, {key!r})")
+    raise KeyError(f"No connection registered for backend {key!r}")
 
+
+def connection_provider_for(run_id: str) -> Callable[[str], ManagedConnection]:
+    """openeo's `connection_provider(backend_name)` for the callbacks of one run."""
+    return lambda backend_name: get_connection(connection_key(run_id, backend_name))

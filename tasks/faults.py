@@ -33,12 +33,21 @@ class JobLimitReached(OpenEOTaskError):
     """The backend refused a new/started job because of the user's concurrent job or queue limit."""
 
 
+class AccountCannotPay(OpenEOTaskError):
+    """402, or an openEO error code saying the account's credits are used up: no new job on this
+    backend will be accepted for now (stop starting there; running jobs go on)."""
+
+
 class UnexpectedResponse(OpenEOTaskError):
     """The backend answered something we cannot use (invalid JSON, missing fields)."""
 
 
 # openEO error codes meaning "too many jobs right now", not "this job is broken".
 JOB_LIMIT_CODES = frozenset({"ConcurrentJobLimit", "QueueLimit", "JobQueueLimit", "TooManyJobs"})
+# openEO error codes meaning "the account cannot pay" (the API's PaymentRequired, and what
+# backends answer with other statuses for an exhausted budget).
+CANNOT_PAY_CODES = frozenset({"PaymentRequired", "InsufficientCredits", "InsufficientBudget", "BudgetExceeded",
+                              "CreditsExhausted"})
 
 
 def parse_retry_after(value: Optional[str]) -> Optional[float]:
@@ -72,6 +81,8 @@ def classify(exc: BaseException) -> BaseException:
         code = getattr(exc, "code", None)
         if status == 429:
             return RateLimited(f"rate limited (429): {exc}", retry_after=getattr(exc, "retry_after", None))
+        if status == 402 or code in CANNOT_PAY_CODES:
+            return AccountCannotPay(f"account cannot pay ({status} {code}): {exc}")
         if code in JOB_LIMIT_CODES:
             return JobLimitReached(f"{code}: {exc}")
         if status is not None and status >= 500:
@@ -82,6 +93,8 @@ def classify(exc: BaseException) -> BaseException:
             return RateLimited(
                 f"rate limited (429) on {exc.response.url}", parse_retry_after(exc.response.headers.get("Retry-After"))
             )
+        if status == 402:
+            return AccountCannotPay(f"account cannot pay (402) on {exc.response.url}")
         if status >= 500:
             return BackendUnavailable(f"backend error {status} on {exc.response.url}")
     return exc

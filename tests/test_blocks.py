@@ -46,10 +46,27 @@ def test_block_resolution():
     block = OpenEOBackend(url="http://127.0.0.1:9/", auth_type="oidc_client_credentials", client_id="me",
                           client_secret="s3cret")
     config = block.to_backend_config("cdse")
-    assert config.url == "http://127.0.0.1:9" and config.auth.backend_block == "cdse"
-    assert "s3cret" not in config.model_dump_json()
+    assert config.url == "http://127.0.0.1:9" and config.name == "cdse"
+    assert "s3cret" not in config.model_dump_json() and "s3cret" not in repr(config)
+    assert config.auth.read_secret("client_secret") == "s3cret"  # from the block, without loading it again
     assert block.secret("client_secret") == "s3cret"
     with pytest.raises(SetupError):
         block.secret("password")
     with pytest.raises(SetupError, match="not an OpenEOBackend block"):
         resolve_backend("no-such-block")
+
+
+def test_inline_dicts_and_blocks_validate_into_one_model():
+    inline = resolve_backend({"name": "cdse", "url": "https://openeo.example/", "parallel_jobs": 2,
+                              "max_starts_per_minute": 12, "max_concurrent_requests": 2, "auth": {"type": "oidc"}})
+    block = OpenEOBackend(url="https://openeo.example/", parallel_jobs=2, max_starts_per_minute=12,
+                          max_concurrent_requests=2, auth_type="oidc").to_backend_config("cdse")
+    assert type(inline) is type(block)
+    assert inline.model_dump() == block.model_dump()
+    env = OpenEOBackend(url="https://openeo.example", auth_type="env").to_backend_config("e")
+    assert env.auth.type == "env"
+    with pytest.raises(ValueError, match="greater than 0"):
+        OpenEOBackend(url="https://openeo.example", max_starts_per_minute=-1)
+    with pytest.raises(ValueError, match="needs client_id"):
+        OpenEOBackend(url="https://openeo.example", auth_type="oidc_client_credentials",
+                      client_secret="x").to_backend_config("c")

@@ -170,3 +170,81 @@ def test_complete_download_and_resume_skips_done_assets(tmp_path, results_server
     assert result["bytes"] == 50 and (tmp_path / "job_j1" / "data.tif").read_bytes() == b"y" * 50
     fetch_job_results(results_server, "j1", str(tmp_path))
     assert len(_ResultsHandler.auth_seen) == 1  # the complete asset was not fetched again
+
+
+# --- OIDC: tokens renewed mid-run, never stored anywhere -------------------------------------
+OIDC_TTL = 30.0  # the run below lasts longer: every backend's token expires at least once
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_oidc_tokens_renewed_mid_run_and_never_leak(tmp_path, tmp_path_factory, caplog, monkeypatch):
+    import io
+    import sys
+    import time as clock
+
+    from openeo.rest.auth.config import RefreshTokenStore
+    from prefect.blocks.system import Secret
+
+    from simulator import SimulatorConfig
+    from tests.oidc_provider import DEVICE_GRANT, started_provider
+
+    provider_gen = started_provider(access_token_ttl=OIDC_TTL)
+    provider = next(provider_gen)
+    sims = []
+    try:
+        provider.add_client("robot", "robot-s3cret-XYZ", ("client_credentials",))
+        provider.add_client("envbot", "envbot-s3cret-XYZ", ("client_credentials",))
+        provider.add_client("openeo-public", None, ("refresh_token", DEVICE_GRANT))
+        sims = [start_simulator(SimulatorConfig(queue_time=0.1, run_time=16.0, asset_size=2048, seed=3,
+                                                oidc_issuer=provider.issuer, oidc_default_client_id="openeo-public",
+                                                basic_auth=False)) for _ in range(3)]
+        # a deployment: no terminal; openeo's token store holds carol's refresh token (she logged in once)
+        monkeypatch.setattr(sys, "stdin", io.StringIO())
+        monkeypatch.setenv("OPENEO_CONFIG_HOME", str(tmp_path_factory.mktemp("openeo-config")))
+        refresh_token = provider.issue_refresh_token("openeo-public", "carol")
+        RefreshTokenStore().set_refresh_token(provider.issuer, "openeo-public", refresh_token)
+        monkeypatch.setenv("OPENEO_AUTH_METHOD", "client_credentials")
+        monkeypatch.setenv("OPENEO_AUTH_CLIENT_ID", "envbot")
+        monkeypatch.setenv("OPENEO_AUTH_CLIENT_SECRET", "envbot-s3cret-XYZ")
+        Secret(value="robot-s3cret-XYZ").save("test-secrets-robot", overwrite=True)
+        backends = [
+            {"name": "cc", "url": sims[0].url, "parallel_jobs": 1, "auth": {
+                "type": "oidc_client_credentials", "client_id": "robot", "client_secret_block": "test-secrets-robot"}},
+            {"name": "env", "url": sims[1].url, "parallel_jobs": 1, "auth": {"type": "env"}},
+            {"name": "store", "url": sims[2].url, "parallel_jobs": 1, "auth": {"type": "oidc"}},
+        ]
+        db = make_db(tmp_path / "jobs.parquet", 6, backend_name=["cc", "env", "store"] * 2)
+        for name in LOGGERS:
+            caplog.set_level(logging.DEBUG, logger=name)
+        t0 = clock.monotonic()
+        stats = run_jobs(job_db=str(db), backends=backends, start_job="flows.demo_callbacks:start_job",
+                         poll_interval_seconds=1.0)
+        assert clock.monotonic() - t0 > OIDC_TTL + 2
+        assert stats["status"] == {"finished": 6}
+        users = {"cc": "robot", "env": "envbot", "store": "carol"}
+        for sim, name in zip(sims, users):
+            seen = sim.counters()["oidc_tokens_per_user"]
+            assert seen.get(users[name], 0) >= 2, f"{name}: the expired token was never renewed ({seen})"
+        issued = provider.access_tokens_issued()
+        assert issued["client_credentials"] >= 4 and issued["refresh_token"] >= 2, issued
+        secrets = [*provider.all_tokens(), "robot-s3cret-XYZ", "envbot-s3cret-XYZ"]
+        assert refresh_token in secrets and len(secrets) >= 8
+
+        files = [p for p in tmp_path.rglob("*") if p.is_file()]
+        assert len(files) >= 1 + 2 * 6
+        for path in files:
+            data = path.read_bytes()
+            for secret in secrets:
+                assert secret.encode() not in data, f"secret found in {path}"
+        _find(secrets, "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records), "logs")
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            stored = [json.dumps(r.model_dump(mode="json"), default=str) for r in
+                      [*client.read_flow_runs(), *client.read_task_runs(), *client.read_artifacts(), *client.read_logs()]]
+        assert any('"client_secret_block"' in s for s in stored)
+        _find(secrets, "\n".join(stored), "Prefect records")
+    finally:
+        for sim in sims:
+            sim.stop()
+        next(provider_gen, None)
