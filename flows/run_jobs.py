@@ -43,7 +43,7 @@ from flows.tile_map import write_tile_map
 from jobdb import JobDbError, JobDbLocked
 from jobdb.status import FAILED, HOLDS_SLOT
 from jobdb.store import JobStore
-from tasks.connections import ManagedConnection, register_connection, unregister_connection
+from tasks.connections import ManagedConnection, connection_key, register_connection, unregister_connection
 from tasks.hooks import load_hook
 
 # Polls, reconciles, downloads and error logs run on the flow's task runner with this many threads.
@@ -150,7 +150,7 @@ def drive(
     download: bool, cancel_after: Optional[float], max_runtime_minutes: Optional[float], max_attempts: int = 1,
 ) -> tuple[CycleEnd, Dict[str, Any]]:
     run_key = uuid.uuid4().hex[:12]
-    keys = {name: f"{run_key}:{name}" for name in run.backends}
+    keys = {name: connection_key(run_key, name) for name in run.backends}
     for name, connection in run.connections.items():
         register_connection(keys[name], connection)
     slots = AccountSlots(run.backends, run_key, note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)})

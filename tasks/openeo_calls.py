@@ -14,6 +14,7 @@ from openeo.rest import OpenEoApiError, OpenEoApiPlainError
 
 from tasks.connections import ManagedConnection, marker_tag
 from tasks.faults import (
+    AccountCannotPay,
     Backoff,
     BackendUnavailable,
     JobLimitReached,
@@ -137,13 +138,9 @@ def cancel_job(connection: ManagedConnection, job_id: str) -> None:
     connection.delete(f"/jobs/{job_id}/results", expected_status=204)
 
 
-# openEO error codes saying the account cannot pay for (more) jobs: retrying will not help.
-PAYMENT_CODES = frozenset({"PaymentRequired", "InsufficientCredits", "InsufficientFunds", "CreditsExhausted"})
-
-
 def is_refused_for_good(exc: BaseException) -> bool:
     """402 Payment Required (or an error code saying so): the account is out of credits."""
-    return is_api_error(exc, 402) or getattr(exc, "code", None) in PAYMENT_CODES
+    return isinstance(classify(exc), AccountCannotPay)
 
 
 def is_api_error(exc: BaseException, status: Optional[int] = None) -> bool:

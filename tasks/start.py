@@ -20,7 +20,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from jobdb.schema import utc_now
-from tasks.connections import get_connection
+from tasks.connections import RUN_KEY_SEPARATOR, connection_provider_for, get_connection
 from tasks.faults import Backoff, BackendUnavailable, JobLimitReached, RateLimited, classify
 from tasks.openeo_calls import find_job_by_marker, is_refused_for_good, start_job_carefully
 from tasks.outcome import Outcome, Step, deliver, pause
@@ -39,10 +39,10 @@ def row_as_series(row: Dict[str, Any]) -> pd.Series:
     return pd.Series(values, name=row.get("_row"), dtype=object)
 
 
-def connection_provider_for(connection_key: str) -> Callable[[str], Any]:
-    """openeo's `connection_provider`: backend name -> connection of this run."""
-    run_key = connection_key.split(":", 1)[0] + ":" if ":" in connection_key else ""
-    return lambda name: get_connection(f"{run_key}{name}")
+def provider_for(connection_key: str) -> Callable[[str], Any]:
+    """openeo's `connection_provider` (backend name -> connection) of the run this key belongs to."""
+    name, separator, run_id = connection_key.rpartition(RUN_KEY_SEPARATOR)
+    return connection_provider_for(run_id) if separator else get_connection
 
 
 @task(name="start-job", task_run_name="start-{label}", retries=0, cache_policy=NO_CACHE)
@@ -115,7 +115,7 @@ def _create(
         with connection.call_context(marker) as tracking:
             try:
                 job = creator(row=row_as_series(row), connection=connection, provider=backend,
-                              connection_provider=connection_provider_for(connection_key))
+                              connection_provider=provider_for(connection_key))
             except Exception as exc:  # noqa: BLE001 - user code: anything can happen
                 job, error = None, exc
             else:

@@ -73,7 +73,7 @@ def test_requests_in_flight_capped_for_all_threads_of_an_account(sim):
         list(pool.map(lambda i: connection.create_job(GRAPH, title=f"j{i}"), range(12)))
     counters = sim.counters()
     assert counters["faults_injected"]["in_flight"] == 0
-    assert counters["peak_in_flight_per_user"]["alice"] == 2
+    assert 1 <= counters["peak_in_flight_per_user"]["alice"] <= 2  # never above the cap (== 2 unless the machine is busy)
     assert counters["jobs_total"] == 12
 
 
