@@ -92,7 +92,7 @@ def tiles_with_status(df: pd.DataFrame):
         return None
     rows = pd.DataFrame(index=df.index)
     rows["status"] = df["status"].astype(str)
-    rows["tile"] = df["tile_id"].astype(str) if "tile_id" in df.columns else geometry.to_wkb()
+    rows["tile"] = df["tile_id"].astype(str) if "tile_id" in df.columns else bounds_labels(geometry)
     rows["year"] = df["year"] if "year" in df.columns else None
     for column in ("id", "backend_name", "error_message"):
         rows[column] = df[column] if column in df.columns else None
@@ -102,6 +102,12 @@ def tiles_with_status(df: pd.DataFrame):
     rows["rank"] = rows["status"].map(rank).fillna(-1).astype(int)  # unknown statuses sort worst
     rows["label"] = [popup_line(r) for r in rows.itertuples(index=False)]
     return gpd.GeoDataFrame(rows, geometry="geometry", crs=geometry.crs)
+
+
+def bounds_labels(geometry) -> List[str]:
+    """A readable tile name for DBs without tile_id: its bounds (equal boxes get equal names)."""
+    return [f"W{b[0]:.5g} S{b[1]:.5g} E{b[2]:.5g} N{b[3]:.5g}" if np.isfinite(b).all() else "?"
+            for b in geometry.bounds.to_numpy()]
 
 
 def popup_line(row) -> str:
@@ -132,17 +138,25 @@ def worst_per_tile(tiles) -> "pd.DataFrame":
 
 
 # --- PNG -----------------------------------------------------------------------------------
+def map_panels(tiles) -> List[tuple]:
+    """(title, frame with geometry and status) per panel: the worst status of each tile over all
+    its rows, then, when tiles have rows for several years, one panel per year (worst status of
+    the tile's rows in that year)."""
+    panels = [("all rows: worst status per tile", worst_per_tile(tiles))]
+    years = sorted(tiles["year"].dropna().unique()) if tiles["year"].notna().any() else []
+    if len(years) > 1:
+        panels += [(str(y), worst_per_tile(tiles[tiles["year"] == y])) for y in years[:MAX_YEAR_PANELS]]
+    return panels
+
+
 def draw_png(tiles, path: Path, title: str = "") -> Path:
     """Overview (worst status per tile) and, for several years, one panel per year."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    overview = worst_per_tile(tiles)
-    years = sorted(y for y in tiles["year"].dropna().unique()) if tiles["year"].notna().any() else []
-    panels = [("all rows: worst status per tile", overview)]
-    if len(years) > 1:
-        panels += [(str(y), tiles[tiles["year"] == y]) for y in years[:MAX_YEAR_PANELS]]
+    panels = map_panels(tiles)
+    overview = panels[0][1]
     minx, miny, maxx, maxy = tiles.total_bounds
     pad = 0.02 * max(maxx - minx, maxy - miny, 1e-9)
     bounds = (minx - pad, miny - pad, maxx + pad, maxy + pad)
@@ -160,7 +174,7 @@ def draw_png(tiles, path: Path, title: str = "") -> Path:
     for n, (label, frame) in enumerate(panels):
         ax = figure.add_subplot(nrows, ncols, n + 1)
         if basemap is not None:
-            basemap.boundary.plot(ax=ax, color="#bdbdbd", linewidth=0.6, zorder=0)
+            basemap.plot(ax=ax, facecolor="none", edgecolor="#bdbdbd", linewidth=0.6, zorder=0)
         draw_tiles(ax, frame.geometry.to_numpy(), frame["status"].to_numpy())
         ax.set_xlim(bounds[0], bounds[2])
         ax.set_ylim(bounds[1], bounds[3])
@@ -212,7 +226,8 @@ def load_basemap(crs, bounds):
         base = gpd.read_file(source)
         if crs is not None and base.crs is not None:
             base = base.to_crs(crs)
-        return base.clip(shapely.box(*bounds))
+        base = base.clip(shapely.box(*bounds))
+        return base if len(base) else None
     except Exception as exc:  # noqa: BLE001 - no basemap is better than no map
         log.warning("basemap %s not drawn: %s", source, exc)
         return None
