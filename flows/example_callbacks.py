@@ -31,6 +31,9 @@ def tile_extent(row: pd.Series) -> Dict[str, float]:
 
 
 def year_range(row: pd.Series) -> list:
+    """The row's calendar year as an openEO temporal extent."""
+    if "year" not in row or pd.isna(row["year"]):
+        raise ValueError(f"row {row.name} has no year: make the job DB with years=[...] (tile-area) or add a year column")
     year = int(row["year"])
     return [f"{year}-01-01", f"{year + 1}-01-01"]
 
