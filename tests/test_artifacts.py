@@ -71,10 +71,16 @@ def test_artifact_keys_unique_per_job_db(tmp_path):
     df = pd.DataFrame({"status": ["finished", "error"], "backend_name": ["x", "x"], "error_message": [None, "boom"]})
     stats = {"job_db": "", "rows": 2, "terminal": 2, "status": {"error": 1, "finished": 1},
              "by_backend": {"x": {"error": 1, "finished": 1}}, "elapsed_seconds": 1.0, "requests_total": 3}
-    for db, percent in ((first, 50.0), (second, 100.0)):
+    from prefect import flow
+
+    @flow(name="report-only")
+    def report_only(db: str, percent: float):  # artifacts belong to a flow run, as in run-jobs
         report = ProgressReport(db)
         report.update(df.assign(status=["finished", "not_started"] if percent == 50.0 else ["finished", "error"]))
-        publish_final_artifacts(db, df, {**stats, "job_db": str(db)}, failures=[])
+        publish_final_artifacts(db, df, {**stats, "job_db": db}, failures=[])
+
+    for db, percent in ((first, 50.0), (second, 100.0)):
+        report_only(str(db), percent)
     for db, percent in ((first, 50.0), (second, 100.0)):
         paths = JobDbPaths.of(db)
         (progress,) = read_artifacts(paths.artifact_key("progress"))
