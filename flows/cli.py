@@ -215,14 +215,14 @@ def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argpar
             return bad_input(result, args.debug)
         print(f"error: the run failed: {type(result).__name__}: {result}", file=sys.stderr)
         return EXIT_FAILED
-    stats = result
-    if args.json:
-        print(json.dumps(stats, indent=2, default=str))
-    else:
-        print(end_of_run_report(stats, params))
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2, default=str) if args.json else end_of_run_report(result, params))
     if state.is_failed():
         print(f"run failed: {state.message}", file=sys.stderr)
         return EXIT_FAILED
+    if state.is_cancelled():  # a flow that handles Ctrl-C itself ends Cancelled
+        print(f"run cancelled: {state.message or ''}; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK if state.is_completed() else EXIT_FAILED
 
 
@@ -280,7 +280,7 @@ def run_demo(output_dir: Path, args: argparse.Namespace, flow: Optional[Callable
         )
         params = {k: v for k, v in params.items() if k in accepted_parameters(flow)}
         print(f"Demo: {len(tiles)} jobs on 2 simulated backends (sim-a {sim_a.url}, sim-b {sim_b.url}); "
-              f"10 % of jobs fail on purpose", file=sys.stderr)
+              f"about 10 % of jobs fail on purpose", file=sys.stderr)
         return run(flow, params, args)
 
 

@@ -162,7 +162,7 @@ OUTCOME = {}
 def scripted_flow():
     """A real Prefect flow with run_jobs' parameters whose outcome the test chooses."""
     from prefect import flow
-    from prefect.states import Failed
+    from prefect.states import Cancelled, Failed
 
     @flow(name="scripted-run")
     def scripted_run(job_db: str, backends: list, start_job: Optional[str] = None, process: Optional[dict] = None,
@@ -177,12 +177,14 @@ def scripted_flow():
             raise KeyboardInterrupt()
         if outcome == "setup":
             raise SetupError("backend 'a' went away", parameter="backends")
+        if outcome == "cancelled":  # a flow that catches Ctrl-C itself, persists and ends Cancelled
+            return Cancelled(message="interrupted: stopped starting jobs", data=stats)
         return stats
 
     return scripted_run
 
 
-@pytest.mark.parametrize("outcome, code", [("completed", 0), ("failed", 1), ("interrupt", 130), ("setup", 2)])
+@pytest.mark.parametrize("outcome, code", [("completed", 0), ("failed", 1), ("interrupt", 130), ("cancelled", 130), ("setup", 2)])
 def test_exit_codes(prefect_harness, sim, tmp_path, capsys, outcome, code):
     db = make_db(tmp_path / "jobs.parquet", 3, status=["finished", "finished", "error"],
                  id=["j-1", "j-2", "j-3"], error_message=[None, None, "out of memory"], backend_name="a")
@@ -191,7 +193,7 @@ def test_exit_codes(prefect_harness, sim, tmp_path, capsys, outcome, code):
     argv = ["--job-db", str(db), "--backend", backend_flag(sim), "--start-job", CALLBACK]
     assert main(argv, flow=scripted_flow()) == code
     out, err = capsys.readouterr()
-    if outcome in ("completed", "failed"):
+    if outcome in ("completed", "failed", "cancelled"):
         assert out.startswith("3 rows in 1.5 s: 2 finished, 1 error")
         assert "row 2 (T002 2022) job j-3 on a: error: out of memory" in out
         assert re.search(rf"^job DB: +{re.escape(str(db))}$", out, flags=re.M), out
@@ -199,6 +201,8 @@ def test_exit_codes(prefect_harness, sim, tmp_path, capsys, outcome, code):
         assert "run failed: 1 of 3 rows failed" in err
     if outcome == "interrupt":
         assert "interrupted" in err and "resume" in err
+    if outcome == "cancelled":
+        assert "run cancelled: interrupted" in err and "resume" in err
     if outcome == "setup":
         assert err.strip().splitlines()[-1] == "error: --backend: backend 'a' went away"
 
