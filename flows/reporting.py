@@ -185,7 +185,7 @@ def format_run_report(
                 f"on {failure['backend_name']}" if failure.get("backend_name") else "",
             ) if p)
             reason = str(failure.get("error_message") or "no reason recorded").replace("\n", " ")
-            reason = reason if len(reason) <= 160 else reason[:157] + "..."
+            reason = reason if len(reason) <= 120 else reason[:117] + "..."
             lines.append(f"  row {failure['_row']} ({failure.get('label', '')}){' ' + where if where else ''}: "
                          f"{failure['status']}: {reason}")
         if len(failures) > max_failures:
