@@ -1,7 +1,9 @@
 """Look at a run in the Prefect UI: start a Prefect server (UI on), run a small run-jobs flow
 against a local simulator, screenshot the flow run page with headless Chromium.
 
-    python bench/ui_check.py --out /tmp/ui_check   # writes flow_run.png (and runs.png)
+    python bench/ui_check.py --out /tmp/ui_check
+    # writes flow_run.png, runs.png, artifacts.png, flow_run_artifacts.png and summary.png (the
+    # summary artifact: failures and the tile map, embedded as a data: image)
 
 Needs the Debian `chromium` package. Everything listens on 127.0.0.1 only and is stopped at the end.
 """
@@ -33,6 +35,18 @@ def screenshot(url: str, out: Path, profile: Path, budget_ms: int = 20000) -> No
     )
 
 
+def summary_artifact(job_db: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from jobdb import JobDbPaths
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[JobDbPaths.of(job_db).artifact_key("summary")])))
+    return found[-1] if found else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/ui_check")
@@ -59,20 +73,28 @@ def main() -> int:
         from simulator import start_simulator
         from tests.flow_helpers import backend, fast_config
 
-        sim = start_simulator(fast_config(run_time=1.0))
+        sim = start_simulator(fast_config(run_time=1.0, p_error=0.25))
         from flows.run_jobs import run_jobs
         from flows.tile_area import tile_area
 
         db = work / "ui_demo.parquet"
-        tile_area(aoi={"west": 4.0, "south": 50.5, "east": 4.1, "north": 50.55}, tile_size=4_000, job_db=str(db))
+        tile_area(aoi={"west": 4.0, "south": 50.5, "east": 4.1, "north": 50.55}, tile_size=4_000, job_db=str(db),
+                  years=[2023, 2024])
         t0 = time.monotonic()
         state = run_jobs(job_db=str(db), backends=[backend("sim", sim, 3)], start_job="flows.demo_callbacks:start_job",
                          poll_interval_seconds=0.5, return_state=True)
         flow_run_id = state.state_details.flow_run_id
         print(f"flow run {flow_run_id}: {state.type.value} in {time.monotonic() - t0:.1f} s")
         ui = f"http://127.0.0.1:{server.port}"
-        for name, url in (("flow_run", f"{ui}/runs/flow-run/{flow_run_id}"), ("runs", f"{ui}/runs"),
-                          ("artifacts", f"{ui}/artifacts")):
+        pages = [("flow_run", f"{ui}/runs/flow-run/{flow_run_id}"), ("runs", f"{ui}/runs"),
+                 ("artifacts", f"{ui}/artifacts"),
+                 ("flow_run_artifacts", f"{ui}/runs/flow-run/{flow_run_id}?tab=Artifacts")]
+        summary = summary_artifact(str(db))
+        if summary is not None:  # the markdown summary with the tile map embedded as a data: image
+            pages.append(("summary", f"{ui}/artifacts/artifact/{summary.id}"))
+            print(f"summary artifact {summary.key}: {len(summary.data)} characters, "
+                  f"map embedded: {'data:image/png;base64,' in summary.data}")
+        for name, url in pages:
             screenshot(url, out / f"{name}.png", work / f"chromium-{name}")
             print(f"{name}: {out / f'{name}.png'} ({(out / f'{name}.png').stat().st_size} bytes) <- {url}")
     finally:

@@ -1,103 +1,221 @@
-"""Command line for local runs: `python -m flows.run_jobs ...` and `python -m flows.run_jobs --demo`."""
+"""Command line for local runs: `python -m flows.run_jobs ...` (or `python -m flows ...`), `--demo`.
+
+Order of work: parse flags, run the Prefect-free preflight checks (one `error: --flag: ...` line
+and exit 2 on bad input, in about a second), only then import the flow and start Prefect.
+Exit codes: 0 run completed, 1 run failed (e.g. jobs failed beyond --failure-threshold),
+2 bad input, 130 interrupted (Ctrl-C).
+"""
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from flows.backend_spec import BACKEND_HELP, parse_backend
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# Flow parameter -> the flag a user of this command line wrote.
+FLAGS = {
+    "job_db": "--job-db", "backends": "--backend", "start_job": "--start-job", "process": "--process-id",
+    "max_start_workers": "--max-start-workers", "poll_interval_seconds": "--poll-interval",
+    "download_results": "--no-download", "root_dir": "--root-dir",
+    "cancel_running_job_after": "--cancel-running-job-after", "max_runtime_minutes": "--max-runtime-minutes",
+    "failure_threshold": "--failure-threshold", "wait_for_lock": "--wait-for-lock",
+    "max_attempts": "--max-attempts", "on_job_done": "--on-job-done", "on_job_error": "--on-job-error",
+}
+
+EXAMPLES = """\
+examples:
+  python -m flows.run_jobs --demo
+  export OPENEO_PASSWORD=...
+  python -m flows.run_jobs --job-db jobs.parquet \\
+      --backend cdse=https://openeo.dataspace.copernicus.eu,parallel_jobs=4,user=alice,password_env=OPENEO_PASSWORD \\
+      --start-job mypackage.jobs:start_job --poll-interval 60
+
+exit codes: 0 completed, 1 the run failed, 2 bad input, 130 interrupted
+"""
+
+
+class BadInput(Exception):
+    """A flag value the command line itself rejects (argparse), reported in one line."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown (where there is one worth showing), the examples epilog kept as written."""
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=32, width=100)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, [], {}):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message and exits; we want one line
+        raise BadInput(f"{message} (see --help)")
+
+
+def json_object(text: str) -> Dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="python -m flows.run_jobs",
         description="Run one openEO batch job per job DB row, as a Prefect flow.",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--demo", action="store_true", help="start the bundled simulator and run a small tile set")
-    parser.add_argument("--job-db", help="job DB path (.csv, .parquet, .geoparquet)")
-    parser.add_argument("--backend", action="append", type=parse_backend, default=[], help=BACKEND_HELP)
-    parser.add_argument("--start-job", help="import path of a start_job callback, 'package.module:function'")
-    parser.add_argument("--process-id", help="create jobs from this user-defined process instead")
-    parser.add_argument("--namespace", help="namespace (URL) of --process-id")
-    parser.add_argument("--parameter-defaults", type=json.loads, default={}, help="JSON object of process parameter defaults")
-    parser.add_argument("--max-start-workers", type=int, default=5)
-    parser.add_argument("--poll-interval", type=float, default=10.0, help="seconds between status polls")
-    parser.add_argument("--no-download", action="store_true", help="do not download results")
-    parser.add_argument("--root-dir", help="where job_<id>/ result folders go (default: beside the job DB)")
-    parser.add_argument("--cancel-running-job-after", type=float, help="seconds")
-    parser.add_argument("--output-dir", default="demo-output", help="--demo: where the job DB and results go")
-    parser.add_argument("--max-runtime-minutes", type=float,
-                        help="bounded pass: start nothing new after this many minutes, then end (for schedules)")
-    parser.add_argument("--failure-threshold", type=float,
-                        help="share of rows that may fail before the run ends Failed (default 0)")
-    parser.add_argument("--wait-for-lock", action="store_true",
-                        help="if another run holds the job DB, wait for it instead of failing")
+    add = parser.add_argument
+    add("--demo", action="store_true", help="start two simulated backends and run a small tile grid x 2 years")
+    add("--output-dir", default="demo-output", metavar="DIR", help="--demo only: where the job DB and results go")
+    add("--job-db", metavar="PATH", help="job DB path (.csv, .parquet, .geoparquet)")
+    add("--backend", action="append", type=parse_backend, default=[], metavar="SPEC", help=BACKEND_HELP)
+    add("--start-job", metavar="MODULE:FUNCTION", help="import path of a start_job callback, 'package.module:function'")
+    add("--process-id", metavar="ID", help="create jobs from this user-defined process instead of --start-job")
+    add("--namespace", metavar="URL", help="namespace (URL) of --process-id")
+    add("--parameter-defaults", type=json_object, default={}, metavar="JSON", help="JSON object of --process-id parameter defaults")
+    add("--max-start-workers", type=int, default=5, metavar="N", help="start requests (task runs) in flight at once")
+    add("--poll-interval", type=float, default=10.0, metavar="SECONDS", help="seconds between status polls of each backend")
+    add("--no-download", action="store_true", help="do not download the results of finished jobs")
+    add("--root-dir", metavar="DIR", help="where job_<id>/ result folders go (default: beside the job DB)")
+    add("--cancel-running-job-after", type=float, metavar="SECONDS", help="cancel jobs running longer than this many seconds")
+    add("--max-runtime-minutes", type=float, default=argparse.SUPPRESS, metavar="MINUTES",
+        help="stop starting jobs after this many minutes, persist and end the run (default: no limit)")
+    add("--failure-threshold", type=float, default=argparse.SUPPRESS, metavar="SHARE",
+        help="the run fails (exit 1) when more than this share (0..1) of rows failed (default: 0, any failure)")
+    add("--wait-for-lock", action="store_true", default=argparse.SUPPRESS,
+        help="wait for another run that holds the job DB instead of refusing at once")
+    add("--max-attempts", type=int, default=argparse.SUPPRESS, metavar="N",
+        help="jobs a row may use: a row whose job ends in error gets a new job until it used N (default: 1)")
+    add("--on-job-done", default=argparse.SUPPRESS, metavar="MODULE:FUNCTION",
+        help="hook(job_id, row, job_dir, connection) run as its own task after a job's results are downloaded")
+    add("--on-job-error", default=argparse.SUPPRESS, metavar="MODULE:FUNCTION",
+        help="hook(job_id, row, job_dir, connection) run after a failed job's error logs are saved")
+    add("--json", action="store_true", help="print the full run statistics as JSON instead of the short report")
+    add("--no-live", action="store_true", help="periodic progress lines instead of the live table on a terminal")
+    add("--verbose", action="store_true", help="also show Prefect's task-run log lines ('Finished in state ...')")
+    add("--debug", action="store_true", help="show tracebacks of errors")
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.demo:
-        return run_demo(Path(args.output_dir))
-    if not args.job_db or not args.backend:
-        build_parser().error("--job-db and at least one --backend are required (or use --demo)")
-    from flows.run_jobs import run_jobs
-
+def flow_parameters(args: argparse.Namespace) -> Dict[str, Any]:
+    """The run-jobs flow's parameters from the flags; the newer ones only when given."""
     process = None
     if args.process_id:
-        process = {"process_id": args.process_id, "namespace": args.namespace, "parameter_defaults": args.parameter_defaults}
-    optional = {k: v for k, v in dict(max_runtime_minutes=args.max_runtime_minutes,
-                                       failure_threshold=args.failure_threshold).items() if v is not None}
+        process = {"process_id": args.process_id, "namespace": args.namespace,
+                   "parameter_defaults": args.parameter_defaults}
+    params: Dict[str, Any] = dict(
+        job_db=args.job_db, backends=args.backend, start_job=args.start_job, process=process,
+        max_start_workers=args.max_start_workers, poll_interval_seconds=args.poll_interval,
+        download_results=not args.no_download, root_dir=args.root_dir,
+        cancel_running_job_after=args.cancel_running_job_after,
+    )
+    for name in ("max_runtime_minutes", "failure_threshold", "wait_for_lock", "max_attempts", "on_job_done",
+                 "on_job_error"):
+        if hasattr(args, name):
+            params[name] = getattr(args, name)
+    return params
+
+
+def main(argv: Optional[List[str]] = None, flow: Optional[Callable[..., Any]] = None) -> int:
+    """The command line. `flow`: the run-jobs flow object (default: imported after the checks)."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.demo:
+            return run_demo(Path(args.output_dir), args, flow)
+        if not args.job_db or not args.backend:
+            raise BadInput("--job-db and at least one --backend are required (or use --demo; see --help)")
+        params = flow_parameters(args)
+        from flows.preflight import preflight
+
+        preflight(params)
+    except Exception as exc:  # noqa: BLE001 - every problem found before the run is bad input
+        return bad_input(exc, debug)
+    return run(flow, params, args)
+
+
+def bad_input(exc: BaseException, debug: bool) -> int:
+    from flows.params import SetupError
+
+    if debug:
+        traceback.print_exception(exc)
+    if isinstance(exc, SetupError) and exc.parameter:
+        print(f"error: {FLAGS.get(exc.parameter, exc.parameter)}: {exc}", file=sys.stderr)
+    elif isinstance(exc, (SetupError, BadInput)):
+        print(f"error: {exc}", file=sys.stderr)
+    else:
+        print(f"error: {type(exc).__name__}: {exc}" + ("" if debug else " (--debug shows the traceback)"),
+              file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argparse.Namespace) -> int:
+    """Run the flow in this process (against its own local Prefect server), then report."""
+    from flows.params import SetupError
+    from flows.progress_display import prefect_console, stop_live_display, use_live_display
+    from jobdb import JobDbLocked
+
+    if flow is None:
+        from flows.run_jobs import run_jobs as flow
+    configure_terminal(verbose=args.verbose)
+    if not args.no_live and prefect_console().is_terminal:
+        use_live_display()
+    started = time.monotonic()
     try:
         with prefect_api():
-            state = run_jobs(
-                job_db=args.job_db,
-                backends=args.backend,
-                start_job=args.start_job,
-                process=process,
-                max_start_workers=args.max_start_workers,
-                poll_interval_seconds=args.poll_interval,
-                download_results=not args.no_download,
-                root_dir=args.root_dir,
-                cancel_running_job_after=args.cancel_running_job_after,
-                wait_for_lock=args.wait_for_lock,
-                return_state=True,
-                **optional,
-            )
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    return report_outcome(state)
-
-
-def report_outcome(state) -> int:
-    """Print the run's outcome; exit code 0 completed, 1 failed, 130 interrupted."""
-    outcome = state.result(raise_on_failure=False)
-    stats = getattr(outcome, "stats", outcome if isinstance(outcome, dict) else None)
-    if stats is not None:
-        print(json.dumps(stats, indent=2, default=str))
-    if state.is_cancelled():
+            state = flow(**params, return_state=True)
+    except KeyboardInterrupt:  # a second Ctrl-C: the run stopped at once
+        stop_live_display()
+        print(f"\ninterrupted after {time.monotonic() - started:.0f} s; the job DB keeps every job started "
+              "so far: run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        stop_live_display()
+    result = state.result(raise_on_failure=False)
+    stats = getattr(result, "stats", None) if isinstance(result, BaseException) else result
+    if isinstance(result, (SetupError, JobDbLocked)):
+        return bad_input(result, args.debug)
+    if isinstance(stats, dict):
+        print(json.dumps(stats, indent=2, default=str) if args.json else end_of_run_report(stats, params))
+    elif isinstance(result, BaseException):
+        print(f"error: the run failed: {type(result).__name__}: {result}", file=sys.stderr)
+        return EXIT_FAILED
+    if state.is_cancelled():  # Ctrl-C / SIGTERM: the flow wound down and says how to resume
+        print(state.message or "interrupted: run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if state.is_failed():
+        print(f"run failed: {state.message}", file=sys.stderr)
+        return EXIT_FAILED
+    if state.message:
         print(state.message, file=sys.stderr)
-        return 130
-    if not state.is_completed():
-        print(f"error: {state.message}", file=sys.stderr)
-        return 1
-    print(state.message)
-    return 0
+    return EXIT_OK if state.is_completed() else EXIT_FAILED
 
 
 @contextlib.contextmanager
-def prefect_api():
+def prefect_api() -> Iterator[None]:
     """A Prefect server for this run in its own session (flows/local_server.py), unless the user
     points PREFECT_API_URL at one: Ctrl-C then reaches only this process, which records the run's
-    final state before it exits, and no server outlives the CLI."""
+    final state before it exits, and no server outlives the command (not even after a SIGKILL)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
@@ -111,15 +229,36 @@ def prefect_api():
         finally:
             from prefect.logging.handlers import APILogHandler
 
-            APILogHandler().flush()  # send the run's last logs while the server is still there
+            APILogHandler().flush()  # the run's last logs, while the server is still there
 
 
-def run_demo(output_dir: Path) -> int:
-    """Two simulated backends, a small tile grid x 2 years, the real flow; prints a summary."""
-    import pandas as pd
+def end_of_run_report(stats: Dict[str, Any], params: Dict[str, Any]) -> str:
+    from flows.reporting import failed_rows, format_run_report, run_paths
+    from jobdb import JobDatabase
 
-    from flows.run_jobs import run_jobs
-    from flows.tile_area import make_tile_grid
+    failures = failed_rows(JobDatabase.open(params["job_db"]).df)
+    paths = run_paths(params["job_db"], params.get("root_dir"), stats.get("tile_map"))
+    return format_run_report(stats, failures, paths)
+
+
+def configure_terminal(verbose: bool) -> None:
+    """Keep Prefect's per-task-run lines ("Task run 'x' - Finished in state Completed()") off the
+    terminal unless --verbose. They come from the `prefect.task_runs` logger, which also feeds
+    the Prefect API; a filter on the console handler alone keeps them in the UI."""
+    if verbose:
+        return
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler":
+            handler.addFilter(quiet_task_runs)
+
+
+def quiet_task_runs(record: logging.LogRecord) -> bool:
+    return not (record.name == "prefect.task_runs" and record.levelno < logging.WARNING)
+
+
+def run_demo(output_dir: Path, args: argparse.Namespace, flow: Optional[Callable[..., Any]]) -> int:
+    """Two simulated backends, a small tile grid x 2 years, the real flow; prints a report."""
+    from flows.grid import make_tile_grid
     from jobdb import JobDatabase
     from simulator import SimulatorConfig, start_simulator
 
@@ -135,22 +274,29 @@ def run_demo(output_dir: Path) -> int:
         JobDatabase.create(job_db, tiles)
         os.environ.setdefault("DEMO_OPENEO_PASSWORD", config.password)
         auth = {"type": "basic", "username": "demo", "password_env": "DEMO_OPENEO_PASSWORD"}
-        started = time.monotonic()
-        stats = run_jobs(
+        params = dict(
             job_db=str(job_db),
             backends=[
                 {"name": "sim-a", "url": sim_a.url, "parallel_jobs": 3, "auth": auth},
                 {"name": "sim-b", "url": sim_b.url, "parallel_jobs": 3, "auth": auth},
             ],
-            start_job="flows.demo_callbacks:start_job",
+            start_job="flows.example_callbacks:composite_over_tile_bbox",
             poll_interval_seconds=1.0,
+            failure_threshold=0.5,  # the simulator fails 10 % of jobs on purpose
         )
-        elapsed = time.monotonic() - started
-    df = pd.read_parquet(job_db)
-    print(f"\nDemo: {len(df)} jobs on 2 simulated backends in {elapsed:.1f} s")
-    print(df[["tile_id", "year", "backend_name", "status", "id"]].to_string(index=False))
-    print(f"\nstatuses: {stats['status']}; manager requests: {stats['requests_total']}; job DB: {job_db}")
-    return 0 if stats["terminal"] == stats["rows"] else 1
+        params = {k: v for k, v in params.items() if k in accepted_parameters(flow)}
+        print(f"Demo: {len(tiles)} jobs on 2 simulated backends (sim-a {sim_a.url}, sim-b {sim_b.url}); "
+              f"about 10 % of jobs fail on purpose", file=sys.stderr)
+        return run(flow, params, args)
+
+
+def accepted_parameters(flow: Optional[Callable[..., Any]]) -> set:
+    """Names of the flow's parameters (the demo passes the newer ones only when the flow has them)."""
+    import inspect
+
+    if flow is None:
+        from flows.run_jobs import run_jobs as flow
+    return set(inspect.signature(getattr(flow, "fn", flow)).parameters)
 
 
 if __name__ == "__main__":

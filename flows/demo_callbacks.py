@@ -1,4 +1,9 @@
-"""Example `start_job` callbacks, written exactly as for openeo's MultiBackendJobManager."""
+"""Callbacks for the tests and benchmarks, written exactly as for openeo's MultiBackendJobManager.
+
+They accept any row: rows without a geometry get a fixed demo area, which is fine against the
+simulator and wrong for real work. For real jobs use your own callback, or start from
+`flows/example_callbacks.py` (which refuses rows without coordinates instead of guessing).
+"""
 from __future__ import annotations
 
 import openeo

@@ -1,8 +1,13 @@
-"""What a run shows: status histograms, Prefect artifacts, and the returned stats dict."""
+"""What a run shows: status histograms, Prefect artifacts, failures and the end-of-run report.
+
+Artifact keys come from `JobDbPaths.artifact_key` (the DB's stem + a hash of its absolute
+path), so two `jobs.csv` in different folders never share an artifact history.
+"""
 from __future__ import annotations
 
-import re
+import base64
 from collections import Counter
+from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import pandas as pd
@@ -13,12 +18,13 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from jobdb import TERMINAL_STATUSES
+from jobdb import TERMINAL_STATUSES, JobDbPaths
+from jobdb.status import FAILED
 
-
-def artifact_key(text: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:100] or "run-jobs"
+# A PNG larger than this is linked by its path in the summary instead of embedded in it.
+MAX_EMBEDDED_MAP_BYTES = 1_500_000
+FAILURES_IN_REPORT = 5
+FAILURES_IN_SUMMARY = 200
 
 
 def status_counts(df: pd.DataFrame) -> Dict[str, int]:
@@ -45,12 +51,34 @@ def progress_bar(percent: float, width: int = 24) -> str:
     return f"[{'#' * filled}{'-' * (width - filled)}] {percent:3.0f}%"
 
 
+def failed_rows(df: pd.DataFrame) -> List[Dict[str, Any]]:
+    """Rows that ended without results (error, canceled, start_failed), with their reasons."""
+    bad = df[df["status"].isin(sorted(FAILED))]
+    return [
+        {
+            "_row": int(i),
+            "label": row_label(df.loc[i], int(i)),
+            "id": _text(df.at[i, "id"]) if "id" in df.columns else None,
+            "backend_name": _text(df.at[i, "backend_name"]) if "backend_name" in df.columns else None,
+            "status": str(df.at[i, "status"]),
+            "error_message": _text(df.at[i, "error_message"]) if "error_message" in df.columns else None,
+        }
+        for i in bad.index
+    ]
+
+
+def row_label(row: Mapping[str, Any], position: int) -> str:
+    parts = [str(row[k]) for k in ("tile_id", "year") if k in row and _text(row[k])]
+    return " ".join(parts) or f"row {position}"
+
+
 class ProgressReport:
     """The progress artifact of one run, updated at most once per cycle when it changed."""
 
-    def __init__(self, key_base: str, description: str):
+    def __init__(self, job_db: str | Path, description: Optional[str] = None):
         self._artifact_id = create_progress_artifact(
-            progress=0.0, key=artifact_key(f"{key_base}-progress"), description=description
+            progress=0.0, key=JobDbPaths.of(job_db).artifact_key("progress"),
+            description=description or f"Rows terminal in {job_db}",
         )
         self._last: Optional[float] = None
 
@@ -62,14 +90,19 @@ class ProgressReport:
 
 
 def publish_final_artifacts(
-    key_base: str, df: pd.DataFrame, stats: Mapping[str, Any], failures: List[Dict[str, Any]]
+    job_db: str | Path, df: pd.DataFrame, stats: Mapping[str, Any], failures: List[Dict[str, Any]]
 ) -> None:
-    """A table of counts per status x backend and a markdown summary of the run."""
+    """A table of counts per status x backend and a markdown summary of the run, with its map."""
+    paths = JobDbPaths.of(job_db)
     by_backend = stats["by_backend"]
     statuses = sorted({s for counts in by_backend.values() for s in counts})
     rows = [{"backend": b, **{s: counts.get(s, 0) for s in statuses}} for b, counts in sorted(by_backend.items())]
-    create_table_artifact(table=rows, key=artifact_key(f"{key_base}-status"), description="Rows per status and backend")
+    create_table_artifact(table=rows, key=paths.artifact_key("status"), description="Rows per status and backend")
+    create_markdown_artifact(markdown=summary_markdown(stats, failures), key=paths.artifact_key("summary"),
+                             description=f"Run summary of {paths.db}")
 
+
+def summary_markdown(stats: Mapping[str, Any], failures: List[Dict[str, Any]]) -> str:
     lines = [
         f"# openEO batch run: {stats['job_db']}",
         "",
@@ -78,18 +111,88 @@ def publish_final_artifacts(
         f"- time taken: {stats['elapsed_seconds']:.1f} s (all started after {stats.get('time_to_all_started_seconds')} s)",
         f"- HTTP requests made by the manager: {stats['requests_total']}",
     ]
-    if stats.get("tile_map"):
-        lines.append(f"- tile map: `{stats['tile_map']}`")
+    maps = tile_map_paths(stats.get("tile_map"))
+    if maps.get("html"):
+        lines.append(f"- interactive tile map: `{maps['html']}`")
+    if maps.get("png"):
+        lines.append(f"- tile map: `{maps['png']}`")
+        image = embedded_png(maps["png"])
+        if image:
+            # The Prefect UI renders data: images in markdown artifacts (checked with bench/ui_check.py).
+            lines += ["", f"![tile map: tiles coloured by their worst status]({image})"]
     if failures:
-        lines += ["", "## Failures", "", "| row | label | job id | status | error |", "|---|---|---|---|---|"]
-        for failure in failures[:200]:
+        lines += ["", f"## Failures ({len(failures)})", "",
+                  "| row | label | job id | backend | status | error |", "|---|---|---|---|---|---|"]
+        for failure in failures[:FAILURES_IN_SUMMARY]:
             error = str(failure.get("error_message") or "").replace("|", "\\|").replace("\n", " ")[:300]
             lines.append(
-                f"| {failure['_row']} | {failure.get('label', '')} | {failure.get('id') or ''} | {failure['status']} | {error} |"
+                f"| {failure['_row']} | {failure.get('label', '')} | {failure.get('id') or ''} "
+                f"| {failure.get('backend_name') or ''} | {failure['status']} | {error} |"
             )
-        if len(failures) > 200:
-            lines.append(f"\n… and {len(failures) - 200} more")
-    create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(f"{key_base}-summary"), description="Run summary")
+        if len(failures) > FAILURES_IN_SUMMARY:
+            lines.append(f"\n… and {len(failures) - FAILURES_IN_SUMMARY} more")
+    return "\n".join(lines)
+
+
+def tile_map_paths(tile_map: Any) -> Dict[str, str]:
+    """`stats["tile_map"]`: {"png": ..., "html": ...} (or a PNG path as before), as a dict."""
+    if not tile_map:
+        return {}
+    if isinstance(tile_map, Mapping):
+        return {k: str(v) for k, v in tile_map.items() if v}
+    return {"png": str(tile_map)}
+
+
+def embedded_png(path: str | Path) -> Optional[str]:
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    if len(data) > MAX_EMBEDDED_MAP_BYTES:
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def run_paths(job_db: str | Path, root_dir: Optional[str | Path] = None, tile_map: Any = None) -> Dict[str, str]:
+    """Where a run left things, in the order the end-of-run report lists them."""
+    paths = JobDbPaths.of(job_db)
+    maps = tile_map_paths(tile_map)
+    where = {"results": f"{Path(root_dir).resolve() if root_dir else paths.default_results_root}/job_<id>/"}
+    if maps.get("png"):
+        where["map"] = maps["png"]
+    if maps.get("html"):
+        where["interactive map"] = maps["html"]
+    where["job DB"] = str(paths.db)
+    return where
+
+
+def format_run_report(
+    stats: Mapping[str, Any], failures: List[Dict[str, Any]], paths: Mapping[str, str],
+    max_failures: int = FAILURES_IN_REPORT,
+) -> str:
+    """The short end-of-run text: counts per status, failures with reasons, where things are, time."""
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(stats.get("status", {}).items(), key=lambda kv: -kv[1]))
+    lines = [f"{stats.get('rows', 0)} rows in {stats.get('elapsed_seconds', 0.0):.1f} s: {counts or 'none'}"]
+    by_backend = stats.get("by_backend") or {}
+    if len(by_backend) > 1:
+        for backend, backend_counts in sorted(by_backend.items()):
+            lines.append(f"  {backend}: " + ", ".join(f"{n} {s}" for s, n in sorted(backend_counts.items())))
+    if failures:
+        lines.append(f"failures ({len(failures)}):")
+        for failure in failures[:max_failures]:
+            where = " ".join(p for p in (
+                f"job {failure['id']}" if failure.get("id") else "",
+                f"on {failure['backend_name']}" if failure.get("backend_name") else "",
+            ) if p)
+            reason = str(failure.get("error_message") or "no reason recorded").replace("\n", " ")
+            reason = reason if len(reason) <= 120 else reason[:117] + "..."
+            lines.append(f"  row {failure['_row']} ({failure.get('label', '')}){' ' + where if where else ''}: "
+                         f"{failure['status']}: {reason}")
+        if len(failures) > max_failures:
+            lines.append(f"  and {len(failures) - max_failures} more (error_message column of the job DB)")
+    width = max((len(k) for k in paths), default=0)
+    lines += [f"{label + ':':<{width + 1}} {where}" for label, where in paths.items()]
+    return "\n".join(lines)
 
 
 def merge_request_counts(counts: Iterable[Mapping[str, int]]) -> Dict[str, int]:
@@ -97,3 +200,10 @@ def merge_request_counts(counts: Iterable[Mapping[str, int]]) -> Dict[str, int]:
     for c in counts:
         total.update(c)
     return dict(sorted(total.items()))
+
+
+def _text(value: Any) -> Optional[str]:
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+        return None
+    text = str(value)
+    return text or None

@@ -8,6 +8,13 @@ Cancelled (interrupted: run the same command again to resume).
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # check the input before Prefect is imported; and import this module only once
+    import sys
+
+    from flows.cli import main
+
+    sys.exit(main())
+
 import signal
 import threading
 import time
@@ -29,7 +36,8 @@ from flows.cycle import Cycle, CycleEnd, CycleOptions, StopSignal
 from flows.dispatcher import Dispatcher
 from flows.events import emit_job_event
 from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
-from flows.reporting import ProgressReport, merge_request_counts, publish_final_artifacts
+from flows.progress_display import current_display
+from flows.reporting import ProgressReport, failed_rows, merge_request_counts, publish_final_artifacts
 from flows.scheduler import BackendPolicy
 from flows.setup import (
     check_process_parameters,
@@ -155,7 +163,13 @@ def drive(
         register_connection(keys[name], connection)
     slots = AccountSlots(run.backends, run_key, note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)})
     publisher = BackgroundPublisher(logger)
-    progress = publisher.call(lambda: ProgressReport(run.store.paths.artifact_key_base, f"Rows terminal in {run.store.path}"))
+    progress = publisher.call(lambda: ProgressReport(run.store.path))
+    display = current_display(logger)
+
+    def on_progress(snapshot) -> None:
+        display.update(run.store.status_by_backend(), snapshot.rows, time.monotonic() - t0)
+        publisher.submit("progress", lambda: progress.result().update(run.store.dataframe()))
+
     stop = StopSignal()
     options = CycleOptions(
         poll_interval=poll_interval, download=download, cancel_after=cancel_after,
@@ -177,12 +191,11 @@ def drive(
                                     FLOW_TASK_WORKERS, run.store.row, run.store.label, TOKEN_REFRESH_SECONDS,
                                     hooks=run.hooks)
             cycle = Cycle(run.store, policies, dispatcher, options, logger, slots=slots, stop=stop,
-                          on_progress=lambda snapshot: publisher.submit(
-                              "progress", lambda: progress.result().update(run.store.dataframe())),
-                          on_change=on_change)
+                          on_progress=on_progress, on_change=on_change)
             try:
                 end = cycle.run()
             finally:
+                display.close()
                 run.store.persist(force=True)
                 dispatcher.stop()
                 dispatcher.close()
@@ -192,8 +205,8 @@ def drive(
             unregister_connection(key)
     stats = build_stats(run, end, dispatcher.counters, t0)
     stats["tile_map"] = write_tile_map(run.store.dataframe(), run.store.path)
-    publisher.call(lambda: publish_final_artifacts(run.store.paths.artifact_key_base, run.store.dataframe(), stats,
-                                                   run.store.failures()))
+    publisher.call(lambda: publish_final_artifacts(run.store.path, run.store.dataframe(), stats,
+                                                   failed_rows(run.store.dataframe())))
     publisher.close(timeout=15.0)
     return end, stats
 
@@ -296,7 +309,7 @@ def build_stats(run: PreparedRun, end: CycleEnd, counters: Dict[str, int], t0: f
         "terminal": snapshot.terminal,
         "status": dict(sorted(snapshot.counts.items())),
         "by_backend": run.store.status_by_backend(),
-        "failures": run.store.failures()[:50],
+        "failures": failed_rows(run.store.dataframe())[:50],
         "ended": end.reason,
         "refused_backends": end.refused,
         "requests": requests_by_backend,
@@ -315,10 +328,3 @@ def current_flow_run_id() -> Optional[str]:
 
     return flow_run.id
 
-
-if __name__ == "__main__":
-    import sys
-
-    from flows.cli import main
-
-    sys.exit(main())

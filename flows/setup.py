@@ -30,19 +30,23 @@ def load_start_job(spec: Union[str, Callable[..., Any]]) -> Callable[..., Any]:
     else:
         module_name, sep, attribute = str(spec).partition(":")
         if not sep or not module_name or not attribute:
-            raise SetupError(f"start_job {spec!r} is not an import path of the form 'package.module:function'")
+            raise SetupError(f"start_job {spec!r} is not an import path of the form 'package.module:function'",
+                             parameter="start_job")
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise SetupError(f"start_job {spec!r}: module {module_name!r} cannot be imported: {exc}") from exc
+            raise SetupError(f"start_job {spec!r}: module {module_name!r} cannot be imported: {exc}",
+                             parameter="start_job") from exc
         try:
             function = module
             for part in attribute.split("."):
                 function = getattr(function, part)
         except AttributeError:
-            raise SetupError(f"start_job {spec!r}: {module_name!r} has no attribute {attribute!r}") from None
+            raise SetupError(f"start_job {spec!r}: {module_name!r} has no attribute {attribute!r}",
+                             parameter="start_job") from None
         if not callable(function):
-            raise SetupError(f"start_job {spec!r} is not callable (it is a {type(function).__name__})")
+            raise SetupError(f"start_job {spec!r} is not callable (it is a {type(function).__name__})",
+                             parameter="start_job")
     check_start_job_signature(function, str(spec) if not callable(spec) else getattr(spec, "__name__", repr(spec)))
     return function
 
@@ -58,7 +62,8 @@ def check_start_job_signature(function: Callable[..., Any], name: str) -> None:
     except TypeError as exc:
         raise SetupError(
             f"start_job {name} cannot be called as start_job(row, connection, provider, connection_provider): {exc}. "
-            "Accept the arguments you use and **kwargs for the rest, as with openeo's MultiBackendJobManager."
+            "Accept the arguments you use and **kwargs for the rest, as with openeo's MultiBackendJobManager.",
+            parameter="start_job",
         ) from None
 
 
@@ -91,7 +96,8 @@ def check_process_parameters(
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to fetch it is a setup problem
         raise SetupError(
-            f"process {config.process_id!r} (namespace {config.namespace!r}) could not be loaded: {exc}"
+            f"process {config.process_id!r} (namespace {config.namespace!r}) could not be loaded: {exc}",
+            parameter="process",
         ) from exc
     columns = set(columns)
     column_map = config.parameter_column_map or {}
@@ -111,7 +117,8 @@ def check_process_parameters(
     if missing:
         raise SetupError(
             f"process {config.process_id!r} needs parameter(s) {missing} that no job DB column "
-            f"(columns: {sorted(columns)}) nor parameter_defaults provide"
+            f"(columns: {sorted(columns)}) nor parameter_defaults provide",
+            parameter="process",
         )
 
 
@@ -121,7 +128,8 @@ def connect_backend(backend: BackendConfig, pool_size: int = 32) -> ManagedConne
         # Few retries while connecting: a wrong URL fails in seconds, not after minutes of backoff.
         connection = ManagedConnection(backend.url, session=make_session(pool_size, SETUP_RETRY), default_timeout=30)
     except (requests.RequestException, OpenEoApiError, OpenEoApiPlainError, OpenEoClientException) as exc:
-        raise SetupError(f"backend {backend.name!r} at {backend.url} is not reachable as an openEO backend: {exc}") from exc
+        raise SetupError(f"backend {backend.name!r} at {backend.url} is not reachable as an openEO backend: {exc}",
+                         parameter="backends") from exc
     auth = backend.auth
     user_id = None
     try:
@@ -132,9 +140,11 @@ def connect_backend(backend: BackendConfig, pool_size: int = 32) -> ManagedConne
     except SetupError:
         raise
     except (OpenEoApiError, OpenEoApiPlainError) as exc:
-        raise SetupError(f"backend {backend.name!r}: authentication ({auth.type}) failed: {exc}") from None
+        raise SetupError(f"backend {backend.name!r}: authentication ({auth.type}) failed: {exc}",
+                         parameter="backends") from None
     except (requests.RequestException, OpenEoClientException, ValueError) as exc:
-        raise SetupError(f"backend {backend.name!r}: authentication ({auth.type}) failed: {exc}") from None
+        raise SetupError(f"backend {backend.name!r}: authentication ({auth.type}) failed: {exc}",
+                         parameter="backends") from None
     pacer = pacer_for(account_key(backend.url, user_id), backend.max_starts_per_minute, backend.max_concurrent_requests)
     use_pacing(connection, pacer, IDEMPOTENT_RETRY, pool_size)  # and patient retries for the run itself
     connection.default_timeout = 60
@@ -150,10 +160,10 @@ def account_key(url: str, user_id: Optional[str]) -> str:
 def check_unique_names(backends: List[BackendConfig]) -> None:
     names = [b.name for b in backends]
     if not names:
-        raise SetupError("no backends given")
+        raise SetupError("no backends given", parameter="backends")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise SetupError(f"backend names must be unique, repeated: {duplicates}")
+        raise SetupError(f"backend names must be unique, repeated: {duplicates}", parameter="backends")
 
 
 def check_row_backends(backend_names_in_db: Dict[int, Optional[str]], known: Iterable[str]) -> None:
@@ -163,5 +173,6 @@ def check_row_backends(backend_names_in_db: Dict[int, Optional[str]], known: Ite
     if unknown:
         shown = ", ".join(f"row {row}: {name!r}" for row, name in list(unknown.items())[:10])
         raise SetupError(
-            f"job DB rows name backends this run does not know ({shown}); configured: {sorted(known)}"
+            f"job DB rows name backends this run does not know ({shown}); configured: {sorted(known)}",
+            parameter="backends",
         )

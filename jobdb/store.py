@@ -16,7 +16,7 @@ import pandas as pd
 from jobdb.database import JobDatabase, _plain
 from jobdb.lock import JobDbLock
 from jobdb.paths import JobDbPaths
-from jobdb.status import FAILED, HOLDS_SLOT, POLLED, RESULTS_FAILED, TERMINAL
+from jobdb.status import HOLDS_SLOT, POLLED, RESULTS_FAILED, TERMINAL
 
 LABEL_COLUMNS = ("tile_id", "year")
 
@@ -176,14 +176,6 @@ class JobStore:
         if not parts and self.value(i, "title"):
             parts = [str(self.value(i, "title"))]
         return "-".join(parts) if parts else f"row-{i}"
-
-    def failures(self) -> List[Dict[str, Any]]:
-        """Rows that ended without results, with their reason."""
-        df = self._db.df
-        rows = df.index[df["status"].isin(FAILED)].tolist()
-        return [{"_row": i, "label": self.label(i), "id": self.value(i, "id"), "status": self.value(i, "status"),
-                 "backend": self.value(i, "backend_name"), "error_message": self.value(i, "error_message")}
-                for i in rows]
 
     def status_by_backend(self) -> Dict[str, Dict[str, int]]:
         df = self._db.df

@@ -7,6 +7,7 @@ read back from the server.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pandas as pd
@@ -51,8 +52,26 @@ def wait_for_final_state(api_url: str, flow_run_id: str, timeout: float):
     raise TimeoutError(f"flow run {flow_run_id} not final after {timeout} s (last state: {run.state})")
 
 
+USER_CALLBACK = '''
+"""A user's own start_job callback, in a package of theirs (not in this project)."""
+
+
+def start_job(row, connection, provider, **kwargs):
+    cube = connection.load_collection(
+        "SENTINEL2_L2A", spatial_extent={"west": 4.0, "south": 50.5, "east": 4.1, "north": 50.6},
+        temporal_extent=[f"{row['year']}-01-01", f"{row['year'] + 1}-01-01"], bands=["B04"])
+    return connection.create_job(cube.save_result("GTiff"), title=f"mycallbacks {row['tile_id']}")
+'''
+
+
 def test_deploy_worker_run(server, sim, tmp_path):
     t0 = time.monotonic()
+    # The user's callback lives in their own folder, put on the worker's PYTHONPATH
+    # (deployments/README.md: "Where your callback code lives").
+    user_code = tmp_path / "user-code"
+    (user_code / "mycallbacks").mkdir(parents=True)
+    (user_code / "mycallbacks" / "__init__.py").write_text("")
+    (user_code / "mycallbacks" / "jobs.py").write_text(USER_CALLBACK)
     server.cli("work-pool", "create", "openeo-pool", "--type", "process")
     out = server.cli("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout=90)
     assert "run-jobs/on-demand" in out and "run-jobs/nightly" in out and "tile-area/tile-area" in out, out
@@ -66,21 +85,32 @@ def test_deploy_worker_run(server, sim, tmp_path):
             OPENEO_JOBS_HOME=str(ROOT),
             PREFECT_WORKER_QUERY_SECONDS="1",
             PREFECT_WORKER_PREFETCH_SECONDS="1",
+            PYTHONPATH=os.pathsep.join(p for p in (str(user_code), os.environ.get("PYTHONPATH")) if p),
             **{PASSWORD_ENV: sim.config.password},
         )
         db = make_db(tmp_path / "jobs.parquet", 6)
         backends = [{"name": "sim", "url": sim.url, "parallel_jobs": 3,
                      "auth": {"type": "basic", "username": "alice", "password_env": PASSWORD_ENV}}]
-        out = server.cli(
-            "deployment", "run", "run-jobs/on-demand",
-            "-p", f"job_db={db}", "-p", f"backends={json.dumps(backends)}", "-p", "poll_interval_seconds=0.5",
-        )
+        run_parameters = ["-p", f"job_db={db}", "-p", f"backends={json.dumps(backends)}",
+                          "-p", "poll_interval_seconds=0.5"]
+        # No start_job (the deployment has no default): the run fails at once, saying what is missing.
+        initial = db.read_bytes()
+        out = server.cli("deployment", "run", "run-jobs/on-demand", *run_parameters)
+        unset = wait_for_final_state(server.api_url, UUID_RE.search(out).group(0), timeout=90)
+        after_unset = db.read_bytes()
+        out = server.cli("deployment", "run", "run-jobs/on-demand", *run_parameters,
+                         "-p", "start_job=mycallbacks.jobs:start_job")
         flow_run_id = UUID_RE.search(out).group(0)
         run = wait_for_final_state(server.api_url, flow_run_id, timeout=90)
     finally:
         worker_log.close()
     log_tail = (tmp_path / "worker.log").read_text(errors="replace")[-3000:]
+    assert unset.state.is_failed(), f"{unset.state}\n{log_tail}"
+    assert "give exactly one of start_job" in unset.state.message, unset.state.message
+    assert unset.total_run_time.total_seconds() < 10, unset.total_run_time
+    assert "start_job" not in unset.parameters and after_unset == initial  # nothing was touched
     assert run.state.is_completed(), f"{run.state}\n{log_tail}"
+    assert run.parameters["start_job"] == "mycallbacks.jobs:start_job"
     # The parameters arrived typed (the JSON list was parsed), without any secret in them.
     assert run.parameters["backends"][0]["url"] == sim.url
     assert run.parameters["poll_interval_seconds"] == 0.5
@@ -88,6 +118,17 @@ def test_deploy_worker_run(server, sim, tmp_path):
 
     df = pd.read_parquet(db)
     assert (df["status"] == "finished").all(), df["status"].value_counts()
+    titles = [job["title"] for job in sim_jobs(sim)]
+    assert len(titles) == 6 and all(t.startswith("mycallbacks T") for t in titles), titles  # the user's callback ran
     assert_results_complete(tmp_path, df, asset_size=2048)
     assert max(sim.counters()["max_active_per_user"].values()) <= 3
-    print(f"deploy + worker + 6-job run: {time.monotonic() - t0:.1f} s after server start")
+    print(f"deploy + worker + 6-job run: {time.monotonic() - t0:.1f} s after server start; "
+          f"without start_job: {unset.state.name} after {unset.total_run_time.total_seconds():.1f} s: "
+          f"{unset.state.message}")
+
+
+def sim_jobs(sim):
+    import openeo
+
+    connection = openeo.connect(sim.url).authenticate_basic("alice", sim.config.password)
+    return connection.list_jobs()

@@ -10,15 +10,10 @@ import shapely
 from openeo.extra.job_management import get_job_db, split_area
 from shapely.geometry import MultiPolygon, Polygon, box, mapping
 
-from flows.tile_area import (
-    BBox,
-    TilingError,
-    load_aoi,
-    make_tile_grid,
-    tile_area,
-    tile_id,
-    write_job_db,
-)
+from flows.aoi import BBox, TilingError, load_aoi
+from flows.grid import make_tile_grid, tile_id
+from flows.tile_area import tile_area, write_job_db
+from jobdb import JobDbPaths
 
 UTM31 = 32631
 # 10 km x 20 km rectangle aligned on the 5 km grid of UTM 31N (near Ghent/Lille).
@@ -64,6 +59,20 @@ def test_default_tiling_crs_is_utm_and_output_is_4326():
     assert gdf["tile_id"].str.startswith("32631_E").all()
     minx, miny, maxx, maxy = gdf.total_bounds
     assert -180 <= minx < maxx <= 180 and -90 <= miny < maxy <= 90
+
+
+def test_lonlat_bounds_columns_cover_each_tile():
+    """west/south/east/north: EPSG:4326 bounds covering the whole tile, whatever the output CRS."""
+    for output_crs in (4326, UTM31):
+        gdf = make_tile_grid(mapping(LONLAT_POLY), 5000, output_crs=output_crs, years=[2020, 2021])
+        assert list(gdf.columns[:6]) == ["tile_id", "year", "west", "south", "east", "north"]
+        boxes = shapely.box(gdf["west"], gdf["south"], gdf["east"], gdf["north"])
+        tiles_lonlat = gdf.geometry.to_crs(4326)
+        # a UTM square is not a lon/lat box: its lon/lat bounds must hold it whole
+        assert shapely.covers(shapely.buffer(boxes, 1e-9), shapely.segmentize(tiles_lonlat.values, 0.0005)).all()
+        assert ((gdf["east"] - gdf["west"]) < 0.1).all() and (gdf["west"].between(2.9, 3.6)).all()
+    with pytest.raises(TilingError, match="may not redefine"):
+        make_tile_grid(ALIGNED, 5000, extra_columns={"west": 1.0})
 
 
 def test_grid_covers_aoi_in_tiling_crs():
@@ -250,7 +259,8 @@ def test_flow_writes_openeo_readable_job_db(prefect_harness, tmp_path: Path):
     assert set(df["year"]) == {2020, 2021} and (df["collection"] == "SENTINEL2_L2A").all()
 
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tile-area-jobs"])))
+        key = JobDbPaths.of(path).artifact_key("tile-grid")
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
     assert artifacts and f"| Tiles | {result['tile_count']} |" in artifacts[0].data
 
     # existing DB: skip leaves it alone; error (default) fails the run
@@ -258,3 +268,72 @@ def test_flow_writes_openeo_readable_job_db(prefect_harness, tmp_path: Path):
     assert skipped == {"job_db": str(path), "row_count": result["row_count"], "tile_count": None, "written": False}
     with pytest.raises(FileExistsError):
         tile_area(aoi=aoi, tile_size=5000, job_db=str(path))
+
+
+# --------------------------------------------------------------------------- the DB runs through run-jobs
+
+
+def job_processes(sim, job_ids):
+    import openeo
+
+    from tests.flow_helpers import PASSWORD_ENV
+
+    import os
+
+    connection = openeo.connect(sim.url).authenticate_basic("alice", os.environ[PASSWORD_ENV])
+    return {job_id: connection.job(job_id).describe()["process"]["process_graph"] for job_id in job_ids}
+
+
+def test_tile_area_db_runs_with_openeo_style_callback(prefect_harness, tmp_path: Path):
+    """A callback written for openeo's job DB examples (row["west"] ...) runs unchanged on it."""
+    from flows.run_jobs import run_jobs
+    from simulator import start_simulator
+    from tests.flow_helpers import backend, fast_config
+
+    path = tmp_path / "jobs.parquet"
+    tile_area(aoi={"west": 4.0, "south": 50.5, "east": 4.06, "north": 50.53}, tile_size=2_000,
+              job_db=str(path), years=[2023, 2024])
+    with start_simulator(fast_config()) as sim:
+        stats = run_jobs(job_db=str(path), backends=[backend("a", sim, 4)], poll_interval_seconds=0.3,
+                         start_job="flows.example_callbacks:composite_over_tile_bbox", download_results=False)
+        df = get_job_db(path).read()
+        assert stats["status"] == {"finished": len(df)} and len(df) >= 4
+        graphs = job_processes(sim, df["id"])
+    for _, row in df.iterrows():
+        load = next(n for n in graphs[row["id"]].values() if n["process_id"] == "load_collection")
+        extent = load["arguments"]["spatial_extent"]
+        assert extent == {k: pytest.approx(row[k]) for k in ("west", "south", "east", "north")}
+        assert load["arguments"]["temporal_extent"] == [f"{row['year']}-01-01", f"{row['year'] + 1}-01-01"]
+        assert shapely.geometry.box(extent["west"], extent["south"], extent["east"], extent["north"]).covers(
+            shapely.segmentize(row["geometry"], 0.001).buffer(-1e-9))
+
+
+def test_tile_area_db_runs_with_geometry_callback_and_process(prefect_harness, tmp_path: Path):
+    """The geometry-using example callback, and the `process=` example UDP (geometry filled from
+    the geometry column, year from the year column)."""
+    from flows.example_callbacks import TILE_COMPOSITE_UDP
+    from flows.run_jobs import run_jobs
+    from simulator import start_simulator
+    from tests.flow_helpers import backend, fast_config, serve_json
+
+    aoi = {"west": 4.0, "south": 50.5, "east": 4.04, "north": 50.52}
+    with start_simulator(fast_config()) as sim, serve_json(TILE_COMPOSITE_UDP) as udp_url:
+        masked, by_process = tmp_path / "masked.parquet", tmp_path / "process.parquet"
+        for path in (masked, by_process):
+            tile_area(aoi=aoi, tile_size=2_000, job_db=str(path), years=[2024], clip=True)
+        run_jobs(job_db=str(masked), backends=[backend("a", sim, 4)], poll_interval_seconds=0.3,
+                 start_job="flows.example_callbacks:ndvi_masked_to_tile", download_results=False)
+        run_jobs(job_db=str(by_process), backends=[backend("a", sim, 4)], poll_interval_seconds=0.3,
+                 process={"process_id": "tile_composite", "namespace": udp_url}, download_results=False)
+        masked_df, process_df = get_job_db(masked).read(), get_job_db(by_process).read()
+        assert set(masked_df["status"]) == {"finished"} and set(process_df["status"]) == {"finished"}
+        masked_graphs = job_processes(sim, masked_df["id"])
+        process_graphs = job_processes(sim, process_df["id"])
+    for _, row in masked_df.iterrows():
+        mask = next(n for n in masked_graphs[row["id"]].values() if n["process_id"] == "mask_polygon")
+        assert shapely.geometry.shape(mask["arguments"]["mask"]).equals_exact(row["geometry"], 1e-9)
+    for _, row in process_df.iterrows():
+        (node,) = process_graphs[row["id"]].values()
+        assert node["process_id"] == "tile_composite" and node["namespace"] == udp_url
+        assert node["arguments"]["year"] == 2024
+        assert shapely.geometry.shape(node["arguments"]["geometry"]).equals_exact(row["geometry"], 1e-9)

@@ -1,0 +1,166 @@
+"""Checks the command line runs before the flow (so before a temporary Prefect server starts).
+
+Prefect-free on purpose: a typo must cost a second, not the 5-10 s of starting Prefect. The same
+checks run again inside the flow (`flows/run_jobs.py: prepare`), which deployment runs rely on.
+Every problem is raised as one `SetupError` whose `.parameter` names the flow parameter at fault.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
+
+
+class RunParameters(BaseModel):
+    """The run-jobs flow's parameters and their ranges (kept equal to the flow's signature by
+    tests/test_cli.py). `backends` items are inline configs (checked one by one below) or
+    names of OpenEOBackend blocks (checked by the flow, which has a Prefect API)."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    job_db: str
+    backends: List[Any] = Field(min_length=1)
+    start_job: Optional[Union[str, Callable[..., Any]]] = None
+    process: Optional[Dict[str, Any]] = None
+    max_start_workers: int = Field(5, ge=1, le=100)
+    poll_interval_seconds: float = Field(10.0, gt=0)
+    download_results: bool = True
+    root_dir: Optional[str] = None
+    cancel_running_job_after: Optional[float] = Field(None, gt=0)
+    max_runtime_minutes: Optional[float] = Field(None, gt=0)
+    failure_threshold: float = Field(0.0, ge=0, le=1)
+    wait_for_lock: bool = False
+
+
+def preflight(parameters: Mapping[str, Any], connect: bool = True) -> RunParameters:
+    """Validate the flow parameters, the job DB, its lock, the callback and (with `connect`) every
+    inline backend's URL and credentials. Raises SetupError; changes nothing but the lock file."""
+    params = validate(RunParameters, parameters)
+    backends = [validate(BackendConfig, b, parameter="backends", label=backend_label(b))
+                for b in params.backends if not isinstance(b, str)]
+    check(lambda: _check_unique_names(backends), "backends")
+    if (params.start_job is None) == (params.process is None):
+        raise SetupError("give exactly one of start_job (an import path) or process (a process-based creator)",
+                         parameter="start_job")
+    process = validate(ProcessCreatorConfig, params.process, parameter="process") if params.process else None
+    if params.start_job is not None:
+        from flows.setup import load_start_job
+
+        check(lambda: load_start_job(params.start_job), "start_job")
+    db = open_job_db(params.job_db)
+    check_not_locked(params.job_db, params.wait_for_lock)
+    if len(backends) == len(params.backends):  # block names may name any backend: the flow checks those
+        from flows.setup import check_row_backends
+
+        names = db.df["backend_name"].where(db.df["backend_name"].notna(), None)
+        check(lambda: check_row_backends({int(i): v for i, v in names.items()}, {b.name for b in backends}),
+              "backends")
+    if connect:
+        check_backends(backends, process, db.df.columns)
+    return params
+
+
+def validate(model: type[BaseModel], value: Any, parameter: Optional[str] = None, label: str = "") -> Any:
+    """`model(**value)`, or a SetupError naming the parameter and saying what is wrong, in words."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        location = [str(part) for part in error["loc"]]
+        name = parameter or (location.pop(0) if location else None)
+        field = ".".join(location)
+        prefix = " ".join(p for p in (label, f"{field}:" if field else "") if p)
+        raise SetupError(f"{prefix + ' ' if prefix else ''}{describe(error)}", parameter=name) from None
+
+
+def describe(error: Mapping[str, Any]) -> str:
+    """A pydantic error as a short phrase: `must be > 0 (got -1)`."""
+    ctx = error.get("ctx") or {}
+    bounds = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="),
+              "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
+    kind = error.get("type", "")
+    if kind in bounds:
+        key, sign = bounds[kind]
+        text = f"must be {sign} {shown(ctx.get(key))}"
+    elif kind == "too_short":
+        text = f"give at least {ctx.get('min_length')}"
+    elif kind == "value_error":
+        return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    elif kind == "missing":
+        return "is required"
+    elif kind == "extra_forbidden":
+        return "is not a known option"
+    else:
+        message = str(error.get("msg", "invalid"))
+        text = message[:1].lower() + message[1:]
+    return f"{text} (got {shown(error.get('input'))})" if "input" in error else text
+
+
+def shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (dict, list)):
+        return "an empty list" if value == [] else type(value).__name__
+    return str(value)
+
+
+def backend_label(backend: Any) -> str:
+    return f"backend {backend['name']!r}:" if isinstance(backend, Mapping) and backend.get("name") else ""
+
+
+def check(action: Callable[[], Any], parameter: str) -> Any:
+    """Run one check; a SetupError that names no parameter is attributed to `parameter`."""
+    try:
+        return action()
+    except SetupError as exc:
+        if exc.parameter is None:
+            exc.parameter = parameter
+        raise
+
+
+def _check_unique_names(backends: List[BackendConfig]) -> None:
+    names = [b.name for b in backends]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SetupError(f"backend names must be unique, repeated: {duplicates}", parameter="backends")
+
+
+def open_job_db(job_db: str):
+    from jobdb import JobDatabase, JobDbError
+
+    try:
+        return JobDatabase.open(job_db)
+    except JobDbError as exc:
+        raise SetupError(str(exc), parameter="job_db") from None
+
+
+def check_not_locked(job_db: str, wait_for_lock: bool) -> None:
+    """Refuse at once when another live run owns the DB (unless the run is to wait for it)."""
+    if wait_for_lock:
+        return
+    from jobdb import JobDbLock, JobDbLocked
+
+    lock = JobDbLock(job_db)
+    try:
+        lock.acquire()
+    except JobDbLocked as exc:
+        raise SetupError(exc.describe(), parameter="job_db") from None
+    lock.release()
+
+
+def check_backends(backends: List[BackendConfig], process: Optional[ProcessCreatorConfig], columns) -> None:
+    """Reachable, credentials accepted, and (for `process`) every process parameter provided."""
+    from flows.setup import check_process_parameters, connect_backend, make_process_creator
+
+    connections = []
+    try:
+        for backend in backends:
+            connections.append(check(lambda: connect_backend(backend), "backends"))
+        if process is not None and connections:
+            creator = make_process_creator(process)
+            check(lambda: check_process_parameters(creator, process, connections[0], columns), "process")
+    finally:
+        for connection in connections:
+            connection.session.close()
