@@ -32,6 +32,9 @@ class RunParameters(BaseModel):
     max_runtime_minutes: Optional[float] = Field(None, gt=0)
     failure_threshold: float = Field(0.0, ge=0, le=1)
     wait_for_lock: bool = False
+    max_attempts: int = Field(1, ge=1, le=20)
+    on_job_done: Optional[str] = None
+    on_job_error: Optional[str] = None
 
 
 def preflight(parameters: Mapping[str, Any], connect: bool = True) -> RunParameters:
@@ -49,6 +52,15 @@ def preflight(parameters: Mapping[str, Any], connect: bool = True) -> RunParamet
         from flows.setup import load_start_job
 
         check(lambda: load_start_job(params.start_job), "start_job")
+    for kind in ("done", "error"):
+        spec = getattr(params, f"on_job_{kind}")
+        if spec:
+            from tasks.callables import load_hook
+
+            try:
+                load_hook(spec)
+            except ValueError as exc:
+                raise SetupError(f"on_job_{kind}: {exc}", parameter=f"on_job_{kind}") from None
     db = open_job_db(params.job_db)
     check_not_locked(params.job_db, params.wait_for_lock)
     if len(backends) == len(params.backends):  # block names may name any backend: the flow checks those

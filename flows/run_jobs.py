@@ -52,7 +52,7 @@ from jobdb import JobDbError, JobDbLocked
 from jobdb.status import FAILED, HOLDS_SLOT
 from jobdb.store import JobStore
 from tasks.connections import ManagedConnection, connection_key, register_connection, unregister_connection
-from tasks.hooks import load_hook
+from tasks.callables import load_hook
 
 # Polls, reconciles, downloads and error logs run on the flow's task runner with this many threads.
 FLOW_TASK_WORKERS = 8

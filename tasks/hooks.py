@@ -7,46 +7,17 @@ runs as its own named task run with Prefect retries; if it still raises, the row
 """
 from __future__ import annotations
 
-import importlib
-import inspect
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.callables import load_hook
 from tasks.connections import get_connection
 from tasks.download import job_dir as job_dir_of
 from tasks.outcome import Outcome, Step, deliver
 from tasks.start import row_as_series
-
-HOOK_ARGUMENTS = ("job_id", "row", "job_dir", "connection")
-
-
-def load_hook(spec: str) -> Callable[..., Any]:
-    """The callable an import path names; ValueError with a clear reason otherwise."""
-    module_name, sep, attribute = str(spec).partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(f"{spec!r} is not an import path of the form 'package.module:function'")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"{spec!r}: module {module_name!r} cannot be imported: {exc}") from exc
-    try:
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except AttributeError:
-        raise ValueError(f"{spec!r}: {module_name!r} has no attribute {attribute!r}") from None
-    if not callable(target):
-        raise ValueError(f"{spec!r} is not callable")
-    try:
-        inspect.signature(target).bind(*HOOK_ARGUMENTS)
-    except TypeError as exc:
-        raise ValueError(f"{spec!r} cannot be called as hook(job_id, row, job_dir, connection): {exc}") from None
-    except ValueError:
-        pass  # builtins without a signature: nothing to check
-    return target
-
 
 @task(name="post-process", task_run_name="on-job-{kind}-{label}", retries=2, retry_delay_seconds=[2, 10],
       cache_policy=NO_CACHE)

@@ -148,7 +148,7 @@ def test_preflight_mirrors_the_flow_signature():
     """Every run_jobs parameter is checked by the preflight, with the same default, and has a flag."""
     flow_parameters = inspect.signature(run_jobs.fn).parameters
     fields = RunParameters.model_fields
-    assert set(flow_parameters) <= set(fields)
+    assert set(flow_parameters) == set(fields)
     for name, parameter in flow_parameters.items():
         if parameter.default is not inspect.Parameter.empty:
             assert fields[name].default == parameter.default, name
