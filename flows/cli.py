@@ -64,6 +64,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse prints usage + message and exits; we want one line
+        # "argument --backend: --backend 'x': ..." -> "--backend 'x': ..."; "argument --x: ..." -> "--x: ..."
+        head, sep, rest = message.partition(": ")
+        if sep and head.startswith("argument "):
+            flag = head[len("argument "):]
+            message = rest if rest.startswith(flag) else f"{flag}: {rest}"
         raise BadInput(f"{message} (see --help)")
 
 
@@ -200,8 +205,11 @@ def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argpar
     elif isinstance(result, BaseException):
         print(f"error: the run failed: {type(result).__name__}: {result}", file=sys.stderr)
         return EXIT_FAILED
-    if state.is_cancelled():  # Ctrl-C / SIGTERM: the flow wound down and says how to resume
-        print(state.message or "interrupted: run the same command again to resume", file=sys.stderr)
+    if state.is_cancelled():  # Ctrl-C / SIGTERM: the flow wound down (its message says how to resume)
+        message = state.message or "interrupted"
+        if "resume" not in message:
+            message = f"run cancelled: {message}; run the same command again to resume"
+        print(message, file=sys.stderr)
         return EXIT_INTERRUPTED
     if state.is_failed():
         print(f"run failed: {state.message}", file=sys.stderr)

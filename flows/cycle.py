@@ -117,6 +117,7 @@ class Cycle:
                 now=now, holds=self.holds, starting_allowed=not stopping, poll_due=poll_due,
                 download=self.options.download, cancel_after=self.options.cancel_after,
                 utc_now=datetime.now(timezone.utc), hooks=self.options.hooks, max_attempts=self.options.max_attempts,
+                pinned=frozenset(self.pinned),
             )
             plan = self.decide(snapshot, situation)
             self.store.apply(plan.updates)
@@ -145,11 +146,19 @@ class Cycle:
         return self.options.deadline is not None and now >= self.options.deadline
 
     def _done(self, plan: Plan) -> bool:
-        """Every row terminal, nothing in flight, and this cycle found nothing left to do."""
+        """Nothing in flight, nothing left to do this cycle, and every row terminal — or waiting
+        with no backend left that accepts new jobs (all refused for good: no credits)."""
         if self.dispatcher.busy() or plan.intents or plan.updates or plan.starts or plan.reconciles \
                 or plan.finishes or plan.hooks:
             return False
-        return self.store.snapshot().all_terminal
+        snapshot = self.store.snapshot()
+        if snapshot.all_terminal:
+            return True
+        accepting = set(self.policies) - set(self.refused)
+        if accepting:
+            return False
+        stuck = sum(1 for backend, _ in snapshot.to_start.values() if backend in self.refused)  # created, unpaid
+        return snapshot.terminal + len(snapshot.waiting) + stuck == snapshot.rows
 
     def _wait_time(self, now: float, next_poll: float) -> float:
         wait = next_poll - now

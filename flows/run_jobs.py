@@ -60,20 +60,20 @@ FLOW_TASK_WORKERS = 8
 TOKEN_REFRESH_SECONDS = 30 * 60.0
 
 
-class RunFailed(Exception):
-    """The run ended Failed (too many rows failed); `stats` says how it went."""
+class RunEnded(Exception):
+    """A run that did not complete; `stats` says how far it went."""
 
     def __init__(self, message: str, stats: Dict[str, Any]):
         super().__init__(message)
         self.stats = stats
 
 
-class RunInterrupted(Exception):
-    """The run was interrupted (Ctrl-C / SIGTERM); the same call resumes it. `stats` as for RunFailed."""
+class RunFailed(RunEnded):
+    """The run ended Failed: more rows failed than `failure_threshold` allows."""
 
-    def __init__(self, message: str, stats: Dict[str, Any]):
-        super().__init__(message)
-        self.stats = stats
+
+class RunInterrupted(RunEnded):
+    """The run was interrupted (Ctrl-C / SIGTERM); the same call resumes it."""
 
 
 @dataclass
@@ -226,6 +226,11 @@ def final_state(run: PreparedRun, end: CycleEnd, stats: Dict[str, Any], threshol
         logger.error(message)
         return Failed(message=message, data=RunFailed(message, stats))
     left = stats["rows"] - stats["terminal"]
+    if end.refused and left:
+        refused = "; ".join(f"{name}: {why}" for name, why in end.refused.items())
+        message = f"{left} rows left not_started: backends refused new jobs ({refused}); {summary}"
+        logger.warning(message)
+        return Completed(message=message, data=stats)
     if end.reason == "time_up" and left:
         message = f"time is up: {left} rows left for the next run ({summary})"
     else:

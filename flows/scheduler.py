@@ -57,6 +57,7 @@ class Situation:
     download: bool = True
     cancel_after: Optional[float] = None  # seconds a job may run
     utc_now: Optional[datetime] = None
+    pinned: FrozenSet[int] = frozenset()  # rows whose backend the user chose
     hooks: FrozenSet[str] = frozenset()  # "done" / "error": which post-processing hooks are configured
     max_attempts: int = 1  # jobs a row may use (resubmission after error)
 
@@ -231,6 +232,29 @@ def plan_hooks(snapshot: Snapshot, situation: Situation, in_flight: InFlight) ->
     return orders
 
 
+def with_earlier_job(snapshot: Snapshot, row: int, job_id: Optional[str]) -> Optional[str]:
+    """The row's previous_job_ids with `job_id` appended (comma-separated)."""
+    earlier = [j for j in (snapshot.earlier_jobs.get(row) or "").split(",") if j]
+    return ",".join(earlier + ([job_id] if job_id else [])) or None
+
+
+def plan_moves_off_refused(snapshot: Snapshot, situation: Situation, in_flight: InFlight) -> Dict[int, Dict[str, Any]]:
+    """Jobs created on a backend that then refused for good (no credits to start them) are left
+    there unstarted (it costs nothing) and their rows go back to waiting, for another backend —
+    unless the user pinned them. The abandoned job stays on record in previous_job_ids."""
+    accepting = {n for n, p in situation.backends.items() if p.accepting}
+    if not accepting or not situation.starting_allowed:
+        return {}
+    updates: Dict[int, Dict[str, Any]] = {}
+    for row, (backend, job_id) in snapshot.to_start.items():
+        policy = situation.backends.get(backend)
+        if policy is None or policy.accepting or row in situation.pinned or row in in_flight.starting:
+            continue
+        updates[row] = {"status": "not_started", "id": None, "job_marker": None, "backend_name": None,
+                        "start_time": None, "previous_job_ids": with_earlier_job(snapshot, row, job_id)}
+    return updates
+
+
 RESET_ON_RESUBMIT = ("id", "job_marker", "backend_name", "start_time", "running_start_time", "results_status",
                      "results_error", "postprocess_status", "postprocess_error")
 
@@ -254,8 +278,7 @@ def plan_resubmits(snapshot: Snapshot, situation: Situation, in_flight: InFlight
         update: Dict[str, Any] = {column: None for column in RESET_ON_RESUBMIT}
         update.update(status="not_started", attempt=failed.attempt, previous_error=failed.error)
         if failed.job_id:
-            earlier = [j for j in (failed.previous_job_ids or "").split(",") if j]
-            update["previous_job_ids"] = ",".join(earlier + [failed.job_id])
+            update["previous_job_ids"] = with_earlier_job(snapshot, row, failed.job_id)
         updates[row] = update
     return updates
 
@@ -265,6 +288,7 @@ def plan_cycle(
 ) -> Plan:
     reconciles, updates = plan_reconciles(snapshot, situation, in_flight)
     updates.update(plan_resubmits(snapshot, situation, in_flight))
+    updates.update(plan_moves_off_refused(snapshot, situation, in_flight))
     intents, starts = plan_starts(snapshot, situation, in_flight, marker_for)
     return Plan(
         intents=intents,

@@ -39,7 +39,6 @@ class FailedRow:
     previous_error: Optional[str]  # the error that made the flow resubmit it last time
     handled: bool  # its error logs were saved (error) or there is nothing to save (start_failed)
     job_id: Optional[str] = None
-    previous_job_ids: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,7 @@ class Snapshot:
     hook_pending: Mapping[int, Tuple[str, str, str, Optional[str]]] = field(default_factory=dict)
     failed: Mapping[int, FailedRow] = field(default_factory=dict)  # error / start_failed rows
     attempts: Mapping[int, int] = field(default_factory=dict)  # waiting rows tried before: tries so far
+    earlier_jobs: Mapping[int, str] = field(default_factory=dict)  # rows' previous_job_ids, where set
 
     @property
     def terminal(self) -> int:
@@ -136,15 +136,18 @@ class JobStore:
                 status=str(status.iat[i]), attempt=int(self.value(i, "attempt") or (1 if self.value(i, "id") else 0)),
                 error=self.value(i, "error_message"), previous_error=self.value(i, "previous_error"),
                 handled=status.iat[i] == "start_failed" or results.iat[i] is not None and results.iat[i] == results.iat[i],
-                job_id=self.value(i, "id"), previous_job_ids=self.value(i, "previous_job_ids"),
+                job_id=self.value(i, "id"),
             )
         attempts = {}
         if "attempt" in df.columns:
             tried = waiting_mask & df["attempt"].notna()
             attempts = {i: int(a) for i, a in pairs(tried, "attempt") if a}
+        earlier = df["previous_job_ids"] if "previous_job_ids" in df.columns else None
+        earlier_jobs = {i: str(v) for i, v in pairs(earlier.notna(), "previous_job_ids")} if earlier is not None else {}
         return Snapshot(
             rows=len(df),
             attempts=attempts,
+            earlier_jobs=earlier_jobs,
             hook_pending=hook_pending,
             failed=failed,
             waiting=tuple(df.index[waiting_mask].tolist()),

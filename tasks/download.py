@@ -88,6 +88,13 @@ def is_transient(exc: BaseException) -> bool:
 RETRY_DELAYS = (2.0, 10.0)
 
 
+def each_job(jobs: List[Dict[str, Any]], what: str, work: Callable[[Dict[str, Any]], Dict[str, Any]],
+             delays: Sequence[float]) -> Dict[int, Dict[str, Any]]:
+    """{row: work(job)} for each job, each retried on its own; a job that still fails: {"error"}."""
+    return {int(job["_row"]): _with_retries(f"{what} of job {job['job_id']}", lambda job=job: work(job), delays)
+            for job in jobs}
+
+
 def _with_retries(what: str, call: Callable[[], Dict[str, Any]], delays: Sequence[float]) -> Dict[str, Any]:
     for delay in (*delays, None):
         try:
@@ -117,14 +124,8 @@ def download_results(
     download only fetches what is missing. Outcome rows: {row: {"assets", "bytes"} or {"error"}}.
     """
     connection = get_connection(connection_key)
-    results = {
-        int(job["_row"]): _with_retries(
-            f"download of job {job['job_id']}",
-            lambda job=job: fetch_job_results(connection, job["job_id"], root_dir, job.get("metadata")),
-            retry_delays,
-        )
-        for job in jobs
-    }
+    results = each_job(jobs, "download", lambda job: fetch_job_results(
+        connection, job["job_id"], root_dir, job.get("metadata")), retry_delays)
     return deliver(inbox, Outcome(Step.DOWNLOAD, backend, results))
 
 
@@ -171,14 +172,7 @@ def save_error_logs(
     """Save each failed job's error logs as `job_<id>_errors.json` (`jobs`: [{"_row", "job_id"}]).
     Outcome rows: {row: {"error_message": its first error line, "log_entries": n} or {"error"}}."""
     connection = get_connection(connection_key)
-    results = {
-        int(job["_row"]): _with_retries(
-            f"error logs of job {job['job_id']}",
-            lambda job=job: _save_logs(connection, job["job_id"], root_dir),
-            retry_delays,
-        )
-        for job in jobs
-    }
+    results = each_job(jobs, "error logs", lambda job: _save_logs(connection, job["job_id"], root_dir), retry_delays)
     return deliver(inbox, Outcome(Step.ERROR_LOGS, backend, results))
 
 

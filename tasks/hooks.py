@@ -8,7 +8,7 @@ runs as its own named task run with Prefect retries; if it still raises, the row
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE

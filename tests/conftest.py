@@ -24,3 +24,14 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def sim():
+    """A simulated backend whose jobs queue 0.2 s and run 1 s (test modules may define their own)."""
+    from simulator import start_simulator
+    from tests.flow_helpers import fast_config
+
+    sim = start_simulator(fast_config(queue_time=0.2, run_time=1.0))
+    yield sim
+    sim.stop()

@@ -126,3 +126,29 @@ def test_max_attempts_below_one_is_refused(tmp_path):
                  start_job="flows.demo_callbacks:start_job", max_attempts=0)
     assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
     assert JobDatabase.open(db).df["status"].eq("not_started").all()
+
+
+def test_a_backend_out_of_credits_stops_taking_jobs_and_the_others_go_on(tmp_path):
+    """402 on start: no more starts there for this run, no row start_failed, the other backend
+    takes the rest; a run with no backend left ends with the rows waiting, saying why."""
+    broke = start_simulator(fast_config(credits=2, job_cost=1, credits_checked_on="start"))
+    rich = start_simulator(fast_config())
+    try:
+        db = make_db(tmp_path / "jobs.parquet", 10)
+        stats = run_jobs(job_db=str(db), backends=[backend("broke", broke, 3), backend("rich", rich, 3)],
+                         start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.3)
+        df = pd.read_parquet(db)
+        assert (df["status"] == "finished").all() and "start_failed" not in stats["status"]
+        assert set(stats["refused_backends"]) == {"broke"} and "402" in stats["refused_backends"]["broke"]
+        assert (df["backend_name"] == "broke").sum() == 2  # the two jobs it could pay for
+        assert broke.counters()["requests"].get("POST /jobs/{id}/results 402", 0) >= 1
+
+        alone = make_db(tmp_path / "alone.parquet", 3)
+        state = run_jobs(job_db=str(alone), backends=[backend("broke", broke, 3)],
+                         start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.3, return_state=True)
+        assert state.is_completed() and "rows left not_started" in state.message and "broke" in state.message
+        left = pd.read_parquet(alone)
+        assert set(left["status"]) <= {"not_started", "created"} and "start_failed" not in set(left["status"])
+    finally:
+        broke.stop()
+        rich.stop()

@@ -10,7 +10,6 @@ import os
 import time
 from collections import Counter
 
-import pytest
 
 from flows.run_jobs import run_jobs
 from simulator import start_simulator

@@ -14,17 +14,10 @@ import pytest
 from flows.account_slots import AccountSlots, account_key
 from flows.params import BackendConfig
 from flows.run_jobs import run_jobs
-from simulator import start_simulator
-from tests.flow_helpers import backend, fast_config, make_db
+from tests.flow_helpers import backend, make_db
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture
-def sim():
-    sim = start_simulator(fast_config(queue_time=0.2, run_time=1.0))
-    yield sim
-    sim.stop()
 
 
 @pytest.mark.usefixtures("prefect_harness")

@@ -20,16 +20,10 @@ from flows.run_jobs import RunFailed, run_jobs
 from jobdb import JobDbLocked, JobDbPaths
 from simulator import start_simulator
 from tests.flow_helpers import PASSWORD_ENV, assert_results_complete, backend, fast_config, make_db
-from tests.prefect_server import PrefectServer, free_port
+from tests.prefect_server import PrefectServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture
-def sim():
-    sim = start_simulator(fast_config(queue_time=0.2, run_time=1.0))
-    yield sim
-    sim.stop()
 
 
 def cli_command(db: Path, sim, parallel_jobs: int = 2, *extra: str) -> List[str]:

@@ -12,6 +12,7 @@ from flows.scheduler import (
     plan_cycle,
     plan_finishes,
     plan_hooks,
+    plan_moves_off_refused,
     plan_polls,
     plan_reconciles,
     plan_resubmits,
@@ -148,9 +149,9 @@ def test_hooks_run_after_downloads_or_error_logs_and_only_when_configured():
 
 
 def test_failed_rows_are_resubmitted_until_their_attempts_are_used():
-    snap = Snapshot(rows=5, failed={
+    snap = Snapshot(rows=5, earlier_jobs={1: "j1a"}, failed={
         0: FailedRow("error", 1, "oom", None, True, "j0"),
-        1: FailedRow("error", 2, "oom", "oom", True, "j1b", "j1a"),
+        1: FailedRow("error", 2, "oom", "oom", True, "j1b"),
         2: FailedRow("error", 1, "oom", None, False, "j2"),  # error logs not saved yet
         3: FailedRow("start_failed", 1, "KeyError: x", "KeyError: x", True),  # same callback error twice
         4: FailedRow("start_failed", 1, "429", None, True),
@@ -171,3 +172,13 @@ def test_a_resubmitted_row_gets_a_new_marker_per_attempt():
     snap = Snapshot(rows=1, waiting=(0,), attempts={0: 1})
     intents, orders = plan_starts(snap, situation(), InFlight(), marker)
     assert intents[0]["attempt"] == 2 and orders[0].marker == marker(0, 2) != marker(0)
+
+
+def test_jobs_stuck_on_a_backend_that_refused_go_back_to_waiting_for_another():
+    snap = Snapshot(rows=3, to_start={0: ("a", "j0"), 1: ("a", "j1"), 2: ("b", "j2")}, earlier_jobs={1: "jx"})
+    refused_a = situation(backends={"a": BackendPolicy(2, accepting=False), "b": BackendPolicy(1)}, pinned=frozenset({1}))
+    updates = plan_moves_off_refused(snap, refused_a, InFlight())
+    assert set(updates) == {0}  # row 1 is pinned to a; row 2 is on b, which accepts
+    assert updates[0]["status"] == "not_started" and updates[0]["previous_job_ids"] == "j0"
+    nobody = situation(backends={"a": BackendPolicy(2, accepting=False)})
+    assert plan_moves_off_refused(snap, nobody, InFlight()) == {}  # nowhere to go: they stay

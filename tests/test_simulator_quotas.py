@@ -6,7 +6,6 @@ import concurrent.futures
 import re
 import subprocess
 import sys
-import time
 
 import openeo
 import pytest
