@@ -12,34 +12,21 @@ active are picked up by the next run of the same job DB.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 from flows.account_slots import AccountSlots
 from flows.bookkeeping import RowNow, effects_of
 from flows.dispatcher import Dispatcher
+from flows.interrupts import StopSignal
 from flows.scheduler import BackendPolicy, Plan, Situation, plan_cycle
 from jobdb.store import Snapshot, JobStore
 from tasks.outcome import Outcome, Step
 
 # After a row was handed back (rate limit, job limit), wait this long before trying it again.
 RETRY_HOLD_SECONDS = 5.0
-
-
-@dataclass
-class StopSignal:
-    """Set from a signal handler or another thread; read by the cycle."""
-
-    event: threading.Event = field(default_factory=threading.Event)
-    reason: str = ""
-
-    def set(self, reason: str) -> None:
-        if not self.event.is_set():
-            self.reason = reason
-            self.event.set()
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,11 @@ if __name__ == "__main__":  # check the input before Prefect is imported; and im
 
     sys.exit(main())
 
-import signal
-import threading
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable, Dict, Iterator, List, Optional, Union
+from typing import Annotated, Any, Callable, Dict, List, Optional, Union
 
 from prefect import flow, get_run_logger
 from prefect.states import Cancelled, Completed, Failed, State
@@ -32,7 +29,8 @@ from pydantic import Field
 from flows.account_slots import AccountSlots
 from flows.background import BackgroundPublisher
 from flows.blocks import resolve_backend
-from flows.cycle import Cycle, CycleEnd, CycleOptions, StopSignal
+from flows.cycle import Cycle, CycleEnd, CycleOptions
+from flows.interrupts import StopSignal, catch_interrupts
 from flows.dispatcher import Dispatcher
 from flows.events import emit_job_event
 from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
@@ -237,35 +235,6 @@ def final_state(run: PreparedRun, end: CycleEnd, stats: Dict[str, Any], threshol
         message = f"run finished in {stats['elapsed_seconds']:.1f} s: {summary}"
     logger.info(message)
     return Completed(message=message, data=stats)
-
-
-@contextmanager
-def catch_interrupts(stop: StopSignal) -> Iterator[None]:
-    """First Ctrl-C / SIGTERM: stop gracefully (the cycle winds down); a second one: at once.
-
-    Only in the main thread, and SIGTERM only where nobody else (a Prefect worker's cancellation
-    bridge) handles it already."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {}
-
-    def handler(signum, frame):
-        if stop.event.is_set():
-            raise KeyboardInterrupt
-        stop.set("interrupted by " + signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        current = signal.getsignal(sig)
-        if sig == signal.SIGTERM and current not in (signal.SIG_DFL, None):
-            continue
-        previous[sig] = current
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 # --- setup ---------------------------------------------------------------------------------

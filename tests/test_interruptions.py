@@ -50,8 +50,9 @@ def active_jobs(db: Path) -> int:
 class PeakActive:
     """Watches the simulator's active job count for one account while a run goes on."""
 
-    def __init__(self, sim, user: str = "alice"):
-        self.sim, self.user, self.peak = sim, user, 0
+    def __init__(self, sim, user: str = "alice", full: int = 0):
+        self.sim, self.user, self.peak, self.full = sim, user, 0, full
+        self.started, self.full_after = time.monotonic(), None  # seconds until `full` jobs were active
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -59,6 +60,8 @@ class PeakActive:
     def _watch(self) -> None:
         while not self._stop.wait(0.05):
             self.peak = max(self.peak, self.sim.counters()["active_per_user"].get(self.user, 0))
+            if self.full and self.full_after is None and self.peak >= self.full:
+                self.full_after = time.monotonic() - self.started
 
     def stop(self) -> int:
         self._stop.set()
@@ -112,12 +115,13 @@ def test_ctrl_c_in_the_cli_exits_in_seconds_and_the_rerun_completes(tmp_path):
         assert processes_with_env("PREFECT_HOME", str(home)) == []  # no server outlived the CLI
         assert not JobDbPaths.of(db).lock_holder.exists()
 
-        peak = PeakActive(sim)
+        peak = PeakActive(sim, full=2)
         t1 = time.monotonic()
         rerun = subprocess.run(cli_command(db, sim), env=env, capture_output=True, text=True, timeout=180)
         rerun_seconds = time.monotonic() - t1
         full = peak.stop()
-        print(f"rerun: exit {rerun.returncode} in {rerun_seconds:.1f} s, peak active jobs {full}")
+        print(f"rerun: exit {rerun.returncode} in {rerun_seconds:.1f} s, peak active jobs {full}, "
+              f"full slots {peak.full_after or float('nan'):.1f} s after the command started (Prefect server start included)")
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert full == 2  # the interrupted run's slots were free at once
         df = pd.read_parquet(db)
