@@ -4,9 +4,9 @@ Prefect's temporary server is started in the CLI's process group: a terminal's C
 too and kills it first, so the interrupted run can no longer record its final state (it stays
 `Running`), and a SIGKILLed CLI leaves the server behind as an orphan. This module starts
 `prefect server start` (the public command, same `PREFECT_HOME` database) under a small watchdog
-in a new session: Ctrl-C reaches only the CLI, which winds down and records `Cancelled`; and the
-watchdog stops the server as soon as the CLI's end of a pipe closes — on a normal exit, an
-exception or a SIGKILL alike.
+in a new session: Ctrl-C reaches only the CLI, which winds down and records `Cancelled`; the
+watchdog restarts the server if it dies, and stops it as soon as the CLI's end of a pipe closes —
+on a normal exit, an exception or a SIGKILL alike.
 
 Run as `python -m flows.local_server PORT`: the watchdog itself (stdin = the pipe from the CLI).
 """
@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Iterator, Optional
 
@@ -68,21 +69,32 @@ def local_prefect_server(timeout: float = STARTUP_TIMEOUT_SECONDS) -> Iterator[s
 
 
 def _watch(port: int) -> int:
-    """Run `prefect server start` until stdin closes (the CLI ended), then stop it."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    """Keep `prefect server start` up until stdin closes (the CLI ended), then stop it. A server
+    that dies meanwhile (killed, crashed) is started again on the same port and database: the
+    run goes on without its API for those seconds and catches up."""
+    ended = threading.Event()
 
-    def leave(signum, frame):
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, leave)
-    try:
-        while os.read(sys.stdin.fileno(), 1024):  # blocks until the CLI closes the pipe or dies
+    def wait_for_eof() -> None:
+        try:
+            while os.read(sys.stdin.fileno(), 1024):  # blocks until the CLI closes the pipe or dies
+                pass
+        except OSError:
             pass
-    except OSError:
-        pass
+        ended.set()
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    signal.signal(signal.SIGTERM, lambda *_: ended.set())
+    threading.Thread(target=wait_for_eof, daemon=True).start()
+    server = start()
+    try:
+        while not ended.wait(1.0):
+            if server.poll() is not None:
+                server = start()
     finally:
         server.terminate()
         try:

@@ -89,6 +89,21 @@ def flow_run_states(api_url: str) -> List[str]:
     return [run["state"]["type"] for run in response.json()]
 
 
+def flow_run_states_in(home: Path) -> List[str]:
+    """The flow runs recorded in a PREFECT_HOME's database, read through a server started on it."""
+    from flows.local_server import local_prefect_server
+
+    os.environ["PREFECT_HOME"], saved = str(home), os.environ.get("PREFECT_HOME")
+    try:
+        with local_prefect_server() as api_url:
+            return flow_run_states(api_url)
+    finally:
+        if saved is None:
+            os.environ.pop("PREFECT_HOME", None)
+        else:
+            os.environ["PREFECT_HOME"] = saved
+
+
 def test_ctrl_c_in_the_cli_exits_in_seconds_and_the_rerun_completes(tmp_path):
     """Embedded mode (no PREFECT_API_URL): SIGINT to the CLI's process group as a terminal sends
     it. The run stops starting, records Cancelled, exits 130 within ~5 s, leaves no server behind;
@@ -135,17 +150,7 @@ def test_ctrl_c_in_the_cli_exits_in_seconds_and_the_rerun_completes(tmp_path):
             child.wait(10)
         sim.stop()
     # The interrupted flow run was recorded as Cancelled, not left Running.
-    from flows.local_server import local_prefect_server
-
-    os.environ["PREFECT_HOME"], saved = str(home), os.environ.get("PREFECT_HOME")
-    try:
-        with local_prefect_server() as api_url:
-            states = flow_run_states(api_url)
-    finally:
-        if saved is None:
-            os.environ.pop("PREFECT_HOME", None)
-        else:
-            os.environ["PREFECT_HOME"] = saved
+    states = flow_run_states_in(home)
     assert sorted(states) == ["CANCELLED", "COMPLETED"], states
 
 
@@ -270,3 +275,46 @@ def test_prefect_server_outage_of_ten_seconds(tmp_path):
 @pytest.mark.slow
 def test_prefect_server_outage_of_forty_seconds(tmp_path):
     _outage_run(tmp_path, 40.0)
+
+
+def server_pids(home: Path) -> List[int]:
+    """`prefect server start` processes using this PREFECT_HOME."""
+    pids = []
+    for pid in processes_with_env("PREFECT_HOME", str(home)):
+        try:
+            if b"server\0start" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+        except OSError:
+            continue
+    return pids
+
+
+def test_the_cli_run_survives_its_prefect_server_being_killed(tmp_path):
+    """SIGKILL of the CLI's Prefect server mid-run: the openEO side goes on, the watchdog starts
+    the server again, the run completes by itself and is recorded Completed."""
+    sim = start_simulator(fast_config(queue_time=0.2, run_time=1.5))
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PYTHONPATH=str(ROOT), PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               **{PASSWORD_ENV: sim.config.password})
+    db = make_db(tmp_path / "jobs.parquet", 12)
+    child = subprocess.Popen(cli_command(db, sim, 3), env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: active_jobs(db) >= 2, 120, "jobs running")
+        (victim,) = server_pids(home)
+        os.kill(victim, signal.SIGKILL)
+        out, err = child.communicate(timeout=240)
+        assert child.returncode == 0, err[-3000:]
+        df = pd.read_parquet(db)
+        assert (df["status"] == "finished").all()
+        counters = sim.counters()
+        assert counters["jobs_total"] == 12 and counters["duplicate_titles"] == {}
+        wait_for(lambda: not server_pids(home), 20, "the CLI's server to stop", 0.5)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait(10)
+        sim.stop()
+    states = flow_run_states_in(home)
+    assert states == ["COMPLETED"], states
