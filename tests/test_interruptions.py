@@ -53,6 +53,7 @@ class PeakActive:
     def __init__(self, sim, user: str = "alice", full: int = 0):
         self.sim, self.user, self.peak, self.full = sim, user, 0, full
         self.started, self.full_after = time.monotonic(), None  # seconds until `full` jobs were active
+        self.jobs_before, self.first_new_job_after = sim.counters()["jobs_total"], None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -62,6 +63,8 @@ class PeakActive:
             self.peak = max(self.peak, self.sim.counters()["active_per_user"].get(self.user, 0))
             if self.full and self.full_after is None and self.peak >= self.full:
                 self.full_after = time.monotonic() - self.started
+            if self.first_new_job_after is None and self.sim.counters()["jobs_total"] > self.jobs_before:
+                self.first_new_job_after = time.monotonic() - self.started
 
     def stop(self) -> int:
         self._stop.set()
@@ -135,8 +138,9 @@ def test_ctrl_c_in_the_cli_exits_in_seconds_and_the_rerun_completes(tmp_path):
         rerun = subprocess.run(cli_command(db, sim), env=env, capture_output=True, text=True, timeout=180)
         rerun_seconds = time.monotonic() - t1
         full = peak.stop()
-        print(f"rerun: exit {rerun.returncode} in {rerun_seconds:.1f} s, peak active jobs {full}, "
-              f"full slots {peak.full_after or float('nan'):.1f} s after the command started (Prefect server start included)")
+        print(f"rerun: exit {rerun.returncode} in {rerun_seconds:.1f} s, peak active jobs {full} (first reached "
+              f"{peak.full_after or float('nan'):.1f} s after the command started, with the adopted jobs), first new "
+              f"job {peak.first_new_job_after or float('nan'):.1f} s after it (Prefect server start included)")
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert full == 2  # the interrupted run's slots were free at once
         df = pd.read_parquet(db)
