@@ -74,6 +74,8 @@ class Cycle:
         self.metadata: Dict[int, Mapping[str, Any]] = {}
         self.refused: Dict[str, str] = {}
         self._errors_untold: Dict[int, str] = {}  # row -> status before `error`, until its logs are in
+        self._pending: Dict[int, Dict[str, Any]] = {}  # updates of the outcomes being applied
+        self._changes: List[tuple] = []
         self.pinned = set(store.snapshot().pinned)
         self._ledger_holding: Optional[Dict[str, int]] = None
         self.cycles = 0
@@ -113,7 +115,7 @@ class Cycle:
             self.dispatch(plan, stopping)
             if poll_due:
                 next_poll = now + self.options.poll_interval
-                self.on_progress(self.store.snapshot())
+                self.on_progress(snapshot)  # as of this cycle's start: a poll interval is coarser anyway
             if all_started_at is None and not snapshot.waiting and not snapshot.creating:
                 all_started_at = now - t0
             if stopping:
@@ -122,7 +124,7 @@ class Cycle:
                     break
                 timeout = 0.1
                 continue
-            if self._done(plan):
+            if self._done(plan, snapshot):
                 break
             timeout = self._wait_time(now, next_poll)
         self.store.persist(force=True)
@@ -132,13 +134,13 @@ class Cycle:
     def _time_up(self, now: float) -> bool:
         return self.options.deadline is not None and now >= self.options.deadline
 
-    def _done(self, plan: Plan) -> bool:
+    def _done(self, plan: Plan, snapshot: Snapshot) -> bool:
         """Nothing in flight, nothing left to do this cycle, and every row terminal — or waiting
-        with no backend left that accepts new jobs (all refused for good: no credits)."""
+        with no backend left that accepts new jobs (all refused for good: no credits).
+        An empty plan changed nothing, so this cycle's snapshot is still the DB's state."""
         if self.dispatcher.busy() or plan.intents or plan.updates or plan.starts or plan.reconciles \
                 or plan.finishes or plan.hooks:
             return False
-        snapshot = self.store.snapshot()
         if snapshot.all_terminal:
             return True
         accepting = set(self.policies) - set(self.refused)
@@ -187,14 +189,21 @@ class Cycle:
 
     # --- applying outcomes ----------------------------------------------------------------
     def row_now(self, row: int) -> RowNow:
-        return RowNow(self.store.value(row, "status"), self.store.value(row, "running_start_time"), row in self.pinned)
+        pending = self._pending.get(row, {})
+        status = pending.get("status", self.store.value(row, "status"))
+        started = pending.get("running_start_time", self.store.value(row, "running_start_time"))
+        return RowNow(status, started, row in self.pinned)
 
     def apply(self, outcomes: List[Outcome]) -> None:
+        """Apply what the tasks reported: all of a cycle's updates in one store update (10k-row
+        runs: one per outcome was thousands of DataFrame writes), later outcomes seeing earlier ones."""
         now = time.monotonic()
         self.holds = {row: until for row, until in self.holds.items() if until > now}
+        self._pending = {}
         for outcome in outcomes:
             effects = effects_of(outcome, self.row_now)
-            self.store.apply(effects.updates)
+            for row, update in effects.updates.items():
+                self._pending.setdefault(row, {}).update(update)
             for row in effects.hold:
                 self.holds[row] = now + RETRY_HOLD_SECONDS
             self.metadata.update(effects.metadata)
@@ -208,12 +217,17 @@ class Cycle:
                 self.logger.warning("backend %s refused new jobs for good (%s): starting no more jobs there in "
                                     "this run; running jobs are still followed and downloaded",
                                     outcome.backend, effects.refused)
-            for row, old, new in effects.changes:
-                self.on_change(row, old, new)
-                if new == "error" and outcome.step is Step.POLL:
-                    self._errors_untold[row] = old  # told with its reason once its error logs are in
-                else:
-                    self._tell(row, outcome.backend, old, new)
+            self._changes.extend((row, old, new, outcome) for row, old, new in effects.changes)
+        pending, self._pending = self._pending, {}
+        self.store.apply(pending)
+        changes, self._changes = self._changes, []
+        for row, old, new, outcome in changes:  # told once the rows' new values (ids, errors) are stored
+            self.on_change(row, old, new)
+            if new == "error" and outcome.step is Step.POLL:
+                self._errors_untold[row] = old  # told with its reason once its error logs are in
+            else:
+                self._tell(row, outcome.backend, old, new)
+        for outcome in outcomes:
             if outcome.step is Step.ERROR_LOGS:
                 for row in outcome.rows:
                     self._tell(row, outcome.backend, self._errors_untold.pop(row, "running"), "error")
