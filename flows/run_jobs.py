@@ -32,7 +32,7 @@ from flows.blocks import resolve_backend
 from flows.cycle import Cycle, CycleEnd, CycleOptions
 from flows.interrupts import StopSignal, catch_interrupts
 from flows.dispatcher import Dispatcher
-from flows.events import emit_job_event
+from flows.events import JobEvents
 from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
 from flows.progress_display import current_display
 from flows.reporting import ProgressReport, failed_rows, merge_request_counts, publish_final_artifacts
@@ -177,9 +177,11 @@ def drive(
     run.store.track_hooks = bool(run.hooks)
     run.store.track_retries = max_attempts > 1
 
+    events = JobEvents(publisher, str(run.store.path))
+
     def on_change(row: int, old: str, new: str) -> None:
-        emit_job_event(new, run.store.value(row, "id"), run.store.value(row, "backend_name") or "", row,
-                       run.store.label(row), str(run.store.path))
+        events.changed(new, run.store.value(row, "id"), run.store.value(row, "backend_name") or "", row,
+                       run.store.label(row))
 
     policies = {n: BackendPolicy(b.parallel_jobs, b.max_parallel_starts) for n, b in run.backends.items()}
     run.store.retry_failed_downloads()
