@@ -90,6 +90,7 @@ class Timer:
 
 
 def child_flow(spec: Dict[str, Any], out: Path) -> None:
+    sys.path.insert(0, spec.get("root") or str(ROOT))  # the checkout under test (--root)
     import pandas as pd
 
     from jobdb import JobDatabase
@@ -208,7 +209,7 @@ def run_flow_bench(args: argparse.Namespace) -> Dict[str, Any]:
 
     sims = [start_simulator(SimulatorConfig(**SIM)) for _ in range(2)]
     workdir = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.workdir))
-    spec = {"rows": args.rows, "workdir": str(workdir), "password": sims[0].config.password,
+    spec = {"rows": args.rows, "workdir": str(workdir), "password": sims[0].config.password, "root": args.root,
             "start_workers": args.start_workers, "download": not args.no_download,
             "backends": [{"name": f"b{i}", "url": s.url, "parallel_jobs": args.parallel_jobs} for i, s in enumerate(sims)]}
     (workdir / "spec.json").write_text(json.dumps(spec))
@@ -224,7 +225,7 @@ def run_flow_bench(args: argparse.Namespace) -> Dict[str, Any]:
     log = open(workdir / "child.log", "wb")
     load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=args.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     peak = {"flow_rss_kb": 0, "tree_rss_kb": 0}
     last: Dict[int, Dict[str, float]] = {}
     done = threading.Event()
@@ -421,6 +422,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=720, help="kill the flow run after this many seconds")
     parser.add_argument("--workdir", help="default: a temp dir")
     parser.add_argument("--json", help="write all figures here")
+    parser.add_argument("--root", default=str(ROOT), help="checkout whose flow to run (e.g. an older commit)")
     args = parser.parse_args(argv)
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench-scale-")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
