@@ -105,6 +105,8 @@ def child_flow(spec: Dict[str, Any], out: Path) -> None:
 
     import flows.run_jobs as rj
 
+    if spec.get("without_job_events") and hasattr(rj, "emit_job_event"):
+        rj.emit_job_event = lambda *args, **kwargs: None  # diagnostic: what the per-change events cost
     timer = Timer()
     for module_name, class_name, attribute, label in PHASES:
         try:
@@ -117,6 +119,12 @@ def child_flow(spec: Dict[str, Any], out: Path) -> None:
     backends = [{"name": b["name"], "url": b["url"], "parallel_jobs": b["parallel_jobs"],
                  "auth": {"type": "basic", "username": "scale", "password_env": PASSWORD_ENV}} for b in spec["backends"]]
     result: Dict[str, Any] = {}
+    profiler = None
+    if spec.get("profile"):
+        import cProfile
+
+        profiler = cProfile.Profile()  # this thread only: the flow's own thread (the cycle)
+        profiler.enable()
     t0 = time.time()
     try:
         state = rj.run_jobs(job_db=str(db_path), backends=backends, start_job="flows.demo_callbacks:start_job",
@@ -131,6 +139,14 @@ def child_flow(spec: Dict[str, Any], out: Path) -> None:
 
         t1 = time.time()
         result.update(ok=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-3000:])
+    if profiler is not None:
+        import io
+        import pstats
+
+        profiler.disable()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
+        Path(spec["profile"]).write_text(text.getvalue())
     result.update(call_start=t0, call_end=t1, timings=timer.summary())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result.update(ru_maxrss_kb=usage.ru_maxrss, cpu_s=round(usage.ru_utime + usage.ru_stime, 2))
@@ -210,6 +226,7 @@ def run_flow_bench(args: argparse.Namespace) -> Dict[str, Any]:
     sims = [start_simulator(SimulatorConfig(**SIM)) for _ in range(2)]
     workdir = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.workdir))
     spec = {"rows": args.rows, "workdir": str(workdir), "password": sims[0].config.password, "root": args.root,
+            "without_job_events": args.without_job_events, "profile": args.profile,
             "start_workers": args.start_workers, "download": not args.no_download,
             "backends": [{"name": f"b{i}", "url": s.url, "parallel_jobs": args.parallel_jobs} for i, s in enumerate(sims)]}
     (workdir / "spec.json").write_text(json.dumps(spec))
@@ -423,6 +440,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--workdir", help="default: a temp dir")
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--root", default=str(ROOT), help="checkout whose flow to run (e.g. an older commit)")
+    parser.add_argument("--profile", help="diagnostic: cProfile the flow thread, top functions by own time to this file")
+    parser.add_argument("--without-job-events", action="store_true",
+                        help="diagnostic: the flow emits no Prefect event per job status change (patched out)")
     args = parser.parse_args(argv)
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench-scale-")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
