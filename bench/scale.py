@@ -145,7 +145,9 @@ def child_flow(spec: Dict[str, Any], out: Path) -> None:
 
         profiler.disable()
         text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
+        stats = pstats.Stats(profiler, stream=text).sort_stats("tottime")
+        stats.print_stats(40)
+        stats.print_callers(8)  # who calls the 8 most expensive functions
         Path(spec["profile"]).write_text(text.getvalue())
     result.update(call_start=t0, call_end=t1, timings=timer.summary())
     usage = resource.getrusage(resource.RUSAGE_SELF)
