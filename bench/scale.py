@@ -1,14 +1,18 @@
 """Scale benchmark of the run_jobs flow, and of the job DB.
 
     .venv/bin/python bench/scale.py [--rows 10000] [--db-rows 100000] [--json out.json]
-                                     [--skip-flow] [--skip-db] [--no-download]
+                                     [--skip-flow] [--skip-db] [--no-download] [--root CHECKOUT]
+                                     [--profile FILE] [--without-job-events]
 
 1. Flow: `--rows` rows over 2 simulated backends (fast jobs: queue 0.1 s, run 0.3 s, one 1 KiB
    asset), parallel_jobs 200 per backend, poll every 1 s, run to completion in a child process
    (the parent holds the simulators, so the child's RSS excludes them). Reports wall time,
    overhead per job, peak RSS (flow process, and with its Prefect server), job-DB persist
    time per save, time per cycle phase, and the task runs Prefect recorded for the flow run
-   by final state (the ephemeral server can drop state events in bursts).
+   by final state, polled until all are final (the ephemeral server can fall behind).
+   `--root` runs another checkout's flow (e.g. `git worktree add /tmp/before <commit>`);
+   diagnostics: `--profile` (cProfile of the flow thread), `--without-job-events` (the per-status
+   Prefect events patched out, to see what they cost).
 2. Job DB: `--db-rows` rows: load, select-by-status, apply_updates of 1 000 rows, persist, for
    Parquet and CSV (and one openeo-manager-style persist of one row, which rewrites the file).
 """
