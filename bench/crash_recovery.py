@@ -1,12 +1,15 @@
 """Crash recovery, the long version: SIGKILL the run-jobs flow N times at seeded random moments.
 
-    .venv/bin/python bench/crash_recovery.py --kills 20
+    .venv/bin/python bench/crash_recovery.py --kills 20 [--cli]
 
 Each round runs the flow in a child process against the same job DB (resuming the previous
 round), kills it a random delay after it has made progress, and records what it was doing.
-A last run resumes to the end; then every row must be terminal, no job created twice, and
-every finished job's results complete on disk. Uses its own temporary Prefect server and a
-local simulated backend (loopback only). Prints a table per round and the final check.
+By default the children run `run_jobs(...)` against one temporary Prefect server; with `--cli`
+each child is the command line in embedded mode (`python -m flows.run_jobs ...`, its own
+Prefect server under a watchdog, one PREFECT_HOME for all rounds), and after the rounds no
+process may be left using that PREFECT_HOME. A last run resumes to the end (in-process); then
+every row must be terminal, no job created twice, and every finished job's results complete on
+disk. Loopback only. Prints a table per round and the final check.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--min-delay", type=float, default=0.1, help="seconds after progress before the kill")
     parser.add_argument("--max-delay", type=float, default=2.0)
     parser.add_argument("--keep", action="store_true", help="keep the work directory and child logs")
+    parser.add_argument("--cli", action="store_true", help="kill the command line in embedded mode (own server)")
     args = parser.parse_args(argv)
     rows = args.rows or 4 * args.kills + 8
 
@@ -42,6 +46,7 @@ def main(argv=None) -> int:
     from simulator import start_simulator
     from tests.crash_helpers import check_recovered, kill_rounds, table
     from tests.flow_helpers import backend, fast_config, make_db
+    from tests.test_crash_recovery import wait_until_gone
 
     work = Path(tempfile.mkdtemp(prefix="crash-recovery-"))
     asset_size = 1 << 20
@@ -54,19 +59,32 @@ def main(argv=None) -> int:
             db = make_db(work / "jobs.parquet", rows)
             kwargs = dict(job_db=str(db), backends=[backend("a", sim, args.parallel_jobs)],
                           start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.25)
+            if args.cli:
+                home = work / "prefect-home"
+                env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+                env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+            else:
+                env = {"PREFECT_API_URL": PREFECT_API_URL.value()}
             records = kill_rounds(sim, kwargs, kills=args.kills, seed=args.seed, min_delay=args.min_delay,
-                                  max_delay=args.max_delay, env={"PREFECT_API_URL": PREFECT_API_URL.value()},
-                                  log_dir=work if args.keep else None)
+                                  max_delay=args.max_delay, env=env, log_dir=work if args.keep else None,
+                                  timeout=120 if args.cli else 60, cli=args.cli)
             print(table(records))
             phases = Counter(p.split("(")[0] for r in records if r["outcome"] == "killed" for p in r["phase"].split("+"))
             print("kills that landed while rows were in each phase:", dict(phases))
+            if args.cli:
+                leftovers = wait_until_gone(home)
+                print(f"processes left using the killed CLIs' PREFECT_HOME: {leftovers or 'none'}")
+                if leftovers:
+                    return 1
+            t_resume = time.monotonic()
             stats = run_jobs(**kwargs)
             try:
                 summary = check_recovered(sim, db, work, asset_size=asset_size, asset_count=2)
             except AssertionError as exc:
                 print(f"FAILED after the final resume: {exc}")
                 return 1
-            print(f"after the final resume: {summary}; statuses {stats['status']}")
+            print(f"after the final resume ({time.monotonic() - t_resume:.1f} s, all started after "
+                  f"{stats['time_to_all_started_seconds']} s): {summary}; statuses {stats['status']}")
         finally:
             sim.stop()
     killed = sum(r["outcome"] == "killed" for r in records)

@@ -1,14 +1,18 @@
 """Scale benchmark of the run_jobs flow, and of the job DB.
 
     .venv/bin/python bench/scale.py [--rows 10000] [--db-rows 100000] [--json out.json]
-                                     [--skip-flow] [--skip-db] [--no-download]
+                                     [--skip-flow] [--skip-db] [--no-download] [--root CHECKOUT]
+                                     [--profile FILE] [--without-job-events]
 
 1. Flow: `--rows` rows over 2 simulated backends (fast jobs: queue 0.1 s, run 0.3 s, one 1 KiB
    asset), parallel_jobs 200 per backend, poll every 1 s, run to completion in a child process
    (the parent holds the simulators, so the child's RSS excludes them). Reports wall time,
    overhead per job, peak RSS (flow process, and with its Prefect server), job-DB persist
    time per save, time per cycle phase, and the task runs Prefect recorded for the flow run
-   by final state (the ephemeral server can drop state events in bursts).
+   by final state, polled until all are final (the ephemeral server can fall behind).
+   `--root` runs another checkout's flow (e.g. `git worktree add /tmp/before <commit>`);
+   diagnostics: `--profile` (cProfile of the flow thread), `--without-job-events` (the per-status
+   Prefect events patched out, to see what they cost).
 2. Job DB: `--db-rows` rows: load, select-by-status, apply_updates of 1 000 rows, persist, for
    Parquet and CSV (and one openeo-manager-style persist of one row, which rewrites the file).
 """
@@ -37,8 +41,28 @@ if str(ROOT) not in sys.path:
 PASSWORD_ENV = "BENCH_OPENEO_PASSWORD"
 DEFAULT_PREFECT_HOME = Path.home() / ".cache" / "openeo-prefect-bench" / "prefect"
 SIM = dict(queue_time=0.1, run_time=0.3, create_latency=0.0, start_latency=0.0, asset_count=1, asset_size=1024, seed=5)
-PHASES = ["collect_starts", "collect_polls", "submit_polls", "reconcile", "claim_rows", "collect_finishers",
-          "log_histogram", "submit_finishers", "wait_for_progress"]
+# (module, class or None, attribute, label): wrapped where present, so the old cycle
+# (flows/cycle.py functions, flows/slots.py) and the rebuilt one (Cycle, Dispatcher, JobStore,
+# AccountSlots) both report their phases.
+PHASES = [
+    ("jobdb", "JobDatabase", "save", "JobDatabase.save"),
+    ("flows.reporting", "ProgressReport", "update", "ProgressReport.update (background thread)"),
+    # rebuilt cycle
+    ("flows.dispatcher", "Dispatcher", "collect", "Dispatcher.collect (waits for outcomes)"),
+    ("flows.cycle", "Cycle", "apply", "Cycle.apply (outcomes -> store)"),
+    ("flows.cycle", "Cycle", "decide", "Cycle.decide (scheduler + ledger claim)"),
+    ("flows.cycle", None, "plan_cycle", "plan_cycle (scheduler)"),
+    ("flows.account_slots", "AccountSlots", "claim", "AccountSlots.claim"),
+    ("flows.cycle", "Cycle", "dispatch", "Cycle.dispatch (submit task runs)"),
+    ("jobdb.store", "JobStore", "snapshot", "JobStore.snapshot"),
+    ("jobdb.store", "JobStore", "apply", "JobStore.apply"),
+    ("jobdb.store", "JobStore", "persist", "JobStore.persist"),
+    # cycle before the rebuild
+    *[("flows.cycle", None, name, name) for name in (
+        "collect_starts", "collect_polls", "submit_polls", "reconcile", "claim_rows", "collect_finishers",
+        "log_histogram", "submit_finishers", "wait_for_progress")],
+    *[("flows.slots", "JobSlots", name, f"JobSlots.{name}") for name in ("sync", "grant", "bind")],
+]
 
 
 # ---------------------------------------------------------------------------------- child: flow
@@ -70,6 +94,7 @@ class Timer:
 
 
 def child_flow(spec: Dict[str, Any], out: Path) -> None:
+    sys.path.insert(0, spec.get("root") or str(ROOT))  # the checkout under test (--root)
     import pandas as pd
 
     from jobdb import JobDatabase
@@ -80,70 +105,99 @@ def child_flow(spec: Dict[str, Any], out: Path) -> None:
     db_path = workdir / "jobs.parquet"
     JobDatabase.create(db_path, pd.DataFrame({"tile_id": [f"T{i:06d}" for i in range(n)],
                                               "year": [2020 + i % 4 for i in range(n)]}))
-    import flows.cycle as cycle
+    import importlib
+
     import flows.run_jobs as rj
-    from flows.reporting import ProgressReport
 
+    if spec.get("without_job_events") and hasattr(rj, "emit_job_event"):
+        rj.emit_job_event = lambda *args, **kwargs: None  # diagnostic: what the per-change events cost
     timer = Timer()
-    timer.wrap(JobDatabase, "save", "JobDatabase.save")
-    timer.wrap(ProgressReport, "update", "ProgressReport.update")
-    for name in PHASES:
-        timer.wrap(cycle, name)
-    try:
-        import flows.slots as slots
-
-        for name in ("sync", "grant", "bind"):
-            timer.wrap(slots.JobSlots, name, f"JobSlots.{name}")
-    except ImportError:
-        pass
+    for module_name, class_name, attribute, label in PHASES:
+        try:
+            owner = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        owner = getattr(owner, class_name, None) if class_name else owner
+        if owner is not None and hasattr(owner, attribute):
+            timer.wrap(owner, attribute, label)
     backends = [{"name": b["name"], "url": b["url"], "parallel_jobs": b["parallel_jobs"],
                  "auth": {"type": "basic", "username": "scale", "password_env": PASSWORD_ENV}} for b in spec["backends"]]
     result: Dict[str, Any] = {}
+    profiler = None
+    if spec.get("profile"):
+        import cProfile
+
+        profiler = cProfile.Profile()  # this thread only: the flow's own thread (the cycle)
+        profiler.enable()
     t0 = time.time()
     try:
         state = rj.run_jobs(job_db=str(db_path), backends=backends, start_job="flows.demo_callbacks:start_job",
                             max_start_workers=spec["start_workers"], poll_interval_seconds=1.0,
                             download_results=spec["download"], root_dir=str(workdir / "results"), return_state=True)
         t1 = time.time()
-        stats = state.result()
+        stats = state.result(raise_on_failure=False)
+        stats = getattr(stats, "stats", stats)  # a Failed/Cancelled run carries its stats on the exception
         result.update(ok=True, stats=stats, flow_run_id=str(state.state_details.flow_run_id))
     except BaseException as exc:  # noqa: BLE001
         import traceback
 
         t1 = time.time()
         result.update(ok=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-3000:])
+    if profiler is not None:
+        import io
+        import pstats
+
+        profiler.disable()
+        text = io.StringIO()
+        stats = pstats.Stats(profiler, stream=text).sort_stats("tottime")
+        stats.print_stats(40)
+        stats.print_callers(8)  # who calls the 8 most expensive functions
+        Path(spec["profile"]).write_text(text.getvalue())
     result.update(call_start=t0, call_end=t1, timings=timer.summary())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result.update(ru_maxrss_kb=usage.ru_maxrss, cpu_s=round(usage.ru_utime + usage.ru_stime, 2))
     out.write_text(json.dumps(result, default=str))
     if result.get("flow_run_id"):
-        result["task_runs"] = count_task_runs(result["flow_run_id"], spec.get("settle_seconds", 10))
+        submitted = sum(v for k, v in (result.get("stats") or {}).items() if k.endswith("_tasks") and k != "crashed_tasks")
+        result["task_runs"] = count_task_runs(result["flow_run_id"], spec.get("settle_seconds", 60), submitted)
         out.write_text(json.dumps(result, default=str))
 
 
-def count_task_runs(flow_run_id: str, settle: float) -> Dict[str, Any]:
-    """Task runs the Prefect server holds for the flow run, by state type (after `settle` s)."""
+def count_task_runs(flow_run_id: str, settle: float, expected: int = 0) -> Dict[str, Any]:
+    """Task runs the Prefect server holds for the flow run, by state type: polled every 2 s until
+    `expected` are final or `settle` s have passed (the server may still be ingesting events)."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, \
+        TaskRunFilterState, TaskRunFilterStateType
     from prefect.client.schemas.objects import StateType
 
-    flow_filter = {"id": {"any_": [flow_run_id]}}
+    flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
     counts: Dict[str, Any] = {}
-    time.sleep(settle)  # let the server's task-run recorder catch up
+    t0 = time.monotonic()
     try:
         with get_client(sync_client=True) as client:
-            def count(task_runs: Optional[dict] = None) -> int:
-                body: Dict[str, Any] = {"flow_runs": flow_filter}
-                if task_runs:
-                    body["task_runs"] = task_runs
-                response = client._client.post("/task_runs/count", json=body)
-                response.raise_for_status()
-                return int(response.json())
+            def count(state_type: Optional[StateType] = None) -> int:
+                task_filter = TaskRunFilter(state=TaskRunFilterState(type=TaskRunFilterStateType(any_=[state_type]))) \
+                    if state_type else None
+                found = 0
+                while True:
+                    page = client.read_task_runs(flow_run_filter=flow_filter, task_run_filter=task_filter,
+                                                 limit=200, offset=found)
+                    found += len(page)
+                    if len(page) < 200:
+                        return found
 
-            counts["total"] = count()
-            for st in StateType:
-                c = count({"state": {"type": {"any_": [st.value]}}})
-                if c:
-                    counts[st.value] = c
+            while True:
+                counts = {"total": count()}
+                for st in StateType:
+                    c = count(st)
+                    if c:
+                        counts[st.value] = c
+                final = sum(v for k, v in counts.items() if k in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"))
+                counts["seconds_after_run"] = round(time.monotonic() - t0, 1)
+                if final >= expected or time.monotonic() - t0 > settle:
+                    return counts
+                time.sleep(2.0)
     except Exception as exc:  # noqa: BLE001 - a figure, not the run
         counts["error"] = f"{type(exc).__name__}: {exc}"
     return counts
@@ -177,7 +231,8 @@ def run_flow_bench(args: argparse.Namespace) -> Dict[str, Any]:
 
     sims = [start_simulator(SimulatorConfig(**SIM)) for _ in range(2)]
     workdir = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.workdir))
-    spec = {"rows": args.rows, "workdir": str(workdir), "password": sims[0].config.password,
+    spec = {"rows": args.rows, "workdir": str(workdir), "password": sims[0].config.password, "root": args.root,
+            "without_job_events": args.without_job_events, "profile": args.profile,
             "start_workers": args.start_workers, "download": not args.no_download,
             "backends": [{"name": f"b{i}", "url": s.url, "parallel_jobs": args.parallel_jobs} for i, s in enumerate(sims)]}
     (workdir / "spec.json").write_text(json.dumps(spec))
@@ -191,8 +246,9 @@ def run_flow_bench(args: argparse.Namespace) -> Dict[str, Any]:
     print(f"[{time.strftime('%H:%M:%S')}] flow: {args.rows} rows, 2 backends × {args.parallel_jobs} slots, "
           f"{args.start_workers} start workers, download={not args.no_download} ...", flush=True)
     log = open(workdir / "child.log", "wb")
+    load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     t0 = time.time()
-    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=args.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     peak = {"flow_rss_kb": 0, "tree_rss_kb": 0}
     last: Dict[int, Dict[str, float]] = {}
     done = threading.Event()
@@ -237,6 +293,7 @@ def run_flow_bench(args: argparse.Namespace) -> Dict[str, Any]:
             requests[k] += v
     summary = {
         "outcome": outcome, "rows": n, "parallel_jobs_per_backend": args.parallel_jobs,
+        "load_before": load_before, "load_after": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "start_workers": args.start_workers, "download": not args.no_download,
         "process_wall_s": round(time.time() - t0, 1),
         "call_wall_s": round(wall, 1) if wall else None,
@@ -252,8 +309,8 @@ def run_flow_bench(args: argparse.Namespace) -> Dict[str, Any]:
         "persists": save.get("calls"), "persist_mean_ms": save.get("mean_ms"), "persist_max_ms": save.get("max_ms"),
         "persist_total_s": save.get("total_s"),
         "cycles": stats.get("cycles"),
-        "task_runs_submitted": sum(stats.get(k, 0) for k in ("start_tasks", "download_tasks", "poll_tasks", "error_log_tasks")),
-        "task_runs_by_kind": {k: stats.get(k) for k in ("start_tasks", "download_tasks", "poll_tasks", "error_log_tasks")},
+        "task_runs_submitted": sum(v for k, v in stats.items() if k.endswith("_tasks") and k != "crashed_tasks"),
+        "task_runs_by_kind": {k: v for k, v in stats.items() if k.endswith("_tasks")},
         "task_runs_on_server": result.get("task_runs"),
         "status": stats.get("status"),
         "jobs_total": sum(c["jobs_total"] for c in counters),
@@ -349,10 +406,10 @@ def flow_table(s: Dict[str, Any]) -> str:
         ("peak RSS flow + Prefect server (MB)", s["peak_tree_rss_mb"]),
         ("job-DB persists / mean / max (ms)", f"{s['persists']} / {s['persist_mean_ms']} / {s['persist_max_ms']}"),
         ("cycles", s["cycles"]),
-        ("task runs submitted (start/download/poll/error-log)",
-         f"{s['task_runs_submitted']} ({'/'.join(str(v) for v in s['task_runs_by_kind'].values())})"),
+        ("task runs submitted", f"{s['task_runs_submitted']} ({s['task_runs_by_kind']})"),
         ("task runs on the Prefect server, by state", tr),
         ("jobs created / duplicates", f"{s['jobs_total']} / {s['duplicates']}"),
+        ("load average before / after", f"{s['load_before']} / {s['load_after']}"),
     ]
     return "\n".join(["| figure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows])
 
@@ -388,6 +445,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=720, help="kill the flow run after this many seconds")
     parser.add_argument("--workdir", help="default: a temp dir")
     parser.add_argument("--json", help="write all figures here")
+    parser.add_argument("--root", default=str(ROOT), help="checkout whose flow to run (e.g. an older commit)")
+    parser.add_argument("--profile", help="diagnostic: cProfile the flow thread, top functions by own time to this file")
+    parser.add_argument("--without-job-events", action="store_true",
+                        help="diagnostic: the flow emits no Prefect event per job status change (patched out)")
     args = parser.parse_args(argv)
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench-scale-")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
