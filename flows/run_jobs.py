@@ -143,6 +143,7 @@ def run_jobs(
 
     run.store.lock.acquire(flow_run_id, wait_seconds=float("inf") if wait_for_lock else 0.0, on_wait=tell_waiting)
     try:
+        run.store.reload()  # as the lock's last holder left it (prepare read it before the lock was ours)
         end, stats = drive(run, logger, flow_run_id, t0, max_start_workers, poll_interval_seconds, download_results,
                            cancel_running_job_after, max_runtime_minutes, max_attempts)
     finally:

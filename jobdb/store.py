@@ -98,6 +98,11 @@ class JobStore:
     def __len__(self) -> int:
         return len(self._db)
 
+    def reload(self) -> None:
+        """Read the DB again from disk (after waiting for its lock: the other run changed it)."""
+        self._db = JobDatabase.open(self.path)
+        self._dirty = False
+
     # --- reads --------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         df = self._db.df
