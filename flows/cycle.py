@@ -74,8 +74,7 @@ class Cycle:
         self.metadata: Dict[int, Mapping[str, Any]] = {}
         self.refused: Dict[str, str] = {}
         self._errors_untold: Dict[int, str] = {}  # row -> status before `error`, until its logs are in
-        self._pending: Dict[int, Dict[str, Any]] = {}  # updates of the outcomes being applied
-        self._changes: List[tuple] = []
+        self._pending: Dict[int, Dict[str, Any]] = {}  # updates of the outcomes being applied (row_now reads them)
         self.pinned = set(store.snapshot().pinned)
         self._ledger_holding: Optional[Dict[str, int]] = None
         self.cycles = 0
@@ -200,6 +199,7 @@ class Cycle:
         now = time.monotonic()
         self.holds = {row: until for row, until in self.holds.items() if until > now}
         self._pending = {}
+        changes: List[tuple] = []
         for outcome in outcomes:
             effects = effects_of(outcome, self.row_now)
             for row, update in effects.updates.items():
@@ -217,10 +217,9 @@ class Cycle:
                 self.logger.warning("backend %s refused new jobs for good (%s): starting no more jobs there in "
                                     "this run; running jobs are still followed and downloaded",
                                     outcome.backend, effects.refused)
-            self._changes.extend((row, old, new, outcome) for row, old, new in effects.changes)
+            changes.extend((row, old, new, outcome) for row, old, new in effects.changes)
         pending, self._pending = self._pending, {}
         self.store.apply(pending)
-        changes, self._changes = self._changes, []
         for row, old, new, outcome in changes:  # told once the rows' new values (ids, errors) are stored
             self.on_change(row, old, new)
             if new == "error" and outcome.step is Step.POLL:

@@ -33,6 +33,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_healthy(api_url: str, process: subprocess.Popen, timeout: float, what: str) -> None:
+    """Until the server answers `/health`; RuntimeError if `process` exits or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited at start (code {process.returncode})")
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer within {timeout:.0f} s")
+        time.sleep(0.2)  # polling another process's startup; there is no event to wait on
+
+
 @contextlib.contextmanager
 def local_prefect_server(timeout: float = STARTUP_TIMEOUT_SECONDS) -> Iterator[str]:
     """Start the watchdog + server, wait until healthy, yield the API URL, stop it afterwards."""
@@ -45,18 +61,7 @@ def local_prefect_server(timeout: float = STARTUP_TIMEOUT_SECONDS) -> Iterator[s
     )
     api_url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if watchdog.poll() is not None:
-                raise RuntimeError(f"the local Prefect server exited at start (code {watchdog.returncode})")
-            try:
-                if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the local Prefect server did not answer within {timeout:.0f} s")
-            time.sleep(0.2)  # polling another process's startup; there is no event to wait on
+        wait_until_healthy(api_url, watchdog, timeout, "the local Prefect server")
         yield api_url
     finally:
         if watchdog.stdin is not None:

@@ -7,11 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import httpx
+from flows.local_server import wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -81,17 +80,10 @@ class PrefectServer:
         return process
 
     def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.server.poll() is not None:
-                raise RuntimeError(f"prefect server exited: {(self.home / 'server.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"prefect server not healthy after {timeout} s")
+        try:
+            wait_until_healthy(self.api_url, self.server, timeout, "prefect server")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}: {(self.home / 'server.log').read_text()[-2000:]}") from None
 
     def cli(self, *args: str, timeout: float = 60, **env: str) -> str:
         """Run a prefect CLI command against this server; return its output or raise."""
