@@ -31,6 +31,7 @@ class SimulatorConfig:
 
     # Outcome.
     p_error: float = knob(0.0, "probability that a job ends in 'error'")
+    error_title: Optional[str] = knob(None, "jobs whose title contains this text end in 'error' (none = off)")
 
     # Fault injection (never applied to /_sim/* control routes).
     p_429: float = knob(0.0, "probability that a POST answers 429 before it is processed")

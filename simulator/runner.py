@@ -52,6 +52,7 @@ class Simulator:
             return
         self._running = False
         self._stop.set()
+        self.state.gates.open()  # held requests must not keep handler threads alive
         self._server.shutdown()
         self._server.close_connections()
         self._server.server_close()
@@ -79,6 +80,18 @@ class Simulator:
     def outage(self, seconds: float) -> None:
         """Answer every (non-control) request with 503 for the next `seconds`."""
         self.state.configure(outage_until=time.time() + seconds)
+
+    @property
+    def gates(self):
+        """Hold requests of chosen routes until released (simulator/gates.py): `sim.gates.close('POST /jobs')`."""
+        return self.state.gates
+
+    def jobs(self) -> List[Dict[str, Any]]:
+        """Every job as the backend sees it now: id, user, title, status."""
+        with self.state.lock:
+            self.state.advance()
+            return [{"id": j.id, "user": j.user, "title": j.title, "status": j.status}
+                    for j in self.state.jobs.values()]
 
     @property
     def users(self) -> Dict[str, int]:

@@ -155,7 +155,8 @@ class Router:
                 user_in_flight = self._enter_in_flight(req)
             if route.auth:
                 req.user = self._authenticate(req)
-            resp = route.handler(self, req)
+            with self.state.gates.passage("<control>" if route.control else f"{method} {route.template}"):
+                resp = route.handler(self, req)
             if not route.control and method == "POST" and resp.status < 400:
                 # The work is done (job created/started) but the client never hears about it.
                 if self.state.config.p_lost_response > 0 and self.state.random() < self.state.config.p_lost_response:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from simulator.config import SimulatorConfig
+from simulator.gates import Gates
 from simulator.quotas import Quotas
 
 ACTIVE = ("queued", "running")
@@ -126,6 +127,7 @@ class SimState:
         self._wall_offset = time.time() - time.monotonic()
         self.tokens: Dict[str, Tuple[str, Optional[float]]] = {}  # token -> (user, expires_mono)
         self.users: Dict[str, int] = {}  # username -> logins
+        self.gates = Gates()  # tests hold requests of chosen routes (simulator/gates.py)
         self._reset_jobs_and_counters()
 
     # ----------------------------------------------------------------- admin
@@ -263,7 +265,7 @@ class SimState:
         job.status = "running"
         job.started_at = at
         job.finish_at = at + cfg.run_time + jitter
-        job.will_error = self.rng.random() < cfg.p_error
+        job.will_error = self.rng.random() < cfg.p_error or bool(cfg.error_title and cfg.error_title in (job.title or ""))
         if job.will_error:
             job.error_message = self.rng.choice(ERROR_MESSAGES)
         job.updated = self.wall(at)

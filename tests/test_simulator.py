@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import socket
 import subprocess
 import sys
 import time
@@ -22,8 +23,9 @@ FAST = dict(queue_time=0.05, run_time=0.1)
 TERMINAL = {"finished", "error", "canceled"}
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll until predicate() is truthy; fail with a clear message on timeout."""
+def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.02) -> Any:
+    """Poll until predicate() is truthy; fail with a clear message on timeout (a bound for hangs,
+    generous: the machine may be loaded)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -89,7 +91,7 @@ def make_cube(con: openeo.Connection, fmt: str = "GTiff"):
     ).save_result(fmt)
 
 
-def wait_status(job, statuses=TERMINAL, timeout: float = 10.0) -> str:
+def wait_status(job, statuses=TERMINAL, timeout: float = 60.0) -> str:
     return wait_until(lambda: (s := job.status()) in statuses and s, timeout=timeout)
 
 
@@ -325,7 +327,7 @@ def test_outage_then_recovery(make_sim):
         con.describe_account()
     assert exc.value.http_status_code == 503
     assert requests.get(sim.url + "/_sim/counters").status_code == 200
-    wait_until(lambda: requests.get(sim.api_url).status_code == 200, timeout=5)
+    wait_until(lambda: requests.get(sim.api_url).status_code == 200, timeout=30)
     assert con.describe_account()["user_id"] == "alice"
     assert sim.counters()["faults_injected"]["outage"] >= 2
 
@@ -362,7 +364,7 @@ def test_auth_errors_and_token_expiry(make_sim):
             assert e.http_status_code == 403 and e.code == "TokenInvalid"
             return True
 
-    wait_until(expired, timeout=5)
+    wait_until(expired, timeout=30)
     con.authenticate_basic("alice", "secret")
     assert con.describe_account()["user_id"] == "alice"
     static = requests.get(sim.api_url + "me", headers={"Authorization": "Bearer basic//let-me-in"})
@@ -426,8 +428,8 @@ def test_per_user_running_cap_is_respected(make_sim):
         max_seen = max(max_seen, sum(j["status"] == "running" for j in jobs))
         return all(j["status"] == "finished" for j in jobs)
 
-    wait_until(all_done, timeout=10)
-    assert max_seen == 2
+    wait_until(all_done, timeout=60)
+    assert max_seen <= 2  # what a client saw; the exact peak is the counter below
     c = sim.counters()
     assert c["max_running_seen_per_user"] == {"alice": 2, "bob": 1}
     assert c["max_active_per_user"]["alice"] == 5
@@ -528,13 +530,17 @@ def test_python_m_simulator_serves(tmp_path: Path):
 
 
 def test_requests_overlap_and_keep_alive(make_sim):
-    sim = make_sim(create_latency=0.4, **FAST)
+    sim = make_sim(**FAST)
     headers = token_headers(sim)
-    t0 = time.monotonic()
+    sim.gates.close("POST /jobs")
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        ids = list(pool.map(lambda i: create_job_raw(sim, headers, f"p{i}"), range(4)))
+        futures = [pool.submit(create_job_raw, sim, headers, f"p{i}") for i in range(4)]
+        # all four inside the server at once: serial handling would never hold more than one
+        held = sim.gates.wait_held(["POST /jobs"], timeout=30, count=4)
+        sim.gates.open()
+        ids = [f.result(timeout=30) for f in futures]
+    assert held == "POST /jobs"
     assert len(set(ids)) == 4
-    assert time.monotonic() - t0 < 1.2  # serial handling would take >= 1.6 s
 
     with requests.Session() as s:
         for _ in range(5):
@@ -542,10 +548,8 @@ def test_requests_overlap_and_keep_alive(make_sim):
         s.post(sim.api_url + "jobs", json={"process": {"process_graph": process_graph()}}, headers=headers)
         assert len(sim._server._conns) == 1  # one persistent connection served all requests
         # Small keep-alive responses must not hit the Nagle/delayed-ACK ~40 ms stall.
-        t0 = time.monotonic()
-        for _ in range(50):
-            s.get(sim.api_url + "me", headers=headers)
-        assert time.monotonic() - t0 < 1.0
+        (conn,) = sim._server._conns
+        assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
 def test_capabilities_and_metadata(make_sim):
@@ -565,12 +569,19 @@ def test_capabilities_and_metadata(make_sim):
 
 def test_stop_is_prompt_with_open_keep_alive_connections():
     sim = start_simulator()
-    s = requests.Session()
-    s.get(sim.api_url)  # leaves an idle keep-alive connection
-    t0 = time.monotonic()
-    sim.stop()
-    assert time.monotonic() - t0 < 2
+    client = socket.create_connection(("127.0.0.1", sim.port), timeout=60)
+    client.sendall(b"GET /openeo/1.2/ HTTP/1.1\r\nHost: sim\r\nConnection: keep-alive\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += client.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200")
+    sim.stop()  # with the idle keep-alive connection still open
     assert not any(t.is_alive() for t in sim._threads)
+    rest = answer.split(b"\r\n\r\n", 1)[1]
+    length = int(answer.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0])
+    while len(rest) < length:
+        rest += client.recv(65536)
+    assert client.recv(1) == b""  # the server shut the idle connection: its handler is not left waiting
+    client.close()
     with pytest.raises(requests.ConnectionError):
         requests.get(sim.api_url, timeout=1)
-    s.close()
