@@ -1,8 +1,10 @@
-"""SIGKILL the flow at 10 random moments (create, start, poll, download, DB persist), resume each
-time; finally resume in-process: every row terminal, no job twice, every result complete.
+"""SIGKILL the flow in each phase (create, start, poll, download; twice each in the slow variant),
+resume each time;
+finally resume in-process: every row terminal, no job twice, every result complete.
 
-The kill moments are seeded (CRASH_SEED env var to vary them); bench/crash_recovery.py is the
-long version.
+Each kill waits for its phase: the simulator holds a request of that phase (simulator/gates.py)
+and the kill comes while it is held, so the kills land where they should on any machine, however
+loaded. bench/crash_recovery.py is the long version, at seeded random moments.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import os
 import time
 from collections import Counter
 
+import pytest
 
 from flows.run_jobs import run_jobs
 from simulator import start_simulator
@@ -18,7 +21,7 @@ from tests.flow_helpers import backend, fast_config, make_db
 from tests.test_interruptions import processes_with_env
 
 
-def wait_until_gone(home, timeout: float = 20.0):
+def wait_until_gone(home, timeout: float = 60.0):
     """Processes still using `home` (the killed CLIs' servers), after giving their watchdogs time."""
     deadline = time.monotonic() + timeout
     while True:
@@ -28,39 +31,58 @@ def wait_until_gone(home, timeout: float = 20.0):
         time.sleep(0.5)
 
 
-KILLS = 8
-ROWS = 40
-ASSET_SIZE = 1 << 20  # 1 MiB x 2 assets: downloads take long enough to be killed mid-file sometimes
+PHASES = ["create", "start", "poll", "download"]
+ASSET_SIZE = 1 << 20  # 1 MiB x 2 assets
 
 
-def test_killed_eight_times_then_resumed(tmp_path, prefect_harness):
+def test_killed_in_every_phase_then_resumed(tmp_path, prefect_harness):
+    """The command line against the session's Prefect server, SIGKILLed once in each phase."""
+    _killed_then_resumed(tmp_path, rounds_per_phase=1, embedded=False)
+
+
+@pytest.mark.slow
+def test_killed_twice_in_every_phase_in_embedded_mode_then_resumed(tmp_path, prefect_harness):
     """The command line in the default embedded mode, one PREFECT_HOME for every round: each
     SIGKILL also takes the CLI's Prefect server down (its watchdog sees the CLI go)."""
+    _killed_then_resumed(tmp_path, rounds_per_phase=2, embedded=True)
+
+
+def _killed_then_resumed(tmp_path, rounds_per_phase: int, embedded: bool):
+    from prefect.settings import PREFECT_API_URL
+
+    kills = rounds_per_phase * len(PHASES)
+    rows = 10 * kills  # work left for every round: each starts a few jobs at most before its kill
     seed = int(os.environ.get("CRASH_SEED", "20261122"))
     sim = start_simulator(fast_config(create_latency=0.15, start_latency=0.15, queue_time=0.1, run_time=0.6,
                                       asset_size=ASSET_SIZE, asset_count=2, seed=seed))
     try:
-        db = make_db(tmp_path / "jobs.parquet", ROWS)
+        db = make_db(tmp_path / "jobs.parquet", rows)
         kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
                       poll_interval_seconds=0.25)
         home = tmp_path / "prefect-home"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-        records = kill_rounds(sim, kwargs, kills=KILLS, seed=seed, env=env, timeout=120, cli=True)
+        if not embedded:
+            env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+        records = kill_rounds(sim, kwargs, kills=kills, seed=seed, env=env, timeout=180, cli=True, phases=PHASES,
+                              log_dir=tmp_path)
         print(f"\ncrash rounds (seed {seed}):\n" + table(records))
         killed = [r for r in records if r["outcome"] == "killed"]
-        assert len(killed) >= KILLS, "the work finished before all kills: make it longer"
-        phases = Counter(p.split("(")[0] for r in killed for p in r["phase"].split("+"))
-        print("kills that landed while rows were in each phase:", dict(phases))
-        assert len({"create", "start", "poll", "download"} & set(phases)) >= 3, phases
+        assert len(killed) == kills, "the work finished before all kills: make it longer"
+        landed = Counter(r["landed"] for r in killed)
+        print("kills per phase (a request of the phase in flight at the kill):", dict(landed))
+        assert landed == {phase: rounds_per_phase for phase in PHASES}, records
+        # what a kill mid-create leaves on disk: the intent (row `creating`, with its marker)
+        assert all("create" in r["left_on_disk"] for r in killed if r["landed"] == "create"), records
 
-        leftovers = wait_until_gone(home)
-        assert leftovers == [], f"processes outlived their killed CLI: {leftovers}"
+        if embedded:
+            leftovers = wait_until_gone(home)
+            assert leftovers == [], f"processes outlived their killed CLI: {leftovers}"
         stats = run_jobs(**kwargs)  # the final resume, in-process
         summary = check_recovered(sim, db, tmp_path, asset_size=ASSET_SIZE, asset_count=2)
         print("after final resume:", summary, "stats:", stats["status"], "all started after",
               stats["time_to_all_started_seconds"], "s")
-        assert stats["status"] == {"finished": ROWS}
+        assert stats["status"] == {"finished": rows}
         # the killed runs' slots were never waited for: whatever was left started at once
         assert stats["time_to_all_started_seconds"] is not None and stats["time_to_all_started_seconds"] < 90
     finally:
