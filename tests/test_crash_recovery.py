@@ -51,7 +51,7 @@ def _killed_then_resumed(tmp_path, rounds_per_phase: int, embedded: bool):
     from prefect.settings import PREFECT_API_URL
 
     kills = rounds_per_phase * len(PHASES)
-    rows = 10 * kills  # work left for every round: each starts a few jobs at most before its kill
+    rows = 6 * kills  # work left for every round: each starts a few jobs at most before its kill
     seed = int(os.environ.get("CRASH_SEED", "20261122"))
     sim = start_simulator(fast_config(create_latency=0.15, start_latency=0.15, queue_time=0.1, run_time=0.6,
                                       asset_size=ASSET_SIZE, asset_count=2, seed=seed))

@@ -1,31 +1,52 @@
 """Two flow runs at once, two job DBs, one backend account: together they stay within its slots."""
 from __future__ import annotations
 
+import random
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
+from typing import Dict, List
 
 import pandas as pd
 import pytest
 
-from flows.account_slots import AccountSlots, account_key
+from flows.account_slots import AccountSlots
 from flows.params import BackendConfig
 from flows.run_jobs import run_jobs
-from tests.flow_helpers import backend, make_db
+from jobdb import JobDbPaths
+from simulator import start_simulator
+from tests.flow_helpers import backend, fast_config, make_db
+from tests.test_interruptions import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 
+def marked_jobs(sim, db: Path, statuses=("queued", "running")) -> List[str]:
+    """Ids of the simulator's jobs created for rows of `db` (by the row marker in their titles)."""
+    tag = f"[ojm:{JobDbPaths.of(db).marker_prefix}-"
+    return [j["id"] for j in sim.jobs() if tag in (j["title"] or "") and j["status"] in statuses]
+
+
+def db_statuses(db: Path) -> Dict[str, int]:
+    try:
+        return pd.read_parquet(db)["status"].value_counts().to_dict()
+    except (OSError, ValueError):
+        return {}  # being replaced: read again
+
+
 @pytest.mark.usefixtures("prefect_harness")
-def test_two_runs_share_the_account_slots(sim, tmp_path):
-    dbs = [make_db(tmp_path / f"jobs_{k}.parquet", 8) for k in range(2)]
-    # Different backend names (as two users might call it), the same account: one shared limit.
-    configs = [backend("sim-a", sim, 3), backend("sim-b", sim, 3)]
-    assert account_key(BackendConfig(**configs[0])) == account_key(BackendConfig(**configs[1]))
+def test_two_overlapping_runs_share_the_account_slots(tmp_path):
+    """Run A holds 2 of the account's 3 slots with jobs that stay queued on the backend (the
+    simulator runs none of them yet), run B starts beside it: B must take exactly the 1 slot left
+    and wait. Only then may jobs run. The overlap is made, not hoped for: both runs have jobs
+    active at the same moment, so the peak of 3 shows the shared limit held it back."""
+    sim = start_simulator(fast_config(queue_time=0.1, run_time=0.3, max_running_per_user=0))
+    dbs = {"A": make_db(tmp_path / "jobs_a.parquet", 2), "B": make_db(tmp_path / "jobs_b.parquet", 6)}
+    # Different backend names (as two users might call it), the same account: one shared limit of 3.
+    configs = {"A": backend("sim-a", sim, 3), "B": backend("sim-b", sim, 3)}
     results, errors = {}, {}
 
     def run(k):
@@ -35,26 +56,31 @@ def test_two_runs_share_the_account_slots(sim, tmp_path):
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors[k] = exc
 
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=150)
-    assert not any(t.is_alive() for t in threads), "flow runs did not end in time"
-    elapsed = time.monotonic() - t0
+    threads = {k: threading.Thread(target=run, args=(k,), daemon=True) for k in dbs}
+    try:
+        threads["A"].start()
+        wait_for(lambda: len(marked_jobs(sim, dbs["A"])) == 2 or errors, 120, "run A's 2 jobs queued")
+        threads["B"].start()
+        # B has started what it was allowed to and waits: none of its starts in flight, rows left
+        wait_for(lambda: db_statuses(dbs["B"]).get("queued", 0) >= 1 and not set(db_statuses(dbs["B"]))
+                 & {"creating", "created", "queued_for_start"} or errors, 120, "run B to start its share and wait")
+        assert not errors, errors
+        active = {k: marked_jobs(sim, db) for k, db in dbs.items()}
+        print(f"\nboth runs active at once: A {len(active['A'])}, B {len(active['B'])} jobs")
+        assert len(active["A"]) == 2 and len(active["B"]) == 1, active  # overlapped, B within the slot left
+        assert sim.counters()["max_active_per_user"]["alice"] == 3
+        sim.configure(max_running_per_user=None)  # now let the jobs run and the runs finish
+        for thread in threads.values():
+            thread.join(timeout=150)
+        assert not any(t.is_alive() for t in threads.values()), "flow runs did not end in time"
+    finally:
+        sim.configure(max_running_per_user=None)
+        sim.stop()
     assert not errors, errors
-    for k in range(2):
-        df = pd.read_parquet(dbs[k])
-        assert (df["status"] == "finished").all(), df["status"].value_counts()
+    assert results["A"]["status"] == {"finished": 2} and results["B"]["status"] == {"finished": 6}
     counters = sim.counters()
-    max_active = max(counters["max_active_per_user"].values())
-    print(f"two runs x 8 jobs: {elapsed:.1f} s, max active jobs of the account: {max_active}")
-    assert counters["jobs_total"] == 16
-    assert max_active <= 3
-    # Without the shared limit each run would use its own 3 slots: both must have had jobs active
-    # at once only within the 3 (the runs overlapped, which the limit must have held back).
-    assert max_active == 3
+    assert counters["jobs_total"] == 8 and counters["duplicate_titles"] == {}
+    assert counters["max_active_per_user"]["alice"] == 3  # never more, for the whole of both runs
 
 
 def test_slots_of_a_killed_run_come_back_at_the_next_claim(tmp_path):
@@ -78,11 +104,10 @@ def test_slots_of_a_killed_run_come_back_at_the_next_claim(tmp_path):
     try:
         assert child.stdout.readline().strip() == "holding"
         assert survivor.others() == {"a": 3}  # alive: its slots count
-        t0 = time.monotonic()
         child.send_signal(signal.SIGKILL)
         child.wait(10)
         seen = survivor.claim(lambda others: (others, {"a": 3}))
-        assert seen == {"a": 0} and time.monotonic() - t0 < 5
+        assert seen == {"a": 0}  # the very next claim: no lease, no expiry to wait for
         assert survivor.others() == {"a": 0}
     finally:
         if child.poll() is None:
@@ -104,3 +129,58 @@ def test_two_runs_in_one_process_see_each_other(tmp_path):
         assert second.others() == {"other-name": 0}
     finally:
         second.close()
+
+
+def ledger(state: Path, run_id: str, name: str = "a", parallel_jobs: int = 3) -> AccountSlots:
+    """A run's entry in the slot ledger of one account (the same URL and user whatever `name`)."""
+    config = BackendConfig(name=name, url="http://127.0.0.1:9", parallel_jobs=parallel_jobs,
+                           auth={"type": "basic", "username": "alice", "password_env": "UNUSED_PASSWORD"})
+    return AccountSlots({name: config}, run_id, state_dir=state)
+
+
+def test_a_claim_sees_every_slot_another_live_run_holds(tmp_path):
+    holder, claimer = ledger(tmp_path, "holder"), ledger(tmp_path, "claimer", name="b")
+    try:
+        for n in (3, 1, 2):
+            holder.claim(lambda others: (None, {"a": n}))
+            seen = claimer.claim(lambda others: (others, {"b": 0}))
+            assert seen == {"b": n}, n
+        # the claimer's decision counts for the holder in turn
+        claimer.claim(lambda others: (None, {"b": 1}))
+        assert holder.claim(lambda others: (others, {"a": 2})) == {"a": 1}
+        holder.close()
+        assert claimer.claim(lambda others: (others, {"b": 1})) == {"b": 0}
+    finally:
+        holder.close()
+        claimer.close()
+
+
+def test_concurrent_claims_always_see_the_true_holdings_and_never_exceed_the_limit(tmp_path):
+    """Two runs claim 150 times each from two threads, each taking a random share of what is
+    free: inside every claim the others' count is exactly what they hold, the sum stays <= 3."""
+    limit, truth, violations = 3, {"one": 0, "two": 0}, []
+    runs = {k: ledger(tmp_path, k, name=f"name-{k}", parallel_jobs=limit) for k in truth}
+
+    def churn(me: str, seed: int) -> None:
+        rng, other = random.Random(seed), next(k for k in truth if k != me)
+        for _ in range(150):
+            def decide(others):
+                seen = others[f"name-{me}"]
+                take = rng.randint(0, limit - seen) if seen <= limit else 0
+                if seen != truth[other] or seen + take > limit:
+                    violations.append((me, seen, truth[other], take))
+                truth[me] = take
+                return None, {f"name-{me}": take}
+            runs[me].claim(decide)
+
+    threads = [threading.Thread(target=churn, args=(k, i)) for i, k in enumerate(truth)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        for slots in runs.values():
+            slots.close()
+    assert not any(t.is_alive() for t in threads)
+    assert violations == [], violations[:5]

@@ -18,6 +18,7 @@ import pytest
 
 from flows.run_jobs import RunFailed, run_jobs
 from jobdb import JobDbLocked, JobDbPaths
+from jobdb.lock import JobDbLock
 from simulator import start_simulator
 from tests.flow_helpers import PASSWORD_ENV, assert_results_complete, backend, fast_config, make_db
 from tests.prefect_server import PrefectServer
@@ -168,8 +169,8 @@ def test_a_second_run_on_the_same_db_refuses_then_waits_when_asked(sim, tmp_path
     peak = PeakActive(sim)
     thread.start()
     try:
-        holder = wait_for(lambda: JobDbPaths.of(db).lock_holder.exists(), 60, "the first run to hold the lock")
-        assert holder
+        holder = wait_for(lambda: JobDbLock(db).holder(), 60, "the first run to hold the lock")
+        assert holder["pid"] == os.getpid() and holder["flow_run_id"]  # the note names the first run
         t0 = time.monotonic()
         with pytest.raises(JobDbLocked) as refused:
             run_jobs(**kwargs)
