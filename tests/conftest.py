@@ -18,11 +18,11 @@ import pytest
 def prefect_harness():
     """A real Prefect server (temporary SQLite database) shared by the whole session.
 
-    Starting one costs ~12 s, so every test that needs Prefect shares this one.
+    Starting one costs ~12 s (minutes on a loaded machine), so every test that needs Prefect shares this one.
     """
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=600):  # a bound for hangs: a loaded machine starts it slowly
         yield
 
 

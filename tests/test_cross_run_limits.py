@@ -160,19 +160,29 @@ def test_concurrent_claims_always_see_the_true_holdings_and_never_exceed_the_lim
     free: inside every claim the others' count is exactly what they hold, the sum stays <= 3."""
     limit, truth, violations = 3, {"one": 0, "two": 0}, []
     runs = {k: ledger(tmp_path, k, name=f"name-{k}", parallel_jobs=limit) for k in truth}
+    start = threading.Barrier(2)
+
+    def claim(me: str, want) -> None:
+        other = next(k for k in truth if k != me)
+
+        def decide(others):
+            seen = others[f"name-{me}"]
+            take = min(want(seen), max(0, limit - seen))
+            if seen != truth[other] or seen + take > limit:
+                violations.append((me, seen, truth[other], take))
+            truth[me] = take
+            return None, {f"name-{me}": take}
+        runs[me].claim(decide)
 
     def churn(me: str, seed: int) -> None:
-        rng, other = random.Random(seed), next(k for k in truth if k != me)
+        rng = random.Random(seed)
+        start.wait(60)
         for _ in range(150):
-            def decide(others):
-                seen = others[f"name-{me}"]
-                take = rng.randint(0, limit - seen) if seen <= limit else 0
-                if seen != truth[other] or seen + take > limit:
-                    violations.append((me, seen, truth[other], take))
-                truth[me] = take
-                return None, {f"name-{me}": take}
-            runs[me].claim(decide)
+            claim(me, lambda seen: rng.randint(0, limit))
 
+    claim("one", lambda seen: 2)  # one holds 2: two must see them
+    claim("two", lambda seen: 3)  # and gets only the 1 left
+    assert truth == {"one": 2, "two": 1}
     threads = [threading.Thread(target=churn, args=(k, i)) for i, k in enumerate(truth)]
     try:
         for thread in threads:
