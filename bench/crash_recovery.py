@@ -69,7 +69,7 @@ def main(argv=None) -> int:
                                   max_delay=args.max_delay, env=env, log_dir=work if args.keep else None,
                                   timeout=120 if args.cli else 60, cli=args.cli)
             print(table(records))
-            phases = Counter(p.split("(")[0] for r in records if r["outcome"] == "killed" for p in r["phase"].split("+"))
+            phases = Counter(p.split("(")[0] for r in records if r["outcome"] == "killed" for p in r["left_on_disk"].split("+"))
             print("kills that landed while rows were in each phase:", dict(phases))
             if args.cli:
                 leftovers = wait_until_gone(home)

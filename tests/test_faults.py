@@ -165,6 +165,8 @@ def test_invalid_json_for_one_job(tmp_path):
     assert_results_complete(tmp_path, good, asset_size=2048)
     assert not (tmp_path / f"job_{bad['id']}" / f"job_{bad['id']}.json").exists()
     # not retried three times with 2 + 10 + 30 s delays: an invalid answer does not improve by waiting
+    requests = run["counters"][0]["requests"]
+    print("\nrequests of the invalid-JSON run:", {k: n for k, n in requests.items() if "{id}" in k})
     assert run["result"]["seconds"] < 20
 
 

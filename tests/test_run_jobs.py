@@ -58,7 +58,7 @@ def test_twenty_rows_two_backends(two_sims, tmp_path):
         total_jobs += counters["jobs_total"]
     assert total_jobs == 20
     per_job = sum(manager_requests_per_job(s.counters(), 1) for s in two_sims) / 20
-    print(f"manager requests per job: {per_job:.2f} (1 asset each)")
+    print(f"manager requests per job: {per_job:.2f} (1 asset each)", [s.counters()["requests"] for s in two_sims])
     assert per_job <= 4 + 1
     assert stats["status"] == {"finished": 20}
 
