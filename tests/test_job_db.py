@@ -399,8 +399,18 @@ def _rewrite_forever(path: str, version_a: pd.DataFrame, version_b: pd.DataFrame
         db.save()
 
 
+def _kill_when(proc, condition, deadline: float) -> None:
+    """SIGKILL the writer as soon as `condition()` holds (read from the files it writes)."""
+    while not condition() and time.monotonic() < deadline:
+        pass  # a tight loop: a write takes milliseconds, the moment must not be missed by sleeping
+    os.kill(proc.pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("name,kills", [("db.csv", 10), ("db.parquet", 10), ("db.geoparquet", 10)])
 def test_sigkill_during_rewrites_leaves_one_complete_version(tmp_path: Path, name: str, kills: int) -> None:
+    """Kills chosen by what the writer does, not by time: while a temp file exists (mid-write),
+    after its first complete rewrite (version B in place), or at a random moment; the first two
+    kinds are repeated until each has landed, so the test proves what it says on any machine."""
     path = tmp_path / name
     geo = name.endswith(".geoparquet")
     n = 20_000  # a write takes some ms
@@ -417,14 +427,24 @@ def test_sigkill_during_rewrites_leaves_one_complete_version(tmp_path: Path, nam
     ctx = multiprocessing.get_context("fork")  # fork: the child starts writing without re-importing pandas
     seen_tags = set()
     temp_files_left = 0
-    for _ in range(kills):
+    rounds = 0
+    while rounds < kills or not temp_files_left or seen_tags != {"A", "B"}:
+        rounds += 1
+        assert rounds <= 10 * kills, (temp_files_left, seen_tags)
         started = ctx.Event()
+        first = path.stat().st_ino
         proc = ctx.Process(target=_rewrite_forever, args=(str(path), a.df, expected["B"], started), daemon=True)
         proc.start()
-        assert started.wait(30)
-        # random kill moment, sometimes inside the first write, sometimes after several rewrites
-        time.sleep(rng.uniform(0.0, 4 * write_seconds))  # the kill moment, not a synchronisation
-        os.kill(proc.pid, signal.SIGKILL)
+        assert started.wait(60)
+        deadline = time.monotonic() + 60
+        kind = rounds % 3
+        if kind == 0:  # mid-write: the writer's temp file is there
+            _kill_when(proc, lambda: any(p.name.endswith(".tmp") for p in tmp_path.iterdir()), deadline)
+        elif kind == 1:  # after a complete rewrite: the DB file was replaced (version B in place)
+            _kill_when(proc, lambda: path.stat().st_ino != first, deadline)
+        else:  # anywhere
+            time.sleep(rng.uniform(0.0, 4 * write_seconds))  # the kill moment, not a synchronisation
+            os.kill(proc.pid, signal.SIGKILL)
         proc.join(30)
         assert proc.exitcode == -signal.SIGKILL
 
