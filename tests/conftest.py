@@ -1,6 +1,7 @@
 """Shared fixtures: one Prefect test harness per session, simulator servers per test."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
@@ -18,11 +19,23 @@ import pytest
 def prefect_harness():
     """A real Prefect server (temporary SQLite database) shared by the whole session.
 
-    Starting one costs ~12 s (minutes on a loaded machine), so every test that needs Prefect shares this one.
+    Starting one costs ~12 s (minutes on a loaded machine), so every test that needs Prefect shares
+    this one. Prefect's start-up probe gives up on a health answer slower than httpx's default 5 s
+    (it retries only refused connections), which a loaded machine produces: start again then.
     """
+    import httpx
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=600):  # a bound for hangs: a loaded machine starts it slowly
+    for attempt in range(1, 4):
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(prefect_test_harness(server_startup_timeout=600))  # a bound for hangs
+            break
+        except httpx.TimeoutException:
+            stack.close()
+            if attempt == 3:
+                raise
+    with stack:
         yield
 
 
