@@ -59,11 +59,11 @@ def test_two_overlapping_runs_share_the_account_slots(tmp_path):
     threads = {k: threading.Thread(target=run, args=(k,), daemon=True) for k in dbs}
     try:
         threads["A"].start()
-        wait_for(lambda: len(marked_jobs(sim, dbs["A"])) == 2 or errors, 120, "run A's 2 jobs queued")
+        wait_for(lambda: len(marked_jobs(sim, dbs["A"])) == 2 or errors, 600, "run A's 2 jobs queued")
         threads["B"].start()
         # B has started what it was allowed to and waits: none of its starts in flight, rows left
         wait_for(lambda: db_statuses(dbs["B"]).get("queued", 0) >= 1 and not set(db_statuses(dbs["B"]))
-                 & {"creating", "created", "queued_for_start"} or errors, 120, "run B to start its share and wait")
+                 & {"creating", "created", "queued_for_start"} or errors, 600, "run B to start its share and wait")
         assert not errors, errors
         active = {k: marked_jobs(sim, db) for k, db in dbs.items()}
         print(f"\nboth runs active at once: A {len(active['A'])}, B {len(active['B'])} jobs")
@@ -71,7 +71,7 @@ def test_two_overlapping_runs_share_the_account_slots(tmp_path):
         assert sim.counters()["max_active_per_user"]["alice"] == 3
         sim.configure(max_running_per_user=None)  # now let the jobs run and the runs finish
         for thread in threads.values():
-            thread.join(timeout=150)
+            thread.join(timeout=600)
         assert not any(t.is_alive() for t in threads.values()), "flow runs did not end in time"
     finally:
         sim.configure(max_running_per_user=None)

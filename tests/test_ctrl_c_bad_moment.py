@@ -75,7 +75,7 @@ def test_ctrl_c_with_a_create_a_start_and_downloads_in_flight(prefect_harness, t
         for sim in sims.values():
             sim.gates.open()
         out = child.stdout.read()
-        child.wait(90)
+        child.wait(300)
         reader.join(30)
         err = "".join(err_lines)
         assert child.returncode == 130, err[-3000:]
@@ -110,7 +110,7 @@ def test_ctrl_c_with_a_create_a_start_and_downloads_in_flight(prefect_harness, t
             probe.close()
 
         # --- the same command again: everything done, nothing twice -------------------------------
-        rerun = subprocess.run(command(db, sims), env=env, capture_output=True, text=True, timeout=240)
+        rerun = subprocess.run(command(db, sims), env=env, capture_output=True, text=True, timeout=600)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         df = pd.read_parquet(db)
         assert (df["status"] == "finished").all() and (df["results_status"] == "downloaded").all()
