@@ -267,13 +267,15 @@ def _outage_run(tmp_path, outage_seconds: float) -> None:
         server.server.wait(30)
         before = sim.counters()["jobs_total"]
         down_at = time.monotonic()
-        wait_for(lambda: time.monotonic() - down_at >= outage_seconds, outage_seconds + 5, "the outage", 0.5)
+        # down for at least `outage_seconds`, and until the openEO side has shown it goes on (2 new
+        # jobs): how many jobs fit in the outage depends on the machine, that they are made does not
+        wait_for(lambda: time.monotonic() - down_at >= outage_seconds and sim.counters()["jobs_total"] - before >= 2,
+                 outage_seconds + 600, "jobs created while the Prefect API is down", 0.5)
         during = sim.counters()["jobs_total"] - before
-        print(f"\njobs created while the Prefect API was down for {outage_seconds:.0f} s: {during}")
-        assert during >= 2  # the openEO side went on
+        print(f"\njobs created while the Prefect API was down for {time.monotonic() - down_at:.0f} s: {during}")
         server.server = server.spawn([str(Path(sys.executable).with_name("prefect")), "server", "start", "--host",
                                       "127.0.0.1", "--port", str(server.port)], log=server.log, api=False)
-        server.wait_healthy(90)
+        server.wait_healthy(600)  # a bound for hangs: a loaded machine starts it slowly
         assert child.wait(180) == 0, (tmp_path / "child.log").read_text()[-3000:]
         df = pd.read_parquet(db)
         assert (df["status"] == "finished").all()
