@@ -57,7 +57,7 @@ def stop(process: subprocess.Popen, timeout: float = 15) -> None:
 class PrefectServer:
     """`prefect server start` on a free loopback port with its own PREFECT_HOME."""
 
-    def __init__(self, home: Path, startup_timeout: float = 90):
+    def __init__(self, home: Path, startup_timeout: float = 600):  # a bound for hangs (a loaded machine)
         self.home = home
         self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
