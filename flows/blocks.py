@@ -39,7 +39,7 @@ class OpenEOBackend(Block):
 
     url: str = Field(..., description="Root URL, e.g. https://openeo.dataspace.copernicus.eu")
     parallel_jobs: int = Field(2, ge=1, description="Maximum concurrently active jobs on this backend")
-    max_parallel_starts: Optional[int] = Field(None, ge=1, description="Cap on concurrent start tasks")
+    max_parallel_starts: Optional[int] = Field(None, ge=1, description="Start tasks of this backend in flight at once in one run")
     max_starts_per_minute: Optional[float] = Field(
         None, gt=0, description="Job starts per minute on this account, spaced evenly (CDSE: 12). Off by default")
     max_concurrent_requests: Optional[int] = Field(

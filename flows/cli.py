@@ -261,7 +261,12 @@ def configure_terminal(verbose: bool) -> None:
 
 
 def quiet_task_runs(record: logging.LogRecord) -> bool:
-    return not (record.name == "prefect.task_runs" and record.levelno < logging.WARNING)
+    """Prefect's task-run chatter goes; its `Finished in state Failed(...)` too (a failed start task
+    run: the cycle already printed that row's line with its reason). Tracebacks of tasks that
+    raised stay."""
+    if record.name != "prefect.task_runs":
+        return True
+    return record.levelno >= logging.WARNING and not str(record.msg).startswith("Finished in state")
 
 
 def run_demo(output_dir: Path, args: argparse.Namespace, flow: Optional[Callable[..., Any]]) -> int:

@@ -221,7 +221,6 @@ class Cycle:
         pending, self._pending = self._pending, {}
         self.store.apply(pending)
         for row, old, new, outcome in changes:  # told once the rows' new values (ids, errors) are stored
-            self.on_change(row, old, new)
             if new == "error" and outcome.step is Step.POLL:
                 self._errors_untold[row] = old  # told with its reason once its error logs are in
             else:
@@ -232,8 +231,10 @@ class Cycle:
                     self._tell(row, outcome.backend, self._errors_untold.pop(row, "running"), "error")
 
     def _tell(self, row: int, backend: str, old: str, new: str) -> None:
-        """One readable line per status change: `job j-1 (row 3, cdse): running -> error: <reason>`."""
+        """One readable line (and event) per status change: `job j-1 (row 3, cdse): running -> error: <reason>`."""
+        self.on_change(row, old, new)
         reason = self.store.value(row, "error_message") if new in ("start_failed", "error") else None
         log = self.logger.warning if new in ("start_failed", "error", "canceled") else self.logger.info
-        log("job %s (row %s, %s): %s -> %s%s", self.store.value(row, "id") or "-", row, backend, old, new,
-            f": {reason}" if reason else "")
+        job_id = self.store.value(row, "id")
+        who = f"job {job_id} (row {row}, {backend})" if job_id else f"row {row} ({backend}, no job)"
+        log("%s: %s -> %s%s", who, old, new, f": {reason}" if reason else "")

@@ -141,7 +141,7 @@ class Dispatcher:
                 batch = mine[first:first + size]
                 jobs = [{"_row": o.row, "job_id": o.job_id, **({"metadata": metadata[o.row]} if o.row in metadata else {})}
                         for o in batch]
-                label = batch[0].job_id + (f"+{len(batch) - 1}" if len(batch) > 1 else "")
+                label = self.label(batch[0].row) + (f"+{len(batch) - 1}" if len(batch) > 1 else "")
                 self._track(Step.DOWNLOAD if download else Step.ERROR_LOGS, backend, [o.row for o in batch],
                             lambda inbox, task=task, jobs=jobs, backend=backend, label=label: task.submit(
                                 backend, self.connection_keys[backend], jobs, self.root_dir, label, inbox))

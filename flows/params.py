@@ -112,9 +112,8 @@ class BackendConfig(BaseModel):
     max_parallel_starts: Optional[int] = Field(
         None,
         ge=1,
-        description="Cap on concurrent start tasks for this backend across all flow runs, as a Prefect tag "
-        "concurrency limit 'openeo-start:<name>'. Off by default: each limited task run costs ~1 s of "
-        "Prefect lease bookkeeping (measured on 3.8.8)",
+        description="Start tasks of this backend in flight at once in this run; the scheduler holds back the "
+        "rest (no Prefect tag concurrency limit). Off by default: only max_start_workers bounds them",
     )
     max_starts_per_minute: Optional[float] = Field(
         None,
@@ -147,3 +146,27 @@ class ProcessCreatorConfig(BaseModel):
     namespace: Optional[str] = Field(None, description="URL of the process definition, or None for the user's own UDP")
     parameter_defaults: Dict[str, Any] = Field(default_factory=dict, description="Values for parameters no column provides")
     parameter_column_map: Optional[Dict[str, str]] = Field(None, description="Process parameter -> job DB column")
+
+
+def document_parameters(flow: Any) -> Any:
+    """Put each parameter's `Annotated[..., Field(description=...)]` text into the flow's docstring
+    (Google style `Args:`), where Prefect's deployment parameter schema reads descriptions.
+
+    Why: Prefect 3.9 builds the schema field of a parameter as `Field(description=<from the
+    docstring or a Field default>)` and pydantic lets that explicit `description=None` override the
+    one inside `Annotated`, so every description was lost. The Field stays the one home of the text.
+    """
+    import inspect
+    import textwrap
+
+    from pydantic.fields import FieldInfo
+
+    lines = []
+    for name, annotation in inspect.get_annotations(flow.fn, eval_str=True).items():
+        infos = [m for m in getattr(annotation, "__metadata__", ()) if isinstance(m, FieldInfo)]
+        description = next((i.description for i in infos if i.description), None)
+        if name != "return" and description:
+            lines.append(f"    {name}: {' '.join(description.split())}")
+    doc = inspect.cleandoc(flow.fn.__doc__ or "")
+    flow.__doc__ = doc + ("\n\nArgs:\n" + "\n".join(lines) if lines else "")
+    return flow

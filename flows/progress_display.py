@@ -1,7 +1,8 @@
 """What a run shows in the terminal while it goes: counts per status and backend, jobs running,
 the completion rate and an ETA.
 
-Two displays with one interface (`update(by_backend, rows_total, elapsed_seconds)`, `close()`):
+Two displays with one interface (`update(by_backend, rows_total, elapsed_seconds, down)`, `close()`;
+`down`: {backend: epoch seconds since it is not answering} — shown, and no ETA while one is down):
 
 - `PlainDisplay`: one log line at most every `every_seconds` (CI, workers, piped output); the
   default, so a deployment run logs its progress to the Prefect UI as well;
@@ -29,6 +30,11 @@ STATUS_STYLES = {"running": "dark_orange", "queued": "blue", "finished": "green"
 RATE_WINDOW_SECONDS = 300.0
 
 ByBackend = Mapping[str, Mapping[str, int]]
+Down = Mapping[str, float]  # backend -> epoch seconds since it is not answering
+
+
+def clock(epoch_seconds: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(epoch_seconds))
 
 
 class RateTracker:
@@ -81,9 +87,12 @@ def ordered(counts: Mapping[str, int]) -> list:
 class _Display:
     def __init__(self) -> None:
         self.rates = RateTracker()
+        self.down: Dict[str, float] = {}
         self.last: Optional[Tuple[Dict[str, Dict[str, int]], int, float]] = None
 
-    def _record(self, by_backend: ByBackend, rows_total: int, elapsed_seconds: float) -> Dict[str, int]:
+    def _record(self, by_backend: ByBackend, rows_total: int, elapsed_seconds: float,
+                down: Optional[Down] = None) -> Dict[str, int]:
+        self.down = dict(down or {})
         self.last = ({b: dict(c) for b, c in by_backend.items()}, rows_total, elapsed_seconds)
         counts = totals(by_backend)
         self.rates.add(elapsed_seconds, sum(n for s, n in counts.items() if s in TERMINAL))
@@ -95,6 +104,8 @@ class _Display:
         rate = self.rates.rate()
         eta = self.rates.eta_seconds(rows_total - terminal)
         pace = f"{rate * 60:.1f} rows/min, ETA {duration(eta)}" if rate else "rate: measuring"
+        if self.down:  # the rate of before the outage says nothing about when the rest ends
+            pace = "ETA unknown: " + ", ".join(f"{b} not answering since {clock(t)}" for b, t in sorted(self.down.items()))
         return f"{percent:3.0f}% ({terminal}/{rows_total} done) after {duration(elapsed_seconds)}, {pace}"
 
 
@@ -109,18 +120,22 @@ class PlainDisplay(_Display):
         self._last_line_at: Optional[float] = None
         self._last_line: Optional[str] = None
 
-    def update(self, by_backend: ByBackend, rows_total: int, elapsed_seconds: float) -> None:
-        counts = self._record(by_backend, rows_total, elapsed_seconds)
+    def update(self, by_backend: ByBackend, rows_total: int, elapsed_seconds: float,
+               down: Optional[Down] = None) -> None:
+        was_down = set(self.down)
+        counts = self._record(by_backend, rows_total, elapsed_seconds, down)
         done = sum(n for s, n in counts.items() if s in TERMINAL) >= rows_total
         now = time.monotonic()
-        if done or self._last_line_at is None or now - self._last_line_at >= self.every_seconds:
+        if done or self._last_line_at is None or now - self._last_line_at >= self.every_seconds \
+                or set(self.down) != was_down:
             self._emit(self.line(by_backend, counts, rows_total, elapsed_seconds))
             self._last_line_at = now
 
     def line(self, by_backend: ByBackend, counts: Mapping[str, int], rows_total: int, elapsed_seconds: float) -> str:
         statuses = ", ".join(f"{s} {n}" for s, n in ordered(counts))
         active = "; ".join(
-            f"{backend}: {sum(n for s, n in c.items() if s in HOLDS_SLOT)} active"
+            f"{backend}: " + ("NOT ANSWERING" if backend in self.down else
+                              f"{sum(n for s, n in c.items() if s in HOLDS_SLOT)} active")
             for backend, c in sorted(by_backend.items()) if backend != "(unassigned)"
         )
         return f"{self.summary(counts, rows_total, elapsed_seconds)} | {statuses}" + (f" | {active}" if active else "")
@@ -148,8 +163,9 @@ class LiveDisplay(_Display):
         self._live = None
         self._columns: set = set()  # statuses seen so far: columns stay put as rows move on
 
-    def update(self, by_backend: ByBackend, rows_total: int, elapsed_seconds: float) -> None:
-        counts = self._record(by_backend, rows_total, elapsed_seconds)
+    def update(self, by_backend: ByBackend, rows_total: int, elapsed_seconds: float,
+               down: Optional[Down] = None) -> None:
+        counts = self._record(by_backend, rows_total, elapsed_seconds, down)
         renderable = self.render(by_backend, counts, rows_total, elapsed_seconds)
         if self._live is None:
             from rich.live import Live
@@ -177,7 +193,7 @@ class LiveDisplay(_Display):
                              footer=str(counts.get(status, 0)))
         table.add_column("active", justify="right", footer=str(sum(n for s, n in counts.items() if s in HOLDS_SLOT)))
         for backend, c in sorted(by_backend.items()):
-            table.add_row(backend, *(str(c.get(s, 0) or "") for s in columns),
+            table.add_row(f"[red]{backend} (not answering)[/red]" if backend in self.down else backend, *(str(c.get(s, 0) or "") for s in columns),
                           str(sum(n for s, n in c.items() if s in HOLDS_SLOT)))
         return table
 

@@ -6,6 +6,7 @@ path), so two `jobs.csv` in different folders never share an artifact history.
 from __future__ import annotations
 
 import base64
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
@@ -17,9 +18,12 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
 
+from flows.progress_display import RateTracker, duration, ordered, totals
 from jobdb import TERMINAL_STATUSES, JobDbPaths
-from jobdb.status import FAILED
+from jobdb.status import FAILED, HOLDS_SLOT
 
 # A PNG larger than this is linked by its path in the summary instead of embedded in it.
 MAX_EMBEDDED_MAP_BYTES = 1_500_000
@@ -73,20 +77,79 @@ def row_label(row: Mapping[str, Any], position: int) -> str:
 
 
 class ProgressReport:
-    """The progress artifact of one run, updated at most once per cycle when it changed."""
+    """The run's progress in the Prefect UI, updated while it goes: a progress artifact (share of rows
+    terminal; its description says rows left, rate and ETA) and a markdown artifact (counts per
+    status x backend, rows left, rate, ETA, backends not answering). Both are created once and then
+    updated in place (`update_artifact`), so a long run adds no artifact versions; an update is sent
+    when the counts or a backend's health changed, or every `refresh_seconds` for the rate."""
 
-    def __init__(self, job_db: str | Path, description: Optional[str] = None):
+    def __init__(self, job_db: str | Path, description: Optional[str] = None, refresh_seconds: float = 30.0):
+        paths = JobDbPaths.of(job_db)
+        self._name = paths.db.name
         self._artifact_id = create_progress_artifact(
-            progress=0.0, key=JobDbPaths.of(job_db).artifact_key("progress"),
+            progress=0.0, key=paths.artifact_key("progress"),
             description=description or f"Rows terminal in {job_db}",
         )
-        self._last: Optional[float] = None
+        self._table_id = create_markdown_artifact(
+            markdown=f"# {self._name}: starting", key=paths.artifact_key("progress-table"),
+            description=f"Progress of {paths.db}: rows per status and backend, rate, ETA",
+        )
+        self.rates = RateTracker()
+        self.refresh_seconds = refresh_seconds
+        self._last: Optional[tuple] = None
+        self._last_sent = 0.0
 
-    def update(self, df: pd.DataFrame) -> None:
-        progress = round(share_terminal(df), 1)
-        if progress != self._last:
-            update_progress_artifact(artifact_id=self._artifact_id, progress=progress)
-            self._last = progress
+    def update(self, by_backend: Mapping[str, Mapping[str, int]], rows: int, elapsed_seconds: float,
+               down: Optional[Mapping[str, float]] = None) -> None:
+        """`by_backend`: {backend: {status: n}}; `down`: {backend: epoch seconds since it is not answering}."""
+        counts = totals(by_backend)
+        terminal = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
+        self.rates.add(elapsed_seconds, terminal)
+        state = (sorted((b, sorted(c.items())) for b, c in by_backend.items()), sorted((down or {}).items()))
+        now = time.monotonic()
+        if state == self._last and now - self._last_sent < self.refresh_seconds:
+            return
+        glance = self.glance(counts, rows, elapsed_seconds, down or {})
+        update_progress_artifact(artifact_id=self._artifact_id, progress=round(100.0 * terminal / rows, 1)
+                                 if rows else 100.0, description=glance)
+        markdown = progress_markdown(self._name, by_backend, rows, glance, down or {})
+        with get_client(sync_client=True) as client:
+            client.update_artifact(artifact_id=self._table_id, artifact=ArtifactUpdate(data=markdown))
+        self._last, self._last_sent = state, now
+
+    def glance(self, counts: Mapping[str, int], rows: int, elapsed_seconds: float, down: Mapping[str, float]) -> str:
+        """`63 of 100 rows left · 4.2 rows/min · ETA 15m · 12m elapsed` (no ETA while a backend is down)."""
+        left = rows - sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
+        rate = self.rates.rate()
+        parts = [f"{left} of {rows} rows left", f"{rate * 60:.1f} rows/min" if rate else "rate: measuring"]
+        if down:
+            parts.append("ETA unknown: " + ", ".join(f"{b} not answering" for b in sorted(down)))
+        elif left and rate:
+            parts.append(f"ETA {duration(self.rates.eta_seconds(left))}")
+        parts.append(f"{duration(elapsed_seconds)} elapsed")
+        return " · ".join(parts)
+
+
+def progress_markdown(name: str, by_backend: Mapping[str, Mapping[str, int]], rows: int, glance: str,
+                      down: Mapping[str, float]) -> str:
+    counts = totals(by_backend)
+    statuses = [s for s, _ in ordered(counts)]
+    terminal = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
+    updated = time.strftime("%H:%M:%S UTC", time.gmtime())
+    lines = [f"# {name}: {100.0 * terminal / rows if rows else 100.0:.0f}% done", "", f"**{glance}**", "",
+             f"updated {updated}", ""]
+    for backend, since in sorted(down.items()):
+        lines += [f"- ⚠ backend **{backend}** is not answering since "
+                  f"{time.strftime('%H:%M:%S UTC', time.gmtime(since))}", ""]
+    lines += ["| backend | " + " | ".join(statuses) + " | active |", "|---" * (len(statuses) + 2) + "|"]
+    for backend, c in sorted(by_backend.items()):
+        mark = " (not answering)" if backend in down else ""
+        lines.append(f"| {backend}{mark} | " + " | ".join(str(c.get(s, 0)) for s in statuses)
+                     + f" | {sum(n for s, n in c.items() if s in HOLDS_SLOT)} |")
+    if len(by_backend) > 1:
+        lines.append("| **all** | " + " | ".join(f"**{counts.get(s, 0)}**" for s in statuses)
+                     + f" | **{sum(n for s, n in counts.items() if s in HOLDS_SLOT)}** |")
+    return "\n".join(lines)
 
 
 def publish_final_artifacts(

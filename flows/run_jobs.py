@@ -33,7 +33,7 @@ from flows.cycle import Cycle, CycleEnd, CycleOptions
 from flows.interrupts import StopSignal, catch_interrupts
 from flows.dispatcher import Dispatcher
 from flows.events import JobEvents
-from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
+from flows.params import BackendConfig, ProcessCreatorConfig, SetupError, document_parameters
 from flows.progress_display import current_display
 from flows.reporting import ProgressReport, failed_rows, merge_request_counts, publish_final_artifacts
 from flows.scheduler import BackendPolicy
@@ -51,6 +51,7 @@ from jobdb.status import FAILED, HOLDS_SLOT
 from jobdb.store import JobStore
 from tasks.connections import ManagedConnection, connection_key, register_connection, unregister_connection
 from tasks.callables import load_hook
+from tasks.health import describe_change
 
 # Polls, reconciles, downloads and error logs run on the flow's task runner with this many threads.
 FLOW_TASK_WORKERS = 8
@@ -84,7 +85,9 @@ class PreparedRun:
     hooks: Dict[str, str]  # "done" / "error" -> import path
 
 
-@flow(name="run-jobs", task_runner=ThreadPoolTaskRunner(max_workers=FLOW_TASK_WORKERS), log_prints=True)
+@document_parameters
+@flow(name="run-jobs", task_runner=ThreadPoolTaskRunner(max_workers=FLOW_TASK_WORKERS), log_prints=True,
+      description="Create, start, poll and download one openEO batch job per job DB row until all are done.")
 def run_jobs(
     job_db: Annotated[str, Field(description="Path of the job DB (.csv, .parquet, .geoparquet)")],
     backends: Annotated[
@@ -160,14 +163,18 @@ def drive(
     keys = {name: connection_key(run_key, name) for name in run.backends}
     for name, connection in run.connections.items():
         register_connection(keys[name], connection)
+        connection.health.name = name
+        connection.health.listen(lambda change, health: logger.warning(describe_change(change, health)))
     slots = AccountSlots(run.backends, run_key, note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)})
     publisher = BackgroundPublisher(logger)
     progress = publisher.call(lambda: ProgressReport(run.store.path))
     display = current_display(logger)
 
     def on_progress(snapshot) -> None:
-        display.update(run.store.status_by_backend(), snapshot.rows, time.monotonic() - t0)
-        publisher.submit("progress", lambda: progress.result().update(run.store.dataframe()))
+        by_backend, elapsed = run.store.status_by_backend(), time.monotonic() - t0
+        down = {n: since for n, c in run.connections.items() if (since := c.health.down_since()) is not None}
+        display.update(by_backend, snapshot.rows, elapsed, down)
+        publisher.submit("progress", lambda: progress.result().update(by_backend, snapshot.rows, elapsed, down))
 
     stop = StopSignal()
     options = CycleOptions(
@@ -181,8 +188,9 @@ def drive(
     events = JobEvents(publisher, str(run.store.path))
 
     def on_change(row: int, old: str, new: str) -> None:
+        reason = run.store.value(row, "error_message") if new in FAILED else None
         events.changed(new, run.store.value(row, "id"), run.store.value(row, "backend_name") or "", row,
-                       run.store.label(row))
+                       run.store.label(row), reason)
 
     policies = {n: BackendPolicy(b.parallel_jobs, b.max_parallel_starts) for n, b in run.backends.items()}
     run.store.retry_failed_downloads()
@@ -204,6 +212,8 @@ def drive(
         slots.close()
         for key in keys.values():
             unregister_connection(key)
+        for connection in run.connections.values():
+            connection.health.listen(None)
     stats = build_stats(run, end, dispatcher.counters, t0)
     stats["tile_map"] = write_tile_map(run.store.dataframe(), run.store.path)
     publisher.call(lambda: publish_final_artifacts(run.store.path, run.store.dataframe(), stats,
@@ -216,10 +226,10 @@ def final_state(run: PreparedRun, end: CycleEnd, stats: Dict[str, Any], threshol
     counts = stats["status"]
     failed = sum(counts.get(s, 0) for s in FAILED)
     active = sum(counts.get(s, 0) for s in HOLDS_SLOT)
-    summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))  # "9 finished, 2 error"
     if end.reason == "interrupted":
         message = (f"interrupted: {active} jobs still running on backends; "
-                   "run the same command again to resume")
+                   f"run the same command again to resume ({stats['rows']} rows: {summary})")
         logger.warning(message)
         return Cancelled(message=message, data=RunInterrupted(message, stats))
     if failed > threshold * stats["rows"]:
@@ -229,11 +239,11 @@ def final_state(run: PreparedRun, end: CycleEnd, stats: Dict[str, Any], threshol
     left = stats["rows"] - stats["terminal"]
     if end.refused and left:
         refused = "; ".join(f"{name}: {why}" for name, why in end.refused.items())
-        message = f"{left} rows left not_started: backends refused new jobs ({refused}); {summary}"
+        message = f"{left} of {stats['rows']} rows not done ({summary}): backends refused new jobs ({refused})"
         logger.warning(message)
         return Completed(message=message, data=stats)
     if end.reason == "time_up" and left:
-        message = f"time is up: {left} rows left for the next run ({summary})"
+        message = f"time is up with {left} of {stats['rows']} rows not done ({summary}): the next run goes on"
     else:
         message = f"run finished in {stats['elapsed_seconds']:.1f} s: {summary}"
     logger.info(message)

@@ -24,13 +24,14 @@ from openeo.rest import OpenEoApiError, OpenEoApiPlainError
 from openeo.rest.auth.auth import BearerAuth
 
 from tasks.faults import Backoff, parse_retry_after
+from tasks.health import BackendHealth, ReportingRetry
 from tasks.pacing import AccountPacer
 
 # Idempotent calls (GET, DELETE, ...) are retried by urllib3 on 5xx, honouring Retry-After,
 # and by `PacedAdapter` on 429 (after the whole account paused); POST is retried by neither,
 # so creating or starting a job is never blindly repeated: tasks handle POST failures
 # themselves (see tasks/start.py).
-IDEMPOTENT_RETRY = urllib3.util.Retry(
+IDEMPOTENT_RETRY = ReportingRetry(
     total=8,
     connect=8,
     read=4,
@@ -86,9 +87,10 @@ class PacedAdapter(requests.adapters.HTTPAdapter):
     of its own instead of waiting for the slot its first hop still holds.
     """
 
-    def __init__(self, origin: str, pacer: AccountPacer, **kwargs):
+    def __init__(self, origin: str, pacer: AccountPacer, health: Optional[BackendHealth] = None, **kwargs):
         self.origin = origin
         self.pacer = pacer
+        self.health = health
         super().__init__(**kwargs)
 
     def send(self, request: requests.PreparedRequest, stream: bool = False, **kwargs) -> requests.Response:
@@ -104,6 +106,11 @@ class PacedAdapter(requests.adapters.HTTPAdapter):
             except BaseException:
                 turn.release()
                 raise
+            if self.health is not None:  # attempts that failed and were retried are told by the Retry
+                if response.status_code >= 500:
+                    self.health.failed(f"HTTP {response.status_code} on {request.method} {urlsplit(request.url).path}")
+                else:
+                    self.health.answered()
             if response.status_code == 429:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 _LAST_429.retry_after = retry_after
@@ -141,6 +148,7 @@ class ManagedConnection(openeo.Connection):
         self._auth_lock = threading.Lock()
         self.token_obtained_at: float = 0.0
         self.pacer: Optional[AccountPacer] = None
+        self.health = BackendHealth(url)  # told by the paced adapter (`use_pacing`); the flow names and watches it
         super().__init__(url, **kwargs)
 
     # --- observation -------------------------------------------------------------------
@@ -273,8 +281,12 @@ def use_retry_policy(session: requests.Session, retry: urllib3.util.Retry, pool_
 
 def use_pacing(connection: ManagedConnection, pacer: AccountPacer, retry: urllib3.util.Retry = IDEMPOTENT_RETRY,
                pool_size: int = 32) -> None:
-    """From now on, requests of `connection` to its backend go through `pacer` (with `retry` for 5xx)."""
-    adapter = PacedAdapter(connection.root_url, pacer, max_retries=retry, pool_maxsize=pool_size)
+    """From now on, requests of `connection` to its backend go through `pacer` (with `retry` for 5xx),
+    and tell `connection.health` whether the backend answers."""
+    health = connection.health
+    if isinstance(retry, ReportingRetry):
+        retry = retry.for_health(health)
+    adapter = PacedAdapter(connection.root_url, pacer, health, max_retries=retry, pool_maxsize=pool_size)
     connection.session.mount("http://", adapter)
     connection.session.mount("https://", adapter)
     connection.pacer = pacer

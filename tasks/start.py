@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
 
 from jobdb.schema import utc_now
 from tasks.connections import RUN_KEY_SEPARATOR, connection_provider_for, get_connection
@@ -54,11 +55,12 @@ def start_jobs(
     label: str,
     inbox: Optional[str] = None,
     deadline_seconds: float = DEFAULT_START_DEADLINE_SECONDS,
-) -> Outcome:
+) -> Union[Outcome, State]:
     """Create and start each row's job, one row after the other (each dict carries `_row`,
     `job_marker` and, for a job created earlier, `job_id`).
 
-    No Prefect retries: a POST is never repeated blindly; every retry here is decided per
+    A row whose start failed (`start_failed`) makes the task run end `Failed`, with the outcome as
+    the state's data. No Prefect retries: a POST is never repeated blindly; every retry here is decided per
     failure kind (tasks/openeo_calls.py), and a lost create is looked up by its marker first.
     """
     results: Dict[int, Dict[str, Any]] = {}
@@ -74,7 +76,15 @@ def start_jobs(
         except Exception as exc:  # noqa: BLE001 - one row must not sink the batch
             results[i] = {"crashed": f"{type(exc).__name__}: {exc}"}
         refused = results[i].get("refused") or refused
-    return deliver(inbox, Outcome(Step.START, backend, results))
+    outcome = deliver(inbox, Outcome(Step.START, backend, results))
+    failed = [r for r in results.values() if r.get("status") == "start_failed"]
+    if failed:
+        # The task run ends Failed in the UI; the outcome reached the flow already (and is the
+        # state's data), so the run goes on and records every row of the batch.
+        first = failed[0].get("error_message") or "start failed"
+        message = first if len(results) == 1 else f"{len(failed)} of {len(results)} rows start_failed; first: {first}"
+        return Failed(message=message, data=outcome)
+    return outcome
 
 
 def start_one(

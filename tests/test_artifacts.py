@@ -76,7 +76,8 @@ def test_artifact_keys_unique_per_job_db(tmp_path):
     @flow(name="report-only")
     def report_only(db: str, percent: float):  # artifacts belong to a flow run, as in run-jobs
         report = ProgressReport(db)
-        report.update(df.assign(status=["finished", "not_started"] if percent == 50.0 else ["finished", "error"]))
+        report.update({"x": {"finished": 1, "not_started": 1} if percent == 50.0 else {"finished": 1, "error": 1}},
+                      rows=2, elapsed_seconds=1.0)
         publish_final_artifacts(db, df, {**stats, "job_db": db}, failures=[])
 
     for db, percent in ((first, 50.0), (second, 100.0)):
