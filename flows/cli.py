@@ -144,6 +144,12 @@ def flow_parameters(args: argparse.Namespace) -> Dict[str, Any]:
 def main(argv: Optional[List[str]] = None, flow: Optional[Callable[..., Any]] = None) -> int:
     """The command line. `flow`: the run-jobs flow object (default: imported after the checks)."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    server = None
+
+    def start_prefect() -> None:  # once the offline checks passed, while the backends are checked
+        nonlocal server
+        server = start_prefect_early(flow)
+
     try:
         args = build_parser().parse_args(argv)
         if args.demo:
@@ -153,10 +159,55 @@ def main(argv: Optional[List[str]] = None, flow: Optional[Callable[..., Any]] = 
         params = flow_parameters(args)
         from flows.preflight import preflight
 
-        preflight(params)
+        preflight(params, before_connecting=start_prefect)
     except Exception as exc:  # noqa: BLE001 - every problem found before the run is bad input
+        if server is not None:
+            server.stop()
         return bad_input(exc, debug)
-    return run(flow, params, args)
+    return run(flow, params, args, server)
+
+
+def start_prefect_early(flow: Optional[Callable[..., Any]]):
+    """Start this run's Prefect server (unless PREFECT_API_URL names one) and import the flow (and
+    with it Prefect) on a thread, both without waiting: they overlap the backend checks or the
+    demo's set-up instead of following them. Returns the `LocalServer`, or None."""
+    import threading
+
+    if flow is None:
+        threading.Thread(target=_import_flow, name="import-flow", daemon=True).start()
+    if api_url_configured():
+        return None
+    from flows.local_server import LocalServer
+
+    return LocalServer()
+
+
+def api_url_configured() -> bool:
+    """Whether PREFECT_API_URL names a server, without importing Prefect when it is not imported yet
+    (environment, then the active profile of profiles.toml; `prefect_api` asks Prefect itself later)."""
+    if "prefect.settings" in sys.modules:
+        from prefect.settings import PREFECT_API_URL
+
+        return bool(PREFECT_API_URL.value())
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    import tomllib
+
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+    return bool(profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
+
+
+def _import_flow() -> None:
+    try:
+        import flows.run_jobs  # noqa: F401 - warms the import; `run` imports it again (at once)
+    except Exception:  # noqa: BLE001 - `run` imports it again and reports what went wrong
+        pass
 
 
 def bad_input(exc: BaseException, debug: bool) -> int:
@@ -174,8 +225,9 @@ def bad_input(exc: BaseException, debug: bool) -> int:
     return EXIT_BAD_INPUT
 
 
-def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argparse.Namespace) -> int:
-    """Run the flow in this process (against its own local Prefect server), then report."""
+def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argparse.Namespace, server=None) -> int:
+    """Run the flow in this process (against its own local Prefect server, `server` if started
+    already), then report."""
     from flows.params import SetupError
     from flows.progress_display import prefect_console, stop_live_display, use_live_display
     from jobdb import JobDbLocked
@@ -187,7 +239,7 @@ def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argpar
         use_live_display()
     started = time.monotonic()
     try:
-        with prefect_api():
+        with prefect_api(server):
             state = flow(**params, return_state=True)
     except KeyboardInterrupt:  # a second Ctrl-C: the run stopped at once
         stop_live_display()
@@ -220,18 +272,21 @@ def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argpar
 
 
 @contextlib.contextmanager
-def prefect_api() -> Iterator[None]:
-    """A Prefect server for this run in its own session (flows/local_server.py), unless the user
-    points PREFECT_API_URL at one: Ctrl-C then reaches only this process, which records the run's
-    final state before it exits, and no server outlives the command (not even after a SIGKILL)."""
+def prefect_api(server=None) -> Iterator[None]:
+    """A Prefect server for this run in its own session (flows/local_server.py; `server` when it
+    was started early), unless the user points PREFECT_API_URL at one: Ctrl-C then reaches only
+    this process, which records the run's final state before it exits, and no server outlives the
+    command (not even after a SIGKILL)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if PREFECT_API_URL.value():
+    if PREFECT_API_URL.value():  # e.g. from a Prefect profile, which the early start could not see
+        if server is not None:
+            server.stop()
         yield
         return
     from flows.local_server import local_prefect_server
 
-    with local_prefect_server() as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
+    with local_prefect_server(server=server) as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
         try:
             yield
         finally:
@@ -271,16 +326,21 @@ def quiet_task_runs(record: logging.LogRecord) -> bool:
 
 def run_demo(output_dir: Path, args: argparse.Namespace, flow: Optional[Callable[..., Any]]) -> int:
     """Two simulated backends, a small tile grid x 2 years, the real flow; prints a report."""
-    from flows.grid import make_tile_grid
-    from jobdb import JobDatabase
-    from simulator import SimulatorConfig, start_simulator
+    server = start_prefect_early(flow)  # boots while the simulators and the grid are made
+    try:
+        from flows.grid import make_tile_grid
+        from jobdb import JobDatabase
+        from simulator import SimulatorConfig, start_simulator
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    job_db = output_dir / "jobs.parquet"
-    if job_db.exists():
-        job_db.unlink()  # the demo always starts afresh
-    config = SimulatorConfig(queue_time=0.5, run_time=2.0, run_time_jitter=1.0, p_error=0.1, seed=1)
-    with start_simulator(config) as sim_a, start_simulator(config) as sim_b:
+        job_db = output_dir / "jobs.parquet"
+        clean_demo_output(output_dir, job_db)
+        config = SimulatorConfig(queue_time=0.5, run_time=2.0, run_time_jitter=1.0, p_error=0.1, seed=1)
+        sim_a, sim_b = start_simulator(config), start_simulator(config)
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
+    with sim_a, sim_b:
         tiles = make_tile_grid(
             {"west": 5.0, "south": 51.0, "east": 5.25, "north": 51.1}, tile_size=10_000, years=[2023, 2024]
         )
@@ -300,7 +360,23 @@ def run_demo(output_dir: Path, args: argparse.Namespace, flow: Optional[Callable
         params = {k: v for k, v in params.items() if k in accepted_parameters(flow)}
         print(f"Demo: {len(tiles)} jobs on 2 simulated backends (sim-a {sim_a.url}, sim-b {sim_b.url}); "
               f"about 10 % of jobs fail on purpose", file=sys.stderr)
-        return run(flow, params, args)
+        return run(flow, params, args, server)
+
+
+def clean_demo_output(output_dir: Path, job_db: Path) -> None:
+    """What an earlier demo left in `output_dir` (its job DB, maps and job_<id>/ result folders),
+    so each demo starts afresh; nothing else in the folder is touched."""
+    import shutil
+
+    from jobdb import JobDbPaths
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = JobDbPaths.of(job_db)
+    for leftover in (job_db, paths.map_png, paths.map_html):
+        leftover.unlink(missing_ok=True)
+    for folder in output_dir.glob("job_*"):
+        if folder.is_dir():
+            shutil.rmtree(folder)
 
 
 def accepted_parameters(flow: Optional[Callable[..., Any]]) -> set:

@@ -22,9 +22,7 @@ import threading
 import time
 from typing import Iterator, Optional
 
-import httpx
-
-STARTUP_TIMEOUT_SECONDS = 90.0
+STARTUP_TIMEOUT_SECONDS = 300.0  # a fresh PREFECT_HOME on a loaded machine took 106 s (migrations)
 
 
 def free_port() -> int:
@@ -35,6 +33,8 @@ def free_port() -> int:
 
 def wait_until_healthy(api_url: str, process: subprocess.Popen, timeout: float, what: str) -> None:
     """Until the server answers `/health`; RuntimeError if `process` exits or `timeout` passes."""
+    import httpx  # here, not at the top: the watchdog process (this module's main) never needs it
+
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
@@ -49,28 +49,46 @@ def wait_until_healthy(api_url: str, process: subprocess.Popen, timeout: float, 
         time.sleep(0.2)  # polling another process's startup; there is no event to wait on
 
 
-@contextlib.contextmanager
-def local_prefect_server(timeout: float = STARTUP_TIMEOUT_SECONDS) -> Iterator[str]:
-    """Start the watchdog + server, wait until healthy, yield the API URL, stop it afterwards."""
-    port = free_port()
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED", "false")}
-    watchdog = subprocess.Popen(
-        [sys.executable, "-m", "flows.local_server", str(port)],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, env=env,
-    )
-    api_url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_until_healthy(api_url, watchdog, timeout, "the local Prefect server")
-        yield api_url
-    finally:
-        if watchdog.stdin is not None:
-            watchdog.stdin.close()  # the watchdog stops the server
+class LocalServer:
+    """The watchdog + server of one CLI run. Starting returns at once, so the CLI checks the
+    backends and imports Prefect while the server boots (its ~4 s warm start was the larger part
+    of a run's fixed cost; bench/startup.py); `wait_until_up()` then waits for `/health`."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        env = {**os.environ,
+               "PREFECT_SERVER_ANALYTICS_ENABLED": os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED", "false")}
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-m", "flows.local_server", str(self.port)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, env=env,
+        )
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+
+    def wait_until_up(self, timeout: float = STARTUP_TIMEOUT_SECONDS) -> str:
+        wait_until_healthy(self.api_url, self.watchdog, timeout, "the local Prefect server")
+        return self.api_url
+
+    def stop(self) -> None:
+        if self.watchdog.stdin is not None and not self.watchdog.stdin.closed:
+            self.watchdog.stdin.close()  # the watchdog stops the server
         try:
-            watchdog.wait(15)
+            self.watchdog.wait(15)
         except subprocess.TimeoutExpired:
-            os.killpg(watchdog.pid, signal.SIGKILL)
-            watchdog.wait(5)
+            os.killpg(self.watchdog.pid, signal.SIGKILL)
+            self.watchdog.wait(5)
+
+
+@contextlib.contextmanager
+def local_prefect_server(timeout: float = STARTUP_TIMEOUT_SECONDS, server: Optional[LocalServer] = None
+                         ) -> Iterator[str]:
+    """Start the watchdog + server (or take `server`, started earlier), wait until healthy, yield
+    the API URL, stop it afterwards."""
+    server = server or LocalServer()
+    try:
+        yield server.wait_until_up(timeout)
+    finally:
+        server.stop()
 
 
 def _watch(port: int) -> int:

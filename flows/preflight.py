@@ -37,9 +37,12 @@ class RunParameters(BaseModel):
     on_job_error: Optional[str] = None
 
 
-def preflight(parameters: Mapping[str, Any], connect: bool = True) -> RunParameters:
+def preflight(parameters: Mapping[str, Any], connect: bool = True,
+              before_connecting: Optional[Callable[[], None]] = None) -> RunParameters:
     """Validate the flow parameters, the job DB, its lock, the callback and (with `connect`) every
-    inline backend's URL and credentials. Raises SetupError; changes nothing but the lock file."""
+    inline backend's URL and credentials. Raises SetupError; changes nothing but the lock file.
+    `before_connecting` is called once the offline checks passed (the CLI starts its Prefect
+    server there: bad input found offline costs no server, the backend checks overlap its start)."""
     params = validate(RunParameters, parameters)
     backends = [validate(BackendConfig, b, parameter="backends", label=backend_label(b))
                 for b in params.backends if not isinstance(b, str)]
@@ -69,6 +72,8 @@ def preflight(parameters: Mapping[str, Any], connect: bool = True) -> RunParamet
         names = db.df["backend_name"].where(db.df["backend_name"].notna(), None)
         check(lambda: check_row_backends({int(i): v for i, v in names.items()}, {b.name for b in backends}),
               "backends")
+    if before_connecting is not None:
+        before_connecting()
     if connect:
         check_backends(backends, process, db.df.columns)
     return params

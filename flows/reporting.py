@@ -235,7 +235,10 @@ def format_run_report(
 ) -> str:
     """The short end-of-run text: counts per status, failures with reasons, where things are, time."""
     counts = ", ".join(f"{n} {s}" for s, n in sorted(stats.get("status", {}).items(), key=lambda kv: -kv[1]))
-    lines = [f"{stats.get('rows', 0)} rows in {stats.get('elapsed_seconds', 0.0):.1f} s: {counts or 'none'}"]
+    waited = stats.get("lock_wait_seconds") or 0.0
+    lines = [f"{stats.get('rows', 0)} rows in {stats.get('elapsed_seconds', 0.0):.1f} s"
+             + (f" (after waiting {waited:.1f} s for another run's lock on the job DB)" if waited >= 1.0 else "")
+             + f": {counts or 'none'}"]
     by_backend = stats.get("by_backend") or {}
     if len(by_backend) > 1:
         for backend, backend_counts in sorted(by_backend.items()):

@@ -144,11 +144,17 @@ def run_jobs(
     def tell_waiting(exc: JobDbLocked) -> None:
         logger.warning("%s; waiting for it (wait_for_lock)", exc.describe().split("; wait")[0])
 
+    asked = time.monotonic()
     run.store.lock.acquire(flow_run_id, wait_seconds=float("inf") if wait_for_lock else 0.0, on_wait=tell_waiting)
+    waited = time.monotonic() - asked
+    if waited >= 1.0:
+        logger.info("the job DB is ours after waiting %.0f s for the other run", waited)
     try:
         run.store.reload()  # as the lock's last holder left it (prepare read it before the lock was ours)
-        end, stats = drive(run, logger, flow_run_id, t0, max_start_workers, poll_interval_seconds, download_results,
-                           cancel_running_job_after, max_runtime_minutes, max_attempts)
+        # The run's own time (elapsed, rate, max_runtime_minutes) leaves out the wait for the lock.
+        end, stats = drive(run, logger, flow_run_id, t0 + waited, max_start_workers, poll_interval_seconds,
+                           download_results, cancel_running_job_after, max_runtime_minutes, max_attempts)
+        stats["lock_wait_seconds"] = round(waited, 3)
     finally:
         run.store.persist(force=True)
         run.store.lock.release()

@@ -238,8 +238,11 @@ def write_html(tiles, path: Path, title: str = "") -> Path:
     """An interactive folium map: one polygon per tile, worst status colour, popup with its rows.
 
     The page loads Leaflet and OpenStreetMap tiles in the viewer's browser; this process
-    fetches nothing. (folium directly: `GeoDataFrame.explore()` would also need mapclassify.)
+    fetches nothing. Offline (no Leaflet) the page shows the same tiles as an inline SVG instead
+    (flows/tile_svg.py). (folium directly: `GeoDataFrame.explore()` would also need mapclassify.)
     """
+    from flows.tile_svg import offline_svg_block
+
     import folium
     import shapely
 
@@ -262,6 +265,7 @@ def write_html(tiles, path: Path, title: str = "") -> Path:
         popup=folium.GeoJsonPopup(["tile", "status", "rows", "details"]),
     ).add_to(fmap)
     folium.LayerControl().add_to(fmap)
+    fmap.get_root().html.add_child(folium.Element(offline_svg_block(overview, STATUS_COLOURS, title)))
     tmp = path.with_name(f".{path.name}.tmp")
     fmap.save(str(tmp))
     tmp.replace(path)

@@ -169,7 +169,10 @@ def test_ctrl_c_in_the_cli_exits_in_seconds_and_the_rerun_completes(tmp_path):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_second_run_on_the_same_db_refuses_then_waits_when_asked(sim, tmp_path):
+def test_a_second_run_on_the_same_db_refuses_then_waits_when_asked(tmp_path):
+    # jobs of 4 s: the first run (3 waves) still holds the DB when the second one, slow to start on
+    # a loaded machine, asks for it
+    sim = start_simulator(fast_config(queue_time=0.2, run_time=4.0))
     db = make_db(tmp_path / "jobs.parquet", 8)
     kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
                   poll_interval_seconds=0.3)
@@ -186,12 +189,18 @@ def test_a_second_run_on_the_same_db_refuses_then_waits_when_asked(sim, tmp_path
         message = str(refused.value)
         print(f"\nrefused in {time.monotonic() - t0:.1f} s: {message}")
         assert f"pid {os.getpid()}" in message and "flow run" in message and "--wait-for-lock" in message
+        asked = time.monotonic()
         waited = run_jobs(**kwargs, wait_for_lock=True)  # queues behind the first run, then finds it all done
+        wall = time.monotonic() - asked
     finally:
         thread.join(120)
+        sim.stop()
     assert peak.stop() <= 3
     assert first["stats"]["status"] == {"finished": 8} and waited["status"] == {"finished": 8}
     assert waited["start_tasks"] == 0
+    # the wait for the lock is reported apart from the run's own time, not in it
+    assert 0 < waited["lock_wait_seconds"] < wall
+    assert waited["elapsed_seconds"] <= wall - waited["lock_wait_seconds"] + 0.05
     counters = sim.counters()
     assert counters["jobs_total"] == 8 and counters["duplicate_titles"] == {}
 

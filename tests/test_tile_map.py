@@ -128,3 +128,32 @@ def test_ten_thousand_tiles_fast(tmp_path):
     elapsed = time.monotonic() - started
     print(f"tile map of {df['tile_id'].nunique()} tiles x 2 years: {elapsed:.1f} s")
     assert set(written) == {"png", "html"}  # how fast: the print above (a speed target, not an assertion)
+
+
+def test_html_map_has_an_offline_rendering(tmp_path):
+    """Offline the page cannot load Leaflet from its CDN: it shows every tile as inline SVG instead."""
+    import re
+    import shutil
+    import subprocess
+
+    df = two_year_db_with_failures()
+    write_tile_map(df, tmp_path / "jobs.parquet")
+    page = JobDbPaths.of(tmp_path / "jobs.parquet").map_html.read_text()
+    start = page.index('<div id="offline-tile-map"')
+    block = page[start:page.index("</script>", start)]
+    overview = worst_per_tile(tiles_with_status(df))
+    polygons = re.findall(r'<polygon [^>]*fill="(#[0-9a-f]{6})"[^>]*><title>([^<]+)</title>', block)
+    assert len(polygons) == len(overview)  # one shape per tile, every tile
+    shown = {title.split(":")[0]: colour for colour, title in polygons}
+    for tile, status in zip(overview["tile"], overview["status"]):
+        assert shown[tile] == STATUS_COLOURS[status], tile
+    assert 'typeof L === "undefined"' in page and "https://" not in block
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium not installed: the page's script was not run")
+    dom = subprocess.run(  # loopback only here: the CDN is unreachable, as offline
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=5000", "--dump-dom", (tmp_path / "jobs_map.html").as_uri()],
+        capture_output=True, text=True, timeout=120).stdout
+    assert re.search(r'id="offline-tile-map" style="display: block', dom), dom[:500]

@@ -1,0 +1,122 @@
+"""Start-up cost of the command line: from the command to the first job created, and `--demo` wall.
+
+    python bench/startup.py                      # warm and fresh PREFECT_HOME, 2 runs each (~3-4 min)
+    python bench/startup.py --runs 3 --only warm
+    python bench/startup.py --root /tmp/before   # another checkout's CLI (git worktree add /tmp/before <commit>)
+
+"first job" = the simulator sees the first `POST /jobs` (the bench's own simulator, one backend,
+8 rows); the command is `python -m flows.run_jobs --job-db ... --backend ... --start-job ... --no-live`
+with no `PREFECT_API_URL`, i.e. the CLI starts its own Prefect server as users get it. "warm": a
+PREFECT_HOME a run has used before (database migrated); "fresh": an empty one. Also prints the
+wall of one bad-input command (a wrong --poll-interval) and of the whole run. Loopback only.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def cli_env(root: Path, home: Path) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(root),
+               BENCH_OPENEO_PASSWORD="secret")
+    return env
+
+
+def first_job(root: Path, home: Path, work: Path) -> Dict[str, float]:
+    """Seconds from the command to the first POST /jobs, and to the command's exit."""
+    from jobdb import JobDatabase
+    from simulator import start_simulator
+    from tests.flow_helpers import fast_config, make_db
+
+    db = make_db(work / f"jobs-{time.monotonic_ns()}.parquet", 8)
+    assert JobDatabase.open(db).df["status"].eq("not_started").all()
+    with start_simulator(fast_config()) as sim:
+        command = [sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), "--no-live",
+                   "--backend", f"sim={sim.url},parallel_jobs=4,user=bench,password_env=BENCH_OPENEO_PASSWORD",
+                   "--start-job", "flows.demo_callbacks:start_job", "--poll-interval", "0.5"]
+        t0 = time.monotonic()
+        process = subprocess.Popen(command, cwd=root, env=cli_env(root, home), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        created = None
+        while process.poll() is None and created is None:
+            if any(k.startswith("POST /jobs") and "results" not in k for k in sim.counters()["requests"]):
+                created = time.monotonic() - t0
+            else:
+                time.sleep(0.02)  # a bench polling another process; not a test
+        _, err = process.communicate(timeout=300)
+        total = time.monotonic() - t0
+    if process.returncode != 0 or created is None:
+        raise SystemExit(f"run failed ({process.returncode}): {err[-2000:]}")
+    return {"first_job": created, "total": total}
+
+
+def demo(root: Path, home: Path, work: Path) -> float:
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "flows.run_jobs", "--demo", "--no-live", "--output-dir",
+                           str(work / "demo")], cwd=root, env=cli_env(root, home), capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode != 0:
+        raise SystemExit(f"--demo failed ({done.returncode}): {done.stderr[-2000:]}")
+    return time.monotonic() - t0
+
+
+def bad_input(root: Path, home: Path) -> float:
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "flows.run_jobs", "--job-db", "x.csv", "--backend",
+                           "a=http://127.0.0.1:9", "--start-job", "m:f", "--poll-interval", "-1"], cwd=root,
+                          env=cli_env(root, home), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    return time.monotonic() - t0
+
+
+def spread(values: List[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f} s"
+    return f"{statistics.median(values):.1f} s (min {min(values):.1f}, max {max(values):.1f}, n={len(values)})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=str(ROOT), help="checkout whose CLI is measured")
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--only", choices=("warm", "fresh"), nargs="*", default=["warm", "fresh"])
+    args = parser.parse_args()
+    root = Path(args.root).resolve()
+    work = Path(tempfile.mkdtemp(prefix="bench_startup_"))
+    print(f"checkout {root}; load {os.getloadavg()[0]:.1f}")
+    try:
+        print(f"bad input (exit 2): {bad_input(root, work / 'home-bad'):.1f} s")
+        if "warm" in args.only:
+            home = work / "home-warm"
+            first_job(root, home, work)  # warms the home (migrations) and the OS file cache
+            runs = [first_job(root, home, work) for _ in range(args.runs)]
+            print(f"warm: command -> first job created {spread([r['first_job'] for r in runs])}; "
+                  f"whole 8-row run {spread([r['total'] for r in runs])}")
+            demos = [demo(root, home, work) for _ in range(args.runs)]
+            print(f"warm: --demo wall {spread(demos)}")
+        if "fresh" in args.only:
+            runs = [first_job(root, work / f"home-fresh-{i}", work) for i in range(args.runs)]
+            print(f"fresh: command -> first job created {spread([r['first_job'] for r in runs])}; "
+                  f"whole 8-row run {spread([r['total'] for r in runs])}")
+            demos = [demo(root, work / f"home-fresh-demo-{i}", work) for i in range(args.runs)]
+            print(f"fresh: --demo wall {spread(demos)}")
+        print(f"load {os.getloadavg()[0]:.1f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
