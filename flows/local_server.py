@@ -105,10 +105,13 @@ def _watch(port: int) -> int:
             pass
         ended.set()
 
+    # The UI in a browser calls the API at PREFECT_UI_API_URL, which defaults to port 4200, not --port.
+    env = {**os.environ, "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
+
     def start() -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )
 
     signal.signal(signal.SIGTERM, lambda *_: ended.set())

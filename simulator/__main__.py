@@ -24,8 +24,21 @@ def accepted_credentials(config: SimulatorConfig) -> str:
     return "accepts: " + ("; ".join(ways) if ways else "no credentials (enable --basic-auth or --oidc-issuer)")
 
 
+CONTROL_ENDPOINTS = """\
+control endpoints (never faulted, no login; change a running simulator from a test or a shell):
+  GET   /_sim/config     every knob (the options above), as JSON
+  PATCH /_sim/config     change knobs while it runs, e.g. {"p_error": 0.5, "run_time": 10}
+  GET   /_sim/counters   requests per route, jobs per status, faults injected, peak active jobs, ...
+  POST  /_sim/reset      forget all jobs and counters (logins stay valid)
+  POST  /_sim/outage     {"seconds": 30}: every API request answers 503 for that long
+example:
+  curl -X POST -d '{"seconds": 30}' http://127.0.0.1:8123/_sim/outage
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m simulator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m simulator", description=__doc__, epilog=CONTROL_ENDPOINTS,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8123, help="0 = pick a free port")
     parser.add_argument("--verbose", action="store_true", help="log every request")
