@@ -45,7 +45,8 @@ def load_start_job(spec: Union[str, Callable[..., Any]]) -> Callable[..., Any]:
             raise SetupError(f"start_job {spec!r}: {module_name!r} has no attribute {attribute!r}",
                              parameter="start_job") from None
         if not callable(function):
-            raise SetupError(f"start_job {spec!r} is not callable (it is a {type(function).__name__})",
+            kind = type(function).__name__
+            raise SetupError(f"start_job {spec!r} is not callable (it is {'an' if kind[0] in 'aeiou' else 'a'} {kind})",
                              parameter="start_job")
     check_start_job_signature(function, str(spec) if not callable(spec) else getattr(spec, "__name__", repr(spec)))
     return function

@@ -109,7 +109,7 @@ def test_password_env_not_set(sim, tmp_path, monkeypatch):
 @pytest.mark.parametrize("spec, words", [
     ("no_such_package.jobs:start_job", ["no_such_package", "cannot be imported"]),
     ("flows.demo_callbacks:no_such_function", ["no attribute", "no_such_function"]),
-    ("tests.test_bad_input:NOT_CALLABLE", ["not callable", "int"]),
+    ("tests.test_bad_input:NOT_CALLABLE", ["not callable (it is an int)"]),
     ("tests.test_bad_input:one_arg_callback", ["one_arg_callback", "start_job(row, connection", "**kwargs"]),
     ("just_a_module_name", ["package.module:function"]),
 ])
