@@ -4,6 +4,7 @@ against a local simulator, screenshot the flow run page with headless Chromium.
     python bench/ui_check.py --out /tmp/ui_check
     # writes flow_run.png, runs.png, artifacts.png, flow_run_artifacts.png and summary.png (the
     # summary artifact: failures and the tile map, embedded as a data: image)
+    python bench/ui_check.py --out /tmp/ui_check --mid-run   # + progress_mid_run.png, failed_run.png
 
 Needs the Debian `chromium` package. Everything listens on 127.0.0.1 only and is stopped at the end.
 """
@@ -35,7 +36,7 @@ def screenshot(url: str, out: Path, profile: Path, budget_ms: int = 20000) -> No
     )
 
 
-def summary_artifact(job_db: str):
+def summary_artifact(job_db: str, kind: str = "summary"):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -43,13 +44,57 @@ def summary_artifact(job_db: str):
 
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[JobDbPaths.of(job_db).artifact_key("summary")])))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[JobDbPaths.of(job_db).artifact_key(kind)])))
     return found[-1] if found else None
+
+
+def mid_run_and_failed_run(ui: str, out: Path, work: Path, sim) -> None:
+    """The progress table artifact while a run goes on, and the page of a run that ended Failed."""
+    import threading
+
+    from flows.run_jobs import run_jobs
+    from simulator import start_simulator
+    from tests.flow_helpers import backend, fast_config, make_db
+
+    slow = start_simulator(fast_config(run_time=6.0, queue_time=1.0))
+    try:
+        db = make_db(work / "campaign.parquet", 24)
+        running = threading.Thread(target=lambda: run_jobs(
+            job_db=str(db), backends=[backend("sim-a", sim, 3), backend("sim-b", slow, 3)],
+            start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.5, failure_threshold=1.0))
+        running.start()
+        deadline = time.monotonic() + 300
+        table = None
+        while time.monotonic() < deadline:  # until some rows are done and some are not
+            table = summary_artifact(str(db), "progress-table")
+            if table is not None and "finished" in table.data and " 0 of 24 rows left" not in table.data \
+                    and "24 of 24 rows left" not in table.data:
+                break
+            time.sleep(1)
+        if table is not None:
+            screenshot(f"{ui}/artifacts/artifact/{table.id}", out / "progress_mid_run.png", work / "chromium-mid")
+            print(f"progress_mid_run: {out / 'progress_mid_run.png'}\n{table.data}")
+        running.join(600)
+    finally:
+        slow.stop()
+    failing = start_simulator(fast_config(p_error=1.0))
+    try:
+        db = make_db(work / "failing.parquet", 4)
+        state = run_jobs(job_db=str(db), backends=[backend("sim", failing, 2)],
+                         start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.3, return_state=True)
+        print(f"failed run: {state.type.value}: {state.message}")
+        screenshot(f"{ui}/runs/flow-run/{state.state_details.flow_run_id}", out / "failed_run.png", work / "chromium-f")
+        print(f"failed_run: {out / 'failed_run.png'}")
+    finally:
+        failing.stop()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/ui_check")
+    parser.add_argument("--mid-run", action="store_true",
+                        help="also progress_mid_run.png (the progress table artifact of a run going on) and "
+                             "failed_run.png (the page of a run that ended Failed)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,6 +142,8 @@ def main() -> int:
         for name, url in pages:
             screenshot(url, out / f"{name}.png", work / f"chromium-{name}")
             print(f"{name}: {out / f'{name}.png'} ({(out / f'{name}.png').stat().st_size} bytes) <- {url}")
+        if args.mid_run:
+            mid_run_and_failed_run(ui, out, work, sim)
     finally:
         if sim is not None:
             sim.stop()
