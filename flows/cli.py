@@ -191,8 +191,10 @@ def api_url_configured() -> bool:
         return bool(PREFECT_API_URL.value())
     if os.environ.get("PREFECT_API_URL"):
         return True
-    import tomllib
-
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: Prefect itself will tell (`prefect_api`)
+        return False
     home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
     path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
     try:
