@@ -111,7 +111,7 @@ def main() -> int:
     api = f"http://127.0.0.1:{port}/api"  # the UI (served by the server) must call this, not :4200
     ps.base_env = lambda h, api_url=None: {**original(h, api_url), "PREFECT_UI_ENABLED": "true",
                                            "PREFECT_UI_API_URL": api, "PREFECT_SERVER_UI_API_URL": api}
-    server = PrefectServer(home)
+    server = PrefectServer(home, startup_timeout=300)  # a loaded machine: fresh migrations took 100+ s
     sim = None
     try:
         os.environ.update({k: v for k, v in server.env().items() if k.startswith("PREFECT_")})
