@@ -56,7 +56,7 @@ def mid_run_and_failed_run(ui: str, out: Path, work: Path, sim) -> None:
     from simulator import start_simulator
     from tests.flow_helpers import backend, fast_config, make_db
 
-    slow = start_simulator(fast_config(run_time=6.0, queue_time=1.0))
+    slow = start_simulator(fast_config(run_time=30.0, queue_time=1.0))  # rows left while the page renders
     try:
         db = make_db(work / "campaign.parquet", 24)
         running = threading.Thread(target=lambda: run_jobs(
