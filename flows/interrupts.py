@@ -5,11 +5,12 @@ their rows back, persists, and the flow ends `Cancelled` with how to resume.
 """
 from __future__ import annotations
 
+import contextvars
 import signal
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Optional
 
 
 @dataclass
@@ -57,3 +58,35 @@ def catch_interrupts(stop: StopSignal) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+# How often a run asks Prefect whether it was cancelled (Cancel in the UI of a run no worker
+# watches: the CLI, a script): a light GET, and the stop still takes <= ~3 s.
+CANCEL_CHECK_SECONDS = 1.0
+
+
+def watch_for_cancel(stop: StopSignal, flow_run_id: Optional[str],
+                     interval: float = CANCEL_CHECK_SECONDS) -> Callable[[], None]:
+    """Stop the run when its flow run is set Cancelling through the API (the UI's Cancel). A worker
+    also sends SIGTERM then; a CLI or script run has nobody else to tell it. Returns the call
+    that ends the watch (when the run ends)."""
+    ended = threading.Event()
+    if not flow_run_id:
+        return ended.set
+    context = contextvars.copy_context()  # the flow's Prefect settings (API URL) for the thread
+
+    def watch() -> None:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            while not ended.wait(interval) and not stop.event.is_set():
+                try:
+                    state = client.read_flow_run(flow_run_id).state
+                except Exception:  # noqa: BLE001 - the API may be down for a while: ask again later
+                    continue
+                if state is not None and state.is_cancelling():
+                    stop.set("cancelled in Prefect")
+                    return
+
+    threading.Thread(target=lambda: context.run(watch), name="cancel-watch", daemon=True).start()
+    return ended.set

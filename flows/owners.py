@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from typing import Any, Dict, Optional
 
 import httpx
@@ -72,29 +73,87 @@ def api_reachable(timeout: float = 1.0) -> bool:
         return False
 
 
-def fail_fast_without_api(logger: logging.Logger) -> None:
-    """The Prefect API went away with the interruption (a script's temporary server gets the same
-    Ctrl-C): Prefect's client would retry each remaining call with back-off for about a minute
-    (5 retries, 2..32 s), so the process would hang that long after the stop. From here on, in
-    this thread, calls fail at once; the run's end is kept in the DB lock's note for the next run."""
-    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+def fail_fast_without_api(logger: logging.Logger, state: Any) -> None:
+    """The Prefect API went away with the interruption (a script's temporary server sits in the
+    script's process group: the terminal's Ctrl-C stops it too). Prefect's client would retry each
+    remaining call for about a minute (5 retries, 2..32 s) and drain queued events and logs at
+    exit, each trying to connect for seconds: the script would hang a minute and more. So the
+    engine's client fails at once from here on, queued events and logs are dropped, and the flow
+    object's call (`ApiGoneAware`) gives `state` (raises its RunInterrupted) instead of the
+    connection error. The run's end is kept in the DB lock's note for the next run.
 
-    logger.warning("the Prefect API is gone (stopped with this process?): the end of this run is recorded by the "
-                   "next run of this job DB")
-    temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}).__enter__()  # left open: the API is gone for good
+    Private Prefect attributes (`_client._has_connected`: ConnectError is retried only after a
+    first connection; `_QueueServiceBase._instances`), used only here, only once the API is gone;
+    if they change, the script exits as slowly as before, nothing worse."""
+    logger.warning("the Prefect API is gone (it stopped with this process?): the next run of this job DB records "
+                   "this run's end")
+    _API_GONE[threading.get_ident()] = (state, state.data)  # the engine may replace state.data
+    try:
+        from prefect.context import SyncClientContext
+
+        context = SyncClientContext.get()
+        if context is not None:
+            context.client._client._has_connected = False
+    except Exception:  # noqa: BLE001 - see above
+        pass
     drop_queued_prefect_calls()
+    logging.getLogger("prefect.flow_runs").addFilter(_quiet_connection_errors)
+
+
+# thread -> the final state of a run interrupted with its API gone (see fail_fast_without_api)
+_API_GONE: Dict[int, Any] = {}
+
+
+def _quiet_connection_errors(record: logging.LogRecord) -> bool:
+    """Prefect's traceback for the final state it could not record: the run already said so in one line."""
+    return not (threading.get_ident() in _API_GONE and record.exc_info
+                and isinstance(record.exc_info[1], httpx.TransportError))
+
+
+class ApiGoneAware:
+    """Mixed into the run-jobs flow object: a call whose run was interrupted together with its
+    Prefect API returns / raises the run's own end (RunInterrupted) instead of Prefect's
+    connection error while recording it."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def around(flow: Any, cls: type) -> Any:
+        """The same flow object as `cls` (a subclass of its class; Python 3.11 refuses a
+        `__class__` assignment between these layouts, so its attributes are copied)."""
+        aware = object.__new__(cls)
+        aware.__dict__.update(vars(flow))
+        return aware
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        _API_GONE.pop(threading.get_ident(), None)
+        try:
+            return super().__call__(*args, **kwargs)  # type: ignore[misc]
+        except Exception:
+            gone = _API_GONE.pop(threading.get_ident(), None)
+            if gone is None:
+                raise
+            drop_queued_prefect_calls()  # what the engine logged meanwhile
+            logging.getLogger("prefect.flow_runs").removeFilter(_quiet_connection_errors)
+            state, error = gone
+            if kwargs.get("return_state"):
+                return state
+            raise error from None
 
 
 def drop_queued_prefect_calls() -> None:
-    """Forget the events and log lines still queued for the API that is gone: Prefect drains
-    them at exit, each one trying to connect for seconds (a minute and more for a run's worth).
-    Private Prefect API (`QueueService._instances`), used only here and only once the API is
-    gone; if it changes, the process exits as slowly as before, nothing worse."""
+    """Forget the events and log lines queued for an API that is gone, and let Prefect's exit
+    stop waiting for them: it drains its queues at exit, each item trying to connect, with
+    retries, for up to a minute. Private Prefect API (`_QueueServiceBase._instances`, `_queue`,
+    `_done_event`), used only here and only once the API is gone; if it changes, the script
+    exits as slowly as before, nothing worse."""
     try:
         from prefect._internal.concurrency.services import _QueueServiceBase
 
         for service in list(_QueueServiceBase._instances.values()):
             with service._queue.mutex:
                 service._queue.queue.clear()
+            if service._loop is not None and service._done_event is not None:
+                service._loop.call_soon_threadsafe(service._done_event.set)
     except Exception:  # noqa: BLE001 - see above
         pass

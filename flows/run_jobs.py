@@ -30,9 +30,9 @@ from flows.account_slots import AccountSlots
 from flows.background import BackgroundPublisher
 from flows.blocks import resolve_backend
 from flows.cycle import Cycle, CycleEnd, CycleOptions
-from flows.interrupts import StopSignal, catch_interrupts
+from flows.interrupts import StopSignal, catch_interrupts, watch_for_cancel
 from flows.outcomes import RunOutcome
-from flows.owners import api_reachable, fail_fast_without_api, record_unrecorded_end, settle_previous_owner
+from flows.owners import ApiGoneAware, api_reachable, fail_fast_without_api, record_unrecorded_end, settle_previous_owner
 from flows.dispatcher import Dispatcher
 from flows.events import JobEvents
 from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
@@ -172,11 +172,20 @@ def run_jobs(
         end, stats = drive(run, logger, flow_run_id, t0, max_start_workers, poll_interval_seconds, download_results,
                            cancel_running_job_after, max_runtime_minutes, max_attempts, max_consecutive_failures)
         state = final_state(run, end, stats, failure_threshold, logger)
+        if end.reason == "interrupted" and not api_reachable():
+            fail_fast_without_api(logger, state)
     finally:
         run.store.persist(force=True)
         unrecorded = record_unrecorded_end(end, flow_run_id)  # interrupted, and the Prefect API went with it
         run.store.lock.release(leave_note=unrecorded)
     return state
+
+
+class RunJobsFlow(ApiGoneAware, type(run_jobs)):
+    """The run-jobs flow object: the Prefect Flow `@flow` built, plus flows/owners.ApiGoneAware."""
+
+
+run_jobs = ApiGoneAware.around(run_jobs, RunJobsFlow)
 
 
 def drive(
@@ -198,6 +207,7 @@ def drive(
         publisher.submit("progress", lambda: progress.result().update(run.store.dataframe()))
 
     stop = StopSignal()
+    end_cancel_watch = watch_for_cancel(stop, flow_run_id)
     options = CycleOptions(
         poll_interval=poll_interval, download=download, cancel_after=cancel_after,
         deadline=t0 + 60.0 * max_runtime_minutes if max_runtime_minutes else None,
@@ -231,6 +241,7 @@ def drive(
                 dispatcher.stop()
                 dispatcher.close()
     finally:
+        end_cancel_watch()
         slots.close()
         for key in keys.values():
             unregister_connection(key)
@@ -241,8 +252,6 @@ def drive(
     publisher.call(lambda: publish_final_artifacts(run.store.path, run.store.dataframe(), stats,
                                                    failed_rows(run.store.dataframe())))
     publisher.close(timeout=INTERRUPTED_API_WAIT_SECONDS if interrupted else 15.0)
-    if interrupted and not api_reachable():
-        fail_fast_without_api(logger)
     return end, stats
 
 

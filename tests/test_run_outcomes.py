@@ -23,8 +23,10 @@ from tests.flow_helpers import PASSWORD_ENV, backend, fast_config, make_db
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLBACK = "flows.demo_callbacks:start_job"
-# Ctrl-C, SIGTERM: from the signal to the process's exit (the structural bound: far below any poll interval).
-STOP_SECONDS = 3.0
+# From a stop (Ctrl-C, SIGTERM, Cancel) to the exit. The target is 3 s (the printed figures); the
+# assertion is structural: far below the 60 s poll interval the stop must not wait for, with room
+# for a machine loaded by parallel test sessions.
+STOP_SECONDS = 6.0
 
 
 def cli(db: Path, sim, *extra: str, parallel_jobs: int = 2, poll: str = "0.3") -> List[str]:
@@ -186,6 +188,41 @@ def test_sigterm_to_a_flow_run_process_stops_it_cleanly_in_seconds(tmp_path):
     assert seconds < STOP_SECONDS, f"{seconds:.1f} s"
     assert flow_run(holder["flow_run_id"]).state.type.value == "CANCELLED"
     assert not JobDbPaths.of(db).lock_holder.exists()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_cancel_in_the_prefect_ui_stops_a_run_no_worker_watches_in_seconds(tmp_path):
+    """Cancel in the UI sets the flow run Cancelling through the API. A process worker then sends
+    SIGTERM (the test above); a CLI or script run notices by itself and stops as for Ctrl-C."""
+    import threading
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    sim = start_simulator(fast_config(queue_time=0.2, run_time=120.0))
+    db = make_db(tmp_path / "jobs.parquet", 4)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(state=run_jobs(
+        job_db=str(db), backends=[backend("a", sim, 2)], start_job=CALLBACK, poll_interval_seconds=60.0,
+        return_state=True)))
+    thread.start()
+    try:
+        wait_for(lambda: active(db) >= 2, 240, "two jobs running")
+        run_id = json.loads(JobDbPaths.of(db).lock_holder.read_text())["flow_run_id"]
+        t0 = time.monotonic()
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run_id, Cancelling(message="cancelled in the UI"), force=True)
+        thread.join(90)
+        seconds = time.monotonic() - t0
+    finally:
+        thread.join(120)
+        sim.stop()
+    print(f"\nCancel through the API: the run ended {seconds:.2f} s later")
+    state = result["state"]
+    assert state.is_cancelled() and "run the same command again to resume" in state.message
+    assert flow_run(run_id).state.type.value == "CANCELLED"
+    assert seconds < STOP_SECONDS, f"{seconds:.1f} s"
+    assert (pd.read_parquet(db)["status"] == "running").sum() == 2
 
 
 @pytest.mark.usefixtures("prefect_harness")
