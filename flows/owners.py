@@ -134,6 +134,7 @@ class ApiGoneAware:
             if gone is None:
                 raise
             drop_queued_prefect_calls()  # what the engine logged meanwhile
+            stop_temporary_server()
             logging.getLogger("prefect.flow_runs").removeFilter(_quiet_connection_errors)
             state, error = gone
             if kwargs.get("return_state"):
@@ -155,5 +156,20 @@ def drop_queued_prefect_calls() -> None:
                 service._queue.queue.clear()
             if service._loop is not None and service._done_event is not None:
                 service._loop.call_soon_threadsafe(service._done_event.set)
+    except Exception:  # noqa: BLE001 - see above
+        pass
+
+
+def stop_temporary_server() -> None:
+    """Prefect's temporary server got the same Ctrl-C and is shutting down; Prefect waits up to
+    5 s for it at exit. Nothing is left for it to do for this process: end it now (its SQLite
+    database stays consistent). Private Prefect API (`SubprocessASGIServer._instances`)."""
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        for server in list(SubprocessASGIServer._instances.values()):
+            process = getattr(server, "server_process", None)
+            if process is not None and process.poll() is None:
+                process.kill()
     except Exception:  # noqa: BLE001 - see above
         pass

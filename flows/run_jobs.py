@@ -271,7 +271,7 @@ def final_state(run: PreparedRun, end: CycleEnd, stats: Dict[str, Any], threshol
     elif failed > threshold * worked:
         outcome = RunOutcome.FAILED
         hooks = f", {stats['hook_failures']} of them in a hook" if stats.get("hook_failures") else ""
-        message = (f"{failed} of {worked} rows this run worked on failed{hooks} (allowed: {threshold:.0%}){retry}; "
+        message = (f"{failed} of {worked} rows failed in this run{hooks} (allowed: {threshold:.0%}){retry}; "
                    f"campaign: {summary}")
     elif left:
         outcome = RunOutcome.WORK_LEFT
