@@ -39,6 +39,7 @@ def test_identical_failures_in_a_row_stop_a_backend_and_anything_else_resets_the
     assert streaks.record("a", "start", None) is None  # a start that worked
     assert streaks.record("a", "start", "KeyError: 'x'") is None
     assert streaks.record("a", "start", "ValueError: other") is None  # another error starts a new streak
+    assert streaks.record("a", "start", "KeyError: 'x'") is None  # and so does the first one again
     assert streaks.record("a", "job", "out of memory in job j-1") is None  # jobs count apart from starts
     assert streaks.record("b", "job", "out of memory in job j-1") is None  # and backends apart
     assert streaks.record("a", "job", "out of memory in job j-2") is None  # the same error, another job id
