@@ -5,6 +5,7 @@ try, a refusal for good stops starts on that backend, status changes become log 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
@@ -24,6 +25,8 @@ class Effects:
     changes: List[Tuple[int, str, str]] = field(default_factory=list)  # (row, old, new status)
     warnings: List[str] = field(default_factory=list)
     metadata: Dict[int, Mapping[str, Any]] = field(default_factory=dict)  # job metadata of ended jobs
+    # ("start" | "job", error or None for a success), in order: what FailureStreaks counts
+    attempts: List[Tuple[str, Optional[str]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,11 @@ def _start(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> 
         else:
             update = {k: v for k, v in fact.items() if k in ("status", "id", "start_time", "error_message")}
         effects.updates[row] = update
+        if update["status"] == "start_failed":
+            effects.attempts.append(("start", str(update.get("error_message") or "start failed")))
+        elif update["status"] in ("queued", "running", "finished") or (update["status"] == "created"
+                                                                      and not fact.get("handed_back")):
+            effects.attempts.append(("start", None))
         if update["status"] != current.status:
             effects.changes.append((row, current.status, update["status"]))
 
@@ -114,6 +122,8 @@ def _poll(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> N
         effects.updates[row] = update
         if fact.get("metadata"):
             effects.metadata[row] = fact["metadata"]
+        if update["status"] == "finished" and current.status != "finished":
+            effects.attempts.append(("job", None))
         if update["status"] != current.status:
             effects.changes.append((row, current.status, update["status"]))
 
@@ -154,6 +164,7 @@ def _error_logs(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects
             if fact.get("error_message"):
                 update["error_message"] = fact["error_message"]
             effects.updates[row] = update
+        effects.attempts.append(("job", str(fact.get("error_message") or "the job ended in error (no error logs)")))
 
 
 def _hook(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> None:
@@ -163,3 +174,38 @@ def _hook(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> N
             effects.updates[row] = {"postprocess_status": "failed", "postprocess_error": fact["error"]}
         else:
             effects.updates[row] = {"postprocess_status": "done", "postprocess_error": None}
+
+
+def error_signature(error: str) -> str:
+    """What makes two errors "the same": the text with ids and numbers blanked (job j-1a2b and
+    job j-9f8e failing with the same cause are the same error)."""
+    return re.sub(r"\b[\w-]*\d[\w-]*\b", "#", error).strip()[:300]
+
+
+class FailureStreaks:
+    """Consecutive identical failures per backend and kind ("start", "job"): after `limit` in a
+    row, that backend should start nothing more (a broken callback or a systematic backend error
+    burns credits on every row otherwise). A success of the same kind, or another error, resets
+    the streak. `limit` 0: never trips."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._streaks: Dict[Tuple[str, str], Tuple[str, int, str]] = {}  # -> (signature, count, an example)
+        self.tripped: Dict[str, str] = {}  # backend -> why
+
+    def record(self, backend: str, kind: str, error: Optional[str]) -> Optional[str]:
+        """Count one attempt; returns why the backend should stop, the first time it trips."""
+        if self.limit <= 0 or backend in self.tripped:
+            return None
+        if error is None:
+            self._streaks.pop((backend, kind), None)
+            return None
+        signature = error_signature(error)
+        previous, count, _ = self._streaks.get((backend, kind), (None, 0, ""))
+        count = count + 1 if previous == signature else 1
+        self._streaks[(backend, kind)] = (signature, count, error)
+        if count < self.limit:
+            return None
+        what = "starts" if kind == "start" else "jobs"
+        self.tripped[backend] = f"{count} {what} in a row failed with the same error: {error}"
+        return self.tripped[backend]

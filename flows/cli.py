@@ -2,8 +2,7 @@
 
 Order of work: parse flags, run the Prefect-free preflight checks (one `error: --flag: ...` line
 and exit 2 on bad input, in about a second), only then import the flow and start Prefect.
-Exit codes: 0 run completed, 1 run failed (e.g. jobs failed beyond --failure-threshold),
-2 bad input, 130 interrupted (Ctrl-C).
+Exit codes: one per outcome, `flows.outcomes.RunOutcome` (the README's table).
 """
 from __future__ import annotations
 
@@ -19,10 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from flows.backend_spec import BACKEND_HELP, parse_backend
+from flows.outcomes import RunOutcome
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # Flow parameter -> the flag a user of this command line wrote.
 FLAGS = {
@@ -32,6 +31,7 @@ FLAGS = {
     "cancel_running_job_after": "--cancel-running-job-after", "max_runtime_minutes": "--max-runtime-minutes",
     "failure_threshold": "--failure-threshold", "wait_for_lock": "--wait-for-lock",
     "max_attempts": "--max-attempts", "on_job_done": "--on-job-done", "on_job_error": "--on-job-error",
+    "retry_failed": "--retry-failed", "max_consecutive_failures": "--max-consecutive-failures",
 }
 
 EXAMPLES = """\
@@ -42,7 +42,9 @@ examples:
       --backend cdse=https://openeo.dataspace.copernicus.eu,parallel_jobs=4,user=alice,password_env=OPENEO_PASSWORD \\
       --start-job mypackage.jobs:start_job --poll-interval 60
 
-exit codes: 0 completed, 1 the run failed, 2 bad input, 130 interrupted
+exit codes: 0 all done, 1 failed beyond --failure-threshold, 2 bad input, 3 stopped with work left
+  (time up, no backend accepts, repeated failures: run again to continue), 75 skipped (another run
+  owns the job DB), 130 interrupted (run again to resume)
 """
 
 
@@ -115,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="hook(job_id, row, job_dir, connection) run as its own task after a job's results are downloaded")
     add("--on-job-error", default=argparse.SUPPRESS, metavar="MODULE:FUNCTION",
         help="hook(job_id, row, job_dir, connection) run after a failed job's error logs are saved")
+    add("--retry-failed", action="store_true", default=argparse.SUPPRESS,
+        help="put failed rows (error, start_failed, canceled) back to not_started first, keeping previous_job_ids")
+    add("--max-consecutive-failures", type=int, default=argparse.SUPPRESS, metavar="N",
+        help="after N failures in a row with the same error on a backend, start nothing more there (0: off; "
+             "default: 5)")
     add("--json", action="store_true", help="print the full run statistics as JSON instead of the short report")
     add("--no-live", action="store_true", help="periodic progress lines instead of the live table on a terminal")
     add("--verbose", action="store_true", help="also show Prefect's task-run log lines ('Finished in state ...')")
@@ -135,7 +142,7 @@ def flow_parameters(args: argparse.Namespace) -> Dict[str, Any]:
         cancel_running_job_after=args.cancel_running_job_after,
     )
     for name in ("max_runtime_minutes", "failure_threshold", "wait_for_lock", "max_attempts", "on_job_done",
-                 "on_job_error"):
+                 "on_job_error", "retry_failed", "max_consecutive_failures"):
         if hasattr(args, name):
             params[name] = getattr(args, name)
     return params
@@ -163,6 +170,8 @@ def main(argv: Optional[List[str]] = None, flow: Optional[Callable[..., Any]] = 
     except Exception as exc:  # noqa: BLE001 - every problem found before the run is bad input
         if server is not None:
             server.stop()
+        if type(exc).__name__ == "JobDbLocked":  # not bad input: another run owns the DB (jobdb.JobDbLocked)
+            return skipped(exc)
         return bad_input(exc, debug)
     return run(flow, params, args, server)
 
@@ -212,6 +221,13 @@ def _import_flow() -> None:
         pass
 
 
+def skipped(exc: BaseException) -> int:
+    """Another live run owns the job DB: one line, nothing changed, the "skipped" code."""
+    describe = getattr(exc, "describe", None)
+    print(f"skipped: {describe() if describe else exc}", file=sys.stderr)
+    return RunOutcome.SKIPPED.exit_code
+
+
 def bad_input(exc: BaseException, debug: bool) -> int:
     from flows.params import SetupError
 
@@ -224,7 +240,7 @@ def bad_input(exc: BaseException, debug: bool) -> int:
     else:
         print(f"error: {type(exc).__name__}: {exc}" + ("" if debug else " (--debug shows the traceback)"),
               file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return RunOutcome.BAD_INPUT.exit_code
 
 
 def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argparse.Namespace, server=None) -> int:
@@ -247,30 +263,32 @@ def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argpar
         stop_live_display()
         print(f"\ninterrupted after {time.monotonic() - started:.0f} s; the job DB keeps every job started "
               "so far: run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return RunOutcome.INTERRUPTED.exit_code
     finally:
         stop_live_display()
     result = state.result(raise_on_failure=False)
     stats = getattr(result, "stats", None) if isinstance(result, BaseException) else result
-    if isinstance(result, (SetupError, JobDbLocked)):
+    if isinstance(result, JobDbLocked):  # the lock was taken between the preflight and the flow
+        return skipped(result)
+    if isinstance(result, SetupError):
         return bad_input(result, args.debug)
+    outcome = RunOutcome.of_state(state)
+    if outcome is RunOutcome.SKIPPED:
+        print(state.message, file=sys.stderr)
+        return outcome.exit_code
     if isinstance(stats, dict):
         print(json.dumps(stats, indent=2, default=str) if args.json else end_of_run_report(stats, params))
     elif isinstance(result, BaseException):
         print(f"error: the run failed: {type(result).__name__}: {result}", file=sys.stderr)
-        return EXIT_FAILED
-    if state.is_cancelled():  # Ctrl-C / SIGTERM: the flow wound down (its message says how to resume)
-        message = state.message or "interrupted"
-        if "resume" not in message:
-            message = f"run cancelled: {message}; run the same command again to resume"
+        return RunOutcome.FAILED.exit_code
+    message = state.message or ""
+    if outcome is RunOutcome.INTERRUPTED and "resume" not in message:  # the flow wound down (Ctrl-C, SIGTERM)
+        message = f"run cancelled: {message or 'interrupted'}; run the same command again to resume"
+    elif outcome is RunOutcome.FAILED:
+        message = f"run failed: {message}"
+    if message:
         print(message, file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if state.is_failed():
-        print(f"run failed: {state.message}", file=sys.stderr)
-        return EXIT_FAILED
-    if state.message:
-        print(state.message, file=sys.stderr)
-    return EXIT_OK if state.is_completed() else EXIT_FAILED
+    return outcome.exit_code
 
 
 @contextlib.contextmanager
@@ -318,12 +336,15 @@ def configure_terminal(verbose: bool) -> None:
 
 
 def quiet_task_runs(record: logging.LogRecord) -> bool:
-    """Prefect's task-run chatter goes; its `Finished in state Failed(...)` too (a failed start task
-    run: the cycle already printed that row's line with its reason). Tracebacks of tasks that
-    raised stay."""
+    """Task-run lines below WARNING, `Finished in state Failed(...)` (a failed start task run: the
+    cycle already printed that row's line with its reason) and task-run tracebacks (a raising hook
+    printed one per retry: 30 rows, 698 lines): the flow prints one line per failure, the Prefect UI
+    keeps the rest."""
     if record.name != "prefect.task_runs":
         return True
-    return record.levelno >= logging.WARNING and not str(record.msg).startswith("Finished in state")
+    return record.levelno >= logging.WARNING and not record.exc_info \
+        and not str(record.msg).startswith("Finished in state") \
+        and "Traceback (most recent call last)" not in record.getMessage()
 
 
 def run_demo(output_dir: Path, args: argparse.Namespace, flow: Optional[Callable[..., Any]]) -> int:

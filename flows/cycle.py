@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 from flows.account_slots import AccountSlots
-from flows.bookkeeping import RowNow, effects_of
+from flows.bookkeeping import FailureStreaks, RowNow, effects_of
 from flows.dispatcher import Dispatcher
 from flows.interrupts import StopSignal
 from flows.scheduler import BackendPolicy, Plan, Situation, plan_cycle
+from jobdb.status import FAILED, TERMINAL
 from jobdb.store import Snapshot, JobStore
 from tasks.outcome import Outcome, Step
 
@@ -35,9 +36,10 @@ class CycleOptions:
     download: bool = True
     cancel_after: Optional[float] = None
     deadline: Optional[float] = None  # monotonic time after which nothing new starts (bounded pass)
-    stop_grace_seconds: float = 3.0  # how long an interrupted run waits for its tasks
+    stop_grace_seconds: float = 1.5  # how long an interrupted run waits for its tasks (the whole stop: <= 3 s)
     hooks: FrozenSet[str] = frozenset()  # configured post-processing hooks: "done", "error"
     max_attempts: int = 1
+    max_consecutive_failures: int = 0  # identical failures in a row that stop starts on a backend (0: off)
 
 
 @dataclass
@@ -46,6 +48,9 @@ class CycleEnd:
     all_started_at: Optional[float]
     refused: Dict[str, str]  # backend -> why it refused new jobs for good
     cycles: int
+    halted: Dict[str, str] = field(default_factory=dict)  # backend -> the failure repeated until starts stopped
+    worked: FrozenSet[int] = frozenset()  # rows this run brought to an end (a terminal status, a hook run)
+    failed: FrozenSet[int] = frozenset()  # of those, the ones that failed (status or hook) and still are
 
 
 class Cycle:
@@ -73,6 +78,10 @@ class Cycle:
         self.holds: Dict[int, float] = {}
         self.metadata: Dict[int, Mapping[str, Any]] = {}
         self.refused: Dict[str, str] = {}
+        self.streaks = FailureStreaks(options.max_consecutive_failures)
+        self.worked: set = set()
+        self.failed: set = set()
+        self.stop.wakers.append(dispatcher.wake)  # a stop wakes the wait for outcomes at once
         self._errors_untold: Dict[int, str] = {}  # row -> status before `error`, until its logs are in
         self._pending: Dict[int, Dict[str, Any]] = {}  # updates of the outcomes being applied (row_now reads them)
         self.pinned = set(store.snapshot().pinned)
@@ -95,13 +104,16 @@ class Cycle:
                 stopping_since = now
                 reason = "interrupted" if self.stop.event.is_set() else "time_up"
                 self.dispatcher.stop()
-                self.logger.info("%s: starting no new jobs; waiting for running tasks",
-                                 self.stop.reason or "time is up")
+                self.logger.warning("stopping: %s; starting no new jobs, waiting %s for running tasks",
+                                    self.stop.reason or "time is up",
+                                    f"at most {self.options.stop_grace_seconds:g} s"
+                                    if reason == "interrupted" else "for the running tasks to end")
             stopping = stopping_since is not None
             poll_due = not stopping and now >= next_poll
             snapshot = self.store.snapshot()
             situation = Situation(
-                backends={n: replace(p, accepting=p.accepting and n not in self.refused) for n, p in self.policies.items()},
+                backends={n: replace(p, accepting=p.accepting and n not in self.refused and n not in self.streaks.tripped)
+                          for n, p in self.policies.items()},
                 now=now, holds=self.holds, starting_allowed=not stopping, poll_due=poll_due,
                 download=self.options.download, cancel_after=self.options.cancel_after,
                 utc_now=datetime.now(timezone.utc), hooks=self.options.hooks, max_attempts=self.options.max_attempts,
@@ -128,7 +140,10 @@ class Cycle:
             timeout = self._wait_time(now, next_poll)
         self.store.persist(force=True)
         self.on_progress(self.store.snapshot())
-        return CycleEnd(reason, all_started_at, dict(self.refused), self.cycles)
+        still_failed = {row for row in self.failed if self.store.value(row, "status") in FAILED
+                        or self.store.value(row, "postprocess_status") == "failed"}
+        return CycleEnd(reason, all_started_at, dict(self.refused), self.cycles, dict(self.streaks.tripped),
+                        frozenset(self.worked), frozenset(still_failed))
 
     def _time_up(self, now: float) -> bool:
         return self.options.deadline is not None and now >= self.options.deadline
@@ -142,10 +157,10 @@ class Cycle:
             return False
         if snapshot.all_terminal:
             return True
-        accepting = set(self.policies) - set(self.refused)
-        if accepting:
+        stopped = set(self.refused) | set(self.streaks.tripped)
+        if set(self.policies) - stopped:
             return False
-        stuck = sum(1 for backend, _ in snapshot.to_start.values() if backend in self.refused)  # created, unpaid
+        stuck = sum(1 for backend, _ in snapshot.to_start.values() if backend in stopped)  # created, unpaid
         return snapshot.terminal + len(snapshot.waiting) + stuck == snapshot.rows
 
     def _wait_time(self, now: float, next_poll: float) -> float:
@@ -217,6 +232,23 @@ class Cycle:
                 self.logger.warning("backend %s refused new jobs for good (%s): starting no more jobs there in "
                                     "this run; running jobs are still followed and downloaded",
                                     outcome.backend, effects.refused)
+            for kind, error in effects.attempts:
+                halted = self.streaks.record(outcome.backend, kind, error)
+                if halted:
+                    self.logger.warning(
+                        "backend %s: %s; starting no more jobs there in this run (running jobs are still followed). "
+                        "Fix the cause, then run again: add --retry-failed (retry_failed=True) to retry the failed "
+                        "rows; the rows not tried stay not_started", outcome.backend, halted)
+            for row, update in effects.updates.items():
+                if update.get("postprocess_status"):
+                    self.worked.add(row)
+                    if update["postprocess_status"] == "failed":
+                        self.failed.add(row)
+            for row, _old, new in effects.changes:
+                if new in TERMINAL:
+                    self.worked.add(row)
+                if new in FAILED:
+                    self.failed.add(row)
             changes.extend((row, old, new, outcome) for row, old, new in effects.changes)
         pending, self._pending = self._pending, {}
         self.store.apply(pending)

@@ -231,5 +231,9 @@ class Dispatcher:
         """Tasks waiting on rate limits or outages give their rows back instead of waiting on."""
         request_stop(self.inbox_id)
 
+    def wake(self) -> None:
+        """Make a waiting `collect` return now (the run was told to stop). Safe in a signal handler."""
+        self._queue.put(("", None))
+
     def close(self) -> None:
         close_inbox(self.inbox_id)

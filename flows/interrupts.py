@@ -5,11 +5,12 @@ their rows back, persists, and the flow ends `Cancelled` with how to resume.
 """
 from __future__ import annotations
 
+import contextvars
 import signal
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator, List, Optional
 
 
 @dataclass
@@ -18,19 +19,27 @@ class StopSignal:
 
     event: threading.Event = field(default_factory=threading.Event)
     reason: str = ""
+    # Called once when the stop is asked for, maybe from a signal handler: they must only do
+    # reentrant things (the dispatcher puts a wake-up into its inbox, a `queue.SimpleQueue`).
+    wakers: List[Callable[[], None]] = field(default_factory=list)
 
     def set(self, reason: str) -> None:
         if not self.event.is_set():
             self.reason = reason
             self.event.set()
+            for wake in self.wakers:
+                wake()
 
 
 @contextmanager
 def catch_interrupts(stop: StopSignal) -> Iterator[None]:
     """First Ctrl-C / SIGTERM: stop gracefully (the cycle winds down); a second one: at once.
 
-    Only in the main thread, and SIGTERM only where nobody else (a Prefect worker's cancellation
-    bridge) handles it already."""
+    Only in the main thread. SIGTERM too, in place of Prefect's own handler for the flow run
+    (which raises in the middle of whatever runs: the run would end Crashed, its DB persisted
+    maybe not): a worker sends SIGTERM on Cancel in the UI and on its own shutdown, and waits
+    30 s before SIGKILL; a scheduler's grace period is often as short. Prefect's handler is
+    back in place once the cycle is over."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -42,13 +51,42 @@ def catch_interrupts(stop: StopSignal) -> Iterator[None]:
         stop.set("interrupted by " + signal.Signals(signum).name)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        current = signal.getsignal(sig)
-        if sig == signal.SIGTERM and current not in (signal.SIG_DFL, None):
-            continue
-        previous[sig] = current
+        previous[sig] = signal.getsignal(sig)
         signal.signal(sig, handler)
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+# How often a run asks Prefect whether it was cancelled (Cancel in the UI of a run no worker
+# watches: the CLI, a script): a light GET, and the stop still takes <= ~3 s.
+CANCEL_CHECK_SECONDS = 1.0
+
+
+def watch_for_cancel(stop: StopSignal, flow_run_id: Optional[str],
+                     interval: float = CANCEL_CHECK_SECONDS) -> Callable[[], None]:
+    """Stop the run when its flow run is set Cancelling through the API (the UI's Cancel). A worker
+    also sends SIGTERM then; a CLI or script run has nobody else to tell it. Returns the call
+    that ends the watch (when the run ends)."""
+    ended = threading.Event()
+    if not flow_run_id:
+        return ended.set
+    context = contextvars.copy_context()  # the flow's Prefect settings (API URL) for the thread
+
+    def watch() -> None:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            while not ended.wait(interval) and not stop.event.is_set():
+                try:
+                    state = client.read_flow_run(flow_run_id).state
+                except Exception:  # noqa: BLE001 - the API may be down for a while: ask again later
+                    continue
+                if state is not None and state.is_cancelling():
+                    stop.set("cancelled in Prefect")
+                    return
+
+    threading.Thread(target=lambda: context.run(watch), name="cancel-watch", daemon=True).start()
+    return ended.set

@@ -35,6 +35,8 @@ class RunParameters(BaseModel):
     max_attempts: int = Field(1, ge=1, le=20)
     on_job_done: Optional[str] = None
     on_job_error: Optional[str] = None
+    retry_failed: bool = False
+    max_consecutive_failures: int = Field(5, ge=0)
 
 
 def preflight(parameters: Mapping[str, Any], connect: bool = True,
@@ -154,17 +156,15 @@ def open_job_db(job_db: str):
 
 
 def check_not_locked(job_db: str, wait_for_lock: bool) -> None:
-    """Refuse at once when another live run owns the DB (unless the run is to wait for it)."""
+    """Refuse at once (JobDbLocked: the run is skipped, not bad input) when another live run owns
+    the DB, unless the run is to wait for it. A note left by a dead holder stays for the flow."""
     if wait_for_lock:
         return
     from jobdb import JobDbLock, JobDbLocked
 
     lock = JobDbLock(job_db)
-    try:
-        lock.acquire()
-    except JobDbLocked as exc:
-        raise SetupError(exc.describe(), parameter="job_db") from None
-    lock.release()
+    if not lock.is_free():
+        raise JobDbLocked(lock.paths.db, lock.holder())
 
 
 def check_backends(backends: List[BackendConfig], process: Optional[ProcessCreatorConfig], columns) -> None:

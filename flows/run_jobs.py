@@ -3,8 +3,8 @@
 Fan-out/fan-in: the flow alone owns the job DB. It validates and connects before any job is
 created (`prepare`), takes the DB's lock, runs the cycle (flows/cycle.py) with job slots shared
 with other runs of the same accounts (flows/account_slots.py), then reports. Its final state says
-how the run went: Completed, Failed (more failed rows than `failure_threshold` allows) or
-Cancelled (interrupted: run the same command again to resume).
+how the run went, one per outcome (flows/outcomes.py): Completed, Failed, Completed "Incomplete"
+(work left: run again), Completed "Skipped" (another run owns the DB), Cancelled (interrupted).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Dict, List, Optional, Union
 
 from prefect import flow, get_run_logger
-from prefect.states import Cancelled, Completed, Failed, State
+from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
@@ -30,7 +30,9 @@ from flows.account_slots import AccountSlots
 from flows.background import BackgroundPublisher
 from flows.blocks import resolve_backend
 from flows.cycle import Cycle, CycleEnd, CycleOptions
-from flows.interrupts import StopSignal, catch_interrupts
+from flows.interrupts import StopSignal, catch_interrupts, watch_for_cancel
+from flows.outcomes import RunOutcome
+from flows.owners import ApiGoneAware, api_reachable, fail_fast_without_api, record_unrecorded_end, settle_previous_owner
 from flows.dispatcher import Dispatcher
 from flows.events import JobEvents
 from flows.params import BackendConfig, ProcessCreatorConfig, SetupError, document_parameters
@@ -73,6 +75,12 @@ class RunFailed(RunEnded):
 
 class RunInterrupted(RunEnded):
     """The run was interrupted (Ctrl-C / SIGTERM); the same call resumes it."""
+
+
+# An interrupted run waits this long for its last artifacts to reach Prefect (the stop takes <= 3 s).
+INTERRUPTED_API_WAIT_SECONDS = 0.5
+# Identical failures in a row on one backend after which it gets no more starts in a run.
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
 
 
 @dataclass
@@ -134,6 +142,14 @@ def run_jobs(
         Optional[str], Field(description="Import path of a hook (job_id, row, job_dir, connection) run after a "
                                          "failed job's error logs are saved"),
     ] = None,
+    retry_failed: Annotated[
+        bool, Field(description="Put rows that failed (error, start_failed, canceled) back to not_started at the "
+                                "start of this run, keeping previous_job_ids, previous_error and attempt"),
+    ] = False,
+    max_consecutive_failures: Annotated[
+        int, Field(ge=0, description="After this many failures in a row with the same error on a backend (starts or "
+                                     "jobs), start nothing more there in this run (0: never stop)"),
+    ] = DEFAULT_MAX_CONSECUTIVE_FAILURES,
 ) -> State:
     """Create, start, poll and download one openEO batch job per job DB row until all are done."""
     logger = get_run_logger()
@@ -145,25 +161,47 @@ def run_jobs(
         logger.warning("%s; waiting for it (wait_for_lock)", exc.describe().split("; wait")[0])
 
     asked = time.monotonic()
-    run.store.lock.acquire(flow_run_id, wait_seconds=float("inf") if wait_for_lock else 0.0, on_wait=tell_waiting)
+    try:
+        run.store.lock.acquire(flow_run_id, wait_seconds=float("inf") if wait_for_lock else 0.0,
+                               on_wait=tell_waiting)
+    except JobDbLocked as exc:
+        return skipped_state(run, exc, logger)
     waited = time.monotonic() - asked
     if waited >= 1.0:
         logger.info("the job DB is ours after waiting %.0f s for the other run", waited)
+    end: Optional[CycleEnd] = None
     try:
+        settle_previous_owner(run.store.lock.previous_holder, flow_run_id, str(run.store.path), logger)
         run.store.reload()  # as the lock's last holder left it (prepare read it before the lock was ours)
+        if retry_failed:
+            retried = run.store.retry_failed_rows()
+            logger.info("retry_failed: %d failed rows put back to not_started", retried)
         # The run's own time (elapsed, rate, max_runtime_minutes) leaves out the wait for the lock.
         end, stats = drive(run, logger, flow_run_id, t0 + waited, max_start_workers, poll_interval_seconds,
-                           download_results, cancel_running_job_after, max_runtime_minutes, max_attempts)
+                           download_results, cancel_running_job_after, max_runtime_minutes, max_attempts,
+                           max_consecutive_failures)
         stats["lock_wait_seconds"] = round(waited, 3)
+        state = final_state(run, end, stats, failure_threshold, logger)
+        if end.reason == "interrupted" and not api_reachable():
+            fail_fast_without_api(logger, state)
     finally:
         run.store.persist(force=True)
-        run.store.lock.release()
-    return final_state(run, end, stats, failure_threshold, logger)
+        unrecorded = record_unrecorded_end(end, flow_run_id)  # interrupted, and the Prefect API went with it
+        run.store.lock.release(leave_note=unrecorded)
+    return state
+
+
+class RunJobsFlow(ApiGoneAware, type(run_jobs)):
+    """The run-jobs flow object: the Prefect Flow `@flow` built, plus flows/owners.ApiGoneAware."""
+
+
+run_jobs = ApiGoneAware.around(run_jobs, RunJobsFlow)
 
 
 def drive(
     run: PreparedRun, logger, flow_run_id: Optional[str], t0: float, max_start_workers: int, poll_interval: float,
     download: bool, cancel_after: Optional[float], max_runtime_minutes: Optional[float], max_attempts: int = 1,
+    max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
 ) -> tuple[CycleEnd, Dict[str, Any]]:
     run_key = uuid.uuid4().hex[:12]
     keys = {name: connection_key(run_key, name) for name in run.backends}
@@ -183,10 +221,11 @@ def drive(
         publisher.submit("progress", lambda: progress.result().update(by_backend, snapshot.rows, elapsed, down))
 
     stop = StopSignal()
+    end_cancel_watch = watch_for_cancel(stop, flow_run_id)
     options = CycleOptions(
         poll_interval=poll_interval, download=download, cancel_after=cancel_after,
         deadline=t0 + 60.0 * max_runtime_minutes if max_runtime_minutes else None,
-        hooks=frozenset(run.hooks), max_attempts=max_attempts,
+        hooks=frozenset(run.hooks), max_attempts=max_attempts, max_consecutive_failures=max_consecutive_failures,
     )
     run.store.track_hooks = bool(run.hooks)
     run.store.track_retries = max_attempts > 1
@@ -200,6 +239,8 @@ def drive(
 
     policies = {n: BackendPolicy(b.parallel_jobs, b.max_parallel_starts) for n, b in run.backends.items()}
     run.store.retry_failed_downloads()
+    if run.hooks:
+        run.store.retry_failed_hooks()  # a hook fixed since the last run runs again where it failed
     try:
         with ThreadPoolTaskRunner(max_workers=max_start_workers) as start_runner, catch_interrupts(stop):
             dispatcher = Dispatcher(keys, run.creator, str(run.root_dir), start_runner, max_start_workers,
@@ -215,45 +256,77 @@ def drive(
                 dispatcher.stop()
                 dispatcher.close()
     finally:
+        end_cancel_watch()
         slots.close()
         for key in keys.values():
             unregister_connection(key)
         for connection in run.connections.values():
             connection.health.listen(None)
     stats = build_stats(run, end, dispatcher.counters, t0)
-    stats["tile_map"] = write_tile_map(run.store.dataframe(), run.store.path)
+    interrupted = end.reason == "interrupted"
+    if not interrupted:  # an interrupted run ends in seconds; the next run draws the map
+        stats["tile_map"] = write_tile_map(run.store.dataframe(), run.store.path)
     publisher.call(lambda: publish_final_artifacts(run.store.path, run.store.dataframe(), stats,
                                                    failed_rows(run.store.dataframe())))
-    publisher.close(timeout=15.0)
+    publisher.close(timeout=INTERRUPTED_API_WAIT_SECONDS if interrupted else 15.0)
     return end, stats
 
 
 def final_state(run: PreparedRun, end: CycleEnd, stats: Dict[str, Any], threshold: float, logger) -> State:
+    """One state per outcome (flows/outcomes.py). The threshold judges the rows this run worked on
+    (a pass that only looks at old failures is not a failed pass); the message gives the campaign's
+    totals too."""
     counts = stats["status"]
-    failed = sum(counts.get(s, 0) for s in FAILED)
     active = sum(counts.get(s, 0) for s in HOLDS_SLOT)
-    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))  # "9 finished, 2 error"
-    if end.reason == "interrupted":
-        message = (f"interrupted: {active} jobs still running on backends; "
-                   f"run the same command again to resume ({stats['rows']} rows: {summary})")
-        logger.warning(message)
-        return Cancelled(message=message, data=RunInterrupted(message, stats))
-    if failed > threshold * stats["rows"]:
-        message = f"{failed} of {stats['rows']} rows failed (allowed: {threshold:.0%}): {summary}"
-        logger.error(message)
-        return Failed(message=message, data=RunFailed(message, stats))
     left = stats["rows"] - stats["terminal"]
-    if end.refused and left:
-        refused = "; ".join(f"{name}: {why}" for name, why in end.refused.items())
-        message = f"{left} of {stats['rows']} rows not done ({summary}): backends refused new jobs ({refused})"
-        logger.warning(message)
-        return Completed(message=message, data=stats)
-    if end.reason == "time_up" and left:
-        message = f"time is up with {left} of {stats['rows']} rows not done ({summary}): the next run goes on"
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))  # "9 finished, 2 error"
+    failed, worked = stats["failed_this_run"], stats["worked_this_run"]
+    retry = " (rerun with --retry-failed / retry_failed=True to retry them)" if failed else ""
+    if end.reason == "interrupted":
+        outcome = RunOutcome.INTERRUPTED
+        message = (f"interrupted: {active} jobs still running on backends; run the same command again to resume "
+                   f"({stats['rows']} rows: {summary})")
+    elif failed > threshold * worked:
+        outcome = RunOutcome.FAILED
+        hooks = f", {stats['hook_failures']} of them in a hook" if stats.get("hook_failures") else ""
+        message = (f"{failed} of {worked} rows failed in this run{hooks} (allowed: {threshold:.0%}){retry}; "
+                   f"campaign: {summary}")
+    elif left:
+        outcome = RunOutcome.WORK_LEFT
+        stopped = {**end.refused, **end.halted}
+        if stopped:
+            why = "backends stopped taking new jobs (" + "; ".join(f"{n}: {w}" for n, w in stopped.items()) + ")"
+        elif end.reason == "time_up":
+            why = "time is up"
+        else:
+            why = "rows remain"
+        message = f"{why}: {left} rows left; run again to continue; campaign: {summary}"
     else:
+        outcome = RunOutcome.DONE
         message = f"run finished in {stats['elapsed_seconds']:.1f} s: {summary}"
-    logger.info(message)
-    return Completed(message=message, data=stats)
+        if counts_failed(counts):
+            message += " (earlier failures: rerun with --retry-failed / retry_failed=True to retry them)"
+    stats.update(outcome=outcome.name.lower(), exit_code=outcome.exit_code)
+    log = {RunOutcome.DONE: logger.info, RunOutcome.WORK_LEFT: logger.warning}.get(outcome, logger.error)
+    (logger.warning if outcome is RunOutcome.INTERRUPTED else log)(message)
+    data = {RunOutcome.INTERRUPTED: RunInterrupted, RunOutcome.FAILED: RunFailed}.get(outcome)
+    return outcome.state(message, data(message, stats) if data else stats)
+
+
+def counts_failed(counts: Dict[str, int]) -> int:
+    return sum(counts.get(s, 0) for s in FAILED)
+
+
+def skipped_state(run: PreparedRun, exc: JobDbLocked, logger) -> State:
+    """Another live run owns the job DB: this run changes nothing and ends Completed "Skipped" (a
+    schedule firing while a long pass goes on is no failure)."""
+    message = f"skipped: {exc.describe()}"
+    logger.warning(message)
+    snapshot = run.store.snapshot()
+    stats = {"job_db": str(run.store.path), "rows": snapshot.rows, "terminal": snapshot.terminal,
+             "status": dict(sorted(snapshot.counts.items())), "ended": "skipped", "outcome": "skipped",
+             "exit_code": RunOutcome.SKIPPED.exit_code, "holder": exc.holder, "message": message}
+    return RunOutcome.SKIPPED.state(message, stats)
 
 
 # --- setup ---------------------------------------------------------------------------------
@@ -312,6 +385,10 @@ def build_stats(run: PreparedRun, end: CycleEnd, counters: Dict[str, int], t0: f
         "time_to_all_started_seconds": None if end.all_started_at is None else round(end.all_started_at, 3),
         "cycles": end.cycles,
         "persists": run.store.persist_count,
+        "halted_backends": end.halted,
+        "worked_this_run": len(end.worked),
+        "failed_this_run": len(end.failed),
+        "hook_failures": sum(1 for row in end.failed if run.store.value(row, "postprocess_status") == "failed"),
         **counters,
     }
 

@@ -48,6 +48,18 @@ class JobDbLock:
     def __init__(self, job_db: str | Path):
         self.paths = JobDbPaths.of(job_db)
         self._lock = FileLock(str(self.paths.lock), thread_local=False, preserve_lock_file=True)
+        # The note found when the lock became ours: a clean release removes the note, so one left
+        # behind names a holder that died (SIGKILL, a lost machine) or could not record its end.
+        self.previous_holder: Optional[Dict[str, Any]] = None
+
+    def is_free(self) -> bool:
+        """True if no live run holds the lock (checked by taking and dropping it; the note stays)."""
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        self._lock.release(force=True)
+        return True
 
     @property
     def is_held(self) -> bool:
@@ -78,6 +90,7 @@ class JobDbLock:
                 self._lock.acquire(timeout=-1 if wait_seconds == float("inf") else wait_seconds, poll_interval=0.5)
             except Timeout:
                 raise JobDbLocked(self.paths.db, self.holder()) from None
+        self.previous_holder = self.holder()
         note = {"host": socket.gethostname(), "pid": os.getpid(), "flow_run_id": flow_run_id, "since": utc_now(),
                 "acquired_monotonic": time.monotonic()}
         tmp = self.paths.lock_holder.with_name(self.paths.lock_holder.name + ".tmp")
@@ -87,10 +100,15 @@ class JobDbLock:
         except OSError:
             pass  # the note is a courtesy; the lock itself is what protects the DB
 
-    def release(self) -> None:
+    def release(self, leave_note: Optional[Dict[str, Any]] = None) -> None:
+        """Release; `leave_note`: facts added to the holder note, which then stays for the next
+        holder (e.g. the final state this run could not record because its Prefect API was gone)."""
         if self._lock.is_locked:
             try:
-                self.paths.lock_holder.unlink(missing_ok=True)
+                if leave_note:
+                    self.paths.lock_holder.write_text(json.dumps({**(self.holder() or {}), **leave_note}))
+                else:
+                    self.paths.lock_holder.unlink(missing_ok=True)
             except OSError:
                 pass
             self._lock.release(force=True)

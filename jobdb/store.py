@@ -16,9 +16,12 @@ import pandas as pd
 from jobdb.database import JobDatabase, _plain
 from jobdb.lock import JobDbLock
 from jobdb.paths import JobDbPaths
-from jobdb.status import HOLDS_SLOT, POLLED, RESULTS_FAILED, TERMINAL
+from jobdb.status import FAILED, HOLDS_SLOT, POLLED, RESULTS_FAILED, TERMINAL
 
 LABEL_COLUMNS = ("tile_id", "year")
+# What a retried row forgets of its failed job (its id goes to previous_job_ids, its error to previous_error).
+RETRY_RESETS = ("id", "job_marker", "backend_name", "start_time", "running_start_time", "error_message",
+                "results_status", "results_error", "postprocess_status", "postprocess_error")
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,32 @@ class JobStore:
         failed = df["results_status"].astype("string").str.startswith(RESULTS_FAILED).fillna(False)  # also "failed: ..." of 0.1
         rows = df.index[(df["status"] == "finished") & failed].tolist()
         self.apply({i: {"results_status": None} for i in rows})
+        return len(rows)
+
+    def retry_failed_rows(self) -> int:
+        """Rows that failed (error, start_failed, canceled) go back to `not_started` for a new job
+        (`--retry-failed`): their job id joins `previous_job_ids`, their error becomes
+        `previous_error`, `attempt` stays (the next job is attempt + 1, with its own marker)."""
+        df = self._db.df
+        updates = {}
+        for i in df.index[df["status"].isin(sorted(FAILED))].tolist():
+            earlier = [j for j in str(self.value(i, "previous_job_ids") or "").split(",") if j]
+            job_id = self.value(i, "id")
+            update: Dict[str, Any] = {column: None for column in RETRY_RESETS if column in df.columns}
+            update.update(status="not_started", previous_error=self.value(i, "error_message"),
+                          attempt=self.value(i, "attempt") or (1 if job_id else 0),
+                          previous_job_ids=",".join(earlier + ([str(job_id)] if job_id else [])) or None)
+            updates[int(i)] = update
+        self.apply(updates)
+        return len(updates)
+
+    def retry_failed_hooks(self) -> int:
+        """Hooks that failed in an earlier run run again (the usual reason for a rerun is a fixed hook)."""
+        df = self._db.df
+        if "postprocess_status" not in df.columns:
+            return 0
+        rows = df.index[df["postprocess_status"] == "failed"].tolist()
+        self.apply({i: {"postprocess_status": None, "postprocess_error": None} for i in rows})
         return len(rows)
 
     def rows_with(self, statuses: Iterable[str]) -> List[int]:

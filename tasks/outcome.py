@@ -38,15 +38,16 @@ class Outcome:
 # --- the inbox ---------------------------------------------------------------------------
 # Addresses look like "<inbox id>/<submission id>": the flow opens the inbox, the dispatcher
 # gives each submission its own address, the task delivers to it.
-_inboxes: Dict[str, "queue.Queue[Tuple[str, Optional[Outcome]]]"] = {}
+# SimpleQueue: its put() is reentrant, so a signal handler may wake the flow through it.
+_inboxes: Dict[str, "queue.SimpleQueue[Tuple[str, Optional[Outcome]]]"] = {}
 _stops: Dict[str, threading.Event] = {}  # set when the run is stopping: tasks stop waiting
 _lock = threading.Lock()
 
 
-def open_inbox(inbox_id: str) -> "queue.Queue[Tuple[str, Optional[Outcome]]]":
+def open_inbox(inbox_id: str) -> "queue.SimpleQueue[Tuple[str, Optional[Outcome]]]":
     with _lock:
         _stops.setdefault(inbox_id, threading.Event())
-        return _inboxes.setdefault(inbox_id, queue.Queue())
+        return _inboxes.setdefault(inbox_id, queue.SimpleQueue())
 
 
 def close_inbox(inbox_id: str) -> None:

@@ -131,9 +131,6 @@ def test_ctrl_c_with_a_create_a_start_and_downloads_in_flight(prefect_harness, t
             sim.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="found here: SIGTERM to the command line ends the flow run Crashed with exit "
-                   "-15: Prefect's engine installs its SIGTERM handler first and flows/interrupts.py leaves SIGTERM to "
-                   "it (issue 16: stops in every mode); remove this mark when that lands")
 def test_sigterm_from_a_process_manager_ends_the_run_cancelled_exit_130(prefect_harness, tmp_path):
     """SIGTERM to the command line alone (a scheduler or systemd stopping it) while a start is in
     flight: the real interrupt path, not a scripted flow: exit 130, the flow run `Cancelled`, the
