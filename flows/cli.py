@@ -182,8 +182,10 @@ def start_prefect_early(flow: Optional[Callable[..., Any]]):
     demo's set-up instead of following them. Returns the `LocalServer`, or None."""
     import threading
 
+    global _import_thread
     if flow is None:
-        threading.Thread(target=_import_flow, name="import-flow", daemon=True).start()
+        _import_thread = threading.Thread(target=_import_flow, name="import-flow", daemon=True)
+        _import_thread.start()
     if api_url_configured():
         return None
     from flows.local_server import LocalServer
@@ -212,6 +214,20 @@ def api_url_configured() -> bool:
         return False
     active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
     return bool(profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
+
+
+_import_thread = None  # the flow's import warming up (start_prefect_early), if any
+
+
+def exit_process(code: int) -> None:
+    """End the command with `code`. A bad-input exit can come while the import thread is still
+    importing Prefect; an interpreter shutting down under a daemon thread that writes to stderr
+    aborts (exit -6, seen under load), so then leave at once, the streams flushed."""
+    if _import_thread is not None and _import_thread.is_alive():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _import_flow() -> None:

@@ -9,11 +9,9 @@ how the run went, one per outcome (flows/outcomes.py): Completed, Failed, Comple
 from __future__ import annotations
 
 if __name__ == "__main__":  # check the input before Prefect is imported; and import this module only once
-    import sys
+    from flows.cli import exit_process, main
 
-    from flows.cli import main
-
-    sys.exit(main())
+    exit_process(main())
 
 import time
 import uuid
