@@ -22,7 +22,8 @@ from flows.bookkeeping import RowNow, effects_of
 from flows.dispatcher import Dispatcher
 from flows.interrupts import StopSignal
 from flows.scheduler import BackendPolicy, Plan, Situation, plan_cycle
-from jobdb.store import Snapshot, JobStore
+from jobdb.interface import CampaignStore
+from jobdb.store import Snapshot
 from tasks.outcome import Outcome, Step
 
 # After a row was handed back (rate limit, job limit), wait this long before trying it again.
@@ -51,7 +52,7 @@ class CycleEnd:
 class Cycle:
     def __init__(
         self,
-        store: JobStore,
+        store: CampaignStore,
         policies: Mapping[str, BackendPolicy],
         dispatcher: Dispatcher,
         options: CycleOptions,
@@ -100,6 +101,7 @@ class Cycle:
             stopping = stopping_since is not None
             poll_due = not stopping and now >= next_poll
             snapshot = self.store.snapshot()
+            self.pinned.update(snapshot.pinned)  # a SQL store hands out waiting rows a batch at a time
             situation = Situation(
                 backends={n: replace(p, accepting=p.accepting and n not in self.refused) for n, p in self.policies.items()},
                 now=now, holds=self.holds, starting_allowed=not stopping, poll_due=poll_due,
@@ -111,6 +113,8 @@ class Cycle:
             self.store.apply(plan.updates)
             self.store.apply(plan.intents)
             self.store.persist(force=bool(plan.intents or plan.updates))  # intents before any POST
+            if self.store.lost:  # rows another run adopted (this run's lease had lapsed): not ours to start
+                plan = replace(plan, starts=tuple(s for s in plan.starts if s.row not in self.store.lost))
             self.dispatch(plan, stopping)
             if poll_due:
                 next_poll = now + self.options.poll_interval

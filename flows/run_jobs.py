@@ -26,7 +26,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows.account_slots import AccountSlots
+from flows.account_slots import AccountSlots, account_key
 from flows.background import BackgroundPublisher
 from flows.blocks import resolve_backend
 from flows.cycle import Cycle, CycleEnd, CycleOptions
@@ -48,7 +48,8 @@ from flows.setup import (
 from flows.tile_map import write_tile_map
 from jobdb import JobDbError, JobDbLocked
 from jobdb.status import FAILED, HOLDS_SLOT
-from jobdb.store import JobStore
+from jobdb.interface import CampaignStore, open_store
+from jobdb.location import is_sql
 from tasks.connections import ManagedConnection, connection_key, register_connection, unregister_connection
 from tasks.callables import load_hook
 
@@ -76,7 +77,7 @@ class RunInterrupted(RunEnded):
 
 @dataclass
 class PreparedRun:
-    store: JobStore
+    store: CampaignStore
     backends: Dict[str, BackendConfig]
     connections: Dict[str, ManagedConnection]
     creator: Callable[..., Any]
@@ -86,7 +87,9 @@ class PreparedRun:
 
 @flow(name="run-jobs", task_runner=ThreadPoolTaskRunner(max_workers=FLOW_TASK_WORKERS), log_prints=True)
 def run_jobs(
-    job_db: Annotated[str, Field(description="Path of the job DB (.csv, .parquet, .geoparquet)")],
+    job_db: Annotated[str, Field(description="Path of the job DB (.csv, .parquet, .geoparquet), or a SQL URL: "
+                                             "postgresql://USER@HOST:PORT/DB (many runs, many machines) or "
+                                             "sqlite:///path.db")],
     backends: Annotated[
         List[Union[BackendConfig, str]],
         Field(min_length=1, description="openEO backends: inline configs, or names of OpenEOBackend blocks"),
@@ -102,7 +105,8 @@ def run_jobs(
     poll_interval_seconds: Annotated[float, Field(gt=0, description="Seconds between status polls")] = 10.0,
     download_results: Annotated[bool, Field(description="Download results of finished jobs")] = True,
     root_dir: Annotated[
-        Optional[str], Field(description="Where job_<id>/ result folders go (default: beside the job DB)")
+        Optional[str], Field(description="Where job_<id>/ result folders go (default: beside the job DB; for a "
+                                         "SQL job DB ./<campaign>/ in the working directory)")
     ] = None,
     cancel_running_job_after: Annotated[
         Optional[float], Field(gt=0, description="Cancel jobs running longer than this many seconds")
@@ -131,11 +135,16 @@ def run_jobs(
         Optional[str], Field(description="Import path of a hook (job_id, row, job_dir, connection) run after a "
                                          "failed job's error logs are saved"),
     ] = None,
+    campaign: Annotated[
+        Optional[str], Field(description="The campaign inside a SQL job DB (one database holds many; may be left "
+                                         "out when it holds one)"),
+    ] = None,
 ) -> State:
     """Create, start, poll and download one openEO batch job per job DB row until all are done."""
     logger = get_run_logger()
     t0 = time.monotonic()
-    run = prepare(job_db, backends, start_job, process, root_dir, {"done": on_job_done, "error": on_job_error})
+    run = prepare(job_db, backends, start_job, process, root_dir, {"done": on_job_done, "error": on_job_error},
+                  campaign)
     flow_run_id = current_flow_run_id()
 
     def tell_waiting(exc: JobDbLocked) -> None:
@@ -160,7 +169,7 @@ def drive(
     keys = {name: connection_key(run_key, name) for name in run.backends}
     for name, connection in run.connections.items():
         register_connection(keys[name], connection)
-    slots = AccountSlots(run.backends, run_key, note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)})
+    slots = account_slots(run, run_key, flow_run_id)
     publisher = BackgroundPublisher(logger)
     progress = publisher.call(lambda: ProgressReport(run.store.path))
     display = current_display(logger)
@@ -177,6 +186,8 @@ def drive(
     )
     run.store.track_hooks = bool(run.hooks)
     run.store.track_retries = max_attempts > 1
+    run.store.track_downloads = download
+    run.store.max_attempts = max_attempts
 
     events = JobEvents(publisher, str(run.store.path))
 
@@ -210,6 +221,17 @@ def drive(
                                                    failed_rows(run.store.dataframe())))
     publisher.close(timeout=15.0)
     return end, stats
+
+
+def account_slots(run: PreparedRun, run_key: str, flow_run_id: Optional[str]):
+    """Job slots shared with the other runs of the same accounts: through the database for a SQL
+    job DB (runs on any machine), through the flock ledger on this machine for a file."""
+    accounts = {name: account_key(backend) for name, backend in run.backends.items()}
+    if is_sql(run.store.name):
+        from jobdb.sql.slots import SqlAccountSlots
+
+        return SqlAccountSlots(run.store, accounts)
+    return AccountSlots(run.backends, run_key, note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)})
 
 
 def final_state(run: PreparedRun, end: CycleEnd, stats: Dict[str, Any], threshold: float, logger) -> State:
@@ -248,6 +270,7 @@ def prepare(
     process: Optional[ProcessCreatorConfig],
     root_dir: Optional[str],
     hooks: Optional[Dict[str, Optional[str]]] = None,
+    campaign: Optional[str] = None,
 ) -> PreparedRun:
     """Validate everything and connect, before any job is created. Raises SetupError."""
     hooks = {kind: spec for kind, spec in (hooks or {}).items() if spec}
@@ -263,15 +286,14 @@ def prepare(
                          parameter="start_job")
     creator = load_start_job(start_job) if start_job is not None else None
     try:
-        store = JobStore.open(job_db)
+        store = open_store(job_db, campaign, root_dir)
     except JobDbError as exc:
-        raise SetupError(str(exc), parameter="job_db") from exc
-    snapshot_backends = {int(i): b for i, b in store.dataframe()["backend_name"].items() if isinstance(b, str) and b}
-    check_row_backends(snapshot_backends, {b.name for b in configs})
+        raise SetupError(str(exc), parameter="campaign" if "campaign" in str(exc) else "job_db") from exc
+    check_row_backends(store.named_backends(), {b.name for b in configs})
     connections = {b.name: connect_backend(b) for b in configs}
     if process is not None:
         creator = make_process_creator(process)
-        check_process_parameters(creator, process, next(iter(connections.values())), store.dataframe().columns)
+        check_process_parameters(creator, process, next(iter(connections.values())), store.columns())
     return PreparedRun(store, {b.name: b for b in configs}, connections, creator,
                        Path(root_dir) if root_dir else store.paths.default_results_root, hooks)
 
@@ -281,7 +303,7 @@ def build_stats(run: PreparedRun, end: CycleEnd, counters: Dict[str, int], t0: f
     snapshot = run.store.snapshot()
     requests_by_backend = {n: dict(c.request_counts) for n, c in run.connections.items()}
     return {
-        "job_db": str(run.store.path),
+        "job_db": run.store.name,
         "rows": snapshot.rows,
         "terminal": snapshot.terminal,
         "status": dict(sorted(snapshot.counts.items())),

@@ -1,0 +1,65 @@
+"""The SQL campaign store with SQLite (one machine): a whole flow run, claims, bad URLs."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from flows.run_jobs import run_jobs
+from jobdb import JobDbError
+from jobdb.interface import open_store
+from jobdb.sql.campaign import SqlDatabase
+from tests.flow_helpers import backend
+
+
+def sqlite_campaign(tmp_path, rows: int, name: str = "eu") -> str:
+    url = f"sqlite:///{tmp_path / 'campaigns.db'}"
+    df = pd.DataFrame({"tile_id": [f"T{i:03d}" for i in range(rows)], "year": [2020 + i % 3 for i in range(rows)]})
+    SqlDatabase.open(url, create=True).create_campaign(name, df)
+    return url
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_sqlite_campaign_runs_to_the_end(sim, tmp_path):
+    url = sqlite_campaign(tmp_path, 12)
+    stats = run_jobs(job_db=url, campaign="eu", backends=[backend("a", sim, 3)],
+                     start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.3,
+                     root_dir=str(tmp_path / "results"))
+    assert stats["status"] == {"finished": 12}
+    df = SqlDatabase.open(url).export("eu")
+    assert (df["status"] == "finished").all()
+    assert (df["results_status"] == "downloaded").all()
+    assert df["id"].is_unique
+    assert sim.counters()["jobs_total"] == 12
+    assert max(sim.counters()["max_active_per_user"].values()) <= 3
+    assert all((tmp_path / "results" / f"job_{j}").is_dir() for j in df["id"])
+
+
+def test_two_stores_never_hold_the_same_waiting_row(tmp_path):
+    url = sqlite_campaign(tmp_path, 30)
+    first, second = open_store(url, "eu", str(tmp_path)), open_store(url, "eu", str(tmp_path))
+    first.lock.acquire("one")
+    second.lock.acquire("two")
+    try:
+        a, b = set(first.snapshot().waiting), set(second.snapshot().waiting)
+        assert a and b and not (a & b)
+        first.apply({min(a): {"status": "creating", "backend_name": "x", "job_marker": "m", "attempt": 1}})
+        first.persist(force=True)
+        assert min(a) not in second.snapshot().waiting
+    finally:
+        first.lock.release()
+        second.lock.release()
+
+
+@pytest.mark.parametrize("job_db", ["s3://bucket/campaign/jobs.parquet", "https://example.org/jobs.csv",
+                                    "mysql://u@h/db"])
+def test_unsupported_job_db_forms_fail_in_one_line(job_db):
+    with pytest.raises(JobDbError) as info:
+        open_store(job_db)
+    message = str(info.value)
+    assert "\n" not in message and "postgresql://" in message and "sqlite:///" in message
+
+
+def test_missing_campaign_is_named(tmp_path):
+    url = sqlite_campaign(tmp_path, 3)
+    with pytest.raises(JobDbError, match="no campaign 'nope'.*eu"):
+        open_store(url, "nope")
