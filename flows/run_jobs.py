@@ -304,6 +304,7 @@ def build_stats(run: PreparedRun, end: CycleEnd, counters: Dict[str, int], t0: f
     requests_by_backend = {n: dict(c.request_counts) for n, c in run.connections.items()}
     return {
         "job_db": run.store.name,
+        "campaign": getattr(run.store, "campaign", None),
         "rows": snapshot.rows,
         "terminal": snapshot.terminal,
         "status": dict(sorted(snapshot.counts.items())),

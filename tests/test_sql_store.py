@@ -63,3 +63,28 @@ def test_missing_campaign_is_named(tmp_path):
     url = sqlite_campaign(tmp_path, 3)
     with pytest.raises(JobDbError, match="no campaign 'nope'.*eu"):
         open_store(url, "nope")
+
+
+def test_cli_refuses_bad_job_db_urls_before_anything(tmp_path, sim):
+    """One line, exit 2, before Prefect starts or any job is created."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    url = sqlite_campaign(tmp_path, 3)
+    spec = f"a={sim.url},parallel_jobs=2"
+    for job_db, extra, needle in (
+        ("s3://bucket/campaign/jobs.parquet", [], "unsupported job database s3://"),
+        ("postgresql://nobody@127.0.0.1:1/none", [], "cannot open the job database"),
+        (url, ["--campaign", "nope"], "--campaign: "),
+    ):
+        done = subprocess.run([sys.executable, "-m", "flows.run_jobs", "--job-db", job_db, "--backend", spec,
+                               "--start-job", "flows.demo_callbacks:start_job", *extra],
+                              cwd=root, capture_output=True, text=True, timeout=120,
+                              env={**__import__("os").environ, "PYTHONPATH": str(root)})
+        assert done.returncode == 2, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and needle in lines[0], done.stderr
+    assert sim.counters()["jobs_total"] == 0
+    assert SqlDatabase.open(url).counts("eu") == {"not_started": 3}
