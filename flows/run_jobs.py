@@ -170,6 +170,7 @@ def drive(
     for name, connection in run.connections.items():
         register_connection(keys[name], connection)
     slots = account_slots(run, run_key, flow_run_id)
+    restore_start_turns = share_start_turns(run)
     publisher = BackgroundPublisher(logger)
     progress = publisher.call(lambda: ProgressReport(run.store.path))
     display = current_display(logger)
@@ -213,6 +214,7 @@ def drive(
                 dispatcher.close()
     finally:
         slots.close()
+        restore_start_turns()
         for key in keys.values():
             unregister_connection(key)
     stats = build_stats(run, end, dispatcher.counters, t0)
@@ -232,6 +234,15 @@ def account_slots(run: PreparedRun, run_key: str, flow_run_id: Optional[str]):
 
         return SqlAccountSlots(run.store, accounts)
     return AccountSlots(run.backends, run_key, note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)})
+
+
+def share_start_turns(run: PreparedRun) -> Callable[[], None]:
+    """For a SQL job DB, `max_starts_per_minute` turns come from the database while this run runs."""
+    if not is_sql(run.store.name):
+        return lambda: None
+    from jobdb.sql.slots import share_start_turns as from_the_store
+
+    return from_the_store(run.store, run.connections.values())
 
 
 def final_state(run: PreparedRun, end: CycleEnd, stats: Dict[str, Any], threshold: float, logger) -> State:

@@ -132,3 +132,24 @@ class StoreStartSchedule:
                                                     accounts.c.next_turn_at < now + (until - time.time()))
                              .values(next_turn_at=now + (until - time.time())))
         retrying(transaction, "pushing start turns back", log)
+
+
+def share_start_turns(store: SqlJobStore, connections) -> Callable[[], None]:
+    """Make the start turns of these connections' accounts come from the database for this run
+    (every run on every machine then shares them); returns what puts the local schedules back.
+
+    The account pacers (tasks/pacing.py) are per process and keep their file schedule for runs
+    of file stores; a SQL run lends them the store's schedule only while it runs."""
+    swapped = []
+    for connection in connections:
+        pacer = getattr(connection, "pacer", None)
+        schedule = getattr(pacer, "_schedule", None)
+        if schedule is None or isinstance(schedule, StoreStartSchedule):
+            continue
+        swapped.append((pacer, schedule))
+        pacer._schedule = StoreStartSchedule(store.db.engine, pacer.account, schedule.interval)
+
+    def restore() -> None:
+        for pacer, schedule in swapped:
+            pacer._schedule = schedule
+    return restore
