@@ -129,11 +129,17 @@ def test_three_runs_one_campaign_one_killed(postgres, slow_sim, tmp_path):
         assert any((root / job_dir).is_dir() for root in survivors), (row, job_dir)
 
 
-def test_two_campaigns_one_account_share_its_slots(postgres, slow_sim, tmp_path):
+START = "POST /jobs/{id}/results"
+
+
+def test_two_campaigns_one_account_share_its_slots_and_start_turns(postgres, slow_sim, tmp_path):
+    """Two processes that share no folder: only the database can hold them to the account's
+    slots and to its start rate (the simulator answers 429 past 2 starts/s)."""
     url = postgres.database("two_campaigns")
     for name in ("north", "south"):
         make_campaign(url, name, 8)
-    config = backend("cdse", slow_sim, 3)
+    slow_sim.configure(rate_limit_per_second=2.0, rate_limit_burst=1, rate_limit_routes=START)
+    config = {**backend("cdse", slow_sim, 3), "max_starts_per_minute": 110}
     children = [spawn_run(tmp_path, name, job_db=url, campaign=name, backends=[config]) for name in ("north", "south")]
     wait_all(children, tmp_path)
     db = SqlDatabase.open(url)
@@ -142,6 +148,7 @@ def test_two_campaigns_one_account_share_its_slots(postgres, slow_sim, tmp_path)
     counters = slow_sim.counters()
     assert counters["jobs_total"] == 16 and counters["duplicate_titles"] == {}
     assert max(counters["max_active_per_user"].values()) <= 3
+    assert counters["refusals"].get("429", {}).get(START, 0) == 0, counters["refusals"]
 
 
 def test_postgres_restart_mid_run(postgres, slow_sim, tmp_path):
