@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Protocol, runti
 
 import pandas as pd
 
-from jobdb.location import locate
+from jobdb.location import check_no_password, locate
 from jobdb.paths import JobDbPaths
 from jobdb.store import Snapshot
 
@@ -54,6 +54,7 @@ def open_store(job_db: str, campaign: Optional[str] = None, results_root: Option
     if location.kind == "sql":
         from jobdb.sql.store import SqlJobStore
 
+        check_no_password(location.target)
         return SqlJobStore.open(location.target, campaign, Path(results_root) if results_root else None)
     from jobdb.schema import JobDbError
     from jobdb.store import JobStore

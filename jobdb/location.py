@@ -38,6 +38,19 @@ def locate(job_db: str) -> Location:
     raise JobDbError(f"{text}: unsupported job database {scheme}:// (use {FORMS}){hint}")
 
 
+def check_no_password(url: str) -> None:
+    """A run's job_db is a flow parameter (stored by Prefect, shown in the UI): no secrets in it."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(url).password
+    except Exception:  # noqa: BLE001 - an unparseable URL fails later, when it is opened
+        return
+    if password:
+        raise JobDbError("job_db: the URL carries a password, and a flow parameter is no place for a secret: "
+                         "leave it out and set PGPASSWORD (or ~/.pgpass) where the run runs")
+
+
 def is_sql(job_db: Optional[str]) -> bool:
     try:
         return job_db is not None and locate(job_db).kind == "sql"

@@ -21,10 +21,12 @@ from jobdb.sql.schema import jobs, runs
 from tests.flow_helpers import backend, fast_config
 from simulator import start_simulator
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+# Separate processes each import Prefect and log in: on a loaded 2-core machine that alone can take
+# minutes, so these tests wait for events (rows claimed, processes ended), not for a clock.
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[1]
 LEASE_SECONDS = "4"  # short for tests; production default 60 s
-WAIT_LIMIT = 130.0  # each wait; two of them stay within pytest-timeout (300 s)
+WAIT_LIMIT = 400.0  # each wait: a generous bound for a loaded machine, not a speed target
 
 
 @pytest.fixture
@@ -134,12 +136,12 @@ START = "POST /jobs/{id}/results"
 
 def test_two_campaigns_one_account_share_its_slots_and_start_turns(postgres, slow_sim, tmp_path):
     """Two processes that share no folder: only the database can hold them to the account's
-    slots and to its start rate (the simulator answers 429 past 2 starts/s)."""
+    slots and to its start rate (the simulator answers 429 past a start every 2 s)."""
     url = postgres.database("two_campaigns")
     for name in ("north", "south"):
         make_campaign(url, name, 8)
-    slow_sim.configure(rate_limit_per_second=2.0, rate_limit_burst=1, rate_limit_routes=START)
-    config = {**backend("cdse", slow_sim, 3), "max_starts_per_minute": 110}
+    slow_sim.configure(rate_limit_per_second=0.5, rate_limit_burst=1, rate_limit_routes=START)
+    config = {**backend("cdse", slow_sim, 3), "max_starts_per_minute": 28}  # a turn every 2.2 s
     children = [spawn_run(tmp_path, name, job_db=url, campaign=name, backends=[config]) for name in ("north", "south")]
     wait_all(children, tmp_path)
     db = SqlDatabase.open(url)

@@ -88,3 +88,10 @@ def test_cli_refuses_bad_job_db_urls_before_anything(tmp_path, sim):
         assert len(lines) == 1 and needle in lines[0], done.stderr
     assert sim.counters()["jobs_total"] == 0
     assert SqlDatabase.open(url).counts("eu") == {"not_started": 3}
+
+
+def test_a_password_in_the_url_is_refused(tmp_path):
+    """job_db is a flow parameter: Prefect stores it and shows it. The password belongs in PGPASSWORD."""
+    with pytest.raises(JobDbError, match="PGPASSWORD") as info:
+        open_store("postgresql://alice:s3cret@127.0.0.1:1/campaigns", "eu")
+    assert "s3cret" not in str(info.value)

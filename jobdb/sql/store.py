@@ -57,7 +57,9 @@ class SqlJobStore:
                  run_id: Optional[str] = None, min_persist_interval: float = 1.0):
         self.db = db
         self.campaign = campaign
-        self.total = db.info(campaign).rows
+        info = db.info(campaign)
+        self.total = info.rows
+        self._has_geometry = "geometry" in info.columns
         root = Path(results_root or Path.cwd() / campaign).resolve()
         self.paths = CampaignPaths(root / campaign, db.marker_prefix(campaign))
         self.name = f"{db.name}#{campaign}"
@@ -141,6 +143,8 @@ class SqlJobStore:
 
     def row(self, i: int) -> Dict[str, Any]:
         record = {k: decode_geometry(v) for k, v in self._record(i).items()}
+        if not self._has_geometry:
+            record.pop("geometry", None)
         record["_row"] = int(i)
         return record
 
