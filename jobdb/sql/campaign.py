@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from jobdb.schema import JobDbError, JobDbExistsError, utc_now
 from jobdb.sql.engine import engine_for, redacted
+from jobdb.sql.counts import read_counts, recount
 from jobdb.sql.records import frame_to_rows, rows_to_frame
 from jobdb.sql.schema import campaigns, current_version, jobs, upgrade
 
@@ -95,6 +96,7 @@ class SqlDatabase:
                                                    geometry_crs=crs, created_at=utc_now()))
             for start in range(0, len(rows), INSERT_CHUNK):
                 conn.execute(jobs.insert(), rows[start:start + INSERT_CHUNK])
+            recount(conn, campaign)
         return CampaignInfo(campaign, len(rows), columns, crs)
 
     def export(self, campaign: str) -> pd.DataFrame:
@@ -106,6 +108,4 @@ class SqlDatabase:
 
     def counts(self, campaign: str) -> Dict[str, int]:
         with self.engine.connect() as conn:
-            result = conn.execute(select(jobs.c.status, func.count()).where(jobs.c.campaign == campaign)
-                                  .group_by(jobs.c.status))
-            return {str(s): int(n) for s, n in result}
+            return read_counts(conn, campaign)

@@ -105,21 +105,28 @@ class RunLease:
         return exists().where(runs.c.run_id == jobs.c.owner,
                               runs.c.heartbeat_at > db_now(self.db.engine) - self.lease)
 
-    def claimable(self):
-        return or_(jobs.c.owner.is_(None), and_(jobs.c.owner != self.run_id, ~self.live_owner()))
+    def claimable(self, live_others=None):
+        """SQL: nobody holds the row, or a run whose lease ended. With `live_others` (the ids of the
+        other live runs, read in the same transaction) no per-row lookup of `runs` is needed."""
+        if live_others is None:
+            return or_(jobs.c.owner.is_(None), and_(jobs.c.owner != self.run_id, ~self.live_owner()))
+        held = and_(jobs.c.owner != self.run_id, jobs.c.owner.notin_(sorted(live_others))) if live_others \
+            else jobs.c.owner != self.run_id
+        return or_(jobs.c.owner.is_(None), held)
 
     def claim(self, condition, limit: int) -> List[Mapping[str, Any]]:
         """Claim up to `limit` claimable rows matching `condition`, lowest rows first; returns them."""
         if limit <= 0:
             return []
-        chosen = (select(jobs.c.row_index)
-                  .where(jobs.c.campaign == self.campaign, condition, self.claimable())
-                  .order_by(jobs.c.row_index).limit(limit).with_for_update(skip_locked=True))
-        statement = (update(jobs).where(jobs.c.campaign == self.campaign, jobs.c.row_index.in_(chosen.scalar_subquery()))
-                     .values(owner=self.run_id).returning(*jobs.c))
-
         def run():
             with self.db.engine.begin() as conn:
+                live_others = set(self.live_runs(conn)) - {self.run_id}
+                chosen = (select(jobs.c.row_index)
+                          .where(jobs.c.campaign == self.campaign, condition, self.claimable(live_others))
+                          .order_by(jobs.c.row_index).limit(limit).with_for_update(skip_locked=True))
+                statement = (update(jobs).where(jobs.c.campaign == self.campaign,
+                                                jobs.c.row_index.in_(chosen.scalar_subquery()))
+                             .values(owner=self.run_id).returning(*jobs.c))
                 return [dict(r) for r in conn.execute(statement).mappings()]
         return retrying(run, "claiming rows", log)
 

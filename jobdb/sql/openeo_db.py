@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 
 from jobdb.schema import GEOMETRY_COLUMN, JobDbError
 from jobdb.sql.campaign import SqlDatabase
+from jobdb.sql.counts import apply_deltas, status_deltas
 from jobdb.sql.records import record_of, rows_to_frame, table_values
 from jobdb.sql.schema import FIXED_COLUMNS, jobs
 
@@ -60,12 +61,16 @@ class SqlJobDatabase(JobDatabaseInterface):
             unknown = sorted(set(rows) - set(stored))
             if unknown:
                 raise JobDbError(f"{self.db.name}: persist with unknown row indices {unknown[:10]}")
+            changes = []
             for i, values in zip(rows, df.drop(columns=[GEOMETRY_COLUMN, "_row"], errors="ignore").to_dict("records")):
                 record = stored[i]
+                old = record["status"]
                 record.update({k: v for k, v in values.items() if not _missing(v)})
                 new = table_values(record)
                 conn.execute(update(jobs).where(jobs.c.campaign == self.campaign, jobs.c.row_index == i)
                              .values({c: new[c] for c in (*FIXED_COLUMNS, "extra")}))
+                changes.append((old, new["status"]))
+            apply_deltas(conn, self.campaign, status_deltas(changes))
 
 
 def _missing(value) -> bool:

@@ -55,7 +55,7 @@ jobs = Table(
     Column("extra", JSON),  # the campaign's own columns
     Column("account", Text),  # the backend account whose slot an active row holds
     Column("owner", String(64)),  # the run that claimed the row (runs.run_id)
-    Index("jobs_campaign_status", "campaign", "status"),
+    Index("jobs_campaign_status", "campaign", "status", "row_index"),  # claims: waiting rows in row order
     Index("jobs_account_status", "account", "status"),
     Index("jobs_campaign_owner", "campaign", "owner"),
 )
@@ -67,6 +67,15 @@ runs = Table(
     Column("heartbeat_at", Float, nullable=False),  # database clock, epoch seconds
     Column("started_at", Float, nullable=False),
     Column("note", JSON),  # host, pid, flow run id
+)
+
+# Rows per status of each campaign, kept by every write that changes a status (in its
+# transaction), so a cycle reads its counts without a GROUP BY over the whole campaign.
+status_counts = Table(
+    "status_counts", metadata,
+    Column("campaign", String(200), primary_key=True),
+    Column("status", String(32), primary_key=True),
+    Column("n", Integer, nullable=False),
 )
 
 # How many slots of an account a run holds after its last claim (its creating intents included).

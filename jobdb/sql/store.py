@@ -23,6 +23,7 @@ from jobdb.paths import JobDbPaths
 from jobdb.schema import JobDbError
 from jobdb.sql.campaign import SqlDatabase
 from jobdb.sql.claims import RunLease
+from jobdb.sql.counts import apply_deltas, status_deltas
 from jobdb.sql.engine import retrying
 from jobdb.sql.records import check_rows_known, decode_geometry, record_of, table_values
 from jobdb.sql.schema import FIXED_COLUMNS, jobs
@@ -74,6 +75,7 @@ class SqlJobStore:
         self.accounts: Dict[str, str] = {}  # backend name -> account identity (for counting slots)
         self.lost: set = set()  # rows another run adopted from this one (its lease had ended)
         self._rows: Dict[int, Dict[str, Any]] = {}
+        self._stored_status: Dict[int, str] = {}  # each held row's status as the database has it
         self._dirty: set = set()
         self._last_persist = 0.0
         self._next_adopt = 0.0
@@ -125,6 +127,7 @@ class SqlJobStore:
             if i in self._rows:
                 continue
             self._rows[i] = record_of(db_row)
+            self._stored_status[i] = db_row["status"]
             if db_row["status"] != "not_started":
                 log.info("job store: row %s (%s) adopted from an ended run", i, db_row["status"])
             backend = db_row.get("backend_name")
@@ -227,16 +230,22 @@ class SqlJobStore:
                 mine = [p for p in params if p["b_row"] in held]
                 if mine:
                     conn.execute(statement, mine)
+                    apply_deltas(conn, self.campaign, status_deltas(
+                        (self._stored_status[p["b_row"]], p["status"]) for p in mine))
                 return held
         held = retrying(write, "writing rows", log)
         for i in dirty:
+            if i in held:
+                self._stored_status[i] = self._rows[i]["status"]
             if i not in held:
                 self.lost.add(i)
                 self._rows.pop(i, None)
+                self._stored_status.pop(i, None)
                 log.warning("job store: row %s was adopted by another run (this run's lease had ended); "
                             "leaving it to that run", i)
             elif not needs_work(self._rows[i], rules):
                 self._rows.pop(i)
+                self._stored_status.pop(i, None)
         self._dirty.clear()
         self._last_persist = time.monotonic()
         self.persist_count += 1
