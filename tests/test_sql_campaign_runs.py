@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from jobdb.sql.campaign import SqlDatabase
 from jobdb.sql.schema import jobs, runs
+from jobdb.status import HOLDS_SLOT
 from tests.flow_helpers import backend, fast_config
 from simulator import start_simulator
 
@@ -77,23 +78,32 @@ def logs(tmp_path: Path) -> str:
 
 
 def active_rows_of(db: SqlDatabase, pid: int) -> List[int]:
-    """Rows in queued/running claimed by the run of process `pid` (from the runs table)."""
+    """Rows holding a job slot (creating … running) claimed by the run of process `pid`."""
     with db.engine.connect() as conn:
         run_ids = [r for r, note in conn.execute(select(runs.c.run_id, runs.c.note)) if (note or {}).get("pid") == pid]
         if not run_ids:
             return []
         return list(conn.execute(select(jobs.c.row_index).where(
-            jobs.c.owner.in_(run_ids), jobs.c.status.in_(["queued", "running"]))).scalars())
+            jobs.c.owner.in_(run_ids), jobs.c.status.in_(sorted(HOLDS_SLOT)))).scalars())
 
 
-def wait_until(condition, what: str, child: subprocess.Popen, tmp_path: Path):
+def describe_claims(db: SqlDatabase) -> str:
+    with db.engine.connect() as conn:
+        notes = list(conn.execute(select(runs.c.run_id, runs.c.note)))
+        owners = list(conn.execute(select(jobs.c.owner, jobs.c.status, func.count()).group_by(jobs.c.owner, jobs.c.status)))
+    return f"runs: {notes}; rows: {owners}"
+
+
+def wait_until(condition, what: str, child: subprocess.Popen, tmp_path: Path, context=lambda: ""):
     deadline = time.monotonic() + WAIT_LIMIT
+    seen = ""
     while time.monotonic() < deadline:
         found = condition()
         if found:
             return found
+        seen = context() or seen
         if child.poll() is not None:
-            pytest.fail(f"run ended before {what}: {logs(tmp_path)}")
+            pytest.fail(f"run ended before {what} (last seen: {seen}): {logs(tmp_path)}")
         time.sleep(0.05)  # polling another process's rows in the database: no event to wait on
     pytest.fail(f"never saw {what}: {logs(tmp_path)}")
 
@@ -115,16 +125,25 @@ def test_three_runs_one_campaign_one_killed(postgres, slow_sim, tmp_path):
     db = SqlDatabase.open(url)
     config = backend("cdse", slow_sim, 3)
     children = [spawn_run(tmp_path, str(k), job_db=url, campaign="eu27", backends=[config]) for k in range(3)]
-    doomed = children[0]
-    held = wait_until(lambda: active_rows_of(db, doomed.pid), "the first run holding active jobs", doomed, tmp_path)
+
+    def first_holder():  # the slots are the account's, shared by all three: any run may get them first
+        for child in children:
+            rows = active_rows_of(db, child.pid)
+            if rows:
+                return child, rows
+        return None
+
+    doomed, held = wait_until(first_holder, "a run holding active jobs", children[0], tmp_path,
+                              lambda: describe_claims(db))
     os.killpg(doomed.pid, signal.SIGKILL)
     doomed.wait(30)
-    wait_all(children[1:], tmp_path)
+    survivors = [c for c in children if c is not doomed]
+    wait_all(survivors, tmp_path)
 
     df = db.export("eu27")
     assert_each_job_once(slow_sim, df, rows)
     assert max(slow_sim.counters()["max_active_per_user"].values()) <= 3
-    survivors = [tmp_path / f"run-{k}" / "results" for k in (1, 2)]
+    survivors = [tmp_path / f"run-{k}" / "results" for k, c in enumerate(children) if c is not doomed]
     for row in held:  # the killed run's jobs were adopted, followed and downloaded by the others
         job_dir = f"job_{df.at[row, 'id']}"
         assert df.at[row, "results_status"] == "downloaded"
