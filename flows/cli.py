@@ -32,6 +32,7 @@ FLAGS = {
     "failure_threshold": "--failure-threshold", "wait_for_lock": "--wait-for-lock",
     "max_attempts": "--max-attempts", "on_job_done": "--on-job-done", "on_job_error": "--on-job-error",
     "retry_failed": "--retry-failed", "max_consecutive_failures": "--max-consecutive-failures",
+    "campaign": "--campaign",
 }
 
 EXAMPLES = """\
@@ -94,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--demo", action="store_true", help="start two simulated backends and run a small tile grid x 2 years")
     add("--output-dir", default="demo-output", metavar="DIR", help="--demo only: where the job DB and results go")
-    add("--job-db", metavar="PATH", help="job DB path (.csv, .parquet, .geoparquet)")
+    add("--job-db", metavar="PATH|URL", help="job DB path (.csv, .parquet, .geoparquet), or a SQL URL: "
+        "postgresql://USER@HOST:PORT/DB (runs on many machines share it) or sqlite:///path.db")
+    add("--campaign", default=argparse.SUPPRESS, metavar="NAME",
+        help="the campaign inside a SQL --job-db (python -m jobdb copy jobs.parquet URL --campaign NAME loads one)")
     add("--backend", action="append", type=parse_backend, default=[], metavar="SPEC", help=BACKEND_HELP)
     add("--start-job", metavar="MODULE:FUNCTION", help="import path of a start_job callback, 'package.module:function'")
     add("--process-id", metavar="ID", help="create jobs from this user-defined process instead of --start-job")
@@ -103,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-start-workers", type=int, default=5, metavar="N", help="start requests (task runs) in flight at once")
     add("--poll-interval", type=float, default=10.0, metavar="SECONDS", help="seconds between status polls of each backend")
     add("--no-download", action="store_true", help="do not download the results of finished jobs")
-    add("--root-dir", metavar="DIR", help="where job_<id>/ result folders go (default: beside the job DB)")
+    add("--root-dir", metavar="DIR", help="where job_<id>/ result folders go (default: beside the job DB; "
+        "for a SQL job DB ./<campaign>/)")
     add("--cancel-running-job-after", type=float, metavar="SECONDS", help="cancel jobs running longer than this many seconds")
     add("--max-runtime-minutes", type=float, default=argparse.SUPPRESS, metavar="MINUTES",
         help="stop starting jobs after this many minutes, persist and end the run (default: no limit)")
@@ -142,7 +147,7 @@ def flow_parameters(args: argparse.Namespace) -> Dict[str, Any]:
         cancel_running_job_after=args.cancel_running_job_after,
     )
     for name in ("max_runtime_minutes", "failure_threshold", "wait_for_lock", "max_attempts", "on_job_done",
-                 "on_job_error", "retry_failed", "max_consecutive_failures"):
+                 "on_job_error", "retry_failed", "max_consecutive_failures", "campaign"):
         if hasattr(args, name):
             params[name] = getattr(args, name)
     return params
@@ -335,6 +340,15 @@ def end_of_run_report(stats: Dict[str, Any], params: Dict[str, Any]) -> str:
     from flows.reporting import failed_rows, format_run_report, run_paths
     from jobdb import JobDatabase
 
+    from jobdb.location import is_sql
+
+    if is_sql(params["job_db"]):  # the run's own statistics carry the first failures; no file to read
+        failures = stats.get("failures") or []
+        paths = {"results": f"{params.get('root_dir') or './' + str(stats.get('campaign', ''))}/job_<id>/",
+                 "job DB": stats["job_db"]}
+        if stats.get("tile_map"):
+            paths.update({f"map ({k})": v for k, v in stats["tile_map"].items()})
+        return format_run_report(stats, failures, paths)
     failures = failed_rows(JobDatabase.open(params["job_db"]).df)
     paths = run_paths(params["job_db"], params.get("root_dir"), stats.get("tile_map"))
     return format_run_report(stats, failures, paths)

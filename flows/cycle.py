@@ -23,7 +23,8 @@ from flows.dispatcher import Dispatcher
 from flows.interrupts import StopSignal
 from flows.scheduler import BackendPolicy, Plan, Situation, plan_cycle
 from jobdb.status import FAILED, TERMINAL
-from jobdb.store import Snapshot, JobStore
+from jobdb.interface import CampaignStore
+from jobdb.store import Snapshot
 from tasks.outcome import Outcome, Step
 
 # After a row was handed back (rate limit, job limit), wait this long before trying it again.
@@ -56,7 +57,7 @@ class CycleEnd:
 class Cycle:
     def __init__(
         self,
-        store: JobStore,
+        store: CampaignStore,
         policies: Mapping[str, BackendPolicy],
         dispatcher: Dispatcher,
         options: CycleOptions,
@@ -111,6 +112,7 @@ class Cycle:
             stopping = stopping_since is not None
             poll_due = not stopping and now >= next_poll
             snapshot = self.store.snapshot()
+            self.pinned.update(snapshot.pinned)  # a SQL store hands out waiting rows a batch at a time
             situation = Situation(
                 backends={n: replace(p, accepting=p.accepting and n not in self.refused and n not in self.streaks.tripped)
                           for n, p in self.policies.items()},
@@ -123,6 +125,8 @@ class Cycle:
             self.store.apply(plan.updates)
             self.store.apply(plan.intents)
             self.store.persist(force=bool(plan.intents or plan.updates))  # intents before any POST
+            if self.store.lost:  # rows another run adopted (this run's lease had lapsed): not ours to start
+                plan = replace(plan, starts=tuple(s for s in plan.starts if s.row not in self.store.lost))
             self.dispatch(plan, stopping)
             if poll_due:
                 next_poll = now + self.options.poll_interval

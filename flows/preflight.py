@@ -37,6 +37,7 @@ class RunParameters(BaseModel):
     on_job_error: Optional[str] = None
     retry_failed: bool = False
     max_consecutive_failures: int = Field(5, ge=0)
+    campaign: Optional[str] = None
 
 
 def preflight(parameters: Mapping[str, Any], connect: bool = True,
@@ -66,18 +67,19 @@ def preflight(parameters: Mapping[str, Any], connect: bool = True,
                 load_hook(spec)
             except ValueError as exc:
                 raise SetupError(f"on_job_{kind}: {exc}", parameter=f"on_job_{kind}") from None
-    db = open_job_db(params.job_db)
-    check_not_locked(params.job_db, params.wait_for_lock)
+    store = open_job_db(params.job_db, params.campaign, params.root_dir)
+    from jobdb import JobDbLock
+
+    if isinstance(store.lock, JobDbLock):  # a SQL campaign has no lock: many runs share it
+        check_not_locked(params.job_db, params.wait_for_lock)
     if len(backends) == len(params.backends):  # block names may name any backend: the flow checks those
         from flows.setup import check_row_backends
 
-        names = db.df["backend_name"].where(db.df["backend_name"].notna(), None)
-        check(lambda: check_row_backends({int(i): v for i, v in names.items()}, {b.name for b in backends}),
-              "backends")
+        check(lambda: check_row_backends(store.named_backends(), {b.name for b in backends}), "backends")
     if before_connecting is not None:
         before_connecting()
     if connect:
-        check_backends(backends, process, db.df.columns)
+        check_backends(backends, process, store.columns())
     return params
 
 
@@ -146,13 +148,15 @@ def _check_unique_names(backends: List[BackendConfig]) -> None:
         raise SetupError(f"backend names must be unique, repeated: {duplicates}", parameter="backends")
 
 
-def open_job_db(job_db: str):
-    from jobdb import JobDatabase, JobDbError
+def open_job_db(job_db: str, campaign: Optional[str] = None, root_dir: Optional[str] = None):
+    """The job DB's store (a file, or a campaign in a SQL database); reads, never writes."""
+    from jobdb import JobDbError
+    from jobdb.interface import open_store
 
     try:
-        return JobDatabase.open(job_db)
+        return open_store(job_db, campaign, root_dir)
     except JobDbError as exc:
-        raise SetupError(str(exc), parameter="job_db") from None
+        raise SetupError(str(exc), parameter="campaign" if "campaign" in str(exc) else "job_db") from None
 
 
 def check_not_locked(job_db: str, wait_for_lock: bool) -> None:

@@ -24,7 +24,7 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows.account_slots import AccountSlots
+from flows.account_slots import AccountSlots, account_key
 from flows.background import BackgroundPublisher
 from flows.blocks import resolve_backend
 from flows.cycle import Cycle, CycleEnd, CycleOptions
@@ -48,7 +48,8 @@ from flows.setup import (
 from flows.tile_map import write_tile_map
 from jobdb import JobDbError, JobDbLocked
 from jobdb.status import FAILED, HOLDS_SLOT
-from jobdb.store import JobStore
+from jobdb.interface import CampaignStore, open_store
+from jobdb.location import is_sql
 from tasks.connections import ManagedConnection, connection_key, register_connection, unregister_connection
 from tasks.callables import load_hook
 from tasks.health import describe_change
@@ -83,7 +84,7 @@ DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
 
 @dataclass
 class PreparedRun:
-    store: JobStore
+    store: CampaignStore
     backends: Dict[str, BackendConfig]
     connections: Dict[str, ManagedConnection]
     creator: Callable[..., Any]
@@ -95,7 +96,9 @@ class PreparedRun:
 @flow(name="run-jobs", task_runner=ThreadPoolTaskRunner(max_workers=FLOW_TASK_WORKERS), log_prints=True,
       description="Create, start, poll and download one openEO batch job per job DB row until all are done.")
 def run_jobs(
-    job_db: Annotated[str, Field(description="Path of the job DB (.csv, .parquet, .geoparquet)")],
+    job_db: Annotated[str, Field(description="Path of the job DB (.csv, .parquet, .geoparquet), or a SQL URL: "
+                                             "postgresql://USER@HOST:PORT/DB (many runs, many machines) or "
+                                             "sqlite:///path.db")],
     backends: Annotated[
         List[Union[BackendConfig, str]],
         Field(min_length=1, description="openEO backends: inline configs, or names of OpenEOBackend blocks"),
@@ -111,7 +114,8 @@ def run_jobs(
     poll_interval_seconds: Annotated[float, Field(gt=0, description="Seconds between status polls")] = 10.0,
     download_results: Annotated[bool, Field(description="Download results of finished jobs")] = True,
     root_dir: Annotated[
-        Optional[str], Field(description="Where job_<id>/ result folders go (default: beside the job DB)")
+        Optional[str], Field(description="Where job_<id>/ result folders go (default: beside the job DB; for a "
+                                         "SQL job DB ./<campaign>/ in the working directory)")
     ] = None,
     cancel_running_job_after: Annotated[
         Optional[float], Field(gt=0, description="Cancel jobs running longer than this many seconds")
@@ -148,11 +152,16 @@ def run_jobs(
         int, Field(ge=0, description="After this many failures in a row with the same error on a backend (starts or "
                                      "jobs), start nothing more there in this run (0: never stop)"),
     ] = DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    campaign: Annotated[
+        Optional[str], Field(description="The campaign inside a SQL job DB (one database holds many; may be left "
+                                         "out when it holds one)"),
+    ] = None,
 ) -> State:
     """Create, start, poll and download one openEO batch job per job DB row until all are done."""
     logger = get_run_logger()
     t0 = time.monotonic()
-    run = prepare(job_db, backends, start_job, process, root_dir, {"done": on_job_done, "error": on_job_error})
+    run = prepare(job_db, backends, start_job, process, root_dir, {"done": on_job_done, "error": on_job_error},
+                  campaign)
     flow_run_id = current_flow_run_id()
 
     def tell_waiting(exc: JobDbLocked) -> None:
@@ -207,7 +216,8 @@ def drive(
         register_connection(keys[name], connection)
         connection.health.name = name
         connection.health.listen(lambda change, health: logger.warning(describe_change(change, health)))
-    slots = AccountSlots(run.backends, run_key, note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)})
+    slots = account_slots(run, run_key, flow_run_id)
+    restore_start_turns = share_start_turns(run)
     publisher = BackgroundPublisher(logger)
     progress = publisher.call(lambda: ProgressReport(run.store.path))
     display = current_display(logger)
@@ -227,6 +237,8 @@ def drive(
     )
     run.store.track_hooks = bool(run.hooks)
     run.store.track_retries = max_attempts > 1
+    run.store.track_downloads = download
+    run.store.max_attempts = max_attempts
 
     events = JobEvents(publisher, str(run.store.path))
 
@@ -256,6 +268,7 @@ def drive(
     finally:
         end_cancel_watch()
         slots.close()
+        restore_start_turns()
         for key in keys.values():
             unregister_connection(key)
         for connection in run.connections.values():
@@ -268,6 +281,26 @@ def drive(
                                                    failed_rows(run.store.dataframe())))
     publisher.close(timeout=INTERRUPTED_API_WAIT_SECONDS if interrupted else 15.0)
     return end, stats
+
+
+def account_slots(run: PreparedRun, run_key: str, flow_run_id: Optional[str]):
+    """Job slots shared with the other runs of the same accounts: through the database for a SQL
+    job DB (runs on any machine), through the flock ledger on this machine for a file."""
+    accounts = {name: account_key(backend) for name, backend in run.backends.items()}
+    if is_sql(run.store.name):
+        from jobdb.sql.slots import SqlAccountSlots
+
+        return SqlAccountSlots(run.store, accounts)
+    return AccountSlots(run.backends, run_key, note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)})
+
+
+def share_start_turns(run: PreparedRun) -> Callable[[], None]:
+    """For a SQL job DB, `max_starts_per_minute` turns come from the database while this run runs."""
+    if not is_sql(run.store.name):
+        return lambda: None
+    from jobdb.sql.slots import share_start_turns as from_the_store
+
+    return from_the_store(run.store, run.connections.values())
 
 
 def final_state(run: PreparedRun, end: CycleEnd, stats: Dict[str, Any], threshold: float, logger) -> State:
@@ -335,6 +368,7 @@ def prepare(
     process: Optional[ProcessCreatorConfig],
     root_dir: Optional[str],
     hooks: Optional[Dict[str, Optional[str]]] = None,
+    campaign: Optional[str] = None,
 ) -> PreparedRun:
     """Validate everything and connect, before any job is created. Raises SetupError."""
     hooks = {kind: spec for kind, spec in (hooks or {}).items() if spec}
@@ -350,15 +384,14 @@ def prepare(
                          parameter="start_job")
     creator = load_start_job(start_job) if start_job is not None else None
     try:
-        store = JobStore.open(job_db)
+        store = open_store(job_db, campaign, root_dir)
     except JobDbError as exc:
-        raise SetupError(str(exc), parameter="job_db") from exc
-    snapshot_backends = {int(i): b for i, b in store.dataframe()["backend_name"].items() if isinstance(b, str) and b}
-    check_row_backends(snapshot_backends, {b.name for b in configs})
+        raise SetupError(str(exc), parameter="campaign" if "campaign" in str(exc) else "job_db") from exc
+    check_row_backends(store.named_backends(), {b.name for b in configs})
     connections = {b.name: connect_backend(b) for b in configs}
     if process is not None:
         creator = make_process_creator(process)
-        check_process_parameters(creator, process, next(iter(connections.values())), store.dataframe().columns)
+        check_process_parameters(creator, process, next(iter(connections.values())), store.columns())
     return PreparedRun(store, {b.name: b for b in configs}, connections, creator,
                        Path(root_dir) if root_dir else store.paths.default_results_root, hooks)
 
@@ -368,7 +401,8 @@ def build_stats(run: PreparedRun, end: CycleEnd, counters: Dict[str, int], t0: f
     snapshot = run.store.snapshot()
     requests_by_backend = {n: dict(c.request_counts) for n, c in run.connections.items()}
     return {
-        "job_db": str(run.store.path),
+        "job_db": run.store.name,
+        "campaign": getattr(run.store, "campaign", None),
         "rows": snapshot.rows,
         "terminal": snapshot.terminal,
         "status": dict(sorted(snapshot.counts.items())),

@@ -88,6 +88,10 @@ class JobStore:
         # What the snapshot also reports, when the run needs it (hooks configured, max_attempts > 1).
         self.track_hooks = False
         self.track_retries = False
+        self.track_downloads = True  # (what the SQL store needs to know to give rows back; unused here)
+        self.max_attempts = 1
+        self.accounts: Dict[str, str] = {}
+        self.lost: frozenset = frozenset()  # rows another run took over: never, one run owns a file
 
     @classmethod
     def open(cls, job_db: str | Path, min_persist_interval: float = 1.0) -> "JobStore":
@@ -97,6 +101,10 @@ class JobStore:
     @property
     def path(self) -> Path:
         return self._db.path
+
+    @property
+    def name(self) -> str:
+        return str(self._db.path)
 
     def __len__(self) -> int:
         return len(self._db)
@@ -195,6 +203,13 @@ class JobStore:
         for (name, status), count in grouped.items():
             out.setdefault(str(name), {})[str(status)] = int(count)
         return out
+
+    def columns(self) -> List[str]:
+        return [str(c) for c in self._db.df.columns]
+
+    def named_backends(self) -> Dict[int, str]:
+        """Rows that name a backend (for the preflight's check of backend names)."""
+        return {int(i): b for i, b in self._db.df["backend_name"].items() if isinstance(b, str) and b}
 
     def dataframe(self) -> pd.DataFrame:
         """The frame itself, for reports (map, artifacts) only: read it, never change it."""

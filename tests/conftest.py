@@ -48,3 +48,16 @@ def sim():
     sim = start_simulator(fast_config(queue_time=0.2, run_time=1.0))
     yield sim
     sim.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL cluster on loopback for the session (tests/postgres.py)."""
+    from tests.postgres import PostgresCluster, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed: apt-get install postgresql")
+    cluster = PostgresCluster(bin_dir).start()
+    yield cluster
+    cluster.stop()

@@ -1,0 +1,93 @@
+"""The job store's own cost, side by side: a file DB (Parquet) and a PostgreSQL campaign.
+
+Measures, for N rows (default 100 000):
+- load: file -> the store (`python -m jobdb copy` path for PostgreSQL; `JobStore.open` for a file);
+- one cycle that changes `--changed` rows (default 100): snapshot + apply + persist, median of
+  `--cycles` cycles, each cycle moving fresh rows waiting -> creating (what a cycle's intents do).
+
+PostgreSQL: a private cluster like the tests' (tests/postgres.py), or `--url` for your own.
+
+    /work/venv/bin/python bench/store.py [--rows 100000] [--changed 100] [--cycles 20] [--url postgresql://…]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jobdb import JobDatabase  # noqa: E402
+from jobdb.sql.campaign import SqlDatabase  # noqa: E402
+from jobdb.sql.store import SqlJobStore  # noqa: E402
+from jobdb.store import JobStore  # noqa: E402
+
+
+def frame(rows: int) -> pd.DataFrame:
+    return pd.DataFrame({"tile_id": [f"T{i:06d}" for i in range(rows)], "year": [2020 + i % 5 for i in range(rows)],
+                         "west": [4.0 + (i % 300) * 0.01 for i in range(rows)]})
+
+
+def cycles(store, changed: int, count: int) -> list:
+    took = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        snapshot = store.snapshot()
+        rows = list(snapshot.waiting[:changed])
+        store.apply({r: {"status": "creating", "backend_name": "b", "job_marker": f"m{r}", "attempt": 1} for r in rows})
+        store.persist(force=True)
+        took.append(time.perf_counter() - t0)
+    return took
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--changed", type=int, default=100)
+    parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--url", help="a PostgreSQL database to use (default: a private cluster)")
+    args = parser.parse_args()
+    df = frame(args.rows)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-store-"))
+    cluster = None
+    url = args.url
+    if url is None:
+        from tests.postgres import PostgresCluster, find_bin_dir
+
+        cluster = PostgresCluster(find_bin_dir()).start()
+        url = cluster.database("bench")
+    try:
+        t0 = time.perf_counter()
+        JobDatabase.create(tmp / "jobs.parquet", df)
+        file_store = JobStore.open(tmp / "jobs.parquet")
+        file_load = time.perf_counter() - t0
+        file_cycles = cycles(file_store, args.changed, args.cycles)
+
+        t0 = time.perf_counter()
+        SqlDatabase.open(url, create=True).create_campaign("bench", df)
+        sql_load = time.perf_counter() - t0
+        sql_store = SqlJobStore.open(url, "bench", tmp)
+        sql_store.waiting_batch = args.changed
+        sql_store.lock.acquire("bench")
+        try:
+            sql_store.snapshot()  # first claim
+            sql_cycles = cycles(sql_store, args.changed, args.cycles)
+        finally:
+            sql_store.lock.release()
+        print(f"{args.rows} rows, {args.changed} rows changed per cycle, median of {args.cycles} cycles")
+        print(f"{'store':<12} {'load s':>8} {'cycle ms (median)':>18} {'cycle ms (max)':>15}")
+        for name, load, took in (("file", file_load, file_cycles), ("postgresql", sql_load, sql_cycles)):
+            print(f"{name:<12} {load:>8.2f} {1000 * statistics.median(took):>18.1f} {1000 * max(took):>15.1f}")
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

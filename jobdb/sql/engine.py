@@ -1,0 +1,81 @@
+"""Engines for the SQL campaign store: PostgreSQL through psycopg 3, SQLite for one machine.
+
+- `postgresql://` (and `postgres://`) URLs get the `postgresql+psycopg` driver; connections are
+  pinged before use, so a PostgreSQL restart costs the store a retry, not the run.
+- SQLite: every transaction is `BEGIN IMMEDIATE` (the write lock is taken at the start, so two
+  processes never both read-then-write the same rows), WAL journal, 30 s busy timeout.
+- `db_now()`: the database's clock as epoch seconds; leases compare against it, never a worker's
+  clock, so machines with skewed clocks agree on whose lease ended.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, TypeVar
+
+from sqlalchemy import create_engine, event, func, literal_column
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+T = TypeVar("T")
+# How long a store operation retries while the database is unreachable (a restart, a fail-over).
+RECONNECT_SECONDS = 120.0
+
+
+def engine_for(url: str) -> Engine:
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True, pool_size=4, max_overflow=4)
+    if backend == "sqlite":
+        engine = create_engine(parsed, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_connection, _record):  # noqa: ANN001 - SQLAlchemy's event signature
+            dbapi_connection.isolation_level = None  # let the "begin" hook below emit BEGIN
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection):  # noqa: ANN001
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    raise ValueError(f"{redacted(url)}: not a PostgreSQL or SQLite URL")
+
+
+def redacted(url: str) -> str:
+    """The URL without its password (for logs, reports, markers)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparseable URL is shown as given minus anything after '@'
+        return url.split("@")[-1]
+
+
+def db_now(engine: Engine):
+    """The database's current time as epoch seconds, as a SQL expression."""
+    if engine.dialect.name == "postgresql":
+        return func.extract("epoch", func.clock_timestamp())
+    return literal_column("((julianday('now') - 2440587.5) * 86400.0)")
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError)
+
+
+def retrying(action: Callable[[], T], what: str, log, deadline_seconds: float = RECONNECT_SECONDS) -> T:
+    """Run `action`, retrying while the database is unreachable (up to `deadline_seconds`)."""
+    give_up = time.monotonic() + deadline_seconds
+    told = False
+    while True:
+        try:
+            return action()
+        except (OperationalError, DBAPIError) as exc:
+            if not is_disconnect(exc) or time.monotonic() > give_up:
+                raise
+            if not told:
+                log.warning("job store: %s failed (%s); retrying until the database is back",
+                            what, str(exc).splitlines()[0])
+                told = True
+            time.sleep(0.5)

@@ -1,0 +1,124 @@
+"""Tables of the SQL campaign store and their versioned upgrades.
+
+One database holds many campaigns. The columns every campaign has (openeo's and ours) are real
+columns, so the flow's queries (claims, counts per status, active jobs per account) use indexes;
+a campaign's own columns (tile_id, year, bounds, anything the user added) live in one JSON column
+`extra`, because they differ per campaign; the geometry is WKB (exact, any geometry type) with the
+CRS kept once per campaign. The column order of the source file is kept in `campaigns.columns`,
+so an export gives back the same table.
+
+Versioning: a `schema_version` table and a list of upgrade steps, applied in one transaction when
+a store is opened. Chosen over Alembic because the store upgrades databases it meets at run time
+(there is no deploy step that could run `alembic upgrade`), and a list of steps is a dozen lines
+that cannot get out of step with the package; Alembic's migration environment would ship a second
+configuration for the same thing.
+"""
+from __future__ import annotations
+
+from typing import Callable, List
+
+from sqlalchemy import (
+    JSON, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text, inspect, select,
+)
+from sqlalchemy.engine import Connection
+
+from jobdb.schema import JobDbError
+
+metadata = MetaData()
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, nullable=False))
+
+campaigns = Table(
+    "campaigns", metadata,
+    Column("name", String(200), primary_key=True),
+    Column("rows", Integer, nullable=False),
+    Column("columns", JSON, nullable=False),  # the source's column names, in order
+    Column("geometry_crs", Text),  # "EPSG:4326", or a WKT CRS; None without geometry / CRS
+    Column("created_at", String(32), nullable=False),
+)
+
+# Fixed per-row columns: openeo's manager columns and the project's own (jobdb/schema.py).
+TEXT_COLUMNS = ("id", "backend_name", "start_time", "running_start_time", "job_marker", "results_status",
+                "results_error", "error_message", "previous_job_ids", "previous_error", "postprocess_status",
+                "postprocess_error")
+FIXED_COLUMNS = ("status", "costs", "attempt") + TEXT_COLUMNS
+
+jobs = Table(
+    "jobs", metadata,
+    Column("campaign", String(200), primary_key=True),
+    Column("row_index", Integer, primary_key=True, autoincrement=False),
+    Column("status", String(32), nullable=False),
+    Column("costs", Float),
+    Column("attempt", Integer),
+    *(Column(name, Text) for name in TEXT_COLUMNS),
+    Column("geometry", LargeBinary),  # WKB
+    Column("extra", JSON),  # the campaign's own columns
+    Column("account", Text),  # the backend account whose slot an active row holds
+    Column("owner", String(64)),  # the run that claimed the row (runs.run_id)
+    Index("jobs_campaign_status", "campaign", "status", "row_index"),  # claims: waiting rows in row order
+    Index("jobs_account_status", "account", "status"),
+    Index("jobs_campaign_owner", "campaign", "owner"),
+)
+
+runs = Table(
+    "runs", metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("campaign", String(200), nullable=False),
+    Column("heartbeat_at", Float, nullable=False),  # database clock, epoch seconds
+    Column("started_at", Float, nullable=False),
+    Column("note", JSON),  # host, pid, flow run id
+)
+
+# Rows per status of each campaign, kept by every write that changes a status (in its
+# transaction), so a cycle reads its counts without a GROUP BY over the whole campaign.
+status_counts = Table(
+    "status_counts", metadata,
+    Column("campaign", String(200), primary_key=True),
+    Column("status", String(32), primary_key=True),
+    Column("n", Integer, nullable=False),
+)
+
+# How many slots of an account a run holds after its last claim (its creating intents included).
+run_accounts = Table(
+    "run_accounts", metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("account", Text, primary_key=True),
+    Column("holding", Integer, nullable=False),
+)
+
+# One row per backend account: locked FOR UPDATE to serialize slot claims and start turns.
+accounts = Table(
+    "accounts", metadata,
+    Column("account", Text, primary_key=True),
+    Column("next_turn_at", Float, nullable=False, default=0.0),
+)
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn)
+
+
+# Step i brings a database from version i to i + 1. Append; never edit a released step.
+UPGRADES: List[Callable[[Connection], None]] = [_v1]
+VERSION = len(UPGRADES)
+
+
+def current_version(conn: Connection) -> int:
+    if not inspect(conn).has_table("schema_version"):
+        return 0
+    return int(conn.execute(select(schema_version.c.version)).scalar() or 0)
+
+
+def upgrade(conn: Connection) -> int:
+    """Bring the schema to VERSION inside the caller's transaction; returns the version found."""
+    found = current_version(conn)
+    if found > VERSION:
+        raise JobDbError(f"the database's store schema is version {found}, newer than this release "
+                         f"understands ({VERSION}): upgrade this package")
+    for step in UPGRADES[found:]:
+        step(conn)
+    if found == 0:
+        conn.execute(schema_version.insert().values(version=VERSION))
+    elif found < VERSION:
+        conn.execute(schema_version.update().values(version=VERSION))
+    return found

@@ -1,0 +1,278 @@
+"""The SQL campaign store: what `JobStore` is for a file, for one campaign in PostgreSQL / SQLite.
+
+A run keeps in memory only the rows it holds (claimed): its waiting batch and its rows with work
+left. Each `snapshot()` tops the waiting batch up and adopts rows whose owner's lease ended, in one
+claim statement each, and reads the campaign's counts by GROUP BY; `persist()` writes only the
+changed rows, each guarded by `owner = this run` (a row another run adopted meanwhile is dropped,
+never overwritten), and gives back rows with no work left. Nothing reads or writes the whole
+campaign on a cycle; `dataframe()` (reports) does, off the cycle.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+import pandas as pd
+from sqlalchemy import bindparam, func, select, update
+
+from jobdb.paths import JobDbPaths
+from jobdb.schema import JobDbError
+from jobdb.sql.campaign import SqlDatabase
+from jobdb.sql.claims import RunLease
+from jobdb.sql.counts import apply_deltas, status_deltas
+from jobdb.sql.engine import retrying
+from jobdb.sql.records import check_rows_known, decode_geometry, record_of, table_values
+from jobdb.sql.schema import FIXED_COLUMNS, jobs
+from jobdb.sql.view import WorkRules, needs_work, needs_work_sql, snapshot_of
+from jobdb.status import RESULTS_FAILED, STATUSES, TERMINAL
+from jobdb.store import LABEL_COLUMNS, Snapshot
+
+log = logging.getLogger(__name__)
+WAITING_BATCH = 20  # waiting rows a run holds at most (more are claimed as these start)
+
+
+@dataclass(frozen=True)
+class CampaignPaths(JobDbPaths):
+    """Files of a SQL campaign: maps and default results under `<root>/`; markers from the
+    database and campaign name, so every machine's runs make the same markers."""
+
+    campaign_hash: str = ""
+
+    @property
+    def db_hash(self) -> str:
+        return self.campaign_hash
+
+    @property
+    def default_results_root(self) -> Path:
+        return self.db.parent
+
+
+class SqlJobStore:
+    """One campaign of a SQL database, opened for a run. Use `SqlJobStore.open(url, campaign)`."""
+
+    def __init__(self, db: SqlDatabase, campaign: str, results_root: Optional[Path] = None,
+                 run_id: Optional[str] = None, min_persist_interval: float = 1.0):
+        self.db = db
+        self.campaign = campaign
+        info = db.info(campaign)
+        self.total = info.rows
+        self._has_geometry = "geometry" in info.columns
+        root = Path(results_root or Path.cwd() / campaign).resolve()
+        self.paths = CampaignPaths(root / campaign, db.marker_prefix(campaign))
+        self.name = f"{db.name}#{campaign}"
+        self.lock = RunLease(db, campaign, run_id or uuid.uuid4().hex[:16])
+        self.min_persist_interval = min_persist_interval
+        self.persist_count = 0
+        self.track_hooks = False
+        self.track_retries = False
+        self.track_downloads = True
+        self.max_attempts = 1
+        self.waiting_batch = WAITING_BATCH
+        self.accounts: Dict[str, str] = {}  # backend name -> account identity (for counting slots)
+        self.lost: set = set()  # rows another run adopted from this one (its lease had ended)
+        self._rows: Dict[int, Dict[str, Any]] = {}
+        self._stored_status: Dict[int, str] = {}  # each held row's status as the database has it
+        self._dirty: set = set()
+        self._last_persist = 0.0
+        self._next_adopt = 0.0
+        self._counts: Dict[str, int] = {}
+
+    @classmethod
+    def open(cls, url: str, campaign: Optional[str], results_root: Optional[Path] = None) -> "SqlJobStore":
+        db = SqlDatabase.open(url)
+        return cls(db, db.resolve_campaign(campaign), results_root)
+
+    @property
+    def path(self) -> Path:
+        return self.paths.db
+
+    @property
+    def run_id(self) -> str:
+        return self.lock.run_id
+
+    @property
+    def rules(self) -> WorkRules:
+        return WorkRules(self.track_downloads, self.track_hooks, self.max_attempts if self.track_retries else 1)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def reload(self) -> None:
+        """Nothing to reload: the rows this run holds are the database's."""
+
+    # --- reads --------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        self._counts = retrying(lambda: self.db.counts(self.campaign), "counting rows", log)
+        if self.lock.is_held:
+            self._claim_more()
+        return snapshot_of(self._rows, self._counts, self.total, self.track_hooks, self.track_retries)
+
+    def _claim_more(self) -> None:
+        waiting_held = sum(1 for r in self._rows.values() if r["status"] == "not_started")
+        if waiting_held < self.waiting_batch and self._counts.get("not_started", 0) > waiting_held:
+            self._take(self.lock.claim(jobs.c.status == "not_started", self.waiting_batch - waiting_held))
+        now = time.monotonic()
+        everything_ended = sum(n for s, n in self._counts.items() if s in TERMINAL) == self.total
+        if now >= self._next_adopt or everything_ended:
+            self._next_adopt = now + min(5.0, self.lock.lease / 4)
+            self._take(self.lock.claim((jobs.c.status != "not_started") & needs_work_sql(self.rules), 1000))
+
+    def _take(self, claimed: List[Mapping[str, Any]]) -> None:
+        for db_row in claimed:
+            i = int(db_row["row_index"])
+            if i in self._rows:
+                continue
+            self._rows[i] = record_of(db_row)
+            self._stored_status[i] = db_row["status"]
+            if db_row["status"] != "not_started":
+                log.info("job store: row %s (%s) adopted from an ended run", i, db_row["status"])
+            backend = db_row.get("backend_name")
+            if backend in self.accounts and db_row.get("account") != self.accounts[backend]:
+                self._dirty.add(i)  # count its slot under this run's account identity
+
+    def _record(self, i: int) -> Dict[str, Any]:
+        if i in self._rows:
+            return self._rows[i]
+        with self.db.engine.connect() as conn:
+            db_row = conn.execute(select(jobs).where(jobs.c.campaign == self.campaign, jobs.c.row_index == int(i))
+                                  ).mappings().first()
+        if db_row is None:
+            raise JobDbError(f"{self.name}: no row {i}")
+        return record_of(db_row)
+
+    def row(self, i: int) -> Dict[str, Any]:
+        record = {k: decode_geometry(v) for k, v in self._record(i).items()}
+        if not self._has_geometry:
+            record.pop("geometry", None)
+        record["_row"] = int(i)
+        return record
+
+    def value(self, i: int, column: str) -> Any:
+        value = self._record(i).get(column)
+        return decode_geometry(value) if column == "geometry" else value
+
+    def label(self, i: int) -> str:
+        parts = [str(v) for v in (self.value(i, c) for c in LABEL_COLUMNS) if v not in (None, "")]
+        if not parts and self.value(i, "title"):
+            parts = [str(self.value(i, "title"))]
+        return "-".join(parts) if parts else f"row-{i}"
+
+    def status_by_backend(self) -> Dict[str, Dict[str, int]]:
+        query = (select(func.coalesce(jobs.c.backend_name, "(none)"), jobs.c.status, func.count())
+                 .where(jobs.c.campaign == self.campaign).group_by(jobs.c.backend_name, jobs.c.status))
+
+        def read():
+            with self.db.engine.connect() as conn:
+                return list(conn.execute(query))
+        out: Dict[str, Dict[str, int]] = {}
+        for backend, status, n in retrying(read, "counting rows", log):
+            out.setdefault(str(backend), {})[str(status)] = out.get(str(backend), {}).get(str(status), 0) + int(n)
+        return out
+
+    def dataframe(self) -> pd.DataFrame:
+        """The whole campaign (reports, maps): a full read, so never on the cycle's path."""
+        return retrying(lambda: self.db.export(self.campaign), "reading the campaign", log)
+
+    def columns(self) -> List[str]:
+        return self.db.info(self.campaign).columns
+
+    def named_backends(self) -> Dict[int, str]:
+        """Rows that name a backend (for the preflight's check of backend names)."""
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(select(jobs.c.row_index, jobs.c.backend_name)
+                                .where(jobs.c.campaign == self.campaign, jobs.c.backend_name.isnot(None)))
+            return {int(i): str(b) for i, b in rows}
+
+    # --- writes -------------------------------------------------------------------------
+    def apply(self, updates: Mapping[int, Mapping[str, Any]]) -> None:
+        if not updates:
+            return
+        check_rows_known(updates, self.total, self.name)
+        bad = [r for r, u in updates.items() if "status" in u and u["status"] not in STATUSES]
+        if bad:
+            raise JobDbError(f"{self.name}: invalid status {updates[bad[0]]['status']!r} in update for row {bad[0]}")
+        missing = [int(r) for r in updates if int(r) not in self._rows]
+        if missing:  # rows this run does not hold: claim them first, or leave them to their owner
+            self._take(self.lock.claim(jobs.c.row_index.in_(missing), len(missing)))
+        for row, values in updates.items():
+            if int(row) not in self._rows:
+                log.warning("job store: row %s is held by another run; update %s not applied", row, dict(values))
+                continue
+            self._rows[int(row)].update(values)
+            self._dirty.add(int(row))
+
+    def persist(self, force: bool = False) -> bool:
+        """Write the changed rows (throttled unless `force`); give back rows with no work left."""
+        if not self._dirty or (not force and time.monotonic() - self._last_persist < self.min_persist_interval):
+            return False
+        dirty = sorted(self._dirty)
+        rules = self.rules
+        params = []
+        for i in dirty:
+            record = self._rows[i]
+            values = table_values(record)
+            values["account"] = self.accounts.get(record.get("backend_name")) if record.get("backend_name") else None
+            values["owner"] = self.run_id if needs_work(record, rules) else None
+            params.append({**values, "b_row": i})
+        statement = (update(jobs).where(jobs.c.campaign == self.campaign, jobs.c.row_index == bindparam("b_row"),
+                                        jobs.c.owner == self.run_id)
+                     .values({c: bindparam(c) for c in (*FIXED_COLUMNS, "extra", "account", "owner")}))
+
+        def write() -> set:
+            with self.db.engine.begin() as conn:
+                held = set(conn.execute(select(jobs.c.row_index).where(
+                    jobs.c.campaign == self.campaign, jobs.c.owner == self.run_id, jobs.c.row_index.in_(dirty)
+                ).with_for_update()).scalars())
+                mine = [p for p in params if p["b_row"] in held]
+                if mine:
+                    conn.execute(statement, mine)
+                    apply_deltas(conn, self.campaign, status_deltas(
+                        (self._stored_status[p["b_row"]], p["status"]) for p in mine))
+                return held
+        held = retrying(write, "writing rows", log)
+        for i in dirty:
+            if i in held:
+                self._stored_status[i] = self._rows[i]["status"]
+            if i not in held:
+                self.lost.add(i)
+                self._rows.pop(i, None)
+                self._stored_status.pop(i, None)
+                log.warning("job store: row %s was adopted by another run (this run's lease had ended); "
+                            "leaving it to that run", i)
+            elif not needs_work(self._rows[i], rules):
+                self._rows.pop(i)
+                self._stored_status.pop(i, None)
+        self._dirty.clear()
+        self._last_persist = time.monotonic()
+        self.persist_count += 1
+        return True
+
+    def retry_failed_downloads(self) -> int:
+        """A new run tries again the downloads an earlier run gave up on (rows nobody holds)."""
+        statement = (update(jobs).where(jobs.c.campaign == self.campaign, jobs.c.status == "finished",
+                                        jobs.c.results_status.like(f"{RESULTS_FAILED}%"), self.lock.claimable())
+                     .values(results_status=None))
+
+        def write() -> int:
+            with self.db.engine.begin() as conn:
+                return conn.execute(statement).rowcount
+        return retrying(write, "resetting failed downloads", log)
+
+    def retry_failed_rows(self) -> int:
+        from jobdb.sql.retries import retry_failed_rows
+
+        return retry_failed_rows(self)
+
+    def retry_failed_hooks(self) -> int:
+        from jobdb.sql.retries import retry_failed_hooks
+
+        return retry_failed_hooks(self)
+
+    def rows_with(self, statuses: Iterable[str]) -> List[int]:
+        with self.db.engine.connect() as conn:
+            return sorted(conn.execute(select(jobs.c.row_index).where(
+                jobs.c.campaign == self.campaign, jobs.c.status.in_(list(statuses)))).scalars())

@@ -1,0 +1,71 @@
+"""Account slots and start turns through the SQL store (PostgreSQL), without a flow: what other
+runs hold is counted from rows and records, never from leases; start turns are shared."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from sqlalchemy import update
+
+from jobdb.interface import open_store
+from jobdb.sql.campaign import SqlDatabase
+from jobdb.sql.schema import runs
+from jobdb.sql.slots import SqlAccountSlots, StoreStartSchedule
+
+
+@pytest.fixture
+def lease(monkeypatch):
+    monkeypatch.setenv("OPENEO_JOBS_LEASE_SECONDS", "2")
+
+
+def campaign(url: str, name: str, rows: int = 10) -> None:
+    SqlDatabase.open(url, create=True).create_campaign(name, pd.DataFrame({"tile_id": [f"{name}{i}" for i in range(rows)]}))
+
+
+def start(store, rows, status="running"):
+    store.apply({r: {"status": status, "backend_name": "b", "id": f"{store.campaign}-{r}", "job_marker": f"m{r}"}
+                 for r in rows})
+    store.persist(force=True)
+
+
+def test_other_runs_and_campaigns_count_until_their_jobs_end(postgres, tmp_path, lease):
+    url = postgres.database("slots_counting")
+    campaign(url, "north")
+    campaign(url, "south")
+    a, b = open_store(url, "north", str(tmp_path)), open_store(url, "south", str(tmp_path))
+    for store in (a, b):
+        store.lock.acquire("test")
+    slots_a, slots_b = SqlAccountSlots(a, {"b": "acct"}), SqlAccountSlots(b, {"b": "acct"})
+    try:
+        waiting = a.snapshot().waiting
+        # a records 2 slots (intents not written yet): b sees them at once
+        slots_a.claim(lambda others: (None, {"b": 2}))
+        b.snapshot()
+        assert slots_b.others() == {"b": 2}
+        start(a, waiting[:3])  # a's rows now hold 3 (more than it recorded): the rows count
+        assert slots_b.others() == {"b": 3}
+        # a dies (its heartbeat stops) and its lease ends: its running jobs still hold their slots
+        a.lock._stop.set()
+        a.lock._thread.join()
+        with a.db.engine.begin() as conn:
+            conn.execute(update(runs).where(runs.c.run_id == a.run_id).values(heartbeat_at=0.0))
+        assert slots_b.others() == {"b": 3}
+        # another run of a's campaign adopts its rows; a job of theirs that ended frees its slot
+        survivor = open_store(url, "north", str(tmp_path))
+        survivor.lock.acquire("adopter")
+        survivor.snapshot()
+        start(survivor, waiting[:1], status="finished")
+        assert SqlAccountSlots(b, {"b": "acct"}).others() == {"b": 2}
+        survivor.lock.release()
+    finally:
+        for store in (a, b):
+            store.lock.release()
+
+
+def test_start_turns_are_shared_by_every_engine(postgres):
+    url = postgres.database("start_turns")
+    SqlDatabase.open(url, create=True)
+    first = StoreStartSchedule(SqlDatabase.open(url).engine, "acct", interval=0.5)
+    second = StoreStartSchedule(SqlDatabase.open(url).engine, "acct", interval=0.5)  # another "machine"
+    turns = [schedule.reserve() for schedule in (first, second, first, second, first)]
+    gaps = [later - earlier for earlier, later in zip(turns, turns[1:])]
+    assert min(gaps) >= 0.5 - 0.02, gaps  # the database's clock vs ours: a few ms of rounding at most
