@@ -24,6 +24,7 @@ class Effects:
     changes: List[Tuple[int, str, str]] = field(default_factory=list)  # (row, old, new status)
     warnings: List[str] = field(default_factory=list)
     metadata: Dict[int, Mapping[str, Any]] = field(default_factory=dict)  # job metadata of ended jobs
+    items: Dict[int, Mapping[str, Any]] = field(default_factory=dict)  # STAC item summaries of downloaded jobs
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,8 @@ def _download(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) 
             effects.updates[row] = {"results_status": RESULTS_FAILED, "results_error": fact["error"]}
         else:
             effects.updates[row] = {"results_status": RESULTS_DOWNLOADED, "results_error": None}
+            if fact.get("item"):
+                effects.items[row] = fact["item"]
 
 
 def _error_logs(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> None:

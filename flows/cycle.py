@@ -60,6 +60,7 @@ class Cycle:
         stop: Optional[StopSignal] = None,
         on_progress: Optional[Callable[[Snapshot], None]] = None,
         on_change: Optional[Callable[[int, str, str], None]] = None,
+        on_downloaded: Optional[Callable[[Dict[int, Mapping[str, Any]]], None]] = None,
     ):
         self.store = store
         self.policies = dict(policies)
@@ -70,6 +71,7 @@ class Cycle:
         self.stop = stop or StopSignal()
         self.on_progress = on_progress or (lambda snapshot: None)
         self.on_change = on_change or (lambda row, old, new: None)
+        self.on_downloaded = on_downloaded or (lambda items: None)  # STAC item summaries, once stored
         self.holds: Dict[int, float] = {}
         self.metadata: Dict[int, Mapping[str, Any]] = {}
         self.refused: Dict[str, str] = {}
@@ -200,8 +202,10 @@ class Cycle:
         self.holds = {row: until for row, until in self.holds.items() if until > now}
         self._pending = {}
         changes: List[tuple] = []
+        downloaded: Dict[int, Mapping[str, Any]] = {}
         for outcome in outcomes:
             effects = effects_of(outcome, self.row_now)
+            downloaded.update(effects.items)
             for row, update in effects.updates.items():
                 self._pending.setdefault(row, {}).update(update)
             for row in effects.hold:
@@ -220,6 +224,8 @@ class Cycle:
             changes.extend((row, old, new, outcome) for row, old, new in effects.changes)
         pending, self._pending = self._pending, {}
         self.store.apply(pending)
+        if downloaded:
+            self.on_downloaded(downloaded)
         for row, old, new, outcome in changes:  # told once the rows' new values (ids, errors) are stored
             self.on_change(row, old, new)
             if new == "error" and outcome.step is Step.POLL:

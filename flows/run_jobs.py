@@ -18,7 +18,6 @@ if __name__ == "__main__":  # check the input before Prefect is imported; and im
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Callable, Dict, List, Optional, Union
 
 from prefect import flow, get_run_logger
@@ -26,6 +25,8 @@ from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from campaign_results.credentials import StorageBlockError, check_writable, results_root_url
+from campaign_results.run_results import RunResults
 from flows.account_slots import AccountSlots
 from flows.background import BackgroundPublisher
 from flows.blocks import resolve_backend
@@ -80,7 +81,7 @@ class PreparedRun:
     backends: Dict[str, BackendConfig]
     connections: Dict[str, ManagedConnection]
     creator: Callable[..., Any]
-    root_dir: Path
+    root_dir: str  # a local folder or an fsspec URL (s3://bucket/prefix)
     hooks: Dict[str, str]  # "done" / "error" -> import path
 
 
@@ -102,7 +103,12 @@ def run_jobs(
     poll_interval_seconds: Annotated[float, Field(gt=0, description="Seconds between status polls")] = 10.0,
     download_results: Annotated[bool, Field(description="Download results of finished jobs")] = True,
     root_dir: Annotated[
-        Optional[str], Field(description="Where job_<id>/ result folders go (default: beside the job DB)")
+        Optional[str], Field(description="Where job_<id>/ result folders and collection.json go: a folder or an "
+                                         "fsspec URL such as s3://bucket/prefix (default: beside the job DB)")
+    ] = None,
+    results_storage_block: Annotated[
+        Optional[str], Field(description="prefect-aws block with the object-storage credentials of root_dir, e.g. "
+                                         "'s3-bucket/NAME' or 'aws-credentials/NAME' (default: the AWS_* variables)")
     ] = None,
     cancel_running_job_after: Annotated[
         Optional[float], Field(gt=0, description="Cancel jobs running longer than this many seconds")
@@ -135,7 +141,8 @@ def run_jobs(
     """Create, start, poll and download one openEO batch job per job DB row until all are done."""
     logger = get_run_logger()
     t0 = time.monotonic()
-    run = prepare(job_db, backends, start_job, process, root_dir, {"done": on_job_done, "error": on_job_error})
+    run = prepare(job_db, backends, start_job, process, root_dir, {"done": on_job_done, "error": on_job_error},
+                  results_storage_block)
     flow_run_id = current_flow_run_id()
 
     def tell_waiting(exc: JobDbLocked) -> None:
@@ -186,13 +193,15 @@ def drive(
 
     policies = {n: BackendPolicy(b.parallel_jobs, b.max_parallel_starts) for n, b in run.backends.items()}
     run.store.retry_failed_downloads()
+    results = RunResults(run.root_dir, run.store.dataframe, run.store.row, str(run.store.path), logger)
+    results.start()
     try:
         with ThreadPoolTaskRunner(max_workers=max_start_workers) as start_runner, catch_interrupts(stop):
-            dispatcher = Dispatcher(keys, run.creator, str(run.root_dir), start_runner, max_start_workers,
+            dispatcher = Dispatcher(keys, run.creator, run.root_dir, start_runner, max_start_workers,
                                     FLOW_TASK_WORKERS, run.store.row, run.store.label, TOKEN_REFRESH_SECONDS,
-                                    hooks=run.hooks)
+                                    hooks=run.hooks, footprint=results.footprint, collection_id=results.collection_id)
             cycle = Cycle(run.store, policies, dispatcher, options, logger, slots=slots, stop=stop,
-                          on_progress=on_progress, on_change=on_change)
+                          on_progress=on_progress, on_change=on_change, on_downloaded=results.on_downloaded)
             try:
                 end = cycle.run()
             finally:
@@ -202,10 +211,12 @@ def drive(
                 dispatcher.close()
     finally:
         slots.close()
+        results.close()
         for key in keys.values():
             unregister_connection(key)
     stats = build_stats(run, end, dispatcher.counters, t0)
-    stats["tile_map"] = write_tile_map(run.store.dataframe(), run.store.path)
+    stats.update(results.where())
+    stats["tile_map"] = write_tile_map(run.store.dataframe(), run.store.path, maps_root=run.root_dir)
     publisher.call(lambda: publish_final_artifacts(run.store.path, run.store.dataframe(), stats,
                                                    failed_rows(run.store.dataframe())))
     publisher.close(timeout=15.0)
@@ -248,6 +259,7 @@ def prepare(
     process: Optional[ProcessCreatorConfig],
     root_dir: Optional[str],
     hooks: Optional[Dict[str, Optional[str]]] = None,
+    results_storage_block: Optional[str] = None,
 ) -> PreparedRun:
     """Validate everything and connect, before any job is created. Raises SetupError."""
     hooks = {kind: spec for kind, spec in (hooks or {}).items() if spec}
@@ -272,8 +284,15 @@ def prepare(
     if process is not None:
         creator = make_process_creator(process)
         check_process_parameters(creator, process, next(iter(connections.values())), store.dataframe().columns)
-    return PreparedRun(store, {b.name: b for b in configs}, connections, creator,
-                       Path(root_dir) if root_dir else store.paths.default_results_root, hooks)
+    try:
+        results_root = results_root_url(root_dir, str(store.paths.default_results_root), results_storage_block)
+    except StorageBlockError as exc:
+        raise SetupError(str(exc), parameter="results_storage_block") from None
+    try:
+        check_writable(results_root)
+    except StorageBlockError as exc:
+        raise SetupError(str(exc), parameter="root_dir") from None
+    return PreparedRun(store, {b.name: b for b in configs}, connections, creator, results_root, hooks)
 
 
 # --- results -------------------------------------------------------------------------------
