@@ -33,3 +33,11 @@ def moto_s3(bucket: str = "campaign-results") -> Iterator[Dict[str, str]]:
             else:
                 os.environ[key] = value
         server.stop()
+
+
+def s3_client(env: Dict[str, str]):
+    """A boto3 client of the moto server, whatever the environment says now."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"])
