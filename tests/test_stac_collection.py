@@ -97,3 +97,86 @@ def test_item_takes_time_projection_and_geometry_from_the_results():
     again = CampaignCollection.from_dict(document)
     assert again.hrefs == collection.hrefs and again.bbox == [5, 51, 6, 52] and again.license == "CC-BY-4.0"
     assert pystac.Collection.from_dict(document).extent.temporal.intervals[0][0].month == 3
+
+
+WRITE_SYSCALL = {"x86_64": "1", "aarch64": "64"}
+
+
+def blocked_writing(pid: int, path: Path) -> bool:
+    """Some thread of `pid` is inside write() on the file `path` (/proc: its syscall and open files)."""
+    import platform
+
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/syscall").read_text().split()
+            if len(fields) > 1 and fields[0] == WRITE_SYSCALL[platform.machine()] and \
+                    os.readlink(f"/proc/{pid}/fd/{int(fields[1], 16)}") == str(path):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def _read_available(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return b""
+
+
+def test_sigkill_while_writing_the_collection_then_resume(tmp_path, prefect_harness):
+    """The collection's temporary file is made a FIFO with a 4 KiB buffer: the writer blocks in the
+    middle of the document, the test sees a thread of the run blocked in write() on it (the event,
+    from /proc), SIGKILLs the run and takes the partial bytes. collection.json is still the previous, valid version; a partial temporary file
+    (what a kill leaves on a disk) is left; the resumed run writes a valid and complete collection."""
+    import fcntl
+    import signal
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+    from simulator import start_simulator
+
+    sim = start_simulator(fast_config(queue_time=0.1, run_time=0.3))
+    db = bounded_db(tmp_path / "jobs.parquet", 48)
+    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 8)], start_job="flows.demo_callbacks:start_job",
+                  poll_interval_seconds=0.25)
+    collection, partial = tmp_path / "collection.json", tmp_path / ".collection.json.part"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reader = None
+    try:
+        deadline = time.monotonic() + 180
+        while not collection.exists():  # the run's first write (before any job ends)
+            assert child.poll() is None and time.monotonic() < deadline, "no collection written"
+            time.sleep(0.02)  # watching another process's file
+        os.mkfifo(partial)
+        reader = os.open(partial, os.O_RDONLY | os.O_NONBLOCK)
+        capacity = fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)
+        assert capacity == 4096
+        while not blocked_writing(child.pid, partial):  # the writer is stuck in the middle of a document
+            assert child.poll() is None and time.monotonic() < deadline, "the writer never blocked mid-document"
+            time.sleep(0.02)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+        written = b""
+        if reader is not None:
+            while chunk := _read_available(reader):
+                written += chunk
+            os.close(reader)
+    try:
+        with pytest.raises(ValueError):
+            json.loads(written)  # it was cut in the middle
+        partial.unlink()
+        partial.write_bytes(written)  # what a kill in the middle of a write leaves on a disk
+        before = json.loads(collection.read_text())
+        validate(before)  # the previous version, untouched
+        listed = [link for link in before["links"] if link["rel"] == "item"]
+        assert len(listed) < 48
+        stats = run_jobs(**kwargs)
+    finally:
+        sim.stop()
+    assert stats["status"] == {"finished": 48}
+    check_collection(str(collection), downloaded(db))
+    assert not partial.exists()
