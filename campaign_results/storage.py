@@ -71,6 +71,10 @@ class ResultsRoot:
             options = dict(storage_options) if storage_options is not None else registered
             # Other processes (a resumed run, the user) write here too: never trust a cached listing.
             options.setdefault("use_listings_cache", False)
+            if text.startswith(("s3://", "s3a://")) and os.environ.get("AWS_ENDPOINT_URL") and "endpoint_url" not in \
+                    options and "endpoint_url" not in options.get("client_kwargs", {}):
+                # part of fsspec's instance-cache key: another endpoint is another file system
+                options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
             self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
             self.root = self.root.rstrip("/")
 

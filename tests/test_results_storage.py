@@ -23,7 +23,6 @@ from tests.s3_server import moto_s3, s3_client
 from tests.stac_checks import check_collection, open_with_pystac
 from tests.test_stac_collection import bounded_db, downloaded
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
 ROOT = Path(__file__).resolve().parents[1]
 BIG = 9 << 20  # more than one 8 MiB upload part: the multipart path
 
@@ -58,7 +57,34 @@ def assert_all_assets_stored(bucket: str, prefix: str, df: pd.DataFrame, asset_s
         assert f"{prefix}/job_{job_id}/job_{job_id}_item.json" in stored
 
 
-def test_results_collection_and_maps_on_s3(s3, tmp_path):
+@pytest.mark.parametrize("failure", ["short", "connection lost"])
+def test_a_cut_upload_leaves_nothing_on_s3(s3, failure):
+    """A stream that ends early (the size check) or breaks (the link dropped) after a part was sent:
+    no object under the final name, no unfinished upload left; a complete one is there whole."""
+    from tasks.download import IncompleteDownload
+
+    prefix = f"cut-{failure.replace(' ', '-')}"  # moto's state is per process, not per server
+    root = ResultsRoot(f"s3://{s3['bucket']}/{prefix}")
+    part = 8 << 20
+
+    def chunks():
+        yield b"a" * part  # one whole part reaches S3 before anything goes wrong
+        if failure == "connection lost":
+            raise ConnectionError("peer closed")
+        yield b"b" * 100
+
+    def verify(written):
+        if written != part + 1000:
+            raise IncompleteDownload(f"got {written} bytes, Content-Length says {part + 1000}")
+
+    with pytest.raises((IncompleteDownload, ConnectionError)):
+        root.write_stream("job_x/openEO.tif", chunks(), verify)
+    assert objects(s3["bucket"], prefix) == {} and unfinished_uploads(s3["bucket"]) == []
+    assert root.write_stream("job_x/openEO.tif", iter([b"c" * 10]), lambda n: None) == 10
+    assert objects(s3["bucket"], prefix) == {f"{prefix}/job_x/openEO.tif": 10}
+
+
+def test_results_collection_and_maps_on_s3(s3, tmp_path, prefect_harness):
     bucket = s3["bucket"]
     sim = start_simulator(fast_config(asset_count=2, asset_size=BIG))
     try:
@@ -86,7 +112,7 @@ def test_results_collection_and_maps_on_s3(s3, tmp_path):
     assert where["results"] == f"s3://{bucket}/campaign/job_<id>/" and where["STAC collection"] == collection_url
 
 
-def test_unwritable_bucket_fails_before_any_job(s3, tmp_path):
+def test_unwritable_bucket_fails_before_any_job(s3, tmp_path, prefect_harness):
     from flows.params import SetupError
 
     sim = start_simulator(fast_config())
@@ -100,7 +126,7 @@ def test_unwritable_bucket_fails_before_any_job(s3, tmp_path):
         sim.stop()
 
 
-def test_credentials_from_a_prefect_aws_block(s3, monkeypatch):
+def test_credentials_from_a_prefect_aws_block(s3, monkeypatch, prefect_harness):
     """No AWS variables: the block's key, secret and endpoint reach s3fs, and the secret nothing else."""
     from prefect_aws import AwsCredentials, S3Bucket
     from prefect_aws.client_parameters import AwsClientParameters
@@ -125,7 +151,7 @@ def test_credentials_from_a_prefect_aws_block(s3, monkeypatch):
     assert "other/p.json" in objects(s3["bucket"], "other")
 
 
-def test_sigkill_during_an_upload_then_resume(s3, tmp_path):
+def test_sigkill_during_an_upload_then_resume(s3, tmp_path, prefect_harness):
     """The asset streams slowly (2 MiB/s, 12 MiB): the child is killed once S3 holds a part of its
     unfinished upload (watched on the server, not timed). No row is `downloaded` with a partial
     result, nothing partial is visible, and the resumed run completes the upload and the collection."""
@@ -136,7 +162,7 @@ def test_sigkill_during_an_upload_then_resume(s3, tmp_path):
     try:
         db = bounded_db(tmp_path / "jobs.parquet", 2)
         kwargs = dict(job_db=str(db), backends=[backend("a", sim, 2)], start_job="flows.demo_callbacks:start_job",
-                      poll_interval_seconds=0.25, root_dir=f"s3://{bucket}/campaign")
+                      poll_interval_seconds=0.25, root_dir=f"s3://{bucket}/killed")
         env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
         child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],
                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -155,13 +181,13 @@ def test_sigkill_during_an_upload_then_resume(s3, tmp_path):
             child.send_signal(signal.SIGKILL)
             child.wait(30)
         assert uploading.endswith("/openEO.tif")
-        assert uploading not in objects(bucket, "campaign"), "a partial asset is visible"
+        assert uploading not in objects(bucket, "killed"), "a partial asset is visible"
         df = pd.read_parquet(db)
-        stored = objects(bucket, "campaign")
+        stored = objects(bucket, "killed")
         done = df["results_status"] == "downloaded" if "results_status" in df.columns else df["status"] != df["status"]
         for job_id in df.loc[done, "id"]:  # whatever counts as done is complete
-            assert stored.get(f"campaign/job_{job_id}/openEO.tif") == size
-        assert f"campaign/{uploading.split('/')[1]}/{uploading.split('/')[1]}_item.json" not in stored
+            assert stored.get(f"killed/job_{job_id}/openEO.tif") == size
+        assert f"killed/{uploading.split('/')[1]}/{uploading.split('/')[1]}_item.json" not in stored
 
         sim.configure(asset_bytes_per_second=None)
         stats = run_jobs(**kwargs)
@@ -169,6 +195,6 @@ def test_sigkill_during_an_upload_then_resume(s3, tmp_path):
         sim.stop()
     df = pd.read_parquet(db)
     assert stats["status"] == {"finished": 2} and (df["results_status"] == "downloaded").all()
-    assert_all_assets_stored(bucket, "campaign", df, size, 1)
+    assert_all_assets_stored(bucket, "killed", df, size, 1)
     assert unfinished_uploads(bucket) == [], "the killed upload's parts were aborted"
-    check_collection(f"s3://{bucket}/campaign/collection.json", downloaded(db), remote=True)
+    check_collection(f"s3://{bucket}/killed/collection.json", downloaded(db), remote=True)

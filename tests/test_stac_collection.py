@@ -18,7 +18,6 @@ from flows.run_jobs import run_jobs
 from tests.flow_helpers import backend, fast_config, make_db
 from tests.stac_checks import check_collection, open_with_pystac, validate
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,7 +32,7 @@ def downloaded(db: Path):
     return sorted(df.loc[(df["status"] == "finished") & (df["results_status"] == "downloaded"), "id"])
 
 
-def test_collection_after_a_run_and_rebuilt_by_the_command(tmp_path):
+def test_collection_after_a_run_and_rebuilt_by_the_command(tmp_path, prefect_harness):
     from simulator import start_simulator
 
     sim = start_simulator(fast_config(asset_count=2, asset_size=3000))
