@@ -54,6 +54,20 @@ def forget_storage_options(url: str) -> None:
         _options.pop(url.rstrip("/"), None)
 
 
+def fs_options(url: str, options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """fsspec options for an object-storage URL: `options`, never a cached listing (other processes,
+    a resumed run, the user write there too), and on S3 the endpoint of `AWS_ENDPOINT_URL` named
+    explicitly: it is then part of fsspec's instance-cache key, so another endpoint is another
+    file system, not a cached client of the previous one."""
+    out = dict(options or {})
+    out.setdefault("use_listings_cache", False)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if url.startswith(("s3://", "s3a://")) and endpoint and "endpoint_url" not in out \
+            and "endpoint_url" not in out.get("client_kwargs", {}):
+        out["endpoint_url"] = endpoint
+    return out
+
+
 class ResultsRoot:
     """A folder of results addressed by paths relative to it (`job_<id>/openEO.tif`)."""
 
@@ -68,13 +82,7 @@ class ResultsRoot:
             self.url = text.rstrip("/")
             with _options_lock:
                 registered = dict(_options.get(self.url, {}))
-            options = dict(storage_options) if storage_options is not None else registered
-            # Other processes (a resumed run, the user) write here too: never trust a cached listing.
-            options.setdefault("use_listings_cache", False)
-            if text.startswith(("s3://", "s3a://")) and os.environ.get("AWS_ENDPOINT_URL") and "endpoint_url" not in \
-                    options and "endpoint_url" not in options.get("client_kwargs", {}):
-                # part of fsspec's instance-cache key: another endpoint is another file system
-                options["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+            options = fs_options(self.url, storage_options if storage_options is not None else registered)
             self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
             self.root = self.root.rstrip("/")
 

@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-import fsspec
 import pandas as pd
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -19,7 +18,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from campaign_results.storage import is_remote
+from campaign_results.storage import ResultsRoot, is_remote
 from jobdb import TERMINAL_STATUSES, JobDbPaths
 from jobdb.status import FAILED
 
@@ -151,8 +150,11 @@ def tile_map_paths(tile_map: Any) -> Dict[str, str]:
 
 def embedded_png(path: str | Path) -> Optional[str]:
     try:
-        with fsspec.open(str(path), "rb") as f:  # a local path or a URL (maps beside results on object storage)
-            data = f.read()
+        if is_remote(path):  # the maps went with the results to object storage (its credentials registered)
+            folder, name = str(path).rsplit("/", 1)
+            data = ResultsRoot(folder).read_bytes(name)
+        else:
+            data = Path(path).read_bytes()
     except (OSError, ValueError):
         return None
     if len(data) > MAX_EMBEDDED_MAP_BYTES:

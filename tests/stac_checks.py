@@ -14,6 +14,7 @@ import pystac.validation
 from pystac.validation import local_validator
 
 from campaign_results.items import FILE_EXTENSION
+from campaign_results.storage import fs_options, is_remote
 
 SCHEMA_DIR = Path(local_validator.__file__).parent / "jsonschemas"
 
@@ -52,13 +53,17 @@ def join(base: str, href: str) -> str:
     return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), href))}"
 
 
+def _options(url: str) -> Dict[str, Any]:
+    return fs_options(url) if is_remote(url) else {}
+
+
 def read_json(url: str) -> Dict[str, Any]:
-    with fsspec.open(url, "rb") as f:
+    with fsspec.open(url, "rb", **_options(url)) as f:
         return json.loads(f.read())
 
 
 def size_of(url: str) -> Optional[int]:
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = fsspec.core.url_to_fs(url, **_options(url))
     try:
         return int(fs.info(path)["size"])
     except FileNotFoundError:
