@@ -27,6 +27,7 @@ class Effects:
     metadata: Dict[int, Mapping[str, Any]] = field(default_factory=dict)  # job metadata of ended jobs
     # ("start" | "job", error or None for a success), in order: what FailureStreaks counts
     attempts: List[Tuple[str, Optional[str]]] = field(default_factory=list)
+    items: Dict[int, Mapping[str, Any]] = field(default_factory=dict)  # STAC item summaries of downloaded jobs
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,8 @@ def _download(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) 
             effects.updates[row] = {"results_status": RESULTS_FAILED, "results_error": fact["error"]}
         else:
             effects.updates[row] = {"results_status": RESULTS_DOWNLOADED, "results_error": None}
+            if fact.get("item"):
+                effects.items[row] = fact["item"]
 
 
 def _error_logs(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> None:

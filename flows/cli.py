@@ -28,6 +28,7 @@ FLAGS = {
     "job_db": "--job-db", "backends": "--backend", "start_job": "--start-job", "process": "--process-id",
     "max_start_workers": "--max-start-workers", "poll_interval_seconds": "--poll-interval",
     "download_results": "--no-download", "root_dir": "--root-dir",
+    "results_storage_block": "--results-storage-block",
     "cancel_running_job_after": "--cancel-running-job-after", "max_runtime_minutes": "--max-runtime-minutes",
     "failure_threshold": "--failure-threshold", "wait_for_lock": "--wait-for-lock",
     "max_attempts": "--max-attempts", "on_job_done": "--on-job-done", "on_job_error": "--on-job-error",
@@ -107,8 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-start-workers", type=int, default=5, metavar="N", help="start requests (task runs) in flight at once")
     add("--poll-interval", type=float, default=10.0, metavar="SECONDS", help="seconds between status polls of each backend")
     add("--no-download", action="store_true", help="do not download the results of finished jobs")
-    add("--root-dir", metavar="DIR", help="where job_<id>/ result folders go (default: beside the job DB; "
-        "for a SQL job DB ./<campaign>/)")
+    add("--root-dir", metavar="DIR|URL", help="where job_<id>/ result folders and collection.json go: a folder or "
+        "an fsspec URL, e.g. s3://bucket/prefix (AWS_* variables or --results-storage-block) (default: beside the "
+        "job DB; for a SQL job DB ./<campaign>/)")
+    add("--results-storage-block", default=argparse.SUPPRESS, metavar="TYPE/NAME",
+        help="prefect-aws block holding the object-storage credentials, e.g. s3-bucket/results or aws-credentials/minio")
     add("--cancel-running-job-after", type=float, metavar="SECONDS", help="cancel jobs running longer than this many seconds")
     add("--max-runtime-minutes", type=float, default=argparse.SUPPRESS, metavar="MINUTES",
         help="stop starting jobs after this many minutes, persist and end the run (default: no limit)")
@@ -147,7 +151,7 @@ def flow_parameters(args: argparse.Namespace) -> Dict[str, Any]:
         cancel_running_job_after=args.cancel_running_job_after,
     )
     for name in ("max_runtime_minutes", "failure_threshold", "wait_for_lock", "max_attempts", "on_job_done",
-                 "on_job_error", "retry_failed", "max_consecutive_failures", "campaign"):
+                 "on_job_error", "retry_failed", "max_consecutive_failures", "campaign", "results_storage_block"):
         if hasattr(args, name):
             params[name] = getattr(args, name)
     return params
@@ -350,7 +354,8 @@ def end_of_run_report(stats: Dict[str, Any], params: Dict[str, Any]) -> str:
             paths.update({f"map ({k})": v for k, v in stats["tile_map"].items()})
         return format_run_report(stats, failures, paths)
     failures = failed_rows(JobDatabase.open(params["job_db"]).df)
-    paths = run_paths(params["job_db"], params.get("root_dir"), stats.get("tile_map"))
+    paths = run_paths(params["job_db"], stats.get("results") or params.get("root_dir"), stats.get("tile_map"),
+                      stats.get("collection"))
     return format_run_report(stats, failures, paths)
 
 

@@ -66,6 +66,7 @@ class Cycle:
         stop: Optional[StopSignal] = None,
         on_progress: Optional[Callable[[Snapshot], None]] = None,
         on_change: Optional[Callable[[int, str, str], None]] = None,
+        on_downloaded: Optional[Callable[[Dict[int, Mapping[str, Any]]], None]] = None,
     ):
         self.store = store
         self.policies = dict(policies)
@@ -76,6 +77,7 @@ class Cycle:
         self.stop = stop or StopSignal()
         self.on_progress = on_progress or (lambda snapshot: None)
         self.on_change = on_change or (lambda row, old, new: None)
+        self.on_downloaded = on_downloaded or (lambda items: None)  # STAC item summaries, once stored
         self.holds: Dict[int, float] = {}
         self.metadata: Dict[int, Mapping[str, Any]] = {}
         self.refused: Dict[str, str] = {}
@@ -219,8 +221,10 @@ class Cycle:
         self.holds = {row: until for row, until in self.holds.items() if until > now}
         self._pending = {}
         changes: List[tuple] = []
+        downloaded: Dict[int, Mapping[str, Any]] = {}
         for outcome in outcomes:
             effects = effects_of(outcome, self.row_now)
+            downloaded.update(effects.items)
             for row, update in effects.updates.items():
                 self._pending.setdefault(row, {}).update(update)
             for row in effects.hold:
@@ -256,6 +260,8 @@ class Cycle:
             changes.extend((row, old, new, outcome) for row, old, new in effects.changes)
         pending, self._pending = self._pending, {}
         self.store.apply(pending)
+        if downloaded:
+            self.on_downloaded(downloaded)
         for row, old, new, outcome in changes:  # told once the rows' new values (ids, errors) are stored
             if new == "error" and outcome.step is Step.POLL:
                 self._errors_untold[row] = old  # told with its reason once its error logs are in

@@ -71,6 +71,8 @@ class Dispatcher:
         label: Callable[[int], str],
         token_max_age_seconds: Optional[float] = None,
         hooks: Optional[Mapping[str, str]] = None,
+        footprint: Optional[Callable[[int], Dict[str, Any]]] = None,
+        collection_id: str = "results",
     ):
         self.inbox_id = uuid.uuid4().hex
         self._queue = open_inbox(self.inbox_id)
@@ -84,6 +86,8 @@ class Dispatcher:
         self.label = label
         self.token_max_age_seconds = token_max_age_seconds
         self.hooks = dict(hooks or {})  # "done" / "error" -> import path
+        self.footprint = footprint  # row -> what its STAC item takes from the row (campaign_results/footprints.py)
+        self.collection_id = collection_id
         self.pending: Dict[str, Submission] = {}
         self.counters = {"start_tasks": 0, "poll_tasks": 0, "reconcile_tasks": 0, "download_tasks": 0,
                          "error_log_tasks": 0, "hook_tasks": 0, "crashed_tasks": 0}
@@ -139,12 +143,14 @@ class Dispatcher:
             task = download_results if download else save_error_logs
             for first in range(0, len(mine), size):
                 batch = mine[first:first + size]
-                jobs = [{"_row": o.row, "job_id": o.job_id, **({"metadata": metadata[o.row]} if o.row in metadata else {})}
+                jobs = [{"_row": o.row, "job_id": o.job_id, **({"metadata": metadata[o.row]} if o.row in metadata else {}),
+                         **({"footprint": self.footprint(o.row)} if download and self.footprint else {})}
                         for o in batch]
                 label = self.label(batch[0].row) + (f"+{len(batch) - 1}" if len(batch) > 1 else "")
+                extra = {"collection_id": self.collection_id} if download else {}
                 self._track(Step.DOWNLOAD if download else Step.ERROR_LOGS, backend, [o.row for o in batch],
-                            lambda inbox, task=task, jobs=jobs, backend=backend, label=label: task.submit(
-                                backend, self.connection_keys[backend], jobs, self.root_dir, label, inbox))
+                            lambda inbox, task=task, jobs=jobs, backend=backend, label=label, extra=extra: task.submit(
+                                backend, self.connection_keys[backend], jobs, self.root_dir, label, inbox, **extra))
                 self.counters["download_tasks" if download else "error_log_tasks"] += 1
 
     def submit_hooks(self, orders: Sequence[HookOrder]) -> None:

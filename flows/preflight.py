@@ -28,6 +28,7 @@ class RunParameters(BaseModel):
     poll_interval_seconds: float = Field(10.0, gt=0)
     download_results: bool = True
     root_dir: Optional[str] = None
+    results_storage_block: Optional[str] = None
     cancel_running_job_after: Optional[float] = Field(None, gt=0)
     max_runtime_minutes: Optional[float] = Field(None, gt=0)
     failure_threshold: float = Field(0.0, ge=0, le=1)

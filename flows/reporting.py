@@ -22,6 +22,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 
 from flows.progress_display import RateTracker, duration, ordered, totals
+from campaign_results.storage import ResultsRoot, is_remote
 from jobdb import TERMINAL_STATUSES, JobDbPaths
 from jobdb.status import FAILED, HOLDS_SLOT
 
@@ -174,6 +175,10 @@ def summary_markdown(stats: Mapping[str, Any], failures: List[Dict[str, Any]]) -
         f"- time taken: {stats['elapsed_seconds']:.1f} s (all started after {stats.get('time_to_all_started_seconds')} s)",
         f"- HTTP requests made by the manager: {stats['requests_total']}",
     ]
+    if stats.get("results"):
+        lines.append(f"- results: `{stats['results']}/job_<id>/`")
+    if stats.get("collection"):
+        lines.append(f"- STAC collection (one item per downloaded job): `{stats['collection']}`")
     maps = tile_map_paths(stats.get("tile_map"))
     if maps.get("html"):
         lines.append(f"- interactive tile map: `{maps['html']}`")
@@ -208,19 +213,28 @@ def tile_map_paths(tile_map: Any) -> Dict[str, str]:
 
 def embedded_png(path: str | Path) -> Optional[str]:
     try:
-        data = Path(path).read_bytes()
-    except OSError:
+        if is_remote(path):  # the maps went with the results to object storage (its credentials registered)
+            folder, name = str(path).rsplit("/", 1)
+            data = ResultsRoot(folder).read_bytes(name)
+        else:
+            data = Path(path).read_bytes()
+    except (OSError, ValueError):
         return None
     if len(data) > MAX_EMBEDDED_MAP_BYTES:
         return None
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def run_paths(job_db: str | Path, root_dir: Optional[str | Path] = None, tile_map: Any = None) -> Dict[str, str]:
-    """Where a run left things, in the order the end-of-run report lists them."""
+def run_paths(job_db: str | Path, root_dir: Optional[str | Path] = None, tile_map: Any = None,
+              collection: Optional[str] = None) -> Dict[str, str]:
+    """Where a run left things, in the order the end-of-run report lists them (URLs on object storage)."""
     paths = JobDbPaths.of(job_db)
     maps = tile_map_paths(tile_map)
-    where = {"results": f"{Path(root_dir).resolve() if root_dir else paths.default_results_root}/job_<id>/"}
+    root = str(root_dir) if root_dir and is_remote(root_dir) else (
+        Path(root_dir).resolve() if root_dir else paths.default_results_root)
+    where = {"results": f"{root}/job_<id>/"}
+    if collection:
+        where["STAC collection"] = collection
     if maps.get("png"):
         where["map"] = maps["png"]
     if maps.get("html"):

@@ -16,7 +16,6 @@ if __name__ == "__main__":  # check the input before Prefect is imported; and im
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Callable, Dict, List, Optional, Union
 
 from prefect import flow, get_run_logger
@@ -24,6 +23,8 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from campaign_results.credentials import StorageBlockError, check_writable, results_root_url
+from campaign_results.run_results import RunResults
 from flows.account_slots import AccountSlots, account_key
 from flows.background import BackgroundPublisher
 from flows.blocks import resolve_backend
@@ -88,7 +89,7 @@ class PreparedRun:
     backends: Dict[str, BackendConfig]
     connections: Dict[str, ManagedConnection]
     creator: Callable[..., Any]
-    root_dir: Path
+    root_dir: str  # a local folder or an fsspec URL (s3://bucket/prefix)
     hooks: Dict[str, str]  # "done" / "error" -> import path
 
 
@@ -114,8 +115,13 @@ def run_jobs(
     poll_interval_seconds: Annotated[float, Field(gt=0, description="Seconds between status polls")] = 10.0,
     download_results: Annotated[bool, Field(description="Download results of finished jobs")] = True,
     root_dir: Annotated[
-        Optional[str], Field(description="Where job_<id>/ result folders go (default: beside the job DB; for a "
-                                         "SQL job DB ./<campaign>/ in the working directory)")
+        Optional[str], Field(description="Where job_<id>/ result folders and collection.json go: a folder or an "
+                                         "fsspec URL such as s3://bucket/prefix (default: beside the job DB; for "
+                                         "a SQL job DB ./<campaign>/ in the working directory)")
+    ] = None,
+    results_storage_block: Annotated[
+        Optional[str], Field(description="prefect-aws block with the object-storage credentials of root_dir, e.g. "
+                                         "'s3-bucket/NAME' or 'aws-credentials/NAME' (default: the AWS_* variables)")
     ] = None,
     cancel_running_job_after: Annotated[
         Optional[float], Field(gt=0, description="Cancel jobs running longer than this many seconds")
@@ -161,7 +167,7 @@ def run_jobs(
     logger = get_run_logger()
     t0 = time.monotonic()
     run = prepare(job_db, backends, start_job, process, root_dir, {"done": on_job_done, "error": on_job_error},
-                  campaign)
+                  campaign=campaign, results_storage_block=results_storage_block)
     flow_run_id = current_flow_run_id()
 
     def tell_waiting(exc: JobDbLocked) -> None:
@@ -251,13 +257,15 @@ def drive(
     run.store.retry_failed_downloads()
     if run.hooks:
         run.store.retry_failed_hooks()  # a hook fixed since the last run runs again where it failed
+    results = RunResults(run.root_dir, run.store.dataframe, run.store.row, str(run.store.path), logger)
+    results.start()
     try:
         with ThreadPoolTaskRunner(max_workers=max_start_workers) as start_runner, catch_interrupts(stop):
-            dispatcher = Dispatcher(keys, run.creator, str(run.root_dir), start_runner, max_start_workers,
+            dispatcher = Dispatcher(keys, run.creator, run.root_dir, start_runner, max_start_workers,
                                     FLOW_TASK_WORKERS, run.store.row, run.store.label, TOKEN_REFRESH_SECONDS,
-                                    hooks=run.hooks)
+                                    hooks=run.hooks, footprint=results.footprint, collection_id=results.collection_id)
             cycle = Cycle(run.store, policies, dispatcher, options, logger, slots=slots, stop=stop,
-                          on_progress=on_progress, on_change=on_change)
+                          on_progress=on_progress, on_change=on_change, on_downloaded=results.on_downloaded)
             try:
                 end = cycle.run()
             finally:
@@ -269,14 +277,16 @@ def drive(
         end_cancel_watch()
         slots.close()
         restore_start_turns()
+        results.close()
         for key in keys.values():
             unregister_connection(key)
         for connection in run.connections.values():
             connection.health.listen(None)
     stats = build_stats(run, end, dispatcher.counters, t0)
+    stats.update(results.where())
     interrupted = end.reason == "interrupted"
     if not interrupted:  # an interrupted run ends in seconds; the next run draws the map
-        stats["tile_map"] = write_tile_map(run.store.dataframe(), run.store.path)
+        stats["tile_map"] = write_tile_map(run.store.dataframe(), run.store.path, maps_root=run.root_dir)
     publisher.call(lambda: publish_final_artifacts(run.store.path, run.store.dataframe(), stats,
                                                    failed_rows(run.store.dataframe())))
     publisher.close(timeout=INTERRUPTED_API_WAIT_SECONDS if interrupted else 15.0)
@@ -369,6 +379,7 @@ def prepare(
     root_dir: Optional[str],
     hooks: Optional[Dict[str, Optional[str]]] = None,
     campaign: Optional[str] = None,
+    results_storage_block: Optional[str] = None,
 ) -> PreparedRun:
     """Validate everything and connect, before any job is created. Raises SetupError."""
     hooks = {kind: spec for kind, spec in (hooks or {}).items() if spec}
@@ -392,8 +403,15 @@ def prepare(
     if process is not None:
         creator = make_process_creator(process)
         check_process_parameters(creator, process, next(iter(connections.values())), store.columns())
-    return PreparedRun(store, {b.name: b for b in configs}, connections, creator,
-                       Path(root_dir) if root_dir else store.paths.default_results_root, hooks)
+    try:
+        results_root = results_root_url(root_dir, str(store.paths.default_results_root), results_storage_block)
+    except StorageBlockError as exc:
+        raise SetupError(str(exc), parameter="results_storage_block") from None
+    try:
+        check_writable(results_root)
+    except StorageBlockError as exc:
+        raise SetupError(str(exc), parameter="root_dir") from None
+    return PreparedRun(store, {b.name: b for b in configs}, connections, creator, results_root, hooks)
 
 
 # --- results -------------------------------------------------------------------------------

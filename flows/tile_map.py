@@ -12,12 +12,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
+from campaign_results.storage import ResultsRoot, is_remote
 from jobdb import JobDbPaths
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,9 @@ MAX_YEAR_PANELS = 11  # + the overview: at most a 3 x 4 grid of panels
 POPUP_ROWS = 6  # rows listed in one tile's popup, then "and N more"
 
 
-def write_tile_map(df: pd.DataFrame, job_db: str | Path) -> Optional[Dict[str, str]]:
-    """Write `<stem>_map.png` and `<stem>_map.html` beside the job DB; returns their paths.
+def write_tile_map(df: pd.DataFrame, job_db: str | Path, maps_root: Optional[str] = None) -> Optional[Dict[str, str]]:
+    """Write `<stem>_map.png` and `<stem>_map.html` beside the job DB, or under `maps_root` when that
+    is an fsspec URL (the results on object storage: the maps go with them); returns their paths/URLs.
 
     None (and nothing written) when the rows have no geometry; a failure to draw is logged
     and never fails a run.
@@ -49,13 +52,21 @@ def write_tile_map(df: pd.DataFrame, job_db: str | Path) -> Optional[Dict[str, s
     if tiles is None:
         return None
     paths = JobDbPaths.of(job_db)
+    remote = ResultsRoot(maps_root) if maps_root and is_remote(maps_root) else None
     written: Dict[str, str] = {}
-    for kind, path, draw in (("png", paths.map_png, draw_png), ("html", paths.map_html, write_html)):
-        try:
-            draw(tiles, path, title=paths.db.name)
-            written[kind] = str(path)
-        except Exception as exc:  # noqa: BLE001 - a map is a nice-to-have; never fail a run over it
-            log.warning("tile map %s not written: %s", path.name, exc)
+    with tempfile.TemporaryDirectory(prefix="tile-map-") as scratch:
+        for kind, path, draw in (("png", paths.map_png, draw_png), ("html", paths.map_html, write_html)):
+            try:
+                if remote is None:
+                    draw(tiles, path, title=paths.db.name)
+                    written[kind] = str(path)
+                    continue
+                local = Path(scratch) / path.name
+                draw(tiles, local, title=paths.db.name)
+                remote.write_bytes(path.name, local.read_bytes())  # one PUT: whole or not at all
+                written[kind] = remote.url_of(path.name)
+            except Exception as exc:  # noqa: BLE001 - a map is a nice-to-have; never fail a run over it
+                log.warning("tile map %s not written: %s", path.name, exc)
     return written or None
 
 

@@ -9,8 +9,6 @@ SQL, `--campaign` may be left out when the database holds one. A file is written
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import List, Optional, Tuple
@@ -94,18 +92,7 @@ def copy(source: str, target: str, campaign: Optional[str] = None, force: bool =
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobdb", description="Job DB tools.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    cp = commands.add_parser("copy", help="copy a campaign between a CSV/Parquet/GeoParquet file and a SQL URL",
-                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cp.add_argument("src", metavar="SRC")
-    cp.add_argument("dst", metavar="DST")
-    cp.add_argument("--campaign", help="campaign name inside the SQL database")
-    cp.add_argument("--force", action="store_true", help="replace an existing destination file")
-    args = parser.parse_args(argv)
-    try:
-        print(copy(args.src, args.dst, args.campaign, args.force))
-    except (JobDbError, OSError, ValueError) as exc:
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return 2
-    return 0
+    """`python -m jobdb ...` (jobdb/__main__.py holds the command line)."""
+    from jobdb.__main__ import main as jobdb_main
+
+    return jobdb_main(argv)

@@ -74,6 +74,8 @@ class SimulatorConfig:
     asset_count: int = knob(1, "assets per finished job")
     asset_size: int = knob(1024, "bytes per asset")
     asset_host: Optional[str] = knob(None, "base URL of another server serving /_assets/... (none = this one)")
+    asset_bytes_per_second: Optional[float] = knob(None, "stream assets at most this fast (none = as fast as possible)")
+    results_license: Optional[str] = knob("CC-BY-4.0", "license named in results documents (none = omitted)")
 
     # Listing.
     listing_max_page: Optional[int] = knob(None, "server-side cap on the page size of GET /jobs (none = no cap)")

@@ -56,6 +56,19 @@ class Request:
         return values[0] if values else None
 
 
+def throttled(chunks: Iterable[bytes], bytes_per_second: float, step: int = 16384) -> Iterable[bytes]:
+    """`chunks` re-cut into `step`-byte pieces sent no faster than `bytes_per_second` (a slow link)."""
+    started, sent = time.monotonic(), 0
+    for chunk in chunks:
+        for first in range(0, len(chunk), step):
+            piece = chunk[first:first + step]
+            ahead = (sent + len(piece)) / bytes_per_second - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+            sent += len(piece)
+            yield piece
+
+
 def error_body(code: str, message: str) -> Dict[str, Any]:
     return {"id": uuid.uuid4().hex, "code": code, "message": message, "links": []}
 
@@ -403,6 +416,8 @@ class Router:
             for name, media in names
         }
         self_url = f"{self.api_url}jobs/{job.id}/results"
+        licence = self.state.config.results_license
+        providers = [{"name": "openEO simulator", "roles": ["processor", "host"], "url": self.api_url}]
         return Response(200, {
             "type": "Feature",
             "stac_version": catalog.STAC_VERSION,
@@ -410,7 +425,8 @@ class Router:
             "id": job.id,
             "geometry": None,
             "properties": {"datetime": iso(updated), "created": iso(created), "updated": iso(updated),
-                           "openeo:status": "finished"},
+                           "openeo:status": "finished", "providers": providers,
+                           **({"license": licence} if licence else {})},
             "assets": assets,
             "links": [
                 {"rel": "self", "href": self_url, "type": "application/json"},
@@ -440,7 +456,9 @@ class Router:
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{total}"
             # Malformed or multi-range: ignoring Range and sending 200 is allowed by RFC 9110.
         headers["Content-Length"] = str(end - start)
-        return Response(status, None, headers, stream=asset_bytes(job_id, name, start, end))
+        stream = asset_bytes(job_id, name, start, end)
+        rate = self.state.config.asset_bytes_per_second
+        return Response(status, None, headers, stream=throttled(stream, rate) if rate else stream)
 
     def job_asset(self, req: Request) -> Response:
         state = self.state

@@ -11,6 +11,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from campaign_results.items import JOB_METADATA_ASSET, build_item, item_file, job_folder, summary
+from campaign_results.storage import ResultsRoot
 from tasks.connections import ManagedConnection, get_connection
 from tasks.faults import UnexpectedResponse
 from tasks.openeo_calls import describe_job, fetch_error_logs
@@ -29,53 +31,44 @@ class IncompleteDownload(UnexpectedResponse):
     """Fewer or more bytes arrived than the backend announced."""
 
 
-def job_dir(root_dir: str | os.PathLike, job_id: str) -> Path:
-    """Where openeo's manager puts a job's files too: `root_dir/job_<id>/`."""
-    return Path(root_dir) / f"job_{job_id}"
+def job_dir(root_dir: str | os.PathLike, job_id: str) -> str | Path:
+    """Where openeo's manager puts a job's files too: `root_dir/job_<id>/` (a URL on object storage)."""
+    root = ResultsRoot(root_dir)
+    return root.local_path(job_folder(job_id)) or root.url_of(job_folder(job_id))
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def safe_asset_name(name: str) -> str:
+    """`name` as a relative POSIX path, refusing names that are absolute or climb out of a folder."""
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if not name or pure.is_absolute() or ".." in pure.parts or any(":" in part for part in pure.parts):
+        raise UnsafeAssetName(f"refusing asset name {name!r}: it would be written outside the job's folder")
+    return "/".join(pure.parts)
 
 
 def safe_asset_path(directory: Path, name: str) -> Path:
-    """`directory/name`, refusing names that are absolute or climb out of `directory`."""
-    pure = PurePosixPath(name.replace("\\", "/"))
-    if not name or pure.is_absolute() or ".." in pure.parts or any(":" in part for part in pure.parts):
-        raise UnsafeAssetName(f"refusing asset name {name!r}: it would be written outside {directory}")
-    target = (directory / Path(*pure.parts)).resolve()
+    """`directory/name`, refusing names that are absolute or climb out of `directory` (symlinks too)."""
+    target = (directory / Path(*PurePosixPath(safe_asset_name(name)).parts)).resolve()
     if directory.resolve() not in target.parents:
         raise UnsafeAssetName(f"refusing asset name {name!r}: it would be written outside {directory}")
     return target
 
 
-def _download_asset(connection: ManagedConnection, href: str, target: Path, expected_size: Any) -> int:
-    """Stream one asset to `<name>.part`, check its size, then rename it into place."""
+def _download_asset(connection: ManagedConnection, href: str, root: ResultsRoot, relative: str,
+                    expected_size: Any) -> int:
+    """Stream one asset into `relative` under `root`; it appears there only complete (storage.py)."""
     headers = connection.bearer_header_for(href)  # never sends the token to a foreign origin
     connection.count("GET", "asset")
-    tmp = target.with_name(f".{target.name}.part")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    name = relative.rsplit("/", 1)[-1]
     with connection.session.get(href, headers=headers, stream=True, timeout=300) as response:
         response.raise_for_status()
         announced = response.headers.get("Content-Length")
-        written = 0
-        with open(tmp, "wb") as f:
-            for chunk in response.iter_content(CHUNK_SIZE):
-                f.write(chunk)
-                written += len(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-    for what, size in (("Content-Length", announced), ("file:size", expected_size)):
-        if size is not None and int(size) != written:
-            tmp.unlink(missing_ok=True)
-            raise IncompleteDownload(f"{target.name}: got {written} bytes, {what} says {size}")
-    os.replace(tmp, target)
-    return written
+
+        def verify(written: int) -> None:
+            for what, size in (("Content-Length", announced), ("file:size", expected_size)):
+                if size is not None and int(size) != written:
+                    raise IncompleteDownload(f"{name}: got {written} bytes, {what} says {size}")
+
+        return root.write_stream(relative, response.iter_content(CHUNK_SIZE), verify)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -116,47 +109,68 @@ def download_results(
     label: str,
     inbox: Optional[str] = None,
     retry_delays: Sequence[float] = RETRY_DELAYS,
+    collection_id: str = "results",
 ) -> Outcome:
-    """Download every asset of each finished job (`jobs`: [{"_row", "job_id", "metadata"?}]) into
-    `root_dir/job_<id>/` and save its metadata, one job after the other, each retried on its own.
+    """Download every asset of each finished job (`jobs`: [{"_row", "job_id", "metadata"?, "footprint"?}])
+    into `root_dir/job_<id>/` (a folder or an fsspec URL), save its metadata and its STAC item, one job
+    after the other, each retried on its own.
 
-    Assets already complete on disk (right size) are not fetched again, so a retried or resumed
-    download only fetches what is missing. Outcome rows: {row: {"assets", "bytes"} or {"error"}}.
+    Assets already complete (right size) are not fetched again, so a retried or resumed download
+    only fetches what is missing. Outcome rows: {row: {"assets", "bytes", "item"} or {"error"}}.
     """
     connection = get_connection(connection_key)
     results = each_job(jobs, "download", lambda job: fetch_job_results(
-        connection, job["job_id"], root_dir, job.get("metadata")), retry_delays)
+        connection, job["job_id"], root_dir, job.get("metadata"), job.get("footprint"), collection_id), retry_delays)
     return deliver(inbox, Outcome(Step.DOWNLOAD, backend, results))
 
 
 def fetch_job_results(
-    connection: ManagedConnection, job_id: str, root_dir: str, metadata: Optional[Dict[str, Any]] = None
+    connection: ManagedConnection, job_id: str, root_dir: str, metadata: Optional[Dict[str, Any]] = None,
+    footprint: Optional[Dict[str, Any]] = None, collection_id: str = "results",
 ) -> Dict[str, Any]:
-    """The work of one download: results document, each asset, then the metadata JSON."""
+    """The work of one download: results document, each asset, the metadata JSON, then the STAC item
+    (last: an item exists only once every asset it lists is complete). `footprint`: what the flow
+    knows of the row for the item (campaign_results/items.py)."""
     if metadata is None:
         metadata = describe_job(connection, job_id)
-    directory = job_dir(root_dir, job_id)
-    directory.mkdir(parents=True, exist_ok=True)
+    root = ResultsRoot(root_dir)
+    folder = job_folder(job_id)
     response = connection.get(f"/jobs/{job_id}/results", expected_status=200)
     try:
-        assets = response.json().get("assets")
+        document = response.json()
+        assets = document.get("assets")
     except (ValueError, AttributeError) as exc:
         raise UnexpectedResponse(f"results document of job {job_id} is not valid JSON: {exc}") from None
     if not isinstance(assets, dict):
         raise UnexpectedResponse(f"results of job {job_id} list no assets")
-    total = 0
+    names = {name: safe_asset_name(name) for name in assets}  # every name checked before any byte is fetched
+    if root.local:
+        for name in names:
+            safe_asset_path(Path(root.path(folder)), name)
+    root.abort_unfinished_uploads(folder)  # what a killed run left (S3)
+    stored: Dict[str, Dict[str, Any]] = {}
     for name, asset in assets.items():
-        target = safe_asset_path(directory, name)
         href = asset.get("href") if isinstance(asset, dict) else None
         if not href:
             raise UnexpectedResponse(f"asset {name!r} of job {job_id} has no href")
+        relative = f"{folder}/{names[name]}"
         expected = asset.get("file:size")
-        if expected is not None and target.exists() and target.stat().st_size == int(expected):
-            total += target.stat().st_size
-            continue
-        total += _download_asset(connection, href, target, expected)
-    write_atomically(directory / f"job_{job_id}.json", json.dumps(metadata, indent=2).encode())
-    return {"job_id": job_id, "assets": len(assets), "bytes": total}
+        size = root.size(relative)
+        if expected is None or size != int(expected):
+            size = _download_asset(connection, href, root, relative, expected)
+        stored[name] = {**{k: v for k, v in asset.items() if k in ("type", "roles", "title") or k.startswith("proj:")},
+                        "size": size}
+    metadata_file = f"{folder}/job_{job_id}.json"
+    metadata_bytes = json.dumps(metadata, indent=2).encode()
+    root.write_bytes(metadata_file, metadata_bytes)
+    stored[JOB_METADATA_ASSET] = {"size": len(metadata_bytes), "type": "application/json", "roles": ["metadata"],
+                                  "title": "openEO batch job metadata"}
+    files = {**names, JOB_METADATA_ASSET: metadata_file.rsplit("/", 1)[-1]}
+    hrefs = {key: f"./{path}" if root.local else root.url_of(f"{folder}/{path}") for key, path in files.items()}
+    item = build_item(job_id, collection_id, footprint or {}, document, stored, hrefs)
+    root.write_json(item_file(job_id), item)
+    total = sum(a["size"] for k, a in stored.items() if k != JOB_METADATA_ASSET)
+    return {"job_id": job_id, "assets": len(assets), "bytes": total, "item": summary(item, item_file(job_id))}
 
 
 @task(name="save-error-logs", task_run_name="error-logs-{label}", retries=0, cache_policy=NO_CACHE)
@@ -178,8 +192,6 @@ def save_error_logs(
 
 def _save_logs(connection: ManagedConnection, job_id: str, root_dir: str) -> Dict[str, Any]:
     logs = fetch_error_logs(connection, job_id)
-    directory = job_dir(root_dir, job_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_atomically(directory / f"job_{job_id}_errors.json", json.dumps(logs, indent=2).encode())
+    ResultsRoot(root_dir).write_json(f"{job_folder(job_id)}/job_{job_id}_errors.json", logs)
     messages = [entry.get("message") for entry in logs if isinstance(entry, dict) and entry.get("message")]
     return {"error_message": messages[0] if messages else None, "log_entries": len(logs)}

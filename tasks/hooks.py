@@ -7,7 +7,6 @@ runs as its own named task run with Prefect retries; if it still raises, the row
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 from prefect import task
@@ -34,5 +33,6 @@ def run_hook(
 ) -> Outcome:
     """Call the hook for one job; raise (and be retried) if it raises."""
     function = load_hook(hook)
-    function(job_id, row_as_series(row), Path(job_dir_of(root_dir, job_id)), get_connection(connection_key))
+    # job_dir: a Path for a local results folder, its URL (str) on object storage
+    function(job_id, row_as_series(row), job_dir_of(root_dir, job_id), get_connection(connection_key))
     return deliver(inbox, Outcome(Step.HOOK, backend, {int(row["_row"]): {"kind": kind}}))
