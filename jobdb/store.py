@@ -190,11 +190,7 @@ class JobStore:
         return _plain(self._db.df.at[i, column]) if column in self._db.df.columns else None
 
     def label(self, i: int) -> str:
-        """A readable name for a row: its tile id (and year), else its title, else row-<i>."""
-        parts = [str(v) for v in (self.value(i, c) for c in LABEL_COLUMNS) if v not in (None, "")]
-        if not parts and self.value(i, "title"):
-            parts = [str(self.value(i, "title"))]
-        return "-".join(parts) if parts else f"row-{i}"
+        return row_label(self, i)
 
     def status_by_backend(self) -> Dict[str, Dict[str, int]]:
         df = self._db.df
@@ -269,6 +265,14 @@ class JobStore:
 
     def rows_with(self, statuses: Iterable[str]) -> List[int]:
         return self._db.df.index[self._db.df["status"].isin(list(statuses))].tolist()
+
+
+def row_label(store, i: int) -> str:
+    """A readable name for row i of any store: its tile id (and year), else its title, else row-<i>."""
+    parts = [str(v) for v in (store.value(i, c) for c in LABEL_COLUMNS) if v not in (None, "")]
+    if not parts and store.value(i, "title"):
+        parts = [str(store.value(i, "title"))]
+    return "-".join(parts) if parts else f"row-{i}"
 
 
 def _str(value: Any) -> Optional[str]:

@@ -29,7 +29,7 @@ from jobdb.sql.records import check_rows_known, decode_geometry, record_of, tabl
 from jobdb.sql.schema import FIXED_COLUMNS, jobs
 from jobdb.sql.view import WorkRules, needs_work, needs_work_sql, snapshot_of
 from jobdb.status import RESULTS_FAILED, STATUSES, TERMINAL
-from jobdb.store import LABEL_COLUMNS, Snapshot
+from jobdb.store import Snapshot, row_label
 
 log = logging.getLogger(__name__)
 WAITING_BATCH = 20  # waiting rows a run holds at most (more are claimed as these start)
@@ -156,10 +156,7 @@ class SqlJobStore:
         return decode_geometry(value) if column == "geometry" else value
 
     def label(self, i: int) -> str:
-        parts = [str(v) for v in (self.value(i, c) for c in LABEL_COLUMNS) if v not in (None, "")]
-        if not parts and self.value(i, "title"):
-            parts = [str(self.value(i, "title"))]
-        return "-".join(parts) if parts else f"row-{i}"
+        return row_label(self, i)
 
     def status_by_backend(self) -> Dict[str, Dict[str, int]]:
         query = (select(func.coalesce(jobs.c.backend_name, "(none)"), jobs.c.status, func.count())
