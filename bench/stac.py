@@ -6,7 +6,7 @@
 Prints, for N items: the download task's share per item (build the item with pystac, write its
 file), the flow's share per item (add its summary to the collection) and one rewrite of
 collection.json at N items (what the keeper does at most every 5 s), then a rebuild from scratch
-(`campaign_results.rebuild`: read N item files, or rebuild N items from their folders, write the
+(`tasks.results.rebuild`: read N item files, or rebuild N items from their folders, write the
 collection and items.parquet).
 """
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from campaign_results.collection import CampaignCollection, write_collection  # noqa: E402
-from campaign_results.items import build_item, item_file, job_folder, summary  # noqa: E402
-from campaign_results.rebuild import complete, export_parquet  # noqa: E402
-from campaign_results.storage import ResultsRoot  # noqa: E402
+from tasks.results.collection import CampaignCollection, write_collection  # noqa: E402
+from tasks.results.items import build_item, item_file, job_folder, summary  # noqa: E402
+from tasks.results.rebuild import complete, export_parquet  # noqa: E402
+from tasks.results.storage import ResultsRoot  # noqa: E402
 
 
 def footprint(i: int):

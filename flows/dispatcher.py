@@ -86,7 +86,7 @@ class Dispatcher:
         self.label = label
         self.token_max_age_seconds = token_max_age_seconds
         self.hooks = dict(hooks or {})  # "done" / "error" -> import path
-        self.footprint = footprint  # row -> what its STAC item takes from the row (campaign_results/footprints.py)
+        self.footprint = footprint  # row -> what its STAC item takes from the row (tasks/results/footprints.py)
         self.collection_id = collection_id
         self.pending: Dict[str, Submission] = {}
         self.counters = {"start_tasks": 0, "poll_tasks": 0, "reconcile_tasks": 0, "download_tasks": 0,

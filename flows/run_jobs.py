@@ -23,8 +23,8 @@ from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from campaign_results.credentials import StorageBlockError, check_writable, results_root_url
-from campaign_results.run_results import RunResults
+from tasks.results.credentials import StorageBlockError, check_writable, results_root_url
+from tasks.results.run_results import RunResults
 from flows.account_slots import AccountSlots, account_key
 from flows.background import BackgroundPublisher
 from flows.blocks import resolve_backend

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from campaign_results.storage import ResultsRoot, is_remote
+from tasks.results.storage import ResultsRoot, is_remote
 from jobdb import JobDbPaths
 
 log = logging.getLogger(__name__)

@@ -49,7 +49,7 @@ def copy_command(args: argparse.Namespace) -> int:
 
 
 def stac_command(args: argparse.Namespace) -> int:
-    from campaign_results.rebuild import rebuild
+    from tasks.results.rebuild import rebuild
     from jobdb import JobDbError
 
     try:

@@ -11,8 +11,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from campaign_results.items import JOB_METADATA_ASSET, build_item, item_file, job_folder, summary
-from campaign_results.storage import ResultsRoot
+from tasks.results.items import JOB_METADATA_ASSET, build_item, item_file, job_folder, summary
+from tasks.results.storage import ResultsRoot
 from tasks.connections import ManagedConnection, get_connection
 from tasks.faults import UnexpectedResponse
 from tasks.openeo_calls import describe_job, fetch_error_logs
@@ -130,7 +130,7 @@ def fetch_job_results(
 ) -> Dict[str, Any]:
     """The work of one download: results document, each asset, the metadata JSON, then the STAC item
     (last: an item exists only once every asset it lists is complete). `footprint`: what the flow
-    knows of the row for the item (campaign_results/items.py)."""
+    knows of the row for the item (tasks/results/items.py)."""
     if metadata is None:
         metadata = describe_job(connection, job_id)
     root = ResultsRoot(root_dir)

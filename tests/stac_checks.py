@@ -13,8 +13,8 @@ import pystac
 import pystac.validation
 from pystac.validation import local_validator
 
-from campaign_results.items import FILE_EXTENSION
-from campaign_results.storage import fs_options, is_remote
+from tasks.results.items import FILE_EXTENSION
+from tasks.results.storage import fs_options, is_remote
 
 SCHEMA_DIR = Path(local_validator.__file__).parent / "jsonschemas"
 
@@ -108,7 +108,7 @@ def check_collection(collection_url: str, downloaded_job_ids: List[str], remote:
 
 def open_with_pystac(collection_url: str) -> List[pystac.Item]:
     """As a user would: pystac walks the links (fsspec StacIO on object storage)."""
-    from campaign_results.stacio import FsspecStacIO
+    from tasks.results.stacio import FsspecStacIO
 
     collection = pystac.Collection.from_file(collection_url, stac_io=FsspecStacIO())
     return list(collection.get_items())

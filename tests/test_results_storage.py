@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from campaign_results.storage import ResultsRoot
+from tasks.results.storage import ResultsRoot
 from flows.reporting import run_paths, summary_markdown
 from flows.run_jobs import run_jobs
 from simulator import start_simulator
@@ -131,7 +131,7 @@ def test_credentials_from_a_prefect_aws_block(s3, monkeypatch, prefect_harness):
     from prefect_aws import AwsCredentials, S3Bucket
     from prefect_aws.client_parameters import AwsClientParameters
 
-    from campaign_results.credentials import results_root_url
+    from tasks.results.credentials import results_root_url
 
     AwsCredentials(aws_access_key_id=s3["AWS_ACCESS_KEY_ID"], aws_secret_access_key=s3["AWS_SECRET_ACCESS_KEY"],
                    region_name="us-east-1", aws_client_parameters=AwsClientParameters(

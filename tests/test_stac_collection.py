@@ -12,8 +12,8 @@ import pandas as pd
 import pystac
 import pytest
 
-from campaign_results.collection import CampaignCollection
-from campaign_results.items import build_item, summary
+from tasks.results.collection import CampaignCollection
+from tasks.results.items import build_item, summary
 from flows.run_jobs import run_jobs
 from tests.flow_helpers import backend, fast_config, make_db
 from tests.stac_checks import check_collection, open_with_pystac, validate

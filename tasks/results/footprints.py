@@ -31,7 +31,7 @@ def without_credentials(location: str) -> str:
 
 
 class Footprints:
-    """`of(row, values)` -> the footprint dict `campaign_results.items.build_item` takes."""
+    """`of(row, values)` -> the footprint dict `tasks.results.items.build_item` takes."""
 
     def __init__(self, df: pd.DataFrame, job_db: str, campaign: Optional[str] = None):
         self._df = df

@@ -17,8 +17,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import pystac
 
-from campaign_results.items import COLLECTION_FILE
-from campaign_results.storage import ResultsRoot
+from tasks.results.items import COLLECTION_FILE
+from tasks.results.storage import ResultsRoot
 
 ITEMS_PARQUET = "items.parquet"
 WORLD = [-180.0, -90.0, 180.0, 90.0]
@@ -32,7 +32,7 @@ def _when(value: Optional[str]) -> Optional[datetime]:
 
 
 class CampaignCollection:
-    """The collection's state: add item summaries (campaign_results.items.summary), then `to_dict()`."""
+    """The collection's state: add item summaries (tasks.results.items.summary), then `to_dict()`."""
 
     def __init__(self, collection_id: str, description: str, title: Optional[str] = None):
         self.id = collection_id

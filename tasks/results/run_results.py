@@ -7,10 +7,10 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 import pandas as pd
 
-from campaign_results.catalog import CatalogKeeper
-from campaign_results.footprints import Footprints
-from campaign_results.rebuild import downloaded_jobs
-from campaign_results.storage import ResultsRoot
+from tasks.results.catalog import CatalogKeeper
+from tasks.results.footprints import Footprints
+from tasks.results.rebuild import downloaded_jobs
+from tasks.results.storage import ResultsRoot
 
 
 class RunResults:

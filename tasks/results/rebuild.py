@@ -13,10 +13,10 @@ import os
 import tempfile
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from campaign_results.collection import ITEMS_PARQUET, CampaignCollection, write_collection
-from campaign_results.footprints import Footprints, campaign_id
-from campaign_results.items import COLLECTION_FILE, JOB_METADATA_ASSET, build_item, item_file, job_folder, summary
-from campaign_results.storage import ResultsRoot
+from tasks.results.collection import ITEMS_PARQUET, CampaignCollection, write_collection
+from tasks.results.footprints import Footprints, campaign_id
+from tasks.results.items import COLLECTION_FILE, JOB_METADATA_ASSET, build_item, item_file, job_folder, summary
+from tasks.results.storage import ResultsRoot
 
 PARQUET_MIN_ITEMS = 10_000
 

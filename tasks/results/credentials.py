@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-from campaign_results.storage import is_remote, register_storage_options
+from tasks.results.storage import is_remote, register_storage_options
 
 
 class StorageBlockError(ValueError):
@@ -91,7 +91,7 @@ def results_root_url(root_dir: Optional[str], default: str, storage_block: Optio
 def check_writable(url: str) -> None:
     """Write and remove a probe under an object-storage root, so a wrong bucket or credentials fail
     the run in one line before any job is created (local folders are created when written)."""
-    from campaign_results.storage import ResultsRoot
+    from tasks.results.storage import ResultsRoot
 
     if not is_remote(url):
         return

@@ -19,10 +19,10 @@ import threading
 import time
 from typing import Any, Dict, Iterable, Mapping, Optional
 
-from campaign_results.collection import CampaignCollection, load_collection, write_collection
-from campaign_results.items import COLLECTION_FILE
-from campaign_results.rebuild import PARQUET_MIN_ITEMS, complete, description_of, export_parquet
-from campaign_results.storage import ResultsRoot
+from tasks.results.collection import CampaignCollection, load_collection, write_collection
+from tasks.results.items import COLLECTION_FILE
+from tasks.results.rebuild import PARQUET_MIN_ITEMS, complete, description_of, export_parquet
+from tasks.results.storage import ResultsRoot
 
 WRITE_INTERVAL_SECONDS = 5.0
 _CLOSE = object()

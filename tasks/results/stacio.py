@@ -1,7 +1,7 @@
 """pystac reading and writing through fsspec, so a collection on object storage opens like a local one:
 
     import pystac
-    from campaign_results.stacio import FsspecStacIO
+    from tasks.results.stacio import FsspecStacIO
     collection = pystac.Collection.from_file("s3://bucket/campaign/collection.json", stac_io=FsspecStacIO())
     items = list(collection.get_items())
 """
@@ -13,7 +13,7 @@ import fsspec
 import pystac
 from pystac.stac_io import DefaultStacIO
 
-from campaign_results.storage import fs_options, is_remote
+from tasks.results.storage import fs_options, is_remote
 
 
 class FsspecStacIO(DefaultStacIO):
