@@ -334,9 +334,10 @@ def final_state(run: PreparedRun, end: CycleEnd, stats: Dict[str, Any], threshol
                    f"campaign: {summary}")
     elif left:
         outcome = RunOutcome.WORK_LEFT
-        stopped = {**end.refused, **end.halted}
-        if stopped:
-            why = "backends stopped taking new jobs (" + "; ".join(f"{n}: {w}" for n, w in stopped.items()) + ")"
+        if end.refused or end.halted:
+            why = "; ".join(f"backends {kind} ({'; '.join(f'{n}: {w}' for n, w in stopped.items())})"
+                            for kind, stopped in (("refused new jobs", end.refused),
+                                                  ("stopped after repeated failures", end.halted)) if stopped)
         elif end.reason == "time_up":
             why = "time is up"
         else:

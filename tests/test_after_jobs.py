@@ -146,7 +146,7 @@ def test_a_backend_out_of_credits_stops_taking_jobs_and_the_others_go_on(tmp_pat
         alone = make_db(tmp_path / "alone.parquet", 3)
         state = run_jobs(job_db=str(alone), backends=[backend("broke", broke, 3)],
                          start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.3, return_state=True)
-        assert state.is_completed() and "rows not done" in state.message and "refused new jobs" in state.message and "broke" in state.message
+        assert state.is_completed() and "rows left" in state.message and "refused new jobs" in state.message and "broke" in state.message
         left = pd.read_parquet(alone)
         assert set(left["status"]) <= {"not_started", "created"} and "start_failed" not in set(left["status"])
     finally:
