@@ -170,9 +170,11 @@ def test_ctrl_c_in_the_cli_exits_in_seconds_and_the_rerun_completes(tmp_path):
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_second_run_on_the_same_db_refuses_then_waits_when_asked(tmp_path):
-    # jobs of 4 s: the first run (3 waves) still holds the DB when the second one, slow to start on
-    # a loaded machine, asks for it
+    # The first run's starts are held in the simulator (its gate) until the second run has been
+    # refused and the third is past its connect: the first run holds the DB then, however slow the
+    # machine (jobs of 4 s, 3 waves, still to run once the gate opens).
     sim = start_simulator(fast_config(queue_time=0.2, run_time=4.0))
+    sim.gates.close("POST /jobs/{id}/results")
     db = make_db(tmp_path / "jobs.parquet", 8)
     kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
                   poll_interval_seconds=0.3)
@@ -189,10 +191,20 @@ def test_a_second_run_on_the_same_db_refuses_then_waits_when_asked(tmp_path):
         message = refused.message
         print(f"\nrefused in {time.monotonic() - t0:.1f} s: {message}")
         assert f"pid {os.getpid()}" in message and "flow run" in message and "--wait-for-lock" in message
+        connects = sim.counters()["requests"].get("GET /me 200", 0)
+
+        def open_gate_once_the_third_run_connected() -> None:
+            wait_for(lambda: sim.counters()["requests"].get("GET /me 200", 0) > connects, 600,
+                     "the waiting run to connect")
+            sim.gates.open()
+
+        opener = threading.Thread(target=open_gate_once_the_third_run_connected, daemon=True)
+        opener.start()
         asked = time.monotonic()
         waited = run_jobs(**kwargs, wait_for_lock=True)  # queues behind the first run, then finds it all done
         wall = time.monotonic() - asked
     finally:
+        sim.gates.open()
         thread.join(120)
         sim.stop()
     assert peak.stop() <= 3
