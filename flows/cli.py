@@ -175,7 +175,15 @@ def main(argv: Optional[List[str]] = None, flow: Optional[Callable[..., Any]] = 
         params = flow_parameters(args)
         from flows.preflight import preflight
 
-        preflight(params, before_connecting=start_prefect)
+        # Bad input is one line: urllib3's retry warnings while a backend is checked would print
+        # too once the flow's import (on its thread) has set Prefect's logging up.
+        retries_log = logging.getLogger("urllib3.connectionpool")
+        level = retries_log.level
+        retries_log.setLevel(logging.ERROR)
+        try:
+            preflight(params, before_connecting=start_prefect)
+        finally:
+            retries_log.setLevel(level)
     except Exception as exc:  # noqa: BLE001 - every problem found before the run is bad input
         if server is not None:
             server.stop()
