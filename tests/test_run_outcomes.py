@@ -70,6 +70,15 @@ def wait_for_jobs(db: Path, child: subprocess.Popen, jobs: int = 2, timeout: flo
         time.sleep(0.1)  # polling another process's effect (the DB file), bounded
 
 
+def interrupt_once_jobs_run(db: Path, child: subprocess.Popen):
+    """SIGINT to the child's process group once its jobs run: (signal time, stdout, stderr, seconds to exit)."""
+    wait_for_jobs(db, child)
+    t0 = time.monotonic()
+    os.killpg(child.pid, signal.SIGINT)
+    out, err = child.communicate(timeout=90)
+    return t0, out, err, time.monotonic() - t0
+
+
 def active(db: Path) -> int:
     try:
         return int(pd.read_parquet(db)["status"].isin(["queued", "running"]).sum())
@@ -104,11 +113,7 @@ def test_ctrl_c_in_the_cli_with_a_60_s_poll_exits_130_within_seconds(tmp_path):
     child = subprocess.Popen(cli(db, sim, poll="60"), env=own_prefect_home_env(home, sim), start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_jobs(db, child)
-        t0 = time.monotonic()
-        os.killpg(child.pid, signal.SIGINT)
-        out, err = child.communicate(timeout=90)
-        seconds = time.monotonic() - t0
+        t0, out, err, seconds = interrupt_once_jobs_run(db, child)
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
@@ -142,11 +147,7 @@ def test_sigint_to_a_script_that_calls_run_jobs_exits_within_seconds(tmp_path):
     child = subprocess.Popen([sys.executable, str(script), json.dumps(kwargs)], env=env, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_jobs(db, child)
-        t0 = time.monotonic()
-        os.killpg(child.pid, signal.SIGINT)
-        out, err = child.communicate(timeout=90)
-        seconds = time.monotonic() - t0
+        t0, out, err, seconds = interrupt_once_jobs_run(db, child)
         returned = float(out.split("interrupted at")[-1].split()[0]) - t0 if "interrupted at" in out else None
         print(f"\nSIGINT to a run_jobs() script: run_jobs() raised RunInterrupted {returned or float('nan'):.2f} s "
               f"after the signal, the process exited after {seconds:.2f} s (the rest is Python's own teardown)")
