@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
-from flows.account_slots import AccountSlots
+from accounts.slots import AccountSlots
 from flows.bookkeeping import RowNow, effects_of
 from flows.dispatcher import Dispatcher
 from flows.interrupts import StopSignal

@@ -2,7 +2,7 @@
 
 Fan-out/fan-in: the flow alone owns the job DB. It validates and connects before any job is
 created (`prepare`), takes the DB's lock, runs the cycle (flows/cycle.py) with job slots shared
-with other runs of the same accounts (flows/account_slots.py), then reports. Its final state says
+with other runs of the same accounts (accounts/slots.py), then reports. Its final state says
 how the run went: Completed, Failed (more failed rows than `failure_threshold` allows) or
 Cancelled (interrupted: run the same command again to resume).
 """
@@ -26,7 +26,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from flows.account_slots import AccountSlots
+from accounts.slots import AccountSlots
 from flows.background import BackgroundPublisher
 from flows.blocks import resolve_backend
 from flows.cycle import Cycle, CycleEnd, CycleOptions
@@ -160,7 +160,8 @@ def drive(
     keys = {name: connection_key(run_key, name) for name in run.backends}
     for name, connection in run.connections.items():
         register_connection(keys[name], connection)
-    slots = AccountSlots(run.backends, run_key, note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)})
+    slots = AccountSlots({n: c.account for n, c in run.connections.items()}, run_key,
+                         note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)})
     publisher = BackgroundPublisher(logger)
     progress = publisher.call(lambda: ProgressReport(run.store.path))
     display = current_display(logger)

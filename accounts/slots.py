@@ -1,10 +1,9 @@
 """Job slots of a backend account shared by every run on this machine, without leases.
 
-Each account (backend host + user or client id) has a ledger folder under the state directory
-(`$OPENEO_JOBS_STATE_DIR`, default `~/.local/state/openeo-prefect-jobs`). Every run that uses
-the account keeps there
+Each account (accounts/identity.py) has a folder under the state folder (`$OPENEO_JOBS_STATE_DIR`,
+default `~/.local/state/openeo-prefect-jobs`). Every run that uses the account keeps there
 - `<run>.alive`: an OS file lock (flock) held for the run's whole life, and
-- `<run>.json`: how many of the account's slots the run's rows hold now.
+- `<run>.slots.json`: how many of the account's slots the run's rows hold now.
 A run claims slots under the account's ledger lock: it counts what the *live* runs hold (a run
 whose `.alive` lock can be taken is dead: its entry is deleted), decides, writes its own count,
 and lets go. The kernel drops a dead process's flocks at once, so slots of a killed run come
@@ -21,48 +20,31 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, TypeVar
-from urllib.parse import urlparse
 
 from filelock import FileLock, Timeout
 
-from flows.params import BackendConfig
+from accounts.identity import account_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-STATE_DIR_ENV = "OPENEO_JOBS_STATE_DIR"
-
-
-def default_state_dir() -> Path:
-    configured = os.environ.get(STATE_DIR_ENV)
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "openeo-prefect-jobs"
-
-
-def account_key(backend: BackendConfig) -> str:
-    """One ledger per backend account (host + user), whatever name a run gives the backend."""
-    url = urlparse(backend.url)
-    auth = backend.auth
-    who = getattr(auth, "username", None) or getattr(auth, "client_id", None) or auth.type
-    return re.sub(r"[^A-Za-z0-9_.@-]+", "_", f"{url.netloc}{url.path.rstrip('/')}~{who}")
+ENTRY = ".slots.json"  # a run's entry in an account's ledger (the folder also holds start turns)
 
 
 class AccountSlots:
-    """This run's entries in the ledgers of its backends' accounts."""
+    """This run's entries in the ledgers of its backends' accounts.
 
-    def __init__(self, backends: Mapping[str, BackendConfig], run_id: str, note: Optional[dict] = None,
+    `accounts`: backend name -> account identity (`ManagedConnection.account`); two names of one
+    account share its ledger, whatever a run calls the backend."""
+
+    def __init__(self, accounts: Mapping[str, str], run_id: str, note: Optional[dict] = None,
                  state_dir: Optional[Path] = None):
         self.run_id = run_id
-        self.accounts = {name: account_key(b) for name, b in backends.items()}
-        root = (state_dir or default_state_dir()) / "accounts"
-        self.dirs = {key: root / key for key in set(self.accounts.values())}
+        self.accounts = dict(accounts)
+        self.dirs = {key: account_dir(key, state_dir) for key in set(self.accounts.values())}
         self._note = {"pid": os.getpid(), "host": socket.gethostname(), **(note or {})}
         self._alive: Dict[str, FileLock] = {}
         self._written: Dict[str, int] = {}
@@ -101,8 +83,7 @@ class AccountSlots:
     def close(self) -> None:
         """Leave the ledgers: this run holds nothing any more (its jobs' rows stay in its DB)."""
         for key, folder in self.dirs.items():
-            for suffix in (".json",):
-                (folder / f"{self.run_id}{suffix}").unlink(missing_ok=True)
+            (folder / f"{self.run_id}{ENTRY}").unlink(missing_ok=True)
             lock = self._alive.pop(key, None)
             if lock is not None:
                 lock.release(force=True)
@@ -112,7 +93,7 @@ class AccountSlots:
     def _write(self, key: str, count: int) -> None:
         if self._written.get(key) == count:
             return
-        path = self.dirs[key] / f"{self.run_id}.json"
+        path = self.dirs[key] / f"{self.run_id}{ENTRY}"
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({**self._note, "run_id": self.run_id, "holding": count}))
         os.replace(tmp, path)
@@ -120,8 +101,8 @@ class AccountSlots:
 
     def _others(self, folder: Path) -> int:
         total = 0
-        for entry in folder.glob("*.json"):
-            run_id = entry.stem
+        for entry in folder.glob(f"*{ENTRY}"):
+            run_id = entry.name[:-len(ENTRY)]
             if run_id == self.run_id:
                 continue
             if not self._is_alive(folder, run_id):
