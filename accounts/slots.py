@@ -3,10 +3,11 @@
 Each account (accounts/identity.py) has a folder under the state folder (`$OPENEO_JOBS_STATE_DIR`,
 default `~/.local/state/openeo-prefect-jobs`). Every run that uses the account keeps there
 - `<run>.alive`: an OS file lock (flock) held for the run's whole life, and
-- `<run>.slots.json`: how many of the account's slots the run's rows hold now.
+- `<run>.slots.json`: how many of the account's slots the run's rows hold now, how many it
+  wants (holding + rows it could start), and who it is (flow run, job DB or campaign, pid, host).
 A run claims slots under the account's ledger lock: it counts what the *live* runs hold (a run
-whose `.alive` lock can be taken is dead: its entry is deleted), decides, writes its own count,
-and lets go. The kernel drops a dead process's flocks at once, so slots of a killed run come
+whose `.alive` lock can be taken is dead: its entry is deleted) plus their unused fair share
+(accounts/fairness.py), decides, writes its own counts, and lets go. The kernel drops a dead process's flocks at once, so slots of a killed run come
 back at the next claim — there is no lease to expire, no server to repair, nothing a Prefect
 restart can strand. Slots of jobs still running on the backend stay counted by the run that
 owns their rows (a resumed run of the same job DB counts them again from the DB).
@@ -21,63 +22,103 @@ import json
 import logging
 import os
 import socket
-from contextlib import ExitStack
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, TypeVar
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, TypeVar
 
 from filelock import FileLock, Timeout
 
+from accounts.fairness import others_with_reservations
 from accounts.identity import account_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ENTRY = ".slots.json"  # a run's entry in an account's ledger (the folder also holds start turns)
+NOTICE_EVERY_SECONDS = 60.0  # how often a run still waiting for others' slots says so again
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Another live run's entry in an account's ledger."""
+
+    run_id: str
+    holding: int
+    wants: int
+    note: Mapping[str, object]
+
+    def describe(self) -> str:
+        """`flow run 5c0e… (job DB /data/jobs.parquet, worker-1 pid 4242) holds 3`."""
+        note = self.note
+        who = f"flow run {note['flow_run_id']}" if note.get("flow_run_id") else f"run {self.run_id}"
+        where = [f"campaign {note['campaign']}"] if note.get("campaign") else []
+        where += [f"job DB {note['job_db']}"] if note.get("job_db") else []
+        where += [f"{note.get('host', '?')} pid {note['pid']}"] if note.get("pid") else []
+        return f"{who} ({', '.join(where)}) holds {self.holding}" if where else f"{who} holds {self.holding}"
 
 
 class AccountSlots:
     """This run's entries in the ledgers of its backends' accounts.
 
     `accounts`: backend name -> account identity (`ManagedConnection.account`); two names of one
-    account share its ledger, whatever a run calls the backend."""
+    account share its ledger, whatever a run calls the backend. `limits`: backend name ->
+    `parallel_jobs`, for fair shares (accounts/fairness.py); without it, first come first served."""
 
     def __init__(self, accounts: Mapping[str, str], run_id: str, note: Optional[dict] = None,
-                 state_dir: Optional[Path] = None):
+                 state_dir: Optional[Path] = None, limits: Optional[Mapping[str, int]] = None):
         self.run_id = run_id
         self.accounts = dict(accounts)
         self.dirs = {key: account_dir(key, state_dir) for key in set(self.accounts.values())}
+        self.limits: Dict[str, int] = {}  # account -> the strictest parallel_jobs this run gives it
+        for name, limit in (limits or {}).items():
+            key = self.accounts.get(name)
+            if key is not None:
+                self.limits[key] = min(int(limit), self.limits.get(key, int(limit)))
+        self.holders: Dict[str, List[Holder]] = {key: [] for key in self.dirs}  # as of the last claim
+        self.waiting: Dict[str, str] = {}  # account -> who holds the slots this run waits for
+        self._told: Dict[str, float] = {}
+        self._notices: List[str] = []
         self._note = {"pid": os.getpid(), "host": socket.gethostname(), **(note or {})}
         self._alive: Dict[str, FileLock] = {}
-        self._written: Dict[str, int] = {}
+        self._written: Dict[str, tuple] = {}
         for key, folder in self.dirs.items():
             folder.mkdir(parents=True, exist_ok=True)
             lock = FileLock(str(folder / f"{run_id}.alive"), thread_local=False)
             lock.acquire(timeout=0)
             self._alive[key] = lock
 
-    def claim(self, decide: Callable[[Dict[str, int]], tuple[T, Mapping[str, int]]]) -> T:
-        """Under the accounts' ledger locks: `decide(others)` gets the slots other live runs hold
+    def claim(self, decide: Callable[[Dict[str, int]], tuple[T, Mapping[str, int]]],
+              wants: Optional[Mapping[str, int]] = None) -> T:
+        """Under the accounts' ledger locks: `decide(others)` gets the slots other live runs take
         per backend name and returns (anything, the slots this run holds per backend name after
-        its decision); that is written to the ledger, and `anything` returned."""
-        with ExitStack() as stack:
-            for key in sorted(self.dirs):  # a fixed order: two runs never wait on each other in a cycle
-                stack.enter_context(FileLock(str(self.dirs[key] / "ledger.lock"), thread_local=False))
-            others_by_account = {key: self._others(folder) for key, folder in self.dirs.items()}
-            result, mine = decide({name: others_by_account[key] for name, key in self.accounts.items()})
-            totals: Dict[str, int] = {}
-            for name, count in mine.items():
-                key = self.accounts.get(name)
-                if key is not None:
-                    totals[key] = totals.get(key, 0) + int(count)
+        its decision); that is written to the ledger, and `anything` returned.
+
+        `wants`: per backend name, the slots this run could use now (its holding plus the rows it
+        could start). It is recorded for the other runs' claims, and `others` includes each other
+        live run's unused fair share of the account (accounts/fairness.py)."""
+        wanted = self._per_account(wants or {})
+        with self._ledger_locks():
+            self.holders = {key: self._read_others(folder) for key, folder in self.dirs.items()}
+            taken = {key: self._taken(key, wanted.get(key, 0)) for key in self.dirs}
+            result, mine = decide({name: taken[key] for name, key in self.accounts.items()})
+            totals = self._per_account(mine)
             for key in self.dirs:
-                self._write(key, totals.get(key, 0))
+                holding = totals.get(key, 0)
+                self._write(key, holding, max(holding, min(wanted.get(key, 0), self.limits.get(key, holding))))
+        self._note_waiting(wanted, totals, taken)
         return result
+
+    def waiting_notices(self) -> List[str]:
+        """Lines to log since the last call: an account whose slots other runs hold while this run
+        has rows to start — when it starts waiting, then at most every `NOTICE_EVERY_SECONDS`."""
+        notices, self._notices = self._notices, []
+        return notices
 
     def others(self) -> Dict[str, int]:
         """Slots other live runs hold, per backend name (without claiming anything)."""
-        with ExitStack() as stack:
-            for key in sorted(self.dirs):
-                stack.enter_context(FileLock(str(self.dirs[key] / "ledger.lock"), thread_local=False))
-            by_account = {key: self._others(folder) for key, folder in self.dirs.items()}
+        with self._ledger_locks():
+            by_account = {key: sum(h.holding for h in self._read_others(folder)) for key, folder in self.dirs.items()}
         return {name: by_account[key] for name, key in self.accounts.items()}
 
     def close(self) -> None:
@@ -89,19 +130,58 @@ class AccountSlots:
                 lock.release(force=True)
                 (folder / f"{self.run_id}.alive").unlink(missing_ok=True)
 
+    # --- shares -----------------------------------------------------------------------------
+    def _note_waiting(self, wanted: Mapping[str, int], holding: Mapping[str, int], taken: Mapping[str, int]) -> None:
+        now = time.monotonic()
+        for key in self.dirs:
+            limit, mine = self.limits.get(key), holding.get(key, 0)
+            holders = [h for h in self.holders[key] if h.holding > 0]
+            blocked = limit is not None and holders and wanted.get(key, 0) > mine and mine + taken[key] >= limit
+            if not blocked:
+                self.waiting.pop(key, None)
+                continue
+            self.waiting[key] = "; ".join(h.describe() for h in holders)
+            told = self._told.get(key)
+            if told is None or now - told >= NOTICE_EVERY_SECONDS:
+                self._told[key] = now
+                self._notices.append(f"waiting for job slots of account {key} (parallel_jobs {limit}, this run "
+                                     f"holds {mine}): {self.waiting[key]}")
+
+    def _per_account(self, by_name: Mapping[str, int]) -> Dict[str, int]:
+        totals: Dict[str, int] = {}
+        for name, count in by_name.items():
+            key = self.accounts.get(name)
+            if key is not None:
+                totals[key] = totals.get(key, 0) + int(count)
+        return totals
+
+    def _taken(self, key: str, my_wants: int) -> int:
+        holders = self.holders[key]
+        if key not in self.limits:
+            return sum(h.holding for h in holders)
+        return others_with_reservations(self.limits[key], my_wants, [(h.holding, h.wants) for h in holders])
+
     # --- ledger files -------------------------------------------------------------------
-    def _write(self, key: str, count: int) -> None:
-        if self._written.get(key) == count:
+    @contextmanager
+    def _ledger_locks(self) -> Iterator[None]:
+        with ExitStack() as stack:
+            for key in sorted(self.dirs):  # a fixed order: two runs never wait on each other in a cycle
+                stack.enter_context(FileLock(str(self.dirs[key] / "ledger.lock"), thread_local=False))
+            yield
+
+    def _write(self, key: str, holding: int, wants: int) -> None:
+        if self._written.get(key) == (holding, wants):
             return
         path = self.dirs[key] / f"{self.run_id}{ENTRY}"
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({**self._note, "run_id": self.run_id, "holding": count}))
+        tmp.write_text(json.dumps({**self._note, "run_id": self.run_id, "holding": holding, "wants": wants}))
         os.replace(tmp, path)
-        self._written[key] = count
+        self._written[key] = (holding, wants)
 
-    def _others(self, folder: Path) -> int:
-        total = 0
-        for entry in folder.glob(f"*{ENTRY}"):
+    def _read_others(self, folder: Path) -> List[Holder]:
+        """The other live runs' entries, in run id order (fair shares need a fixed order)."""
+        holders = []
+        for entry in sorted(folder.glob(f"*{ENTRY}")):
             run_id = entry.name[:-len(ENTRY)]
             if run_id == self.run_id:
                 continue
@@ -111,10 +191,12 @@ class AccountSlots:
                 (folder / f"{run_id}.alive").unlink(missing_ok=True)
                 continue
             try:
-                total += int(json.loads(entry.read_text())["holding"])
+                data = json.loads(entry.read_text())
+                holding = int(data["holding"])
+                holders.append(Holder(run_id, holding, int(data.get("wants", holding)), data))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # being rewritten by its owner (atomic replace) or foreign: skip this once
-        return total
+        return holders
 
     @staticmethod
     def _is_alive(folder: Path, run_id: str) -> bool:

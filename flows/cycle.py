@@ -21,7 +21,7 @@ from accounts.slots import AccountSlots
 from flows.bookkeeping import RowNow, effects_of
 from flows.dispatcher import Dispatcher
 from flows.interrupts import StopSignal
-from flows.scheduler import BackendPolicy, Plan, Situation, plan_cycle
+from flows.scheduler import BackendPolicy, Plan, Situation, plan_cycle, slots_wanted
 from jobdb.store import Snapshot, JobStore
 from tasks.outcome import Outcome, Step
 
@@ -173,7 +173,9 @@ class Cycle:
                     holding[intent["backend_name"]] = holding.get(intent["backend_name"], 0) + 1
             return (plan, holding), holding
 
-        plan, self._ledger_holding = self.slots.claim(claim)
+        plan, self._ledger_holding = self.slots.claim(claim, wants=slots_wanted(snapshot, situation))
+        for line in self.slots.waiting_notices():
+            self.logger.info("%s", line)
         return plan
 
     def dispatch(self, plan: Plan, stopping: bool) -> None:

@@ -161,7 +161,8 @@ def drive(
     for name, connection in run.connections.items():
         register_connection(keys[name], connection)
     slots = AccountSlots({n: c.account for n, c in run.connections.items()}, run_key,
-                         note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)})
+                         note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)},
+                         limits={n: b.parallel_jobs for n, b in run.backends.items()})
     publisher = BackgroundPublisher(logger)
     progress = publisher.call(lambda: ProgressReport(run.store.path))
     display = current_display(logger)

@@ -85,3 +85,150 @@ def test_client_credentials_name_the_client_and_never_the_secret(oidc_sim, monke
     assert connection.describe_account()["user_id"] == "robot"
     assert connection.account == f"{origin(oidc_sim.url)}~robot"
     assert "secret" not in connection.account
+
+
+# --- fair shares of an account's slots (accounts/fairness.py, accounts/slots.py) -------------------
+from accounts import slots as slots_module  # noqa: E402
+from accounts.fairness import fair_shares, others_with_reservations  # noqa: E402
+from accounts.slots import AccountSlots  # noqa: E402
+
+ACCOUNT = "127.0.0.1:9~alice"
+
+
+def test_fair_shares_split_evenly_leftovers_to_the_first_and_unwanted_slots_to_others():
+    assert fair_shares(4, [4, 4]) == [2, 2]
+    assert fair_shares(5, [5, 5]) == [3, 2]  # the claimant (first) gets the odd slot
+    assert fair_shares(4, [4, 4, 4]) == [2, 1, 1]
+    assert fair_shares(4, [1, 4]) == [1, 3]  # wants less than its share: the rest goes to the other
+    assert fair_shares(4, [0, 4, 4]) == [0, 2, 2]
+    assert fair_shares(4, [1, 1]) == [1, 1]  # nobody wants more: two slots stay free
+    assert fair_shares(0, [3, 3]) == [0, 0]
+
+
+def test_a_claim_counts_others_holding_or_their_unused_share_whichever_is_more():
+    # A holds all 4 (came first), B arrives wanting 4: B starts nothing until A is below its share
+    assert others_with_reservations(4, 4, [(4, 4)]) == 4
+    # A (holding 2 of its 4 wanted, after two jobs ended) sees B's unused share reserved
+    assert others_with_reservations(4, 4, [(0, 4)]) == 2
+    # B wants only 1: A may use the other 3
+    assert others_with_reservations(4, 4, [(0, 1)]) == 1
+    # a run that wants nothing new reserves nothing beyond what it holds
+    assert others_with_reservations(4, 4, [(3, 3)]) == 3
+
+
+class Run:
+    """A run's use of the ledger as the cycle makes it: take what is free, up to what it wants."""
+
+    def __init__(self, run_id: str, state, limit: int = 4, note=None):
+        self.slots = AccountSlots({"b": ACCOUNT}, run_id, note=note or {"flow_run_id": f"fr-{run_id}"},
+                                  state_dir=state, limits={"b": limit})
+        self.limit, self.holding, self.waiting = limit, 0, 0
+
+    def claim(self) -> int:
+        def decide(others):
+            free = max(0, self.limit - self.holding - others["b"])
+            started = min(free, self.waiting)
+            return started, {"b": self.holding + started}
+
+        started = self.slots.claim(decide, wants={"b": self.holding + self.waiting})
+        self.holding += started
+        self.waiting -= started
+        return started
+
+
+def test_two_holders_then_a_third_arrives_shares_come_out_fair(tmp_path):
+    a, b, c = (Run(r, tmp_path) for r in ("run-a", "run-b", "run-c"))
+    try:
+        a.waiting = 10
+        assert a.claim() == 4  # alone: all the account's slots
+        b.waiting = 10
+        assert b.claim() == 0  # A holds them all; B's want is recorded
+        a.holding -= 2  # two of A's jobs end
+        assert a.claim() == 0  # the freed slots are B's unused share
+        assert b.claim() == 2
+        assert (a.holding, b.holding) == (2, 2)
+        c.waiting = 10
+        assert c.claim() == 0  # nothing free: C records its want
+        a.holding -= 1
+        b.holding -= 1
+        assert b.claim() == 0  # at its share of 3 wanting runs: C's share is reserved
+        assert a.claim() == 1  # below its share; the odd slot goes to whoever asks
+        assert c.claim() == 1
+        assert sorted((a.holding, b.holding, c.holding)) == [1, 1, 2]
+        assert a.holding + b.holding + c.holding == 4
+    finally:
+        for run in (a, b, c):
+            run.slots.close()
+
+
+def test_a_run_that_wants_less_leaves_the_rest_and_no_run_exceeds_the_limit(tmp_path):
+    a, b = Run("run-a", tmp_path), Run("run-b", tmp_path)
+    try:
+        b.waiting = 1
+        assert b.claim() == 1
+        a.waiting = 10
+        assert a.claim() == 3  # B wants 1: A takes the 3 others
+        b.waiting = 10  # B has more rows now, but nothing is free: nobody is cancelled
+        assert b.claim() == 0
+        assert a.holding + b.holding == 4
+        a.holding -= 3
+        assert a.claim() == 2 and b.claim() == 1  # each up to its share: 2 + 2
+        assert (a.holding, b.holding) == (2, 2)
+    finally:
+        a.slots.close()
+        b.slots.close()
+
+
+def test_without_limits_first_come_first_served_and_wants_capped_at_the_limit(tmp_path):
+    plain = AccountSlots({"b": ACCOUNT}, "run-plain", state_dir=tmp_path)
+    fair = Run("run-fair", tmp_path)
+    try:
+        fair.waiting = 50
+        fair.claim()
+        assert plain.claim(lambda others: (others, {"b": 0})) == {"b": 4}  # holdings only, no reservation
+        entry = (tmp_path / "accounts" / ACCOUNT.replace(":", "_") / "run-fair.slots.json").read_text()
+        assert '"wants": 4' in entry and '"holding": 4' in entry
+    finally:
+        plain.close()
+        fair.slots.close()
+
+
+def test_waiting_for_slots_names_the_holders_once_then_at_most_every_minute(tmp_path, monkeypatch):
+    a = Run("run-a", tmp_path, note={"flow_run_id": "5c0e-flow", "job_db": "/data/a.parquet"})
+    b = Run("run-b", tmp_path)
+    try:
+        a.waiting = 4
+        a.claim()
+        assert a.slots.waiting_notices() == []
+        b.waiting = 3
+        b.claim()
+        notices = b.slots.waiting_notices()
+        assert len(notices) == 1
+        assert "5c0e-flow" in notices[0] and "/data/a.parquet" in notices[0] and "holds 4" in notices[0]
+        assert ACCOUNT in notices[0]
+        assert b.slots.waiting == {ACCOUNT: b.slots.holders[ACCOUNT][0].describe()}
+        b.claim()
+        assert b.slots.waiting_notices() == []  # still waiting: not every cycle
+        monkeypatch.setattr(slots_module, "NOTICE_EVERY_SECONDS", 0.0)
+        b.claim()
+        assert len(b.slots.waiting_notices()) == 1  # ... but again after the interval
+        a.holding = 0
+        a.claim()
+        assert b.claim() == 3
+        assert b.slots.waiting == {} and b.slots.waiting_notices() == []
+    finally:
+        a.slots.close()
+        b.slots.close()
+
+
+def test_a_run_wants_what_it_holds_plus_the_rows_it_could_start_there():
+    from flows.scheduler import BackendPolicy, Situation, slots_wanted
+    from jobdb.store import Snapshot
+
+    snapshot = Snapshot(rows=9, waiting=(0, 1, 2, 3, 4), pinned={0: "b", 1: "c"}, holding={"b": 2, "c": 1})
+    backends = {"b": BackendPolicy(4), "c": BackendPolicy(4), "refusing": BackendPolicy(4, accepting=False)}
+    situation = Situation(backends=backends, now=0.0)
+    # 3 rows may go anywhere; one is pinned to each of b and c; nothing new where credits ran out
+    assert slots_wanted(snapshot, situation) == {"b": 2 + 3 + 1, "c": 1 + 3 + 1, "refusing": 0}
+    stopping = Situation(backends=backends, now=0.0, starting_allowed=False)
+    assert slots_wanted(snapshot, stopping) == {"b": 2, "c": 1, "refusing": 0}  # a stopping run starts nothing
