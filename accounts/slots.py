@@ -109,6 +109,10 @@ class AccountSlots:
         self._note_waiting(wanted, totals, taken)
         return result
 
+    def waiting_by_backend(self) -> Dict[str, str]:
+        """Backend name -> who holds the slots this run waits for there (as of the last claim)."""
+        return {name: self.waiting[key] for name, key in self.accounts.items() if key in self.waiting}
+
     def waiting_notices(self) -> List[str]:
         """Lines to log since the last call: an account whose slots other runs hold while this run
         has rows to start — when it starts waiting, then at most every `NOTICE_EVERY_SECONDS`."""
@@ -144,8 +148,8 @@ class AccountSlots:
             told = self._told.get(key)
             if told is None or now - told >= NOTICE_EVERY_SECONDS:
                 self._told[key] = now
-                self._notices.append(f"waiting for job slots of account {key} (parallel_jobs {limit}, this run "
-                                     f"holds {mine}): {self.waiting[key]}")
+                self._notices.append(f"waiting for job slots of account {key} (parallel_jobs {limit}; this run "
+                                     f"holds {mine}, wants {min(limit, wanted[key])}): {self.waiting[key]}")
 
     def _per_account(self, by_name: Mapping[str, int]) -> Dict[str, int]:
         totals: Dict[str, int] = {}

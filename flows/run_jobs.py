@@ -168,6 +168,7 @@ def drive(
     display = current_display(logger)
 
     def on_progress(snapshot) -> None:
+        display.waiting_for_slots(slots.waiting_by_backend())
         display.update(run.store.status_by_backend(), snapshot.rows, time.monotonic() - t0)
         publisher.submit("progress", lambda: progress.result().update(run.store.dataframe()))
 

@@ -4,6 +4,8 @@ together they never exceed the account's `parallel_jobs`."""
 from __future__ import annotations
 
 import json
+import logging
+import math
 import threading
 import time
 from typing import Dict, List, Set
@@ -49,8 +51,10 @@ def gated_sim():
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_two_runs_on_one_account_both_progress_at_once(gated_sim, tmp_path):
+def test_two_runs_on_one_account_both_progress_at_once(gated_sim, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     sim = gated_sim
+    t0 = time.monotonic()
     dbs = {"a": make_db(tmp_path / "jobs_a.parquet", ROWS_A), "b": make_db(tmp_path / "jobs_b.parquet", ROWS_B)}
     configs = {"a": backend("sim-a", sim, PARALLEL), "b": backend("sim-b", sim, PARALLEL)}
     errors: Dict[str, BaseException] = {}
@@ -111,3 +115,12 @@ def test_two_runs_on_one_account_both_progress_at_once(gated_sim, tmp_path):
           f"{len(both)} of {len(active)} samples with both active")
     # First come first served would start B only once A has created all its jobs
     assert created_by_a < ROWS_A
+
+    # B said (once, not every cycle) whose slots it waited for: A's, by its job DB. A, once at its
+    # fair share with rows left, may say the same of B's.
+    waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for job slots")]
+    assert all(f"{origin(sim.url)}~alice (parallel_jobs {PARALLEL};" in w for w in waits), waits
+    per_holder = {db: [w for w in waits if f"{db}.parquet" in w] for db in ("jobs_a", "jobs_b")}
+    assert per_holder["jobs_a"], waits
+    told_at_most = 1 + math.ceil((time.monotonic() - t0) / 60)
+    assert all(len(told) <= told_at_most for told in per_holder.values()), waits

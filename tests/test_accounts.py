@@ -205,6 +205,7 @@ def test_waiting_for_slots_names_the_holders_once_then_at_most_every_minute(tmp_
         notices = b.slots.waiting_notices()
         assert len(notices) == 1
         assert "5c0e-flow" in notices[0] and "/data/a.parquet" in notices[0] and "holds 4" in notices[0]
+        assert "this run holds 0, wants 3" in notices[0]
         assert ACCOUNT in notices[0]
         assert b.slots.waiting == {ACCOUNT: b.slots.holders[ACCOUNT][0].describe()}
         b.claim()
@@ -232,3 +233,32 @@ def test_a_run_wants_what_it_holds_plus_the_rows_it_could_start_there():
     assert slots_wanted(snapshot, situation) == {"b": 2 + 3 + 1, "c": 1 + 3 + 1, "refusing": 0}
     stopping = Situation(backends=backends, now=0.0, starting_allowed=False)
     assert slots_wanted(snapshot, stopping) == {"b": 2, "c": 1, "refusing": 0}  # a stopping run starts nothing
+
+
+def test_the_display_shows_who_holds_the_slots_a_run_waits_for(caplog):
+    import io
+    import logging
+
+    from rich.console import Console
+
+    from flows.progress_display import LiveDisplay, PlainDisplay
+
+    by_backend = {"cdse": {"not_started": 6}}
+    holders = {"cdse": "flow run 5c0e (job DB /data/a.parquet, worker-1 pid 42) holds 4"}
+    logger = logging.getLogger("test.accounts.display")
+    plain = PlainDisplay(logger, every_seconds=0)
+    with caplog.at_level(logging.INFO, logger="test.accounts.display"):
+        plain.waiting_for_slots(holders)
+        plain.update(by_backend, 6, 5.0)
+        plain.waiting_for_slots({})
+        plain.update({"cdse": {"not_started": 5, "running": 1}}, 6, 6.0)
+    lines = [r.getMessage() for r in caplog.records]
+    assert "cdse: waiting for slots held by flow run 5c0e (job DB /data/a.parquet" in lines[0]
+    assert "waiting" not in lines[1]
+    out = io.StringIO()
+    live = LiveDisplay(Console(file=out, width=200), refresh_per_second=50)
+    live.waiting_for_slots(holders)
+    live.update(by_backend, 6, 5.0)
+    live.close()
+    shown = " ".join(out.getvalue().split())  # the caption wraps at the table's width
+    assert "cdse: waiting for slots held by flow run 5c0e (job DB /data/a.parquet, worker-1 pid 42) holds 4" in shown
