@@ -24,7 +24,6 @@ import os
 import socket
 import time
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, TypeVar
 
@@ -32,30 +31,11 @@ from filelock import FileLock, Timeout
 
 from accounts.fairness import others_with_reservations
 from accounts.identity import account_dir
+from accounts.waiting import Holder, WaitingNotices
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ENTRY = ".slots.json"  # a run's entry in an account's ledger (the folder also holds start turns)
-NOTICE_EVERY_SECONDS = 60.0  # how often a run still waiting for others' slots says so again
-
-
-@dataclass(frozen=True)
-class Holder:
-    """Another live run's entry in an account's ledger."""
-
-    run_id: str
-    holding: int
-    wants: int
-    note: Mapping[str, object]
-
-    def describe(self) -> str:
-        """`flow run 5c0e… (job DB /data/jobs.parquet, worker-1 pid 4242) holds 3`."""
-        note = self.note
-        who = f"flow run {note['flow_run_id']}" if note.get("flow_run_id") else f"run {self.run_id}"
-        where = [f"campaign {note['campaign']}"] if note.get("campaign") else []
-        where += [f"job DB {note['job_db']}"] if note.get("job_db") else []
-        where += [f"{note.get('host', '?')} pid {note['pid']}"] if note.get("pid") else []
-        return f"{who} ({', '.join(where)}) holds {self.holding}" if where else f"{who} holds {self.holding}"
 
 
 class AccountSlots:
@@ -76,9 +56,7 @@ class AccountSlots:
             if key is not None:
                 self.limits[key] = min(int(limit), self.limits.get(key, int(limit)))
         self.holders: Dict[str, List[Holder]] = {key: [] for key in self.dirs}  # as of the last claim
-        self.waiting: Dict[str, str] = {}  # account -> who holds the slots this run waits for
-        self._told: Dict[str, float] = {}
-        self._notices: List[str] = []
+        self.notices = WaitingNotices()
         self._note = {"pid": os.getpid(), "host": socket.gethostname(), **(note or {})}
         self._alive: Dict[str, FileLock] = {}
         self._written: Dict[str, tuple] = {}
@@ -106,18 +84,20 @@ class AccountSlots:
             for key in self.dirs:
                 holding = totals.get(key, 0)
                 self._write(key, holding, max(holding, min(wanted.get(key, 0), self.limits.get(key, holding))))
-        self._note_waiting(wanted, totals, taken)
+        now = time.monotonic()
+        for key in self.dirs:
+            self.notices.update(key, self.limits.get(key), totals.get(key, 0), wanted.get(key, 0), taken[key],
+                                self.holders[key], now)
         return result
 
     def waiting_by_backend(self) -> Dict[str, str]:
         """Backend name -> who holds the slots this run waits for there (as of the last claim)."""
-        return {name: self.waiting[key] for name, key in self.accounts.items() if key in self.waiting}
+        return self.notices.by_backend(self.accounts)
 
     def waiting_notices(self) -> List[str]:
         """Lines to log since the last call: an account whose slots other runs hold while this run
-        has rows to start — when it starts waiting, then at most every `NOTICE_EVERY_SECONDS`."""
-        notices, self._notices = self._notices, []
-        return notices
+        has rows to start — when it starts waiting, then at most every minute (accounts/waiting.py)."""
+        return self.notices.take_lines()
 
     def others(self) -> Dict[str, int]:
         """Slots other live runs hold, per backend name (without claiming anything)."""
@@ -135,22 +115,6 @@ class AccountSlots:
                 (folder / f"{self.run_id}.alive").unlink(missing_ok=True)
 
     # --- shares -----------------------------------------------------------------------------
-    def _note_waiting(self, wanted: Mapping[str, int], holding: Mapping[str, int], taken: Mapping[str, int]) -> None:
-        now = time.monotonic()
-        for key in self.dirs:
-            limit, mine = self.limits.get(key), holding.get(key, 0)
-            holders = [h for h in self.holders[key] if h.holding > 0]
-            blocked = limit is not None and holders and wanted.get(key, 0) > mine and mine + taken[key] >= limit
-            if not blocked:
-                self.waiting.pop(key, None)
-                continue
-            self.waiting[key] = "; ".join(h.describe() for h in holders)
-            told = self._told.get(key)
-            if told is None or now - told >= NOTICE_EVERY_SECONDS:
-                self._told[key] = now
-                self._notices.append(f"waiting for job slots of account {key} (parallel_jobs {limit}; this run "
-                                     f"holds {mine}, wants {min(limit, wanted[key])}): {self.waiting[key]}")
-
     def _per_account(self, by_name: Mapping[str, int]) -> Dict[str, int]:
         totals: Dict[str, int] = {}
         for name, count in by_name.items():

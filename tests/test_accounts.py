@@ -88,7 +88,7 @@ def test_client_credentials_name_the_client_and_never_the_secret(oidc_sim, monke
 
 
 # --- fair shares of an account's slots (accounts/fairness.py, accounts/slots.py) -------------------
-from accounts import slots as slots_module  # noqa: E402
+from accounts import waiting as waiting_module  # noqa: E402
 from accounts.fairness import fair_shares, others_with_reservations  # noqa: E402
 from accounts.slots import AccountSlots  # noqa: E402
 
@@ -207,16 +207,16 @@ def test_waiting_for_slots_names_the_holders_once_then_at_most_every_minute(tmp_
         assert "5c0e-flow" in notices[0] and "/data/a.parquet" in notices[0] and "holds 4" in notices[0]
         assert "this run holds 0, wants 3" in notices[0]
         assert ACCOUNT in notices[0]
-        assert b.slots.waiting == {ACCOUNT: b.slots.holders[ACCOUNT][0].describe()}
+        assert b.slots.waiting_by_backend() == {"b": b.slots.holders[ACCOUNT][0].describe()}
         b.claim()
         assert b.slots.waiting_notices() == []  # still waiting: not every cycle
-        monkeypatch.setattr(slots_module, "NOTICE_EVERY_SECONDS", 0.0)
+        monkeypatch.setattr(waiting_module, "NOTICE_EVERY_SECONDS", 0.0)
         b.claim()
         assert len(b.slots.waiting_notices()) == 1  # ... but again after the interval
         a.holding = 0
         a.claim()
         assert b.claim() == 3
-        assert b.slots.waiting == {} and b.slots.waiting_notices() == []
+        assert b.slots.waiting_by_backend() == {} and b.slots.waiting_notices() == []
     finally:
         a.slots.close()
         b.slots.close()
