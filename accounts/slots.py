@@ -25,7 +25,7 @@ import socket
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, TypeVar
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Protocol, TypeVar
 
 from filelock import FileLock, Timeout
 
@@ -36,6 +36,19 @@ from accounts.waiting import Holder, WaitingNotices
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ENTRY = ".slots.json"  # a run's entry in an account's ledger (the folder also holds start turns)
+
+
+class JobSlots(Protocol):
+    """What the cycle needs from any store of account slots (this ledger, or a SQL store's)."""
+
+    def claim(self, decide: Callable[[Dict[str, int]], tuple[T, Mapping[str, int]]],
+              wants: Optional[Mapping[str, int]] = None) -> T: ...
+
+    def waiting_notices(self) -> List[str]: ...
+
+    def waiting_by_backend(self) -> Dict[str, str]: ...
+
+    def close(self) -> None: ...
 
 
 class AccountSlots:
