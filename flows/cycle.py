@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
-from accounts.slots import AccountSlots
+from accounts.slots import JobSlots
 from flows.bookkeeping import RowNow, effects_of
 from flows.dispatcher import Dispatcher
 from flows.interrupts import StopSignal
@@ -56,7 +56,7 @@ class Cycle:
         dispatcher: Dispatcher,
         options: CycleOptions,
         logger: logging.Logger,
-        slots: Optional[AccountSlots] = None,
+        slots: Optional[JobSlots] = None,
         stop: Optional[StopSignal] = None,
         on_progress: Optional[Callable[[Snapshot], None]] = None,
         on_change: Optional[Callable[[int, str, str], None]] = None,
