@@ -262,3 +262,24 @@ def test_the_display_shows_who_holds_the_slots_a_run_waits_for(caplog):
     live.close()
     shown = " ".join(out.getvalue().split())  # the caption wraps at the table's width
     assert "cdse: waiting for slots held by flow run 5c0e (job DB /data/a.parquet, worker-1 pid 42) holds 4" in shown
+
+
+def test_start_turns_live_in_the_accounts_folder_and_are_shared_by_processes(tmp_path):
+    """Two processes pacing one account's starts, given only the state folder: one schedule."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from accounts.pacing import StartSchedule
+
+    script = ("from accounts.pacing import StartSchedule\n"
+              f"s = StartSchedule({ACCOUNT!r}, 0.3)\n"
+              "print(*[s.reserve() for _ in range(3)])\n")
+    env = {**os.environ, STATE_DIR_ENV: str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    turns = sorted(float(t) for proc in procs for t in proc.communicate(timeout=60)[0].split())
+    assert all(proc.returncode == 0 for proc in procs)
+    assert len(turns) == 6 and min(b - a for a, b in zip(turns, turns[1:])) >= 0.3 - 1e-6
+    assert (tmp_path / "accounts" / "127.0.0.1_9~alice" / "starts.json").exists()
+    assert StartSchedule(ACCOUNT, 0.3, tmp_path / "elsewhere").path.parent == tmp_path / "elsewhere"
