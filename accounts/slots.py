@@ -9,8 +9,9 @@ A run claims slots under the account's ledger lock: it counts what the *live* ru
 whose `.alive` lock can be taken is dead: its entry is deleted) plus their unused fair share
 (accounts/fairness.py), decides, writes its own counts, and lets go. The kernel drops a dead
 process's flocks at once, so slots of a killed run come back at the next claim — there is no
-lease to expire, no server to repair, nothing a Prefect restart can strand. Slots of jobs still running on the backend stay counted by the run that
-owns their rows (a resumed run of the same job DB counts them again from the DB).
+lease to expire, no server to repair, nothing a Prefect restart can strand. Slots of jobs still
+running on the backend stay counted by the run that owns their rows (a resumed run of the same
+job DB counts them again from the DB).
 
 Scope: runs sharing the state directory — one machine, or several on a file system with working
 flock (NFSv4). Runs on machines that share nothing are bounded by the backend itself: its
