@@ -23,8 +23,9 @@ ROWS_A, ROWS_B = 12, 8
 ACTIVE = ("created", "queued", "running")
 
 
-def wait_for(condition, what: str, timeout: float = 120.0) -> None:
-    """Wait for an event of the runs (not for a time): `condition()` becomes true."""
+def wait_for(condition, what: str, timeout: float = 600.0) -> None:
+    """Wait for an event of the runs (not for a time): `condition()` becomes true; the timeout
+    only bounds a hang, generous for a loaded machine."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
