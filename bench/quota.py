@@ -50,7 +50,7 @@ def child_main(tool: str, spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     os.environ[compare.PASSWORD_ENV] = spec["password"]
     workdir = Path(spec["workdir"])
-    os.environ["OPENEO_PREFECT_PACING_DIR"] = str(workdir / "pacing")  # a fresh start schedule per run
+    os.environ["OPENEO_JOBS_STATE_DIR"] = str(workdir / "state")  # fresh start turns (and slot ledgers) per run
     result: Dict[str, Any] = {"tool": tool}
     try:
         if tool == "openeo":

@@ -52,7 +52,7 @@ PHASES = [
     ("flows.cycle", "Cycle", "apply", "Cycle.apply (outcomes -> store)"),
     ("flows.cycle", "Cycle", "decide", "Cycle.decide (scheduler + ledger claim)"),
     ("flows.cycle", None, "plan_cycle", "plan_cycle (scheduler)"),
-    ("flows.account_slots", "AccountSlots", "claim", "AccountSlots.claim"),
+    ("tasks.accounts.slots", "AccountSlots", "claim", "AccountSlots.claim"),
     ("flows.cycle", "Cycle", "dispatch", "Cycle.dispatch (submit task runs)"),
     ("jobdb.store", "JobStore", "snapshot", "JobStore.snapshot"),
     ("jobdb.store", "JobStore", "apply", "JobStore.apply"),

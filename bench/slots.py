@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/slots.py [--claims 500] [--rows 20] [--parallel-jobs 5] [--root CHECKOUT]
 
-1. Claim cost: `AccountSlots.claim` (flows/account_slots.py: flock-based ledger per account)
+1. Claim cost: `AccountSlots.claim` (tasks/accounts/slots.py: flock-based ledger per account)
    with 2 runs registered — this process and another one holding slots of the same account —
    timed K times, with the count unchanged (no ledger write) and changing (a write per claim),
    for one and for two accounts; and `others()`.
@@ -35,10 +35,10 @@ OTHER_RUN = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from flows.account_slots import AccountSlots
-from flows.params import BackendConfig
+from tasks.accounts import account_id
+from tasks.accounts.slots import AccountSlots
 backends = {backends}
-slots = AccountSlots({{n: BackendConfig(**b) for n, b in backends.items()}}, "other-run", state_dir=Path({state!r}))
+slots = AccountSlots({{n: account_id(b["url"]) for n, b in backends.items()}}, "other-run", state_dir=Path({state!r}))
 slots.claim(lambda others: (None, {{n: 3 for n in backends}}))
 print("holding", flush=True)
 sys.stdin.read()
@@ -57,8 +57,8 @@ def stats_ms(samples: List[float]) -> Dict[str, float]:
 
 
 def claim_cost(claims: int, accounts: int) -> Dict[str, Any]:
-    from flows.account_slots import AccountSlots
-    from flows.params import BackendConfig
+    from tasks.accounts import account_id
+    from tasks.accounts.slots import AccountSlots
 
     state = Path(tempfile.mkdtemp(prefix="bench-slots-"))
     backends = {f"b{i}": {"name": f"b{i}", "url": f"http://127.0.0.1:{9 + i}", "parallel_jobs": 10}
@@ -67,7 +67,7 @@ def claim_cost(claims: int, accounts: int) -> Dict[str, Any]:
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline().strip() == "holding"
-        slots = AccountSlots({n: BackendConfig(**b) for n, b in backends.items()}, "this-run", state_dir=state)
+        slots = AccountSlots({n: account_id(b["url"]) for n, b in backends.items()}, "this-run", state_dir=state)
         seen: Dict[str, int] = {}
 
         def decide(counts):

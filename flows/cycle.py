@@ -17,11 +17,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
-from flows.account_slots import AccountSlots
+from tasks.accounts.slots import JobSlots
 from flows.bookkeeping import FailureStreaks, RowNow, effects_of
 from flows.dispatcher import Dispatcher
 from flows.interrupts import StopSignal
-from flows.scheduler import BackendPolicy, Plan, Situation, plan_cycle
+from flows.scheduler import BackendPolicy, Plan, Situation, plan_cycle, slots_wanted
 from jobdb.status import FAILED, TERMINAL
 from jobdb.interface import CampaignStore
 from jobdb.store import Snapshot
@@ -62,7 +62,7 @@ class Cycle:
         dispatcher: Dispatcher,
         options: CycleOptions,
         logger: logging.Logger,
-        slots: Optional[AccountSlots] = None,
+        slots: Optional[JobSlots] = None,
         stop: Optional[StopSignal] = None,
         on_progress: Optional[Callable[[Snapshot], None]] = None,
         on_change: Optional[Callable[[int, str, str], None]] = None,
@@ -194,7 +194,9 @@ class Cycle:
                     holding[intent["backend_name"]] = holding.get(intent["backend_name"], 0) + 1
             return (plan, holding), holding
 
-        plan, self._ledger_holding = self.slots.claim(claim)
+        plan, self._ledger_holding = self.slots.claim(claim, wants=slots_wanted(snapshot, situation))
+        for line in self.slots.waiting_notices():
+            self.logger.info("%s", line)
         return plan
 
     def dispatch(self, plan: Plan, stopping: bool) -> None:

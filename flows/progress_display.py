@@ -89,6 +89,14 @@ class _Display:
         self.rates = RateTracker()
         self.down: Dict[str, float] = {}
         self.last: Optional[Tuple[Dict[str, Dict[str, int]], int, float]] = None
+        self.waiting: Dict[str, str] = {}  # backend -> who holds the slots this run waits for
+
+    def waiting_for_slots(self, holders: Mapping[str, str]) -> None:
+        """Backends whose slots other runs hold while this run has rows to start (tasks/accounts/slots.py)."""
+        self.waiting = dict(holders)
+
+    def waiting_text(self) -> str:
+        return "; ".join(f"{b}: waiting for slots held by {who}" for b, who in sorted(self.waiting.items()))
 
     def _record(self, by_backend: ByBackend, rows_total: int, elapsed_seconds: float,
                 down: Optional[Down] = None) -> Dict[str, int]:
@@ -138,7 +146,8 @@ class PlainDisplay(_Display):
                               f"{sum(n for s, n in c.items() if s in HOLDS_SLOT)} active")
             for backend, c in sorted(by_backend.items()) if backend != "(unassigned)"
         )
-        return f"{self.summary(counts, rows_total, elapsed_seconds)} | {statuses}" + (f" | {active}" if active else "")
+        line = f"{self.summary(counts, rows_total, elapsed_seconds)} | {statuses}" + (f" | {active}" if active else "")
+        return line + (f" | {self.waiting_text()}" if self.waiting else "")
 
     def _emit(self, line: str) -> None:
         if line != self._last_line:
@@ -195,6 +204,8 @@ class LiveDisplay(_Display):
         for backend, c in sorted(by_backend.items()):
             table.add_row(f"[red]{backend} (not answering)[/red]" if backend in self.down else backend, *(str(c.get(s, 0) or "") for s in columns),
                           str(sum(n for s, n in c.items() if s in HOLDS_SLOT)))
+        if self.waiting:
+            table.caption, table.caption_justify = self.waiting_text(), "left"
         return table
 
     def close(self) -> None:

@@ -2,7 +2,7 @@
 
 Fan-out/fan-in: the flow alone owns the job DB. It validates and connects before any job is
 created (`prepare`), takes the DB's lock, runs the cycle (flows/cycle.py) with job slots shared
-with other runs of the same accounts (flows/account_slots.py), then reports. Its final state says
+with other runs of the same accounts (tasks/accounts/slots.py), then reports. Its final state says
 how the run went, one per outcome (flows/outcomes.py): Completed, Failed, Completed "Incomplete"
 (work left: run again), Completed "Skipped" (another run owns the DB), Cancelled (interrupted).
 """
@@ -25,7 +25,7 @@ from pydantic import Field
 
 from tasks.results.credentials import StorageBlockError, check_writable, results_root_url
 from tasks.results.run_results import RunResults
-from flows.account_slots import AccountSlots, account_key
+from tasks.accounts.slots import AccountSlots
 from flows.background import BackgroundPublisher
 from flows.blocks import resolve_backend
 from flows.cycle import Cycle, CycleEnd, CycleOptions
@@ -231,6 +231,7 @@ def drive(
     def on_progress(snapshot) -> None:
         by_backend, elapsed = run.store.status_by_backend(), time.monotonic() - t0
         down = {n: since for n, c in run.connections.items() if (since := c.health.down_since()) is not None}
+        display.waiting_for_slots(slots.waiting_by_backend())
         display.update(by_backend, snapshot.rows, elapsed, down)
         publisher.submit("progress", lambda: progress.result().update(by_backend, snapshot.rows, elapsed, down))
 
@@ -296,12 +297,14 @@ def drive(
 def account_slots(run: PreparedRun, run_key: str, flow_run_id: Optional[str]):
     """Job slots shared with the other runs of the same accounts: through the database for a SQL
     job DB (runs on any machine), through the flock ledger on this machine for a file."""
-    accounts = {name: account_key(backend) for name, backend in run.backends.items()}
+    accounts = {name: connection.account for name, connection in run.connections.items()}
+    limits = {name: backend.parallel_jobs for name, backend in run.backends.items()}
     if is_sql(run.store.name):
         from jobdb.sql.slots import SqlAccountSlots
 
-        return SqlAccountSlots(run.store, accounts)
-    return AccountSlots(run.backends, run_key, note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)})
+        return SqlAccountSlots(run.store, accounts, limits=limits)
+    return AccountSlots(accounts, run_key, note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)},
+                        limits=limits)
 
 
 def share_start_turns(run: PreparedRun) -> Callable[[], None]:

@@ -312,3 +312,16 @@ def overdue(running_since: Optional[str], limit_seconds: Optional[float], now: O
     if since.tzinfo is None:
         since = since.replace(tzinfo=timezone.utc)
     return (now - since).total_seconds() > limit_seconds
+
+
+def slots_wanted(snapshot: Snapshot, situation: Situation) -> Dict[str, int]:
+    """Per backend, the job slots this run could use now: the rows holding one there, plus the
+    waiting rows it could start there (recorded in the account's ledger for fair shares)."""
+    anywhere = len(snapshot.waiting) - len(snapshot.pinned)
+    wanted = {}
+    for name, policy in situation.backends.items():
+        waiting = 0
+        if situation.starting_allowed and policy.accepting:
+            waiting = anywhere + sum(1 for backend in snapshot.pinned.values() if backend == name)
+        wanted[name] = int(snapshot.holding.get(name, 0)) + waiting
+    return wanted

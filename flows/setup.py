@@ -6,7 +6,6 @@ import inspect
 import logging
 import re
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
-from urllib.parse import urlsplit
 
 import requests
 from openeo.extra.job_management import ProcessBasedJobCreator
@@ -16,7 +15,8 @@ from openeo.rest import OpenEoApiError, OpenEoApiPlainError, OpenEoClientExcepti
 from flows.login import log_in
 from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
 from tasks.connections import IDEMPOTENT_RETRY, SETUP_RETRY, ManagedConnection, make_session, use_pacing
-from tasks.pacing import pacer_for
+from tasks.accounts.identity import account_id
+from tasks.accounts.pacing import pacer_for
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def connect_backend(backend: BackendConfig, pool_size: int = 32) -> ManagedConne
     try:
         log_in(connection, backend)
         if auth.type != "none":
-            # proves the credentials work, before any job is created; names the account for pacing
+            # proves the credentials work, before any job is created; names the account
             user_id = connection.describe_account().get("user_id")
     except SetupError:
         raise
@@ -146,16 +146,12 @@ def connect_backend(backend: BackendConfig, pool_size: int = 32) -> ManagedConne
     except (requests.RequestException, OpenEoClientException, ValueError) as exc:
         raise SetupError(f"backend {backend.name!r}: authentication ({auth.type}) failed: {exc}",
                          parameter="backends") from None
-    pacer = pacer_for(account_key(backend.url, user_id), backend.max_starts_per_minute, backend.max_concurrent_requests)
+    connection.account = account_id(backend.url, user_id, getattr(auth, "client_id", None),
+                                    getattr(auth, "username", None))
+    pacer = pacer_for(connection.account, backend.max_starts_per_minute, backend.max_concurrent_requests)
     use_pacing(connection, pacer, IDEMPOTENT_RETRY, pool_size)  # and patient retries for the run itself
     connection.default_timeout = 60
     return connection
-
-
-def account_key(url: str, user_id: Optional[str]) -> str:
-    """One backend account: the backend's origin and the user the credentials log in as."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}|{user_id or '<anonymous>'}"
 
 
 def check_unique_names(backends: List[BackendConfig]) -> None:

@@ -4,7 +4,7 @@ Tasks never receive tokens or passwords as parameters (Prefect would show task i
 the UI and hash them into cache keys): they receive a registry key (`connection_key(run, name)`,
 or just the backend name) and look the live connection up here. The flow registers the
 connections before it submits any task. Every request goes through the account's pacer
-(`tasks/pacing.py`): quotas before sending, an account-wide pause on 429.
+(`tasks/accounts/pacing.py`): quotas before sending, an account-wide pause on 429.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from openeo.rest.auth.auth import BearerAuth
 
 from tasks.faults import Backoff, parse_retry_after
 from tasks.health import BackendHealth, ReportingRetry
-from tasks.pacing import AccountPacer
+from tasks.accounts.pacing import AccountPacer
 
 # Idempotent calls (GET, DELETE, ...) are retried by urllib3 on 5xx, honouring Retry-After,
 # and by `PacedAdapter` on 429 (after the whole account paused); POST is retried by neither,
@@ -149,6 +149,9 @@ class ManagedConnection(openeo.Connection):
         self.token_obtained_at: float = 0.0
         self.pacer: Optional[AccountPacer] = None
         self.health = BackendHealth(url)  # told by the paced adapter (`use_pacing`); the flow names and watches it
+        # Which backend account this is (tasks/accounts/identity.py), set once when it connects
+        # (flows/setup.connect_backend): slots, start turns, logs and tags all use it.
+        self.account: Optional[str] = None
         super().__init__(url, **kwargs)
 
     # --- observation -------------------------------------------------------------------

@@ -9,7 +9,7 @@ import tempfile
 # logs "database is locked" on a fresh database otherwise.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-# Job-slot ledgers of this test session (flows/account_slots.py), shared with the runs it starts.
+# Job-slot ledgers of this test session and start turns (accounts/), shared with the runs it starts.
 os.environ.setdefault("OPENEO_JOBS_STATE_DIR", tempfile.mkdtemp(prefix="openeo-jobs-state-"))
 
 import pytest

@@ -14,8 +14,8 @@ from collections import Counter
 
 import pytest
 
-from flows.account_slots import AccountSlots
-from flows.params import BackendConfig
+from tasks.accounts import account_id
+from tasks.accounts.slots import AccountSlots
 from flows.run_jobs import run_jobs
 from simulator import start_simulator
 from tests.crash_helpers import check_recovered, kill_rounds, table
@@ -81,7 +81,7 @@ def _killed_then_resumed(tmp_path, rounds_per_phase: int, embedded: bool):
             leftovers = wait_until_gone(home)
             assert leftovers == [], f"processes outlived their killed CLI: {leftovers}"
         # the killed runs' slots are free at once: a claim made now sees none held (no lease to wait for)
-        probe = AccountSlots({"a": BackendConfig(**kwargs["backends"][0])}, "probe")
+        probe = AccountSlots({"a": account_id(kwargs["backends"][0]["url"], "alice")}, "probe")
         try:
             assert probe.claim(lambda others: (others, {})) == {"a": 0}
         finally:

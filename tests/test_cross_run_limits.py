@@ -12,7 +12,9 @@ from typing import Dict, List
 import pandas as pd
 import pytest
 
-from flows.account_slots import AccountSlots
+from tasks.accounts import account_id
+from tasks.accounts.slots import AccountSlots
+from flows.setup import connect_backend
 from flows.params import BackendConfig
 from flows.run_jobs import run_jobs
 from jobdb import JobDbPaths
@@ -47,6 +49,7 @@ def test_two_overlapping_runs_share_the_account_slots(tmp_path):
     dbs = {"A": make_db(tmp_path / "jobs_a.parquet", 2), "B": make_db(tmp_path / "jobs_b.parquet", 6)}
     # Different backend names (as two users might call it), the same account: one shared limit of 3.
     configs = {"A": backend("sim-a", sim, 3), "B": backend("sim-b", sim, 3)}
+    assert connect_backend(BackendConfig(**configs["A"])).account == connect_backend(BackendConfig(**configs["B"])).account
     results, errors = {}, {}
 
     def run(k):
@@ -86,14 +89,13 @@ def test_two_overlapping_runs_share_the_account_slots(tmp_path):
 def test_slots_of_a_killed_run_come_back_at_the_next_claim(tmp_path):
     """The ledger without leases: a run SIGKILLed while holding all of an account's slots frees
     them the moment it dies (its flock goes with it), not after an expiry."""
-    account = {"a": BackendConfig(name="a", url="http://127.0.0.1:9", parallel_jobs=3)}
+    account = {"a": "127.0.0.1:9~alice"}
     state = tmp_path / "state"
     code = (
         "import sys, time; sys.path.insert(0, %r)\n"
         "from pathlib import Path\n"
-        "from flows.account_slots import AccountSlots\n"
-        "from flows.params import BackendConfig\n"
-        "slots = AccountSlots({'a': BackendConfig(name='a', url='http://127.0.0.1:9', parallel_jobs=3)}, 'doomed',"
+        "from tasks.accounts.slots import AccountSlots\n"
+        "slots = AccountSlots({'a': '127.0.0.1:9~alice'}, 'doomed',"
         " state_dir=Path(%r))\n"
         "slots.claim(lambda others: (None, {'a': 3}))\n"
         "print('holding', flush=True)\n"
@@ -114,14 +116,12 @@ def test_slots_of_a_killed_run_come_back_at_the_next_claim(tmp_path):
             child.kill()
             child.wait(10)
         survivor.close()
-    assert not list((state / "accounts").rglob("*.json"))  # nothing left behind
+    assert not list((state / "accounts").rglob("*.slots.json"))  # nothing left behind
 
 
 def test_two_runs_in_one_process_see_each_other(tmp_path):
-    account = {"a": BackendConfig(name="a", url="http://127.0.0.1:9", parallel_jobs=3)}
-    first = AccountSlots(account, "one", state_dir=tmp_path)
-    second = AccountSlots({"other-name": BackendConfig(name="other-name", url="http://127.0.0.1:9")}, "two",
-                          state_dir=tmp_path)
+    first = AccountSlots({"a": "127.0.0.1:9~alice"}, "one", state_dir=tmp_path)
+    second = AccountSlots({"other-name": "127.0.0.1:9~alice"}, "two", state_dir=tmp_path)
     try:
         first.claim(lambda others: (None, {"a": 2}))
         assert second.others() == {"other-name": 2}  # same account, whatever the run calls the backend
@@ -131,11 +131,10 @@ def test_two_runs_in_one_process_see_each_other(tmp_path):
         second.close()
 
 
-def ledger(state: Path, run_id: str, name: str = "a", parallel_jobs: int = 3) -> AccountSlots:
-    """A run's entry in the slot ledger of one account (the same URL and user whatever `name`)."""
-    config = BackendConfig(name=name, url="http://127.0.0.1:9", parallel_jobs=parallel_jobs,
-                           auth={"type": "basic", "username": "alice", "password_env": "UNUSED_PASSWORD"})
-    return AccountSlots({name: config}, run_id, state_dir=state)
+def ledger(state: Path, run_id: str, name: str = "a") -> AccountSlots:
+    """A run's entry in the slot ledger of one account (the same URL and user whatever `name`).
+    No `limits`: the others' count is exactly what they hold (fair shares: tests/test_accounts.py)."""
+    return AccountSlots({name: account_id("http://127.0.0.1:9", "alice")}, run_id, state_dir=state)
 
 
 def test_a_claim_sees_every_slot_another_live_run_holds(tmp_path):
@@ -159,7 +158,7 @@ def test_concurrent_claims_always_see_the_true_holdings_and_never_exceed_the_lim
     """Two runs claim 150 times each from two threads, each taking a random share of what is
     free: inside every claim the others' count is exactly what they hold, the sum stays <= 3."""
     limit, truth, violations = 3, {"one": 0, "two": 0}, []
-    runs = {k: ledger(tmp_path, k, name=f"name-{k}", parallel_jobs=limit) for k in truth}
+    runs = {k: ledger(tmp_path, k, name=f"name-{k}") for k in truth}
     start = threading.Barrier(2)
 
     def claim(me: str, want) -> None:

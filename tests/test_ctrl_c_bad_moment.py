@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 from prefect.settings import PREFECT_API_URL
 
-from flows.account_slots import STATE_DIR_ENV, AccountSlots
-from flows.params import BackendConfig
+from tasks.accounts import STATE_DIR_ENV, account_id
+from tasks.accounts.slots import AccountSlots
 from jobdb import JobDbPaths
 from jobdb.status import HOLDS_SLOT
 from simulator import start_simulator
@@ -102,9 +102,8 @@ def test_ctrl_c_with_a_create_a_start_and_downloads_in_flight(prefect_harness, t
 
         # --- the run left the slot ledger: a claim made now sees nothing held by others ---------
         assert list(state.rglob("*.json")) == [] and list(state.rglob("*.alive")) == []
-        configs = {kind: BackendConfig(name=kind, url=sim.url, parallel_jobs=2, auth={
-            "type": "basic", "username": "alice", "password_env": PASSWORD_ENV}) for kind, sim in sims.items()}
-        probe = AccountSlots(configs, "probe", state_dir=state)
+        accounts = {kind: account_id(sim.url, "alice") for kind, sim in sims.items()}
+        probe = AccountSlots(accounts, "probe", state_dir=state)
         try:
             assert probe.claim(lambda others: (others, {})) == {kind: 0 for kind in HELD}
         finally:

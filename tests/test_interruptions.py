@@ -16,8 +16,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from flows.account_slots import AccountSlots
-from flows.params import BackendConfig
+from tasks.accounts import account_id
+from tasks.accounts.slots import AccountSlots
 from flows.run_jobs import RunFailed, run_jobs
 from jobdb import JobDbPaths
 from jobdb.lock import JobDbLock
@@ -136,8 +136,7 @@ def test_ctrl_c_in_the_cli_exits_in_seconds_and_the_rerun_completes(tmp_path):
         assert processes_with_env("PREFECT_HOME", str(home)) == []  # no server outlived the CLI
         assert not JobDbPaths.of(db).lock_holder.exists()
         # the interrupted run's slots are free at once: a claim made now sees none held by others
-        probe = AccountSlots({"a": BackendConfig(name="a", url=sim.url, parallel_jobs=2, auth={
-            "type": "basic", "username": "alice", "password_env": PASSWORD_ENV})}, "probe")
+        probe = AccountSlots({"a": account_id(sim.url, "alice")}, "probe")
         try:
             assert probe.claim(lambda others: (others, {})) == {"a": 0}
         finally:

@@ -1,4 +1,4 @@
-"""Client-side pacing (tasks/pacing.py) against the simulator's CDSE-like quotas, over HTTP; no Prefect."""
+"""Client-side pacing (tasks/accounts/pacing.py) against the simulator's CDSE-like quotas, over HTTP; no Prefect."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -10,17 +10,18 @@ from pathlib import Path
 import pytest
 
 from flows.params import BackendConfig
-from flows.setup import account_key, connect_backend
+from flows.setup import connect_backend
 from simulator import SimulatorConfig, start_simulator
-from tasks.pacing import PACING_DIR_ENV, StartSchedule, pacer_for
+from tasks.accounts.identity import STATE_DIR_ENV
+from tasks.accounts.pacing import StartSchedule, pacer_for
 
 START = "POST /jobs/{id}/results"
 GRAPH = {"save": {"process_id": "save_result", "arguments": {"data": 1, "format": "GTiff"}, "result": True}}
 
 
 @pytest.fixture(autouse=True)
-def own_pacing_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv(PACING_DIR_ENV, str(tmp_path / "pacing"))
+def own_state_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv(STATE_DIR_ENV, str(tmp_path / "state"))
 
 
 @pytest.fixture
@@ -105,13 +106,12 @@ def test_one_pacer_per_account_strictest_quota_wins():
     assert pacer_for("http://h|u-strict", 12, 4) is a
     b = pacer_for("http://h|u-strict", max_starts_per_minute=6, max_concurrent_requests=None)
     assert (b.max_starts_per_minute, b.max_concurrent_requests) == (6, 4)
-    assert account_key("https://openeo.example/openeo/1.2", "alice") == "https://openeo.example|alice"
 
 
 def test_start_turns_shared_across_processes(tmp_path):
     """Two processes reserving turns for one account get turns 0.4 s apart, all of them."""
     script = (
-        "import sys, time; from pathlib import Path; from tasks.pacing import StartSchedule\n"
+        "import sys, time; from pathlib import Path; from tasks.accounts.pacing import StartSchedule\n"
         "s = StartSchedule('acct', 0.4, Path(sys.argv[1]))\n"
         "print(*[s.reserve() for _ in range(3)])\n"
     )

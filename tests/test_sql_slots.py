@@ -69,3 +69,40 @@ def test_start_turns_are_shared_by_every_engine(postgres):
     turns = [schedule.reserve() for schedule in (first, second, first, second, first)]
     gaps = [later - earlier for earlier, later in zip(turns, turns[1:])]
     assert min(gaps) >= 0.5 - 0.02, gaps  # the database's clock vs ours: a few ms of rounding at most
+
+
+def test_runs_on_one_account_get_fair_shares_and_the_waiting_run_names_the_holder(postgres, tmp_path):
+    """Two campaigns on one account (parallel_jobs 4): the first run took every slot while alone;
+    once the second says it wants 4, the first starts nothing more until it is back at its share
+    of 2, the freed slots go to the second, and the second names the run it waits for."""
+    url = postgres.database("slots_fairness")
+    campaign(url, "east")
+    campaign(url, "west")
+    first, second = open_store(url, "east", str(tmp_path)), open_store(url, "west", str(tmp_path))
+    first.lock.acquire("flow-run-east")
+    second.lock.acquire("flow-run-west")
+    limits = {"b": 4}
+    slots_first = SqlAccountSlots(first, {"b": "acct"}, limits=limits)
+    slots_second = SqlAccountSlots(second, {"b": "acct"}, limits=limits)
+    try:
+        first.snapshot(), second.snapshot()
+        seen = []
+
+        def take_free(wanted: int):
+            def decide(others):
+                seen.append(others["b"])
+                return None, {"b": min(wanted, limits["b"] - others["b"])}
+            return decide
+        slots_first.claim(take_free(4), wants={"b": 10})
+        assert seen[-1] == 0  # alone: everything is free
+        start(first, first.snapshot().waiting[:4])
+        slots_second.claim(take_free(0), wants={"b": 10})
+        assert seen[-1] == 4 and slots_second.waiting_notices() and "flow-run-east" in \
+            slots_second.waiting_by_backend()["b"]
+        # the first run's claim now reserves the second's fair share: it may hold 2, not 4
+        slots_first.claim(lambda others: (seen.append(others["b"]), {"b": 4}), wants={"b": 10})
+        assert seen[-1] == 2
+        assert slots_second.others() == {"b": 4}
+    finally:
+        first.lock.release()
+        second.lock.release()

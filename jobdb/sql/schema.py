@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Callable, List
 
 from sqlalchemy import (
-    JSON, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text, inspect, select,
+    JSON, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text, inspect, select, text,
 )
 from sqlalchemy.engine import Connection
 
@@ -84,6 +84,7 @@ run_accounts = Table(
     Column("run_id", String(64), primary_key=True),
     Column("account", Text, primary_key=True),
     Column("holding", Integer, nullable=False),
+    Column("wants", Integer),  # holding + rows it could start, for the other runs' fair shares (v2)
 )
 
 # One row per backend account: locked FOR UPDATE to serialize slot claims and start turns.
@@ -98,8 +99,15 @@ def _v1(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
-# Step i brings a database from version i to i + 1. Append; never edit a released step.
-UPGRADES: List[Callable[[Connection], None]] = [_v1]
+def _v2(conn: Connection) -> None:
+    """run_accounts.wants (fair shares). A database made by this release's `_v1` has it already."""
+    if "wants" not in {c["name"] for c in inspect(conn).get_columns("run_accounts")}:
+        conn.execute(text("ALTER TABLE run_accounts ADD COLUMN wants INTEGER"))
+
+
+# Step i brings a database from version i to i + 1. Append; never edit a released step (`_v1`
+# creates the current tables, so later steps check before they alter).
+UPGRADES: List[Callable[[Connection], None]] = [_v1, _v2]
 VERSION = len(UPGRADES)
 
 

@@ -9,21 +9,26 @@ decision — all in one transaction. What others hold is counted from rows, neve
   intents it has not written yet, the rows cover rows it adopted since;
 - active rows of a run whose lease ended (or of no run) still hold their slots: their jobs run on
   the backend until someone sees them end.
+Each run also records what it *wants* (holding + rows it could start); a claim counts each other
+live run as holding at least its fair share (tasks/accounts/fairness.py), as the flock ledger does,
+and a run waiting for slots other runs hold names them (tasks/accounts/waiting.py).
 `StoreStartSchedule` hands out `max_starts_per_minute` turns from the account's row the same way.
 """
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Dict, Mapping, Tuple, TypeVar
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from jobdb.sql.engine import db_now, retrying
-from jobdb.sql.schema import accounts, jobs, run_accounts
+from jobdb.sql.schema import accounts, jobs, run_accounts, runs
 from jobdb.sql.store import SqlJobStore
 from jobdb.status import HOLDS_SLOT
+from tasks.accounts.fairness import others_with_reservations
+from tasks.accounts.waiting import Holder, WaitingNotices
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,60 +47,106 @@ def lock_accounts(conn, keys) -> None:
 
 
 class SqlAccountSlots:
-    """This run's share of its backends' accounts, counted over every campaign in the database."""
+    """This run's share of its backends' accounts, counted over every campaign in the database
+    (the `JobSlots` protocol of tasks/accounts/slots.py). `limits`: backend name -> `parallel_jobs`,
+    for fair shares; without it, first come first served."""
 
-    def __init__(self, store: SqlJobStore, accounts_by_backend: Mapping[str, str]):
+    def __init__(self, store: SqlJobStore, accounts_by_backend: Mapping[str, str],
+                 limits: Optional[Mapping[str, int]] = None):
         self.store = store
         self.accounts = dict(accounts_by_backend)
         self.keys = sorted(set(self.accounts.values()))
+        self.limits: Dict[str, int] = {}  # account -> the strictest parallel_jobs this run gives it
+        for name, limit in (limits or {}).items():
+            if name in self.accounts:
+                key = self.accounts[name]
+                self.limits[key] = min(int(limit), self.limits.get(key, int(limit)))
+        self.notices = WaitingNotices()
         store.accounts.update(self.accounts)
 
-    def claim(self, decide: Callable[[Dict[str, int]], Tuple[T, Mapping[str, int]]]) -> T:
-        """`decide(others)` gets the slots other runs hold per backend name and returns (anything,
-        the slots this run holds per backend name after its decision); recorded, `anything` returned."""
+    def claim(self, decide: Callable[[Dict[str, int]], Tuple[T, Mapping[str, int]]],
+              wants: Optional[Mapping[str, int]] = None) -> T:
+        """`decide(others)` gets the slots other runs take per backend name (held, or reserved as
+        their fair share) and returns (anything, the slots this run holds per backend name after
+        its decision); recorded with what this run wants, `anything` returned."""
         engine = self.store.db.engine
+        wanted = self._per_account(wants or {})
 
         def transaction():
             with engine.begin() as conn:
                 lock_accounts(conn, self.keys)
-                by_account = self._others(conn)
-                result, mine = decide({name: by_account[key] for name, key in self.accounts.items()})
+                holders = self._holders(conn)
+                taken = {key: self._taken(key, wanted.get(key, 0), holders[key]) for key in self.keys}
+                result, mine = decide({name: taken[key] for name, key in self.accounts.items()})
                 totals = {key: 0 for key in self.keys}
-                for name, count in mine.items():
-                    if name in self.accounts:
-                        totals[self.accounts[name]] += int(count)
-                statement = _insert(engine, run_accounts).values(
-                    [{"run_id": self.store.run_id, "account": k, "holding": n} for k, n in totals.items()])
+                totals.update(self._per_account(mine))
+                rows = [{"run_id": self.store.run_id, "account": k, "holding": n,
+                         "wants": max(n, min(wanted.get(k, 0), self.limits.get(k, n)))} for k, n in totals.items()]
+                statement = _insert(engine, run_accounts).values(rows)
                 conn.execute(statement.on_conflict_do_update(
-                    index_elements=["run_id", "account"], set_={"holding": statement.excluded.holding}))
-                return result
-        return retrying(transaction, "claiming job slots", log)
+                    index_elements=["run_id", "account"],
+                    set_={"holding": statement.excluded.holding, "wants": statement.excluded.wants}))
+                return result, totals, taken, holders
+        result, totals, taken, holders = retrying(transaction, "claiming job slots", log)
+        now = time.monotonic()
+        for key in self.keys:
+            self.notices.update(key, self.limits.get(key), totals.get(key, 0), wanted.get(key, 0), taken[key],
+                                holders[key], now)
+        return result
+
+    def waiting_by_backend(self) -> Dict[str, str]:
+        """Backend name -> who holds the slots this run waits for there (as of the last claim)."""
+        return self.notices.by_backend(self.accounts)
+
+    def waiting_notices(self) -> List[str]:
+        """Lines to log since the last call (tasks/accounts/waiting.py)."""
+        return self.notices.take_lines()
 
     def others(self) -> Dict[str, int]:
         with self.store.db.engine.begin() as conn:
-            by_account = self._others(conn)
-        return {name: by_account[key] for name, key in self.accounts.items()}
+            holders = self._holders(conn)
+        return {name: sum(h.holding for h in holders[key]) for name, key in self.accounts.items()}
 
-    def _others(self, conn) -> Dict[str, int]:
+    def _per_account(self, by_name: Mapping[str, int]) -> Dict[str, int]:
+        totals: Dict[str, int] = {}
+        for name, count in by_name.items():
+            if name in self.accounts:
+                totals[self.accounts[name]] = totals.get(self.accounts[name], 0) + int(count)
+        return totals
+
+    def _taken(self, key: str, my_wants: int, holders: List[Holder]) -> int:
+        if key not in self.limits:
+            return sum(h.holding for h in holders)
+        return others_with_reservations(self.limits[key], my_wants, [(h.holding, h.wants) for h in holders])
+
+    def _holders(self, conn) -> Dict[str, List[Holder]]:
+        """Per account, every other holder in a fixed order: each live run (max of what it recorded
+        and its active rows), then the active rows of ended runs (or of none) as one holder that
+        wants nothing more — their jobs run on the backend until someone sees them end."""
         me = self.store.run_id
-        live = set(self.store.lock.live_runs(conn))
-        recorded: Dict[Tuple[str, str], int] = {
-            (a, r): int(n) for r, a, n in conn.execute(
-                select(run_accounts.c.run_id, run_accounts.c.account, run_accounts.c.holding)
+        live = self.store.lock.live_runs(conn)
+        notes = {r: dict(n or {}) for r, n in conn.execute(select(runs.c.run_id, runs.c.note)
+                                                          .where(runs.c.run_id.in_(sorted(live))))}
+        recorded: Dict[Tuple[str, str], Tuple[int, int]] = {
+            (a, r): (int(n), int(w if w is not None else n)) for r, a, n, w in conn.execute(
+                select(run_accounts.c.run_id, run_accounts.c.account, run_accounts.c.holding, run_accounts.c.wants)
                 .where(run_accounts.c.account.in_(self.keys)))}
         active: Dict[Tuple[str, object], int] = {
             (a, o): int(n) for a, o, n in conn.execute(
                 select(jobs.c.account, jobs.c.owner, func.count())
                 .where(jobs.c.account.in_(self.keys), jobs.c.status.in_(sorted(HOLDS_SLOT)))
                 .group_by(jobs.c.account, jobs.c.owner))}
-        totals = {key: 0 for key in self.keys}
+        holders: Dict[str, List[Holder]] = {key: [] for key in self.keys}
         for key in self.keys:
-            for run in live - {me}:
-                totals[key] += max(recorded.get((key, run), 0), active.get((key, run), 0))
-            for (account, owner), n in active.items():
-                if account == key and owner != me and owner not in live:
-                    totals[key] += n
-        return totals
+            for run in sorted(set(live) - {me}):
+                held, wants = recorded.get((key, run), (0, 0))
+                holding = max(held, active.get((key, run), 0))
+                holders[key].append(Holder(run, holding, max(holding, wants), notes.get(run, {})))
+            orphaned = sum(n for (account, owner), n in active.items()
+                           if account == key and owner != me and owner not in live)
+            if orphaned:
+                holders[key].append(Holder("ended runs", orphaned, orphaned, {}))
+        return holders
 
     def close(self) -> None:
         """Nothing to do: the run's records go with its lease (`RunLease.release`)."""
@@ -138,7 +189,7 @@ def share_start_turns(store: SqlJobStore, connections) -> Callable[[], None]:
     """Make the start turns of these connections' accounts come from the database for this run
     (every run on every machine then shares them); returns what puts the local schedules back.
 
-    The account pacers (tasks/pacing.py) are per process and keep their file schedule for runs
+    The account pacers (tasks/accounts/pacing.py) are per process and keep their file schedule for runs
     of file stores; a SQL run lends them the store's schedule only while it runs."""
     swapped = []
     for connection in connections:

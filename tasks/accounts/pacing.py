@@ -1,14 +1,15 @@
 """Client-side pacing to a backend account's quotas, before a request is sent.
 
-One `AccountPacer` per backend account (origin + user) per process, shared by every thread and
-every connection of that account (`pacer_for`):
+One `AccountPacer` per backend account (tasks/accounts/identity.py) per process, shared by every thread
+and every connection of that account (`pacer_for`):
 
 - `max_concurrent_requests`: a semaphore around each request (a streamed response holds its slot
   until it is closed or dropped);
 - `max_starts_per_minute`: `POST /jobs/{id}/results` take turns just over `60 / N` s apart. Each
   start reserves the next free turn and sleeps until then (no polling, no thundering herd). The
-  schedule lives in a small JSON file under a file lock, so runs in other processes on this
-  machine that use the same account share it (cheap: one lock per start, never per poll);
+  schedule lives in a small JSON file under a file lock in the account's state folder
+  (`account_dir`, beside its slot ledger), so runs in other processes on this machine that use the
+  same account share it (cheap: one lock per start, never per poll);
 - a 429 pauses the whole account for `Retry-After` (every thread waits, not just the caller),
   and the start schedule resumes spaced from the end of the pause.
 
@@ -19,10 +20,8 @@ token bucket of burst 1: it also satisfies any bucket of the same rate with a la
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 import weakref
@@ -31,7 +30,8 @@ from typing import Dict, Optional
 
 from filelock import FileLock
 
-PACING_DIR_ENV = "OPENEO_PREFECT_PACING_DIR"
+from tasks.accounts.identity import account_dir
+
 # Turns a little wider than 60/N s: requests that leave exactly on the server's rate arrive
 # with jitter, and a start landing 1 ms early is a 429.
 TURN_MARGIN = 0.01
@@ -42,19 +42,14 @@ def turn_interval(max_starts_per_minute: float) -> float:
     return 60.0 / max_starts_per_minute * (1 + TURN_MARGIN) + TURN_MARGIN_SECONDS
 
 
-def pacing_dir() -> Path:
-    return Path(os.environ.get(PACING_DIR_ENV) or Path(tempfile.gettempdir()) / "openeo-prefect-pacing")
-
-
 class StartSchedule:
     """Turns for job starts of one account, `interval` s apart, shared through a file across processes."""
 
     def __init__(self, account: str, interval: float, directory: Optional[Path] = None):
         self.interval = interval
-        directory = directory or pacing_dir()
+        directory = directory or account_dir(account)
         directory.mkdir(parents=True, exist_ok=True)
-        name = hashlib.sha256(account.encode()).hexdigest()[:24]
-        self.path = directory / f"starts-{name}.json"
+        self.path = directory / "starts.json"
         # The file lock keeps other processes out; it is re-entrant within a process, so threads
         # take the in-process lock first.
         self._file_lock = FileLock(str(self.path) + ".lock", thread_local=False)

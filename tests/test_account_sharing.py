@@ -1,0 +1,127 @@
+"""Two flow runs on one account share it fairly (tasks/accounts/fairness.py), read from the simulator
+over HTTP: the run that comes second gets slots while the first still has rows to start, and
+together they never exceed the account's `parallel_jobs`."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from typing import Dict, List, Set
+
+import pandas as pd
+import pytest
+
+from tasks.accounts import account_dir, origin
+from flows.run_jobs import run_jobs
+from simulator import start_simulator
+from tests.flow_helpers import backend, fast_config, make_db
+
+PARALLEL = 4
+ROWS_A, ROWS_B = 12, 8
+ACTIVE = ("created", "queued", "running")
+
+
+def wait_for(condition, what: str, timeout: float = 600.0) -> None:
+    """Wait for an event of the runs (not for a time): `condition()` becomes true; the timeout
+    only bounds a hang, generous for a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def ledger(sim) -> List[dict]:
+    folder = account_dir(f"{origin(sim.url)}~alice")
+    entries = []
+    for path in folder.glob("*.slots.json"):
+        try:
+            entries.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue  # being replaced by its owner
+    return entries
+
+
+@pytest.fixture
+def gated_sim():
+    """Jobs queue but do not run until the test opens the gate (`max_running_per_user=None`)."""
+    sim = start_simulator(fast_config(queue_time=0.1, run_time=1.0, max_running_per_user=0))
+    yield sim
+    sim.stop()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_two_runs_on_one_account_both_progress_at_once(gated_sim, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    sim = gated_sim
+    t0 = time.monotonic()
+    dbs = {"a": make_db(tmp_path / "jobs_a.parquet", ROWS_A), "b": make_db(tmp_path / "jobs_b.parquet", ROWS_B)}
+    configs = {"a": backend("sim-a", sim, PARALLEL), "b": backend("sim-b", sim, PARALLEL)}
+    errors: Dict[str, BaseException] = {}
+
+    def run(k: str) -> None:
+        try:
+            run_jobs(job_db=str(dbs[k]), backends=[configs[k]], start_job="flows.demo_callbacks:start_job",
+                     poll_interval_seconds=0.3)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors[k] = exc
+
+    threads = {k: threading.Thread(target=run, args=(k,), name=f"run-{k}") for k in dbs}
+    threads["a"].start()
+    # A takes every slot while nothing can run
+    wait_for(lambda: sim.counters()["active_per_user"].get("alice", 0) == PARALLEL, "run A to fill the account")
+    threads["b"].start()
+    # B has asked for slots (its want is in the ledger) while A holds them all
+    wait_for(lambda: any(e["holding"] == 0 and e["wants"] > 0 for e in ledger(sim)), "run B to ask for slots")
+
+    samples: List[Set[str]] = []  # ids of the jobs that exist, and of the active ones, per sample
+    active: List[Set[str]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        from openeo import connect
+
+        connection = connect(sim.url).authenticate_basic("alice", sim.config.password)
+        while not done.is_set():
+            jobs = connection.get("/jobs", params={"limit": 1000}).json()["jobs"]
+            samples.append({j["id"] for j in jobs})
+            active.append({j["id"] for j in jobs if j["status"] in ACTIVE})
+            done.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    sim.configure(max_running_per_user=None)  # open the gate: jobs run and end, slots free up
+    for thread in threads.values():
+        thread.join(timeout=240)
+    done.set()
+    sampler.join(30)
+    assert not any(t.is_alive() for t in threads.values()), "flow runs did not end in time"
+    assert not errors, errors
+
+    ids = {}
+    for k, db in dbs.items():
+        df = pd.read_parquet(db)
+        assert (df["status"] == "finished").all(), df["status"].value_counts()
+        ids[k] = set(df["id"])
+    counters = sim.counters()
+    assert counters["jobs_total"] == ROWS_A + ROWS_B
+    assert counters["max_active_per_user"]["alice"] <= PARALLEL  # together, never above the account's limit
+
+    both = [i for i, now in enumerate(active) if now & ids["a"] and now & ids["b"]]
+    assert both, "the two runs never had jobs active at the same moment"
+    first_b = min(i for i, now in enumerate(active) if now & ids["b"])
+    created_by_a = len(samples[first_b] & ids["a"])
+    print(f"B's first active job while A had created {created_by_a} of {ROWS_A}; "
+          f"{len(both)} of {len(active)} samples with both active")
+    # First come first served would start B only once A has created all its jobs
+    assert created_by_a < ROWS_A
+
+    # B said (once, not every cycle) whose slots it waited for: A's, by its job DB. A, once at its
+    # fair share with rows left, may say the same of B's.
+    waits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for job slots")]
+    assert all(f"{origin(sim.url)}~alice (parallel_jobs {PARALLEL};" in w for w in waits), waits
+    per_holder = {db: [w for w in waits if f"{db}.parquet" in w] for db in ("jobs_a", "jobs_b")}
+    assert per_holder["jobs_a"], waits
+    told_at_most = 1 + math.ceil((time.monotonic() - t0) / 60)
+    assert all(len(told) <= told_at_most for told in per_holder.values()), waits
