@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 PASSWORD_ENV = "BENCH_OPENEO_PASSWORD"
-START_JOB = "flows.demo_callbacks:start_job"
+START_JOB = "flows.tiling.demo_callbacks:start_job"
 # Persistent Prefect home for the bench (migrations run once, ~15 s), apart from the tests' one.
 DEFAULT_PREFECT_HOME = Path.home() / ".cache" / "openeo-prefect-bench" / "prefect"
 
@@ -130,7 +130,7 @@ def run_openeo(spec: Dict[str, Any], workdir: Path):
     import openeo
     from openeo.extra.job_management import MultiBackendJobManager, create_job_db
 
-    from flows.demo_callbacks import start_job
+    from flows.tiling.demo_callbacks import start_job
 
     logging.basicConfig(level=logging.WARNING)
     db_path = workdir / "jobs.csv"

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         try:
             db = make_db(work / "jobs.parquet", rows)
             kwargs = dict(job_db=str(db), backends=[backend("a", sim, args.parallel_jobs)],
-                          start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.25)
+                          start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.25)
             if args.cli:
                 home = work / "prefect-home"
                 env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}

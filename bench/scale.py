@@ -42,23 +42,23 @@ PASSWORD_ENV = "BENCH_OPENEO_PASSWORD"
 DEFAULT_PREFECT_HOME = Path.home() / ".cache" / "openeo-prefect-bench" / "prefect"
 SIM = dict(queue_time=0.1, run_time=0.3, create_latency=0.0, start_latency=0.0, asset_count=1, asset_size=1024, seed=5)
 # (module, class or None, attribute, label): wrapped where present, so the old cycle
-# (flows/cycle.py functions, flows/slots.py) and the rebuilt one (Cycle, Dispatcher, JobStore,
+# (flows/run_loop/cycle.py functions, flows/slots.py) and the rebuilt one (Cycle, Dispatcher, JobStore,
 # AccountSlots) both report their phases.
 PHASES = [
     ("jobdb", "JobDatabase", "save", "JobDatabase.save"),
-    ("flows.reporting", "ProgressReport", "update", "ProgressReport.update (background thread)"),
+    ("flows.report.reporting", "ProgressReport", "update", "ProgressReport.update (background thread)"),
     # rebuilt cycle
-    ("flows.dispatcher", "Dispatcher", "collect", "Dispatcher.collect (waits for outcomes)"),
-    ("flows.cycle", "Cycle", "apply", "Cycle.apply (outcomes -> store)"),
-    ("flows.cycle", "Cycle", "decide", "Cycle.decide (scheduler + ledger claim)"),
-    ("flows.cycle", None, "plan_cycle", "plan_cycle (scheduler)"),
+    ("flows.run_loop.dispatcher", "Dispatcher", "collect", "Dispatcher.collect (waits for outcomes)"),
+    ("flows.run_loop.cycle", "Cycle", "apply", "Cycle.apply (outcomes -> store)"),
+    ("flows.run_loop.cycle", "Cycle", "decide", "Cycle.decide (scheduler + ledger claim)"),
+    ("flows.run_loop.cycle", None, "plan_cycle", "plan_cycle (scheduler)"),
     ("tasks.accounts.slots", "AccountSlots", "claim", "AccountSlots.claim"),
-    ("flows.cycle", "Cycle", "dispatch", "Cycle.dispatch (submit task runs)"),
+    ("flows.run_loop.cycle", "Cycle", "dispatch", "Cycle.dispatch (submit task runs)"),
     ("jobdb.store", "JobStore", "snapshot", "JobStore.snapshot"),
     ("jobdb.store", "JobStore", "apply", "JobStore.apply"),
     ("jobdb.store", "JobStore", "persist", "JobStore.persist"),
     # cycle before the rebuild
-    *[("flows.cycle", None, name, name) for name in (
+    *[("flows.run_loop.cycle", None, name, name) for name in (
         "collect_starts", "collect_polls", "submit_polls", "reconcile", "claim_rows", "collect_finishers",
         "log_histogram", "submit_finishers", "wait_for_progress")],
     *[("flows.slots", "JobSlots", name, f"JobSlots.{name}") for name in ("sync", "grant", "bind")],
@@ -131,7 +131,7 @@ def child_flow(spec: Dict[str, Any], out: Path) -> None:
         profiler.enable()
     t0 = time.time()
     try:
-        state = rj.run_jobs(job_db=str(db_path), backends=backends, start_job="flows.demo_callbacks:start_job",
+        state = rj.run_jobs(job_db=str(db_path), backends=backends, start_job="flows.tiling.demo_callbacks:start_job",
                             max_start_workers=spec["start_workers"], poll_interval_seconds=1.0,
                             download_results=spec["download"], root_dir=str(workdir / "results"), return_state=True)
         t1 = time.time()

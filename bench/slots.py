@@ -7,7 +7,7 @@
    timed K times, with the count unchanged (no ledger write) and changing (a write per claim),
    for one and for two accounts; and `others()`.
 2. Two runs at once: two processes, two job DBs of `--rows` rows, one backend account with
-   `parallel_jobs` P, one shared Prefect server (flows/local_server.py). Reports the account's
+   `parallel_jobs` P, one shared Prefect server (flows/console/local_server.py). Reports the account's
    peak active jobs on the simulator against P (must not exceed it), each run's makespan, and
    the ideal `ceil(2N/P)·(create+start+queue+run)`. `--root` runs the flows of another checkout.
 """
@@ -117,7 +117,7 @@ def child_run(spec_path: str, out_path: str) -> None:
     result: Dict[str, Any] = {}
     t0 = time.time()
     try:
-        stats = run_jobs(job_db=str(db), backends=[backend], start_job="flows.demo_callbacks:start_job",
+        stats = run_jobs(job_db=str(db), backends=[backend], start_job="flows.tiling.demo_callbacks:start_job",
                          poll_interval_seconds=1.0, download_results=True, root_dir=str(db.parent / "results"))
         result.update(ok=True, status=stats.get("status"), elapsed=stats.get("elapsed_seconds"))
     except BaseException as exc:  # noqa: BLE001 - reported
@@ -127,7 +127,7 @@ def child_run(spec_path: str, out_path: str) -> None:
 
 
 def two_runs(rows: int, parallel_jobs: int, root: Path) -> Dict[str, Any]:
-    from flows.local_server import local_prefect_server
+    from flows.console.local_server import local_prefect_server
     from simulator import SimulatorConfig, start_simulator
 
     work = Path(tempfile.mkdtemp(prefix="bench-two-runs-"))

@@ -45,7 +45,7 @@ def first_job(root: Path, home: Path, work: Path) -> Dict[str, float]:
     with start_simulator(fast_config()) as sim:
         command = [sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), "--no-live",
                    "--backend", f"sim={sim.url},parallel_jobs=4,user=bench,password_env=BENCH_OPENEO_PASSWORD",
-                   "--start-job", "flows.demo_callbacks:start_job", "--poll-interval", "0.5"]
+                   "--start-job", "flows.tiling.demo_callbacks:start_job", "--poll-interval", "0.5"]
         t0 = time.monotonic()
         process = subprocess.Popen(command, cwd=root, env=cli_env(root, home), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)

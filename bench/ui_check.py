@@ -61,7 +61,7 @@ def mid_run_and_failed_run(ui: str, out: Path, work: Path, sim) -> None:
         db = make_db(work / "campaign.parquet", 24)
         running = threading.Thread(target=lambda: run_jobs(
             job_db=str(db), backends=[backend("sim-a", sim, 3), backend("sim-b", slow, 3)],
-            start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.5, failure_threshold=1.0))
+            start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.5, failure_threshold=1.0))
         running.start()
         deadline = time.monotonic() + 300
         table = None
@@ -81,7 +81,7 @@ def mid_run_and_failed_run(ui: str, out: Path, work: Path, sim) -> None:
     try:
         db = make_db(work / "failing.parquet", 4)
         state = run_jobs(job_db=str(db), backends=[backend("sim", failing, 2)],
-                         start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.3, return_state=True)
+                         start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.3, return_state=True)
         print(f"failed run: {state.type.value}: {state.message}")
         screenshot(f"{ui}/runs/flow-run/{state.state_details.flow_run_id}", out / "failed_run.png", work / "chromium-f")
         print(f"failed_run: {out / 'failed_run.png'}")
@@ -126,7 +126,7 @@ def main() -> int:
         tile_area(aoi={"west": 4.0, "south": 50.5, "east": 4.1, "north": 50.55}, tile_size=4_000, job_db=str(db),
                   years=[2023, 2024])
         t0 = time.monotonic()
-        state = run_jobs(job_db=str(db), backends=[backend("sim", sim, 3)], start_job="flows.demo_callbacks:start_job",
+        state = run_jobs(job_db=str(db), backends=[backend("sim", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",
                          poll_interval_seconds=0.5, return_state=True)
         flow_run_id = state.state_details.flow_run_id
         print(f"flow run {flow_run_id}: {state.type.value} in {time.monotonic() - t0:.1f} s")

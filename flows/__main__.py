@@ -1,4 +1,4 @@
 """`python -m flows ...`: the run-jobs command line (same as `python -m flows.run_jobs ...`)."""
-from flows.cli import exit_process, main
+from flows.console.cli import run_command_line
 
-exit_process(main())
+run_command_line()

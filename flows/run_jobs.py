@@ -1,17 +1,19 @@
 """The run-jobs flow: drive every row of a job DB through an openEO batch job.
 
 Fan-out/fan-in: the flow alone owns the job DB. It validates and connects before any job is
-created (`prepare`), takes the DB's lock, runs the cycle (flows/cycle.py) with job slots shared
+created (`prepare`), takes the DB's lock, runs the cycle (flows/run_loop/cycle.py) with job slots shared
 with other runs of the same accounts (tasks/accounts/slots.py), then reports. Its final state says
-how the run went, one per outcome (flows/outcomes.py): Completed, Failed, Completed "Incomplete"
+how the run went, one per outcome (flows/run_loop/outcomes.py): Completed, Failed, Completed "Incomplete"
 (work left: run again), Completed "Skipped" (another run owns the DB), Cancelled (interrupted).
 """
 from __future__ import annotations
 
-if __name__ == "__main__":  # check the input before Prefect is imported; and import this module only once
-    from flows.cli import exit_process, main
+if __name__ == "__main__":  # `python -m flows.run_jobs`: the package's command line (flows/__main__.py),
+    # which checks the input before Prefect is imported and imports this module once, by its name.
+    # Run as a module, not imported: the command line imports the flow, never the other way round.
+    import runpy
 
-    exit_process(main())
+    runpy.run_module("flows", run_name="__main__", alter_sys=True)
 
 import time
 import uuid
@@ -26,19 +28,19 @@ from pydantic import Field
 from tasks.results.credentials import StorageBlockError, check_writable, results_root_url
 from tasks.results.run_results import RunResults
 from tasks.accounts.slots import AccountSlots
-from flows.background import BackgroundPublisher
-from flows.blocks import resolve_backend
-from flows.cycle import Cycle, CycleEnd, CycleOptions
-from flows.interrupts import StopSignal, catch_interrupts, watch_for_cancel
-from flows.outcomes import RunOutcome
-from flows.owners import ApiGoneAware, api_reachable, fail_fast_without_api, record_unrecorded_end, settle_previous_owner
-from flows.dispatcher import Dispatcher
-from flows.events import JobEvents
-from flows.params import BackendConfig, ProcessCreatorConfig, SetupError, document_parameters
-from flows.progress_display import current_display
-from flows.reporting import ProgressReport, failed_rows, merge_request_counts, publish_final_artifacts
-from flows.scheduler import BackendPolicy
-from flows.setup import (
+from flows.run_loop.background import BackgroundPublisher
+from flows.config.blocks import resolve_backend
+from flows.run_loop.cycle import Cycle, CycleEnd, CycleOptions
+from flows.run_loop.interrupts import StopSignal, catch_interrupts, watch_for_cancel
+from flows.run_loop.outcomes import RunOutcome
+from flows.run_loop.owners import ApiGoneAware, api_reachable, fail_fast_without_api, record_unrecorded_end, settle_previous_owner
+from flows.run_loop.dispatcher import Dispatcher
+from flows.run_loop.events import JobEvents
+from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError, document_parameters
+from flows.console.progress_display import current_display
+from flows.report.reporting import ProgressReport, failed_rows, merge_request_counts, publish_final_artifacts
+from flows.rules.scheduler import BackendPolicy
+from flows.config.setup import (
     check_process_parameters,
     check_row_backends,
     check_unique_names,
@@ -46,7 +48,7 @@ from flows.setup import (
     load_start_job,
     make_process_creator,
 )
-from flows.tile_map import write_tile_map
+from flows.report.tile_map import write_tile_map
 from jobdb import JobDbError, JobDbLocked
 from jobdb.status import FAILED, HOLDS_SLOT
 from jobdb.interface import CampaignStore, open_store
@@ -317,7 +319,7 @@ def share_start_turns(run: PreparedRun) -> Callable[[], None]:
 
 
 def final_state(run: PreparedRun, end: CycleEnd, stats: Dict[str, Any], threshold: float, logger) -> State:
-    """One state per outcome (flows/outcomes.py). The threshold judges the rows this run worked on
+    """One state per outcome (flows/run_loop/outcomes.py). The threshold judges the rows this run worked on
     (a pass that only looks at old failures is not a failed pass); the message gives the campaign's
     totals too."""
     counts = stats["status"]

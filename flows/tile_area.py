@@ -1,6 +1,6 @@
 """The `tile-area` flow: area of interest -> tile grid -> GeoParquet job DB.
 
-AOI parsing lives in `flows/aoi.py`, the grid maths in `flows/grid.py`; this module writes the
+AOI parsing lives in `flows/tiling/aoi.py`, the grid maths in `flows/tiling/grid.py`; this module writes the
 grid as a job DB (atomically, with openeo's columns added) and wires it up as a Prefect flow.
 The job DB's columns are documented in README.md ("Job DB from an area of interest").
 """
@@ -16,8 +16,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
-from flows.aoi import PARQUET_SUFFIXES, BBox, TilingError, load_aoi
-from flows.grid import ColumnValue, make_tile_grid, tile_id
+from flows.tiling.aoi import PARQUET_SUFFIXES, BBox, TilingError, load_aoi
+from flows.tiling.grid import ColumnValue, make_tile_grid, tile_id
 from jobdb import JobDbPaths
 
 __all__ = ["BBox", "TilingError", "load_aoi", "make_tile_grid", "tile_area", "tile_id", "write_job_db"]

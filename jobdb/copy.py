@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import pandas as pd
 
@@ -90,9 +90,3 @@ def copy(source: str, target: str, campaign: Optional[str] = None, force: bool =
     where = write_any(df, target, name, force)
     return f"copied {len(df)} rows to {where}"
 
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """`python -m jobdb ...` (jobdb/__main__.py holds the command line)."""
-    from jobdb.__main__ import main as jobdb_main
-
-    return jobdb_main(argv)

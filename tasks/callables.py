@@ -1,6 +1,6 @@
 """Loading a user's hook from its import path, and checking it can be called as a hook.
 
-No Prefect here: the command line checks hooks before Prefect starts (flows/preflight.py).
+No Prefect here: the command line checks hooks before Prefect starts (flows/config/preflight.py).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The one envelope every task answers with, and the inbox the flow collects envelopes from.
 
 A task reports facts per row (`Outcome.rows`: row index -> what happened), never DB updates:
-only the flow turns facts into updates (flows/bookkeeping.py). When a task runs inside the
+only the flow turns facts into updates (flows/rules/bookkeeping.py). When a task runs inside the
 flow it also drops its outcome into the flow's inbox (a queue in the same process, named by a
 plain string parameter), so the flow collects outcomes without reading Prefect results through
 the API or its event loop, and goes on even while the Prefect API is unreachable. Run alone, a

@@ -9,7 +9,7 @@ from jobdb.store import JobStore
 _open = JobStore.open.__func__
 JobStore.open = classmethod(lambda cls, job_db, min_persist_interval=1.0: _open(cls, job_db, 3600.0))
 
-from flows.cli import main  # noqa: E402 - after the patch
+from flows.console.cli import main  # noqa: E402 - after the patch
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,7 @@
 """A start_job callback with a bug for one tile, as users write them (tests/test_at_a_glance.py)."""
 from __future__ import annotations
 
-from flows.demo_callbacks import start_job as demo_start_job
+from flows.tiling.demo_callbacks import start_job as demo_start_job
 
 BROKEN_TILE = "T005"
 

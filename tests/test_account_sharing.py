@@ -62,7 +62,7 @@ def test_two_runs_on_one_account_both_progress_at_once(gated_sim, tmp_path, capl
 
     def run(k: str) -> None:
         try:
-            run_jobs(job_db=str(dbs[k]), backends=[configs[k]], start_job="flows.demo_callbacks:start_job",
+            run_jobs(job_db=str(dbs[k]), backends=[configs[k]], start_job="flows.tiling.demo_callbacks:start_job",
                      poll_interval_seconds=0.3)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors[k] = exc

@@ -8,8 +8,8 @@ import pytest
 
 from tasks.accounts import account_dir, account_id, origin, state_dir
 from tasks.accounts.identity import STATE_DIR_ENV
-from flows.params import BackendConfig
-from flows.setup import connect_backend
+from flows.config.params import BackendConfig
+from flows.config.setup import connect_backend
 from simulator import SimulatorConfig, start_simulator
 from tests.flow_helpers import backend
 from tests.oidc_provider import DEVICE_GRANT, started_provider
@@ -223,7 +223,7 @@ def test_waiting_for_slots_names_the_holders_once_then_at_most_every_minute(tmp_
 
 
 def test_a_run_wants_what_it_holds_plus_the_rows_it_could_start_there():
-    from flows.scheduler import BackendPolicy, Situation, slots_wanted
+    from flows.rules.scheduler import BackendPolicy, Situation, slots_wanted
     from jobdb.store import Snapshot
 
     snapshot = Snapshot(rows=9, waiting=(0, 1, 2, 3, 4), pinned={0: "b", 1: "c"}, holding={"b": 2, "c": 1})
@@ -241,7 +241,7 @@ def test_the_display_shows_who_holds_the_slots_a_run_waits_for(caplog):
 
     from rich.console import Console
 
-    from flows.progress_display import LiveDisplay, PlainDisplay
+    from flows.console.progress_display import LiveDisplay, PlainDisplay
 
     by_backend = {"cdse": {"not_started": 6}}
     holders = {"cdse": "flow run 5c0e (job DB /data/a.parquet, worker-1 pid 42) holds 4"}

@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import pytest
 
-from flows.params import SetupError
+from flows.config.params import SetupError
 from flows.run_jobs import run_jobs
 from jobdb import JobDatabase
 from simulator import start_simulator
@@ -20,7 +20,7 @@ def test_failed_jobs_are_resubmitted_until_their_attempts_are_used(tmp_path):
     sim = start_simulator(fast_config(p_error=0.5, seed=11))
     try:
         db = make_db(tmp_path / "jobs.parquet", 10)
-        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 4)], start_job="flows.demo_callbacks:start_job",
+        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 4)], start_job="flows.tiling.demo_callbacks:start_job",
                          poll_interval_seconds=0.3, max_attempts=3, failure_threshold=1.0)
     finally:
         sim.stop()
@@ -45,7 +45,7 @@ def test_hooks_run_after_results_a_failing_hook_marks_its_row_and_resumes_rerun_
     sim = start_simulator(fast_config(p_error=0.4, seed=5))
     try:
         db = make_db(tmp_path / "jobs.parquet", 8)
-        common = dict(job_db=str(db), backends=[backend("a", sim, 4)], start_job="flows.demo_callbacks:start_job",
+        common = dict(job_db=str(db), backends=[backend("a", sim, 4)], start_job="flows.tiling.demo_callbacks:start_job",
                       poll_interval_seconds=0.3, failure_threshold=1.0)
         run_jobs(**common)  # no hooks yet: the resumed run must run them
         jobs_before = sim.counters()["jobs_total"]
@@ -75,7 +75,7 @@ def test_every_job_status_change_is_a_prefect_event(tmp_path):
     try:
         db = make_db(tmp_path / "jobs.parquet", 3)
         since = DateTime.now("UTC").subtract(seconds=5)
-        run_jobs(job_db=str(db), backends=[backend("evt", sim, 3)], start_job="flows.demo_callbacks:start_job",
+        run_jobs(job_db=str(db), backends=[backend("evt", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",
                  poll_interval_seconds=0.3)
     finally:
         sim.stop()
@@ -108,7 +108,7 @@ def test_bad_hooks_are_refused_before_any_job(tmp_path, field, value, words):
         db = make_db(tmp_path / "jobs.csv", 2)
         digest = hashlib.sha256(db.read_bytes()).hexdigest()
         with pytest.raises(SetupError) as refused:
-            run_jobs(job_db=str(db), backends=[backend("a", sim, 2)], start_job="flows.demo_callbacks:start_job",
+            run_jobs(job_db=str(db), backends=[backend("a", sim, 2)], start_job="flows.tiling.demo_callbacks:start_job",
                      **{field: value})
         assert all(w in str(refused.value) for w in words), str(refused.value)
         assert refused.value.parameter == field
@@ -123,7 +123,7 @@ def test_max_attempts_below_one_is_refused(tmp_path):
     digest = hashlib.sha256(db.read_bytes()).hexdigest()
     with pytest.raises(Exception, match="max_attempts"):
         run_jobs(job_db=str(db), backends=[{"name": "a", "url": "http://127.0.0.1:9"}],
-                 start_job="flows.demo_callbacks:start_job", max_attempts=0)
+                 start_job="flows.tiling.demo_callbacks:start_job", max_attempts=0)
     assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
     assert JobDatabase.open(db).df["status"].eq("not_started").all()
 
@@ -136,7 +136,7 @@ def test_a_backend_out_of_credits_stops_taking_jobs_and_the_others_go_on(tmp_pat
     try:
         db = make_db(tmp_path / "jobs.parquet", 10)
         stats = run_jobs(job_db=str(db), backends=[backend("broke", broke, 3), backend("rich", rich, 3)],
-                         start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.3)
+                         start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.3)
         df = pd.read_parquet(db)
         assert (df["status"] == "finished").all() and "start_failed" not in stats["status"]
         assert set(stats["refused_backends"]) == {"broke"} and "402" in stats["refused_backends"]["broke"]
@@ -145,7 +145,7 @@ def test_a_backend_out_of_credits_stops_taking_jobs_and_the_others_go_on(tmp_pat
 
         alone = make_db(tmp_path / "alone.parquet", 3)
         state = run_jobs(job_db=str(alone), backends=[backend("broke", broke, 3)],
-                         start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.3, return_state=True)
+                         start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.3, return_state=True)
         assert state.is_completed() and "rows left" in state.message and "refused new jobs" in state.message and "broke" in state.message
         left = pd.read_parquet(alone)
         assert set(left["status"]) <= {"not_started", "created"} and "start_failed" not in set(left["status"])

@@ -7,7 +7,7 @@ import base64
 import pandas as pd
 import pytest
 
-from flows.reporting import ProgressReport, publish_final_artifacts, summary_markdown
+from flows.report.reporting import ProgressReport, publish_final_artifacts, summary_markdown
 from flows.run_jobs import run_jobs
 from flows.tile_area import tile_area
 from jobdb import JobDbPaths
@@ -38,7 +38,7 @@ def test_artifacts_and_tile_map(sim, tmp_path):
     tile_area(aoi={"west": 4.0, "south": 50.5, "east": 4.1, "north": 50.55}, tile_size=2_000, job_db=str(db))
     rows = len(pd.read_parquet(db))
     assert 3 <= rows <= 40
-    stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 4)], start_job="flows.demo_callbacks:start_job",
+    stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 4)], start_job="flows.tiling.demo_callbacks:start_job",
                      poll_interval_seconds=0.3)
     assert stats["status"] == {"finished": rows}
 
@@ -91,7 +91,7 @@ def test_artifact_keys_unique_per_job_db(tmp_path):
 
 
 def test_summary_links_a_map_too_large_to_embed(tmp_path, monkeypatch):
-    import flows.reporting as reporting
+    import flows.report.reporting as reporting
 
     png = tmp_path / "jobs_map.png"
     png.write_bytes(PNG_MAGIC + b"\0" * 100)

@@ -8,7 +8,7 @@ import time
 import pandas as pd
 import pytest
 
-from flows.params import BackendConfig
+from flows.config.params import BackendConfig
 from flows.run_jobs import run_jobs
 from jobdb import JobDbPaths
 from simulator import start_simulator

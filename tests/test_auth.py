@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from openeo.rest.auth.config import RefreshTokenStore
 
-from flows.backend_spec import parse_backend
-from flows.blocks import OpenEOBackend
-from flows.login import login_once_hint
-from flows.params import BackendConfig, SetupError
-from flows.setup import connect_backend
+from flows.config.backend_spec import parse_backend
+from flows.config.blocks import OpenEOBackend
+from flows.config.login import login_once_hint
+from flows.config.params import BackendConfig, SetupError
+from flows.config.setup import connect_backend
 from simulator import SimulatorConfig, start_simulator
 from tests.oidc_provider import DEVICE_GRANT, started_provider
 from tests.test_bad_input import expect_setup_failure
@@ -161,7 +161,7 @@ def test_cli_bad_backend_is_one_line_before_anything(tmp_path, option, words):
     db = make_db(tmp_path / "jobs.csv", 2)
     before = db.read_bytes()
     run = subprocess.run([sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), "--start-job",
-                          "flows.demo_callbacks:start_job", "--backend", f"a=http://127.0.0.1:9,{option}"],
+                          "flows.tiling.demo_callbacks:start_job", "--backend", f"a=http://127.0.0.1:9,{option}"],
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
     assert run.returncode == 2
     error_lines = [line for line in run.stderr.splitlines() if "error:" in line]

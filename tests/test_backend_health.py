@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from flows.progress_display import PlainDisplay
+from flows.console.progress_display import PlainDisplay
 from flows.run_jobs import run_jobs
 from simulator import start_simulator
 from tasks.health import BackendHealth
@@ -71,7 +71,7 @@ def test_an_outage_is_told_once_when_it_starts_and_once_when_it_ends(tmp_path):
         db = make_db(tmp_path / "jobs.parquet", 4)
         trigger.start()
         stats = run_jobs(job_db=str(db), backends=[backend("flaky", sim, 4)],
-                         start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.3)
+                         start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.3)
     finally:
         done.set()
         logger.removeHandler(lines)

@@ -48,7 +48,7 @@ def expect_setup_failure(sim, db: Path, words, **kwargs) -> str:
     posts_before = jobs_created(sim)
     if "backends" not in kwargs:  # (backend() also sets the password env var: not eagerly)
         kwargs["backends"] = [backend("a", sim, 2)]
-    kwargs.setdefault("start_job", "flows.demo_callbacks:start_job")
+    kwargs.setdefault("start_job", "flows.tiling.demo_callbacks:start_job")
     with pytest.raises(Exception) as info:
         run_jobs(job_db=str(db), poll_interval_seconds=0.2, **kwargs)
     message = str(info.value)
@@ -108,7 +108,7 @@ def test_password_env_not_set(sim, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("spec, words", [
     ("no_such_package.jobs:start_job", ["no_such_package", "cannot be imported"]),
-    ("flows.demo_callbacks:no_such_function", ["no attribute", "no_such_function"]),
+    ("flows.tiling.demo_callbacks:no_such_function", ["no attribute", "no_such_function"]),
     ("tests.test_bad_input:NOT_CALLABLE", ["not callable (it is an int)"]),
     ("tests.test_bad_input:one_arg_callback", ["one_arg_callback", "start_job(row, connection", "**kwargs"]),
     ("just_a_module_name", ["package.module:function"]),

@@ -6,8 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from flows.blocks import OpenEOBackend, resolve_backend
-from flows.params import SetupError
+from flows.config.blocks import OpenEOBackend, resolve_backend
+from flows.config.params import SetupError
 from flows.run_jobs import run_jobs
 from simulator import start_simulator
 from tests.flow_helpers import fast_config, make_db
@@ -26,7 +26,7 @@ def test_run_with_backend_block_name(sim, tmp_path):
     OpenEOBackend(url=sim.url, parallel_jobs=2, auth_type="basic", username="alice",
                   password=sim.config.password).save("sim-block", overwrite=True)
     db = make_db(tmp_path / "jobs.parquet", 4)
-    state = run_jobs(job_db=str(db), backends=["sim-block"], start_job="flows.demo_callbacks:start_job",
+    state = run_jobs(job_db=str(db), backends=["sim-block"], start_job="flows.tiling.demo_callbacks:start_job",
                      poll_interval_seconds=0.3, return_state=True)
     assert state.is_completed(), state
     df = pd.read_parquet(db)

@@ -3,8 +3,8 @@ import argparse
 
 import pytest
 
-from flows import bookkeeping as bk
-from flows.cli import parse_backend
+from flows.rules import bookkeeping as bk
+from flows.console.cli import parse_backend
 from jobdb.paths import JobDbPaths
 from tasks.outcome import Outcome, Step
 

@@ -16,16 +16,16 @@ from typing import Optional
 
 import pytest
 
-from flows.cli import FLAGS, build_parser, main
-from flows.params import SetupError
-from flows.preflight import RunParameters
+from flows.console.cli import FLAGS, build_parser, main
+from flows.config.params import SetupError
+from flows.config.preflight import RunParameters
 from flows.run_jobs import run_jobs  # (imported here, not under capsys: Prefect sets up its log handlers on import)
 from jobdb import JobDbLock
 from simulator import start_simulator
 from tests.flow_helpers import PASSWORD_ENV, fast_config, make_db
 
 ROOT = Path(__file__).resolve().parents[1]
-CALLBACK = "flows.example_callbacks:composite_over_tile_bbox"
+CALLBACK = "flows.tiling.example_callbacks:composite_over_tile_bbox"
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def bad_input_cases(sim, tmp_path: Path):
         (["--job-db", str(broken), *ok], "--job-db", ["bogus_status"], broken),
         (["--job-db", str(db), "--backend", backend_flag(sim), "--start-job", "mycb.jobs:start_job"],
          "--start-job", ["mycb", "cannot be imported"], db),
-        (["--job-db", str(db), "--backend", backend_flag(sim), "--start-job", "flows.grid:tile_id"],
+        (["--job-db", str(db), "--backend", backend_flag(sim), "--start-job", "flows.tiling.grid:tile_id"],
          "--start-job", ["start_job(row, connection", "**kwargs"], db),
         (["--job-db", str(db), "--backend", backend_flag(sim)], "--start-job", ["exactly one"], db),
         (["--job-db", str(db), "--backend", backend_flag(sim, password_env="NO_SUCH_ENV_FOR_CLI_TEST"),

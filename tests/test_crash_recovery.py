@@ -59,7 +59,7 @@ def _killed_then_resumed(tmp_path, rounds_per_phase: int, embedded: bool):
                                       asset_size=ASSET_SIZE, asset_count=2, seed=seed))
     try:
         db = make_db(tmp_path / "jobs.parquet", rows)
-        kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
+        kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",
                       poll_interval_seconds=0.25)
         home = tmp_path / "prefect-home"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}

@@ -14,8 +14,8 @@ import pytest
 
 from tasks.accounts import account_id
 from tasks.accounts.slots import AccountSlots
-from flows.setup import connect_backend
-from flows.params import BackendConfig
+from flows.config.setup import connect_backend
+from flows.config.params import BackendConfig
 from flows.run_jobs import run_jobs
 from jobdb import JobDbPaths
 from simulator import start_simulator
@@ -55,7 +55,7 @@ def test_two_overlapping_runs_share_the_account_slots(tmp_path):
     def run(k):
         try:
             results[k] = run_jobs(job_db=str(dbs[k]), backends=[configs[k]],
-                                  start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.3)
+                                  start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.3)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors[k] = exc
 

@@ -33,7 +33,7 @@ HELD = {"create": "POST /jobs", "start": "POST /jobs/{id}/results",
 
 def command(db: Path, sims: Dict[str, object], forced_persists_only: bool = False) -> List[str]:
     program = [str(ROOT / "tests" / "cli_forced_persists.py")] if forced_persists_only else ["-m", "flows.run_jobs"]
-    argv = [sys.executable, *program, "--job-db", str(db), "--start-job", "flows.demo_callbacks:start_job",
+    argv = [sys.executable, *program, "--job-db", str(db), "--start-job", "flows.tiling.demo_callbacks:start_job",
             "--poll-interval", "0.3", "--json"]
     for name, sim in sims.items():
         argv += ["--backend", f"{name}={sim.url},parallel_jobs=2,user=alice,password_env={PASSWORD_ENV}"]

@@ -8,7 +8,7 @@ import os
 import pandas as pd
 import pytest
 
-from flows.cli import main
+from flows.console.cli import main
 from flows.run_jobs import RunFailed, run_jobs
 from simulator import start_simulator
 from tests.flow_helpers import PASSWORD_ENV, backend, fast_config, make_db

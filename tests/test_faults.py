@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional
 import pandas as pd
 import pytest
 
-import flows.cycle as cycle_module
+import flows.run_loop.cycle as cycle_module
 import flows.run_jobs as run_jobs_module
 from flows.run_jobs import run_jobs
 from jobdb import TERMINAL_STATUSES
@@ -30,7 +30,7 @@ TABLE: List[Dict] = []
 
 
 def run_scenario(name: str, tmp_path, knobs: List[Dict], during: Optional[Callable] = None,
-                 rows: int = ROWS, start_job: str = "flows.demo_callbacks:start_job") -> Dict:
+                 rows: int = ROWS, start_job: str = "flows.tiling.demo_callbacks:start_job") -> Dict:
     sims = [start_simulator(fast_config(**{"run_time": 0.3, **k})) for k in knobs]
     stop = threading.Event()
     helper = threading.Thread(target=during, args=(sims, stop), daemon=True) if during else None

@@ -1,4 +1,4 @@
-"""The project's import graph has no circles: every `import` in flows/, tasks/ (its sub-packages too), jobdb/, simulator/,
+"""The project's import graph has no circles: every `import` in flows/, tasks/, jobdb/, simulator/, bench/ and tests/ (sub-packages too),
 read with `ast` (module level and inside functions alike: a lazy import is still a circle).
 
     python -m tests.test_import_graph        # prints every circle found, exit 1 if any
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("flows", "tasks", "jobdb", "simulator", "accounts")
+PACKAGES = ("flows", "tasks", "jobdb", "simulator", "bench", "tests")
 
 
 def module_name(path: Path) -> str:
@@ -75,14 +75,14 @@ def cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
 
 def test_graph_sees_lazy_imports():
     graph = import_graph()
-    assert "flows.params" in graph["flows.blocks"] and "tasks.accounts.pacing" in graph["tasks.connections"]
-    assert "flows.run_jobs" in graph["flows.cli"]  # imported inside main(): found all the same
+    assert "flows.config.params" in graph["flows.config.blocks"] and "tasks.accounts.pacing" in graph["tasks.connections"]
+    assert "flows.run_jobs" in graph["flows.console.cli"]  # imported inside main(): found all the same
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
 def test_no_circle_through_the_backend_model():
     """Backends, auth, connections and pacing (issue 11's "one backend model") import in one direction."""
-    mine = {"flows.params", "flows.blocks", "flows.setup", "flows.login", "flows.backend_spec",
+    mine = {"flows.config.params", "flows.config.blocks", "flows.config.setup", "flows.config.login", "flows.config.backend_spec",
             "tasks.connections", "tasks.accounts.pacing", "tasks.faults"}
     circles = [c for c in cycles(import_graph()) if mine & set(c)]
     assert circles == []

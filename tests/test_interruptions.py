@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def cli_command(db: Path, sim, parallel_jobs: int = 2, *extra: str) -> List[str]:
     return [sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), "--backend",
             f"a={sim.url},parallel_jobs={parallel_jobs},user=alice,password_env={PASSWORD_ENV}",
-            "--start-job", "flows.demo_callbacks:start_job", "--poll-interval", "0.3", *extra]
+            "--start-job", "flows.tiling.demo_callbacks:start_job", "--poll-interval", "0.3", *extra]
 
 
 def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
@@ -97,7 +97,7 @@ def flow_run_states(api_url: str) -> List[str]:
 
 def flow_run_states_in(home: Path) -> List[str]:
     """The flow runs recorded in a PREFECT_HOME's database, read through a server started on it."""
-    from flows.local_server import local_prefect_server
+    from flows.console.local_server import local_prefect_server
 
     os.environ["PREFECT_HOME"], saved = str(home), os.environ.get("PREFECT_HOME")
     try:
@@ -175,7 +175,7 @@ def test_a_second_run_on_the_same_db_refuses_then_waits_when_asked(tmp_path):
     sim = start_simulator(fast_config(queue_time=0.2, run_time=4.0))
     sim.gates.close("POST /jobs/{id}/results")
     db = make_db(tmp_path / "jobs.parquet", 8)
-    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
+    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",
                   poll_interval_seconds=0.3)
     first: Dict = {}
     thread = threading.Thread(target=lambda: first.update(stats=run_jobs(**kwargs)))
@@ -223,14 +223,14 @@ def test_a_run_whose_rows_all_fail_ends_failed_and_the_cli_exits_non_zero(tmp_pa
     sim = start_simulator(fast_config(p_error=1.0))
     try:
         db = make_db(tmp_path / "jobs.parquet", 3)
-        state = run_jobs(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
+        state = run_jobs(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",
                          poll_interval_seconds=0.3, return_state=True)
         assert state.is_failed() and "3 of 3 rows failed" in state.message
         outcome = state.result(raise_on_failure=False)
         assert isinstance(outcome, RunFailed) and outcome.stats["status"] == {"error": 3}
         with pytest.raises(RunFailed):  # a plain call raises, so scripts notice too
             run_jobs(job_db=str(make_db(tmp_path / "more.parquet", 1)), backends=[backend("a", sim, 3)],
-                     start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.3)
+                     start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.3)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": PREFECT_API_URL.value()}
         db2 = make_db(tmp_path / "cli.parquet", 2)
         done = subprocess.run(cli_command(db2, sim), env=env, capture_output=True, text=True, timeout=600)
@@ -250,7 +250,7 @@ def test_two_bounded_passes_finish_what_one_could_not(tmp_path):
     sim = start_simulator(fast_config(queue_time=0.2, run_time=0.3, max_running_per_user=0))
     try:
         db = make_db(tmp_path / "jobs.parquet", 4)
-        kwargs = dict(job_db=str(db), backends=[backend("a", sim, 4)], start_job="flows.demo_callbacks:start_job",
+        kwargs = dict(job_db=str(db), backends=[backend("a", sim, 4)], start_job="flows.tiling.demo_callbacks:start_job",
                       poll_interval_seconds=0.3)
         first = run_jobs(**kwargs, max_runtime_minutes=0.04)  # 2.4 s
         assert first["ended"] == "time_up" and first["terminal"] == 0
@@ -276,7 +276,7 @@ def _outage_run(tmp_path, outage_seconds: float) -> None:
     home.mkdir()
     server = PrefectServer(home)
     db = make_db(tmp_path / "jobs.parquet", 16)
-    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
+    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",
                   poll_interval_seconds=0.3)
     child = server.spawn([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],
                          log=open(tmp_path / "child.log", "wb"), PYTHONPATH=str(ROOT),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.bookkeeping import FailureStreaks, RowNow, effects_of, error_signature
-from flows.outcomes import RunOutcome, outcome_table
+from flows.rules.bookkeeping import FailureStreaks, RowNow, effects_of, error_signature
+from flows.run_loop.outcomes import RunOutcome, outcome_table
 from jobdb.store import JobStore
 from tasks.outcome import Outcome, Step
 from tests.flow_helpers import make_db

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.params import BackendConfig
-from flows.setup import connect_backend
+from flows.config.params import BackendConfig
+from flows.config.setup import connect_backend
 from simulator import SimulatorConfig, start_simulator
 from tasks.accounts.identity import STATE_DIR_ENV
 from tasks.accounts.pacing import StartSchedule, pacer_for

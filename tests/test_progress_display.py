@@ -8,8 +8,8 @@ import re
 import pytest
 from rich.console import Console
 
-from flows import progress_display as pd_module
-from flows.progress_display import LiveDisplay, PlainDisplay, RateTracker, current_display, use_live_display
+from flows.console import progress_display as pd_module
+from flows.console.progress_display import LiveDisplay, PlainDisplay, RateTracker, current_display, use_live_display
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from tasks.results.storage import ResultsRoot
-from flows.reporting import run_paths, summary_markdown
+from flows.report.reporting import run_paths, summary_markdown
 from flows.run_jobs import run_jobs
 from simulator import start_simulator
 from tests.flow_helpers import backend, fast_config
@@ -89,7 +89,7 @@ def test_results_collection_and_maps_on_s3(s3, tmp_path, prefect_harness):
     sim = start_simulator(fast_config(asset_count=2, asset_size=BIG))
     try:
         db = bounded_db(tmp_path / "jobs.parquet", 3)
-        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
+        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",
                          poll_interval_seconds=0.25, root_dir=f"s3://{bucket}/campaign")
     finally:
         sim.stop()
@@ -113,13 +113,13 @@ def test_results_collection_and_maps_on_s3(s3, tmp_path, prefect_harness):
 
 
 def test_unwritable_bucket_fails_before_any_job(s3, tmp_path, prefect_harness):
-    from flows.params import SetupError
+    from flows.config.params import SetupError
 
     sim = start_simulator(fast_config())
     try:
         db = bounded_db(tmp_path / "jobs.parquet", 2)
         with pytest.raises(SetupError, match="cannot write to s3://no-such-bucket"):
-            run_jobs(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
+            run_jobs(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",
                      root_dir="s3://no-such-bucket/x")
         assert sim.counters()["jobs_total"] == 0
     finally:
@@ -161,7 +161,7 @@ def test_sigkill_during_an_upload_then_resume(s3, tmp_path, prefect_harness):
     sim = start_simulator(fast_config(asset_size=size, asset_bytes_per_second=2 << 20))
     try:
         db = bounded_db(tmp_path / "jobs.parquet", 2)
-        kwargs = dict(job_db=str(db), backends=[backend("a", sim, 2)], start_job="flows.demo_callbacks:start_job",
+        kwargs = dict(job_db=str(db), backends=[backend("a", sim, 2)], start_job="flows.tiling.demo_callbacks:start_job",
                       poll_interval_seconds=0.25, root_dir=f"s3://{bucket}/killed")
         env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
         child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],

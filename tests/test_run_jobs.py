@@ -41,7 +41,7 @@ def test_twenty_rows_two_backends(two_sims, tmp_path):
     stats = run_jobs(
         job_db=str(db),
         backends=[backend("a", two_sims[0], 3), backend("b", two_sims[1], 3)],
-        start_job="flows.demo_callbacks:start_job",
+        start_job="flows.tiling.demo_callbacks:start_job",
         poll_interval_seconds=0.5,
     )
     df = pd.read_parquet(db)
@@ -81,7 +81,7 @@ def test_callback_that_starts_itself_and_openeo_created_db(two_sims, tmp_path):
     stats = run_jobs(
         job_db=str(path),
         backends=[backend("a", two_sims[0], 2)],
-        start_job="flows.demo_callbacks:start_and_run_job",
+        start_job="flows.tiling.demo_callbacks:start_and_run_job",
         poll_interval_seconds=0.3,
     )
     assert stats["status"] == {"finished": 4}
@@ -97,7 +97,7 @@ def test_errored_jobs_keep_their_logs(tmp_path):
     (sim,) = started_simulators(1, p_error=0.5, seed=3)
     try:
         db = make_db(tmp_path / "jobs.parquet", 8)
-        run_jobs(job_db=str(db), backends=[backend("a", sim, 4)], start_job="flows.demo_callbacks:start_job",
+        run_jobs(job_db=str(db), backends=[backend("a", sim, 4)], start_job="flows.tiling.demo_callbacks:start_job",
                  poll_interval_seconds=0.3, failure_threshold=1.0)
     finally:
         sim.stop()
@@ -134,7 +134,7 @@ def test_killed_run_resumes_without_duplicates(two_sims, tmp_path, prefect_harne
     sim = two_sims[0]
     sim.configure(run_time=1.0)
     db = make_db(tmp_path / "jobs.parquet", 10)
-    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
+    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",
                   poll_interval_seconds=0.3)
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],
@@ -169,7 +169,7 @@ def test_long_runners_are_canceled(tmp_path):
     (sim,) = started_simulators(1, run_time=60)
     try:
         db = make_db(tmp_path / "jobs.parquet", 3)
-        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
+        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",
                          poll_interval_seconds=0.3, cancel_running_job_after=1.0, download_results=False,
                          failure_threshold=1.0)
     finally:
@@ -184,7 +184,7 @@ def test_many_jobs_ending_together_download_in_batches(tmp_path):
     (sim,) = started_simulators(1)
     try:
         db = make_db(tmp_path / "jobs.parquet", 30)
-        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 30)], start_job="flows.demo_callbacks:start_job",
+        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 30)], start_job="flows.tiling.demo_callbacks:start_job",
                          poll_interval_seconds=2.0)
     finally:
         sim.stop()
@@ -200,7 +200,7 @@ def test_many_waiting_rows_start_in_batches(tmp_path):
     (sim,) = started_simulators(1)
     try:
         db = make_db(tmp_path / "jobs.parquet", 40)
-        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 40)], start_job="flows.demo_callbacks:start_job",
+        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 40)], start_job="flows.tiling.demo_callbacks:start_job",
                          max_start_workers=2, poll_interval_seconds=0.5)
     finally:
         sim.stop()
@@ -222,7 +222,7 @@ def test_start_tasks_take_no_server_lease(tmp_path, prefect_harness):
     try:
         db = make_db(tmp_path / "jobs.parquet", 24)
         config = {**backend("capped", sim, 24), "max_parallel_starts": 4}
-        stats = run_jobs(job_db=str(db), backends=[config], start_job="flows.demo_callbacks:start_job",
+        stats = run_jobs(job_db=str(db), backends=[config], start_job="flows.tiling.demo_callbacks:start_job",
                          max_start_workers=2, poll_interval_seconds=0.5)
     finally:
         sim.stop()

@@ -15,14 +15,14 @@ from typing import List
 import pandas as pd
 import pytest
 
-from flows.outcomes import RunOutcome
+from flows.run_loop.outcomes import RunOutcome
 from flows.run_jobs import RunFailed, run_jobs
 from jobdb import JobDbLock, JobDbPaths
 from simulator import start_simulator
 from tests.flow_helpers import PASSWORD_ENV, backend, fast_config, make_db
 
 ROOT = Path(__file__).resolve().parents[1]
-CALLBACK = "flows.demo_callbacks:start_job"
+CALLBACK = "flows.tiling.demo_callbacks:start_job"
 # From a stop (Ctrl-C, SIGTERM, Cancel) to the exit. The target is 3 s (the printed figures); the
 # assertion is structural: far below the 60 s poll interval the stop must not wait for, with room
 # for a machine loaded by parallel test sessions.
@@ -270,7 +270,7 @@ def test_a_run_taking_over_from_a_dead_owner_records_its_end(tmp_path, left_in_t
 # --- the table: one test per row ------------------------------------------------------------------
 @pytest.mark.usefixtures("prefect_harness")
 def test_outcome_done_exit_0_completed(tmp_path):
-    from flows.cli import main
+    from flows.console.cli import main
 
     sim = start_simulator(fast_config())
     try:
@@ -342,7 +342,7 @@ def test_outcome_work_left_exit_3_time_up_and_credits_used_up(tmp_path):
         assert RunOutcome.of_state(time_up).exit_code == 3 and "run again to continue" in time_up.message
         db2 = make_db(tmp_path / "credits.parquet", 5)
         os.environ[PASSWORD_ENV] = broke.config.password
-        from flows.cli import main
+        from flows.console.cli import main
 
         assert main(cli(db2, broke)[3:]) == RunOutcome.WORK_LEFT.exit_code == 3
         state = latest_flow_run().state

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from flows.dispatcher import finish_batch_size, start_batch_size
-from flows.scheduler import (
+from flows.run_loop.dispatcher import finish_batch_size, start_batch_size
+from flows.rules.scheduler import (
     BackendPolicy,
     InFlight,
     Situation,

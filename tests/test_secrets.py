@@ -35,7 +35,7 @@ def test_no_secret_anywhere_and_bearer_only_to_own_origin(tmp_path, caplog):
         for name in LOGGERS:
             caplog.set_level(logging.DEBUG, logger=name)
         stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 3)],
-                         start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.3)
+                         start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.3)
         assert stats["status"] == {"finished": 6}
         with sim.state.lock:
             tokens = list(sim.state.tokens)
@@ -217,7 +217,7 @@ def test_oidc_tokens_renewed_mid_run_and_never_leak(tmp_path, tmp_path_factory, 
         for name in LOGGERS:
             caplog.set_level(logging.DEBUG, logger=name)
         t0 = clock.monotonic()
-        stats = run_jobs(job_db=str(db), backends=backends, start_job="flows.demo_callbacks:start_job",
+        stats = run_jobs(job_db=str(db), backends=backends, start_job="flows.tiling.demo_callbacks:start_job",
                          poll_interval_seconds=1.0)
         assert clock.monotonic() - t0 > OIDC_TTL + 2
         assert stats["status"] == {"finished": 6}

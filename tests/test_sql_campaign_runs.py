@@ -53,7 +53,7 @@ def spawn_run(tmp_path: Path, tag: str, **kwargs) -> subprocess.Popen:
     env.update(HOME=str(home / "home"), TMPDIR=str(home / "tmp"), PREFECT_HOME=str(home / "prefect"),
                OPENEO_JOBS_STATE_DIR=str(home / "state"), PREFECT_API_URL=PREFECT_API_URL.value(),
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT), OPENEO_JOBS_LEASE_SECONDS=LEASE_SECONDS)
-    kwargs = {"start_job": "flows.demo_callbacks:start_job", "poll_interval_seconds": 0.3,
+    kwargs = {"start_job": "flows.tiling.demo_callbacks:start_job", "poll_interval_seconds": 0.3,
               "root_dir": str(home / "results"), **kwargs}
     log = open(home / "run.log", "wb")
     return subprocess.Popen([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],

@@ -22,7 +22,7 @@ def sqlite_campaign(tmp_path, rows: int, name: str = "eu") -> str:
 def test_sqlite_campaign_runs_to_the_end(sim, tmp_path):
     url = sqlite_campaign(tmp_path, 12)
     stats = run_jobs(job_db=url, campaign="eu", backends=[backend("a", sim, 3)],
-                     start_job="flows.demo_callbacks:start_job", poll_interval_seconds=0.3,
+                     start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.3,
                      root_dir=str(tmp_path / "results"))
     assert stats["status"] == {"finished": 12}
     df = SqlDatabase.open(url).export("eu")
@@ -80,7 +80,7 @@ def test_cli_refuses_bad_job_db_urls_before_anything(tmp_path, sim):
         (url, ["--campaign", "nope"], "--campaign: "),
     ):
         done = subprocess.run([sys.executable, "-m", "flows.run_jobs", "--job-db", job_db, "--backend", spec,
-                               "--start-job", "flows.demo_callbacks:start_job", *extra],
+                               "--start-job", "flows.tiling.demo_callbacks:start_job", *extra],
                               cwd=root, capture_output=True, text=True, timeout=120,
                               env={**__import__("os").environ, "PYTHONPATH": str(root)})
         assert done.returncode == 2, done.stderr

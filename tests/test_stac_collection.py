@@ -38,7 +38,7 @@ def test_collection_after_a_run_and_rebuilt_by_the_command(tmp_path, prefect_har
     sim = start_simulator(fast_config(asset_count=2, asset_size=3000))
     try:
         db = bounded_db(tmp_path / "jobs.parquet", 6)
-        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.demo_callbacks:start_job",
+        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",
                          poll_interval_seconds=0.25)
     finally:
         sim.stop()
@@ -137,7 +137,7 @@ def test_sigkill_while_writing_the_collection_then_resume(tmp_path, prefect_harn
 
     sim = start_simulator(fast_config(queue_time=0.1, run_time=0.3))
     db = bounded_db(tmp_path / "jobs.parquet", 48)
-    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 8)], start_job="flows.demo_callbacks:start_job",
+    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 8)], start_job="flows.tiling.demo_callbacks:start_job",
                   poll_interval_seconds=0.25)
     collection, partial = tmp_path / "collection.json", tmp_path / ".collection.json.part"
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}

@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import flows.cli as cli
+import flows.console.cli as cli
 from simulator import start_simulator
 from tests.flow_helpers import PASSWORD_ENV, fast_config, make_db
 from tests.test_interruptions import processes_with_env
 
 ROOT = Path(__file__).resolve().parents[1]
-CALLBACK = "flows.demo_callbacks:start_job"
+CALLBACK = "flows.tiling.demo_callbacks:start_job"
 
 
 def test_offline_bad_input_starts_no_server_and_backend_checks_overlap_its_start(tmp_path, monkeypatch):

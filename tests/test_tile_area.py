@@ -10,8 +10,8 @@ import shapely
 from openeo.extra.job_management import get_job_db, split_area
 from shapely.geometry import MultiPolygon, Polygon, box, mapping
 
-from flows.aoi import BBox, TilingError, load_aoi
-from flows.grid import make_tile_grid, tile_id
+from flows.tiling.aoi import BBox, TilingError, load_aoi
+from flows.tiling.grid import make_tile_grid, tile_id
 from flows.tile_area import tile_area, write_job_db
 from jobdb import JobDbPaths
 
@@ -295,7 +295,7 @@ def test_tile_area_db_runs_with_openeo_style_callback(prefect_harness, tmp_path:
               job_db=str(path), years=[2023, 2024])
     with start_simulator(fast_config()) as sim:
         stats = run_jobs(job_db=str(path), backends=[backend("a", sim, 4)], poll_interval_seconds=0.3,
-                         start_job="flows.example_callbacks:composite_over_tile_bbox", download_results=False)
+                         start_job="flows.tiling.example_callbacks:composite_over_tile_bbox", download_results=False)
         df = get_job_db(path).read()
         assert stats["status"] == {"finished": len(df)} and len(df) >= 4
         graphs = job_processes(sim, df["id"])
@@ -311,7 +311,7 @@ def test_tile_area_db_runs_with_openeo_style_callback(prefect_harness, tmp_path:
 def test_tile_area_db_runs_with_geometry_callback_and_process(prefect_harness, tmp_path: Path):
     """The geometry-using example callback, and the `process=` example UDP (geometry filled from
     the geometry column, year from the year column)."""
-    from flows.example_callbacks import TILE_COMPOSITE_UDP
+    from flows.tiling.example_callbacks import TILE_COMPOSITE_UDP
     from flows.run_jobs import run_jobs
     from simulator import start_simulator
     from tests.flow_helpers import backend, fast_config, serve_json
@@ -322,7 +322,7 @@ def test_tile_area_db_runs_with_geometry_callback_and_process(prefect_harness, t
         for path in (masked, by_process):
             tile_area(aoi=aoi, tile_size=2_000, job_db=str(path), years=[2024], clip=True)
         run_jobs(job_db=str(masked), backends=[backend("a", sim, 4)], poll_interval_seconds=0.3,
-                 start_job="flows.example_callbacks:ndvi_masked_to_tile", download_results=False)
+                 start_job="flows.tiling.example_callbacks:ndvi_masked_to_tile", download_results=False)
         run_jobs(job_db=str(by_process), backends=[backend("a", sim, 4)], poll_interval_seconds=0.3,
                  process={"process_id": "tile_composite", "namespace": udp_url}, download_results=False)
         masked_df, process_df = get_job_db(masked).read(), get_job_db(by_process).read()

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.grid import make_tile_grid
-from flows.tile_map import (
+from flows.tiling.grid import make_tile_grid
+from flows.report.tile_map import (
     STATUS_COLOURS,
     html_features,
     map_panels,

@@ -47,7 +47,7 @@ class RunLease:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.is_held = False
-        self.previous_holder: Optional[Dict[str, Any]] = None  # a dead run's note (flows/owners.py marks it)
+        self.previous_holder: Optional[Dict[str, Any]] = None  # a dead run's note (flows/run_loop/owners.py marks it)
 
     # --- the lock interface run_jobs uses -----------------------------------------------------
     def acquire(self, flow_run_id: Optional[str] = None, wait_seconds: float = 0.0, on_wait=None) -> None:

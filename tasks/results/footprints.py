@@ -41,7 +41,7 @@ class Footprints:
 
     def _geometries(self) -> Dict[int, Any]:
         if self._shapes is None:
-            from flows.tile_map import row_geometries
+            from flows.report.tile_map import row_geometries
 
             series = row_geometries(self._df)
             if series is None:

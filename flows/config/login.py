@@ -16,7 +16,7 @@ import sys
 from openeo.rest.auth.auth import BearerAuth
 from openeo.rest import OpenEoClientException
 
-from flows.params import BackendConfig, SetupError
+from flows.config.params import BackendConfig, SetupError
 from tasks.connections import ManagedConnection
 
 ENV_AUTH_VARIABLES = ("OPENEO_AUTH_METHOD", "OPENEO_AUTH_CLIENT_ID", "OPENEO_AUTH_CLIENT_SECRET")

@@ -12,8 +12,8 @@ from openeo.extra.job_management import ProcessBasedJobCreator
 from openeo.internal.processes.parse import Process, parse_remote_process_definition
 from openeo.rest import OpenEoApiError, OpenEoApiPlainError, OpenEoClientException
 
-from flows.login import log_in
-from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
+from flows.config.login import log_in
+from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError
 from tasks.connections import IDEMPOTENT_RETRY, SETUP_RETRY, ManagedConnection, make_session, use_pacing
 from tasks.accounts.identity import account_id
 from tasks.accounts.pacing import pacer_for

@@ -2,9 +2,9 @@
 
 Register the block type once per Prefect server, then create blocks in the UI or in Python:
 
-    prefect block register -m flows.blocks
+    prefect block register -m flows.config.blocks
 
-    from flows.blocks import OpenEOBackend
+    from flows.config.blocks import OpenEOBackend
     OpenEOBackend(url="https://openeo.dataspace.copernicus.eu", parallel_jobs=2, max_starts_per_minute=12,
                   max_concurrent_requests=2, auth_type="oidc_client_credentials", client_id="...",
                   client_secret="...").save("cdse")
@@ -23,8 +23,8 @@ from typing import Optional, Union
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from flows.params import AUTH_TYPES_HELP, SECRETS_FROM_BLOCK, AuthType, BackendConfig, SetupError
-from flows.setup import connect_backend
+from flows.config.params import AUTH_TYPES_HELP, SECRETS_FROM_BLOCK, AuthType, BackendConfig, SetupError
+from flows.config.setup import connect_backend
 from tasks.connections import ManagedConnection
 
 SECRET_KINDS = ("password", "token", "client_secret", "refresh_token")
@@ -91,7 +91,7 @@ def load_backend_block(name: str) -> OpenEOBackend:
     except (ValueError, KeyError) as exc:
         raise SetupError(
             f"backend {name!r} is not an OpenEOBackend block on this Prefect server "
-            f"(create it, after `prefect block register -m flows.blocks`): {exc}",
+            f"(create it, after `prefect block register -m flows.config.blocks`): {exc}",
             parameter="backends",
         ) from None
 

@@ -8,7 +8,7 @@ in a new session: Ctrl-C reaches only the CLI, which winds down and records `Can
 watchdog restarts the server if it dies, and stops it as soon as the CLI's end of a pipe closes —
 on a normal exit, an exception or a SIGKILL alike.
 
-Run as `python -m flows.local_server PORT`: the watchdog itself (stdin = the pipe from the CLI).
+Run as `python -m flows.console.local_server PORT`: the watchdog itself (stdin = the pipe from the CLI).
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class LocalServer:
         env = {**os.environ,
                "PREFECT_SERVER_ANALYTICS_ENABLED": os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED", "false")}
         self.watchdog = subprocess.Popen(
-            [sys.executable, "-m", "flows.local_server", str(self.port)],
+            [sys.executable, "-m", "flows.console.local_server", str(self.port)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, env=env,
         )

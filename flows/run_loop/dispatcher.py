@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.scheduler import FinishOrder, HookOrder, InFlight, PollOrder, ReconcileOrder, StartOrder
+from flows.rules.scheduler import FinishOrder, HookOrder, InFlight, PollOrder, ReconcileOrder, StartOrder
 from tasks.download import download_results, save_error_logs
 from tasks.hooks import run_hook
 from tasks.outcome import Outcome, Step, close_inbox, open_inbox, request_stop

@@ -1,5 +1,5 @@
 """The tile grid: square tiles aligned on multiples of the tile size in a tiling CRS, with
-stable ids, covering an area of interest (see `flows/aoi.py` for the accepted inputs).
+stable ids, covering an area of interest (see `flows/tiling/aoi.py` for the accepted inputs).
 
 Differences with openeo's ``split_area`` (openeo 0.53), on purpose:
 
@@ -28,7 +28,7 @@ import pyproj
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from flows.aoi import AoiInput, TilingError, load_aoi, reproject, to_epsg, utm_epsg
+from flows.tiling.aoi import AoiInput, TilingError, load_aoi, reproject, to_epsg, utm_epsg
 
 ColumnValue = Union[str, int, float, bool, None]
 

@@ -250,9 +250,9 @@ def write_html(tiles, path: Path, title: str = "") -> Path:
 
     The page loads Leaflet and OpenStreetMap tiles in the viewer's browser; this process
     fetches nothing. Offline (no Leaflet) the page shows the same tiles as an inline SVG instead
-    (flows/tile_svg.py). (folium directly: `GeoDataFrame.explore()` would also need mapclassify.)
+    (flows/report/tile_svg.py). (folium directly: `GeoDataFrame.explore()` would also need mapclassify.)
     """
-    from flows.tile_svg import offline_svg_block
+    from flows.report.tile_svg import offline_svg_block
 
     import folium
     import shapely

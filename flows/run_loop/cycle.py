@@ -18,10 +18,10 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 from tasks.accounts.slots import JobSlots
-from flows.bookkeeping import FailureStreaks, RowNow, effects_of
-from flows.dispatcher import Dispatcher
-from flows.interrupts import StopSignal
-from flows.scheduler import BackendPolicy, Plan, Situation, plan_cycle, slots_wanted
+from flows.rules.bookkeeping import FailureStreaks, RowNow, effects_of
+from flows.run_loop.dispatcher import Dispatcher
+from flows.run_loop.interrupts import StopSignal
+from flows.rules.scheduler import BackendPolicy, Plan, Situation, plan_cycle, slots_wanted
 from jobdb.status import FAILED, TERMINAL
 from jobdb.interface import CampaignStore
 from jobdb.store import Snapshot

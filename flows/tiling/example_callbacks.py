@@ -1,7 +1,7 @@
 """Ready-made job creators for job DBs made by the `tile-area` flow (or openeo's `create_job_db`).
 
 Copy one into your own package and adapt it; run it with
-`--start-job flows.example_callbacks:composite_over_tile_bbox` (or `start_job=...` in Python).
+`--start-job flows.tiling.example_callbacks:composite_over_tile_bbox` (or `start_job=...` in Python).
 
 - `composite_over_tile_bbox`: reads `row["west"]` ... `row["north"]` (EPSG:4326) and `row["year"]`,
   exactly like openeo's MultiBackendJobManager examples, so it runs unchanged on either job DB.

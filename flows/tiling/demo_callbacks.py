@@ -2,7 +2,7 @@
 
 They accept any row: rows without a geometry get a fixed demo area, which is fine against the
 simulator and wrong for real work. For real jobs use your own callback, or start from
-`flows/example_callbacks.py` (which refuses rows without coordinates instead of guessing).
+`flows/tiling/example_callbacks.py` (which refuses rows without coordinates instead of guessing).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Order of work: parse flags, run the Prefect-free preflight checks (one `error: --flag: ...` line
 and exit 2 on bad input, in about a second), only then import the flow and start Prefect.
-Exit codes: one per outcome, `flows.outcomes.RunOutcome` (the README's table).
+Exit codes: one per outcome, `flows.run_loop.outcomes.RunOutcome` (the README's table).
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from flows.backend_spec import BACKEND_HELP, parse_backend
-from flows.outcomes import RunOutcome
+from flows.config.backend_spec import BACKEND_HELP, parse_backend
+from flows.run_loop.outcomes import RunOutcome
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -157,6 +157,11 @@ def flow_parameters(args: argparse.Namespace) -> Dict[str, Any]:
     return params
 
 
+def run_command_line() -> None:
+    """The console script `openeo-jobs` and `python -m flows`: run, then exit with the run's code."""
+    exit_process(main())
+
+
 def main(argv: Optional[List[str]] = None, flow: Optional[Callable[..., Any]] = None) -> int:
     """The command line. `flow`: the run-jobs flow object (default: imported after the checks)."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
@@ -173,7 +178,7 @@ def main(argv: Optional[List[str]] = None, flow: Optional[Callable[..., Any]] = 
         if not args.job_db or not args.backend:
             raise BadInput("--job-db and at least one --backend are required (or use --demo; see --help)")
         params = flow_parameters(args)
-        from flows.preflight import preflight
+        from flows.config.preflight import preflight
 
         # Bad input is one line: urllib3's retry warnings while a backend is checked would print
         # too once the flow's import (on its thread) has set Prefect's logging up.
@@ -205,7 +210,7 @@ def start_prefect_early(flow: Optional[Callable[..., Any]]):
         _import_thread.start()
     if api_url_configured():
         return None
-    from flows.local_server import LocalServer
+    from flows.console.local_server import LocalServer
 
     return LocalServer()
 
@@ -262,7 +267,7 @@ def skipped(exc: BaseException) -> int:
 
 
 def bad_input(exc: BaseException, debug: bool) -> int:
-    from flows.params import SetupError
+    from flows.config.params import SetupError
 
     if debug:
         traceback.print_exception(exc)
@@ -279,8 +284,8 @@ def bad_input(exc: BaseException, debug: bool) -> int:
 def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argparse.Namespace, server=None) -> int:
     """Run the flow in this process (against its own local Prefect server, `server` if started
     already), then report."""
-    from flows.params import SetupError
-    from flows.progress_display import prefect_console, stop_live_display, use_live_display
+    from flows.config.params import SetupError
+    from flows.console.progress_display import prefect_console, stop_live_display, use_live_display
     from jobdb import JobDbLocked
 
     if flow is None:
@@ -326,7 +331,7 @@ def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argpar
 
 @contextlib.contextmanager
 def prefect_api(server=None) -> Iterator[None]:
-    """A Prefect server for this run in its own session (flows/local_server.py; `server` when it
+    """A Prefect server for this run in its own session (flows/console/local_server.py; `server` when it
     was started early), unless the user points PREFECT_API_URL at one: Ctrl-C then reaches only
     this process, which records the run's final state before it exits, and no server outlives the
     command (not even after a SIGKILL)."""
@@ -337,7 +342,7 @@ def prefect_api(server=None) -> Iterator[None]:
             server.stop()
         yield
         return
-    from flows.local_server import local_prefect_server
+    from flows.console.local_server import local_prefect_server
 
     with local_prefect_server(server=server) as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
         try:
@@ -349,7 +354,7 @@ def prefect_api(server=None) -> Iterator[None]:
 
 
 def end_of_run_report(stats: Dict[str, Any], params: Dict[str, Any]) -> str:
-    from flows.reporting import failed_rows, format_run_report, run_paths
+    from flows.report.reporting import failed_rows, format_run_report, run_paths
     from jobdb import JobDatabase
 
     from jobdb.location import is_sql
@@ -394,7 +399,7 @@ def run_demo(output_dir: Path, args: argparse.Namespace, flow: Optional[Callable
     """Two simulated backends, a small tile grid x 2 years, the real flow; prints a report."""
     server = start_prefect_early(flow)  # boots while the simulators and the grid are made
     try:
-        from flows.grid import make_tile_grid
+        from flows.tiling.grid import make_tile_grid
         from jobdb import JobDatabase
         from simulator import SimulatorConfig, start_simulator
 
@@ -419,7 +424,7 @@ def run_demo(output_dir: Path, args: argparse.Namespace, flow: Optional[Callable
                 {"name": "sim-a", "url": sim_a.url, "parallel_jobs": 3, "auth": auth},
                 {"name": "sim-b", "url": sim_b.url, "parallel_jobs": 3, "auth": auth},
             ],
-            start_job="flows.example_callbacks:composite_over_tile_bbox",
+            start_job="flows.tiling.example_callbacks:composite_over_tile_bbox",
             poll_interval_seconds=1.0,
             failure_threshold=0.5,  # the simulator fails 10 % of jobs on purpose
         )

@@ -21,7 +21,7 @@ from prefect.artifacts import (
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 
-from flows.progress_display import RateTracker, duration, ordered, totals
+from flows.console.progress_display import RateTracker, duration, ordered, totals
 from tasks.results.storage import ResultsRoot, is_remote
 from jobdb import TERMINAL_STATUSES, JobDbPaths
 from jobdb.status import FAILED, HOLDS_SLOT

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from flows.params import BackendConfig, ProcessCreatorConfig, SetupError
+from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError
 
 
 class RunParameters(BaseModel):
@@ -56,7 +56,7 @@ def preflight(parameters: Mapping[str, Any], connect: bool = True,
                          parameter="start_job")
     process = validate(ProcessCreatorConfig, params.process, parameter="process") if params.process else None
     if params.start_job is not None:
-        from flows.setup import load_start_job
+        from flows.config.setup import load_start_job
 
         check(lambda: load_start_job(params.start_job), "start_job")
     for kind in ("done", "error"):
@@ -74,7 +74,7 @@ def preflight(parameters: Mapping[str, Any], connect: bool = True,
     if isinstance(store.lock, JobDbLock):  # a SQL campaign has no lock: many runs share it
         check_not_locked(params.job_db, params.wait_for_lock)
     if len(backends) == len(params.backends):  # block names may name any backend: the flow checks those
-        from flows.setup import check_row_backends
+        from flows.config.setup import check_row_backends
 
         check(lambda: check_row_backends(store.named_backends(), {b.name for b in backends}), "backends")
     if before_connecting is not None:
@@ -174,7 +174,7 @@ def check_not_locked(job_db: str, wait_for_lock: bool) -> None:
 
 def check_backends(backends: List[BackendConfig], process: Optional[ProcessCreatorConfig], columns) -> None:
     """Reachable, credentials accepted, and (for `process`) every process parameter provided."""
-    from flows.setup import check_process_parameters, connect_backend, make_process_creator
+    from flows.config.setup import check_process_parameters, connect_backend, make_process_creator
 
     connections = []
     try:

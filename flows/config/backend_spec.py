@@ -12,7 +12,7 @@ from typing import Dict, get_args
 
 from pydantic import ValidationError
 
-from flows.params import AuthType, BackendConfig
+from flows.config.params import AuthType, BackendConfig
 
 BACKEND_HELP = (
     "name=URL[,parallel_jobs=N][,max_starts_per_minute=R][,max_concurrent_requests=N][,max_parallel_starts=N]"

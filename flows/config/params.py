@@ -2,7 +2,7 @@
 
 Secrets are never parameters: a backend's auth names the environment variable or the
 Prefect Secret block that holds the secret, and the flow reads it at run time. A backend made
-from an `OpenEOBackend` block (`flows/blocks.py`) carries a private reader of the block's own
+from an `OpenEOBackend` block (`flows/config/blocks.py`) carries a private reader of the block's own
 secret fields instead (`AuthConfig.with_secret_source`), so this module never imports the block.
 """
 from __future__ import annotations
@@ -157,7 +157,6 @@ def document_parameters(flow: Any) -> Any:
     one inside `Annotated`, so every description was lost. The Field stays the one home of the text.
     """
     import inspect
-    import textwrap
 
     from pydantic.fields import FieldInfo
 

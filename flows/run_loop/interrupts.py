@@ -1,6 +1,6 @@
 """Ctrl-C and SIGTERM during a run: the first one asks the cycle to wind down, a second one stops at once.
 
-The cycle (flows/cycle.py) reads the `StopSignal`: it starts nothing new, lets running tasks hand
+The cycle (flows/run_loop/cycle.py) reads the `StopSignal`: it starts nothing new, lets running tasks hand
 their rows back, persists, and the flow ends `Cancelled` with how to resume.
 """
 from __future__ import annotations
