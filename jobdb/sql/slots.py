@@ -145,7 +145,7 @@ class SqlAccountSlots:
             orphaned = sum(n for (account, owner), n in active.items()
                            if account == key and owner != me and owner not in live)
             if orphaned:
-                holders[key].append(Holder("ended runs", orphaned, orphaned, {}))
+                holders[key].append(Holder("ended-runs", orphaned, orphaned, {"label": "jobs of runs that ended"}))
         return holders
 
     def close(self) -> None:

@@ -23,6 +23,8 @@ class Holder:
     def describe(self) -> str:
         """`flow run 5c0e… (job DB /data/jobs.parquet, worker-1 pid 4242) holds 3`."""
         note = self.note
+        if note.get("label"):  # not a run: e.g. active jobs whose runs have ended (a SQL store counts them)
+            return f"{note['label']} hold {self.holding}"
         who = f"flow run {note['flow_run_id']}" if note.get("flow_run_id") else f"run {self.run_id}"
         where = [f"campaign {note['campaign']}"] if note.get("campaign") else []
         where += [f"job DB {note['job_db']}"] if note.get("job_db") else []
