@@ -155,11 +155,13 @@ START = "POST /jobs/{id}/results"
 
 def test_two_campaigns_one_account_share_its_slots_and_start_turns(postgres, slow_sim, tmp_path):
     """Two processes that share no folder: only the database can hold them to the account's
-    slots and to its start rate (the simulator answers 429 past a start every 2 s)."""
+    slots and to its start rate. The simulator answers 429 past a start every 2 s, with a burst of
+    3 so that a start sent late by a loaded machine (the next one then comes early) is not counted
+    against the pacing; two unshared schedules would still send twice the rate and meet 429s."""
     url = postgres.database("two_campaigns")
     for name in ("north", "south"):
         make_campaign(url, name, 8)
-    slow_sim.configure(rate_limit_per_second=0.5, rate_limit_burst=1, rate_limit_routes=START)
+    slow_sim.configure(rate_limit_per_second=0.5, rate_limit_burst=3, rate_limit_routes=START)
     config = {**backend("cdse", slow_sim, 3), "max_starts_per_minute": 28}  # a turn every 2.2 s
     children = [spawn_run(tmp_path, name, job_db=url, campaign=name, backends=[config]) for name in ("north", "south")]
     wait_all(children, tmp_path)
