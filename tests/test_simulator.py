@@ -565,6 +565,10 @@ def test_capabilities_and_metadata(make_sim):
     missing = requests.get(sim.api_url + "collections/NOPE")
     assert missing.status_code == 404 and missing.json()["code"] == "CollectionNotFound"
     assert requests.get(sim.api_url + "nope").status_code == 404
+    # an unknown path is a 404 (as on openEO backends), not a redirect to the path without its slash
+    assert requests.get(sim.api_url + "jobs/", allow_redirects=False).status_code == 404
+    not_allowed = requests.delete(sim.api_url + "me")
+    assert not_allowed.status_code == 405 and not_allowed.json()["code"] == "MethodNotAllowed"
 
 
 def test_stop_is_prompt_with_open_keep_alive_connections():
