@@ -15,6 +15,12 @@ from simulator.messages import API_PREFIX, Site
 from simulator.state import SimState
 
 
+# Event loops (threads) accepting on the one port, like uvicorn's workers but as threads. On a loaded
+# machine the kernel shares CPU per thread: one loop thread got ~1/load of a core and served 2-4x fewer
+# requests than four (bench/simulator_rps.py at load ~30); the GIL still runs one at a time.
+EVENT_LOOPS = 4
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, told to stop by an event (its own loop polls a flag every 0.1 s)."""
 
@@ -51,7 +57,7 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 
 class Simulator:
-    """A running simulated openEO backend (uvicorn server thread + lifecycle ticker thread)."""
+    """A running simulated openEO backend (uvicorn server threads + lifecycle ticker thread)."""
 
     def __init__(self, config: Optional[SimulatorConfig] = None, port: int = 0, host: str = "127.0.0.1",
                  tick_interval: float = 0.02, verbose: bool = False):
@@ -61,8 +67,9 @@ class Simulator:
         self.port: int = self._socket.getsockname()[1]
         self.url: str = f"http://{host}:{self.port}"
         self.api_url: str = self.url + API_PREFIX + "/"
-        self._server = _Server(uvicorn.Config(
-            build_app(Site(self.state, self.url)),
+        app = build_app(Site(self.state, self.url))
+        self._servers = [_Server(uvicorn.Config(
+            app,
             # httptools (C) parses HTTP at about half the CPU of h11 (bench/simulator_rps.py); "auto" falls
             # back to h11 where it is missing.
             http="auto", loop="asyncio", lifespan="on", proxy_headers=False, server_header=False, date_header=False,
@@ -71,7 +78,7 @@ class Simulator:
             # closing one just as a client reuses it would fail that client's request.
             timeout_keep_alive=3600,
             timeout_graceful_shutdown=1,  # answers still being written (a slow asset) get this long at stop
-        ))
+        )) for _ in range(EVENT_LOOPS)]
         self._tick_interval = tick_interval
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
@@ -81,16 +88,19 @@ class Simulator:
     def start(self) -> "Simulator":
         if self._running:
             return self
-        serve = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
-                                 name=f"sim-http-{self.port}", daemon=True)
+        # Each loop accepts from its own duplicate of the listening socket (and closes only that at stop).
+        serving = [threading.Thread(target=server.run, kwargs={"sockets": [self._socket.dup()]},
+                                    name=f"sim-http-{self.port}-{i}", daemon=True)
+                   for i, server in enumerate(self._servers)]
         tick = threading.Thread(target=self._tick, name=f"sim-tick-{self.port}", daemon=True)
-        self._threads = [serve, tick]
+        self._threads = serving + [tick]
         for t in self._threads:
             t.start()
         self._running = True
-        while not self._server.ready.wait(0.05):
-            if not serve.is_alive():
-                raise RuntimeError(f"the simulator's server on port {self.port} did not start")
+        for server, thread in zip(self._servers, serving):
+            while not server.ready.wait(0.05):
+                if not thread.is_alive():
+                    raise RuntimeError(f"the simulator's server on port {self.port} did not start")
         return self
 
     def _tick(self) -> None:
@@ -106,7 +116,8 @@ class Simulator:
         self._running = False
         self._stop.set()
         self.state.gates.open()  # held requests must not keep the server waiting for them
-        self._server.request_stop()
+        for server in self._servers:
+            server.request_stop()
         for t in self._threads:
             t.join(timeout=10)
         self._socket.close()
@@ -140,8 +151,8 @@ class Simulator:
 
     def connections(self) -> List[socket.socket]:
         """The sockets of the client connections open now (keep-alive ones included)."""
-        return [c.transport.get_extra_info("socket") for c in list(self._server.server_state.connections)
-                if getattr(c, "transport", None) is not None]
+        return [c.transport.get_extra_info("socket") for server in self._servers
+                for c in list(server.server_state.connections) if getattr(c, "transport", None) is not None]
 
     def jobs(self) -> List[Dict[str, Any]]:
         """Every job as the backend sees it now: id, user, title, status."""
