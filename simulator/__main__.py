@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import threading
 from typing import List, Optional
@@ -53,6 +54,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         config = config_from_args(ns)
     except ValueError as e:
         parser.error(str(e))
+    if ns.verbose:  # uvicorn's access log, one line a request
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     sim = Simulator(config=config, port=ns.port, host=ns.host, verbose=ns.verbose).start()
     print(f"openEO simulator listening on {sim.url} (API root {sim.api_url})", flush=True)
     print(accepted_credentials(config), flush=True)

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Dict, Optional, Tuple
 
-from simulator.state import ApiError
+from simulator.messages import ApiError
 
 TOKEN_INVALID = "Authorization token has expired or is invalid. Please authenticate again."
 

@@ -17,7 +17,7 @@ from openeo.rest import OpenEoApiError
 
 from simulator import Simulator, SimulatorConfig, start_simulator
 from simulator.config import add_cli_arguments, config_from_args
-from simulator.state import asset_bytes
+from simulator.results import asset_bytes
 
 FAST = dict(queue_time=0.05, run_time=0.1)
 TERMINAL = {"finished", "error", "canceled"}
@@ -546,9 +546,9 @@ def test_requests_overlap_and_keep_alive(make_sim):
         for _ in range(5):
             assert s.get(sim.api_url + "me", headers=headers).status_code == 200
         s.post(sim.api_url + "jobs", json={"process": {"process_graph": process_graph()}}, headers=headers)
-        assert len(sim._server._conns) == 1  # one persistent connection served all requests
+        assert len(sim.connections()) == 1  # one persistent connection served all requests
         # Small keep-alive responses must not hit the Nagle/delayed-ACK ~40 ms stall.
-        (conn,) = sim._server._conns
+        (conn,) = sim.connections()
         assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
@@ -565,6 +565,10 @@ def test_capabilities_and_metadata(make_sim):
     missing = requests.get(sim.api_url + "collections/NOPE")
     assert missing.status_code == 404 and missing.json()["code"] == "CollectionNotFound"
     assert requests.get(sim.api_url + "nope").status_code == 404
+    # an unknown path is a 404 (as on openEO backends), not a redirect to the path without its slash
+    assert requests.get(sim.api_url + "jobs/", allow_redirects=False).status_code == 404
+    not_allowed = requests.delete(sim.api_url + "me")
+    assert not_allowed.status_code == 405 and not_allowed.json()["code"] == "MethodNotAllowed"
 
 
 def test_stop_is_prompt_with_open_keep_alive_connections():
@@ -578,7 +582,7 @@ def test_stop_is_prompt_with_open_keep_alive_connections():
     sim.stop()  # with the idle keep-alive connection still open
     assert not any(t.is_alive() for t in sim._threads)
     rest = answer.split(b"\r\n\r\n", 1)[1]
-    length = int(answer.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0])
+    length = int(answer.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
     while len(rest) < length:
         rest += client.recv(65536)
     assert client.recv(1) == b""  # the server shut the idle connection: its handler is not left waiting

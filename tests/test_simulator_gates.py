@@ -39,3 +39,30 @@ def test_waiting_for_a_held_request_gives_up_when_none_comes():
         assert sim.gates.wait_drained(1)
     finally:
         sim.stop()
+
+
+def test_many_held_requests_do_not_starve_other_routes():
+    """Handlers run in worker threads; more requests held at a gate than a thread pool's usual 40 must all
+    be held, and other routes must still answer meanwhile (as on a real backend)."""
+    import concurrent.futures
+
+    import requests
+
+    held_count = 48
+    sim = start_simulator(SimulatorConfig(queue_time=0.05, run_time=0.1))
+    try:
+        token = requests.get(sim.api_url + "credentials/basic", auth=("alice", "secret")).json()["access_token"]
+        headers = {"Authorization": "Bearer basic//" + token}
+        body = {"process": {"process_graph": {"save": {"process_id": "save_result", "arguments": {"data": 1},
+                                                       "result": True}}}}
+        sim.gates.close("POST /jobs")
+        with concurrent.futures.ThreadPoolExecutor(held_count) as pool:
+            creates = [pool.submit(requests.post, sim.api_url + "jobs", json=body, headers=headers, timeout=120)
+                       for _ in range(held_count)]
+            assert sim.gates.wait_held(["POST /jobs"], timeout=60, count=held_count) == "POST /jobs"
+            assert requests.get(sim.api_url + "me", headers=headers, timeout=60).status_code == 200
+            sim.gates.open()
+            assert [f.result().status_code for f in creates] == [201] * held_count
+        assert sim.counters()["jobs_total"] == held_count
+    finally:
+        sim.stop()

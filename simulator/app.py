@@ -1,0 +1,108 @@
+"""The simulator as a Starlette app: the route table, and one endpoint that runs a route's handler behind
+the guard (simulator/guard.py) in a worker thread, counts the answer and frees the user's in-flight slot
+once the answer is sent.
+
+Handlers block (gates hold them, latency knobs sleep, OIDC checks call the provider), so they run in
+worker threads; the event loop only parses, routes and writes, and streams asset bytes.
+"""
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, List
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request as HttpRequest
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from simulator import discovery, job_routes, results
+from simulator.guard import Handler, guarded
+from simulator.messages import API_PREFIX, Request, Site, error_response
+
+# Requests handled at once. Held (gates) and slow (latency knobs) requests each keep a thread, as the
+# threads of a real backend's server would; threads are made only when needed.
+WORKER_THREADS = 1000
+
+
+class Endpoint:
+    """One route: (method, template) -> handler, with whether it needs a login and is a control route."""
+
+    def __init__(self, site: Site, template: str, handler: Handler, auth: bool, control: bool):
+        self.site, self.template, self.handler, self.auth, self.control = site, template, handler, auth, control
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        http = HttpRequest(scope, receive)
+        try:
+            body = await http.body()
+        except ClientDisconnect:  # a client killed mid-request (crash tests): nobody to answer
+            return
+        req = Request(method=scope["method"], path=scope["path"], template=self.template, query=http.query_params,
+                      headers=http.headers, body=body, params=dict(scope["path_params"]))
+        response, in_flight = await run_in_threadpool(guarded, self.site, req, self.handler, self.auth, self.control)
+        state = self.site.state
+        state.count_request(f"{req.method} {self.template} {response.status_code}")
+        try:
+            await response(scope, receive, send)
+        finally:
+            if in_flight is not None:
+                # Held until the body is written: a streamed asset stays "in flight" while it streams.
+                state.quotas.leave(in_flight)
+
+
+def routes(site: Site) -> List[Route]:
+    table: List[Route] = []
+
+    def add(method: str, template: str, handler: Handler, api: bool = True, auth: bool = True,
+            control: bool = False) -> None:
+        path = (API_PREFIX + template) if api else template
+        table.append(Route(path or "/", Endpoint(site, template or "/", handler, auth, control), methods=[method]))
+
+    add("GET", "/.well-known/openeo", discovery.well_known, api=False, auth=False)
+    add("GET", "/", discovery.capabilities, auth=False)
+    add("GET", "", discovery.capabilities, auth=False)
+    add("GET", "/credentials/basic", discovery.credentials_basic, auth=False)
+    add("GET", "/credentials/oidc", discovery.credentials_oidc, auth=False)
+    add("GET", "/me", discovery.me)
+    add("GET", "/collections", discovery.collections, auth=False)
+    add("GET", "/collections/{id}", discovery.collection, auth=False)
+    add("GET", "/processes", discovery.processes, auth=False)
+    add("GET", "/file_formats", discovery.file_formats, auth=False)
+    add("POST", "/jobs", job_routes.create_job)
+    add("GET", "/jobs", job_routes.list_jobs)
+    add("GET", "/jobs/{id}", job_routes.describe_job)
+    add("PATCH", "/jobs/{id}", job_routes.update_job)
+    add("DELETE", "/jobs/{id}", job_routes.delete_job)
+    add("POST", "/jobs/{id}/results", job_routes.start_job)
+    add("DELETE", "/jobs/{id}/results", job_routes.cancel_job)
+    add("GET", "/jobs/{id}/results", results.results)
+    add("GET", "/jobs/{id}/results/assets/{name}", results.job_asset)
+    add("GET", "/jobs/{id}/logs", job_routes.logs)
+    add("GET", "/_assets/{job_id}/{name}", results.public_asset, api=False, auth=False)
+    add("GET", "/_sim/config", discovery.get_config, api=False, auth=False, control=True)
+    add("PATCH", "/_sim/config", discovery.patch_config, api=False, auth=False, control=True)
+    add("GET", "/_sim/counters", discovery.counters, api=False, auth=False, control=True)
+    add("POST", "/_sim/reset", discovery.reset, api=False, auth=False, control=True)
+    add("POST", "/_sim/outage", discovery.outage, api=False, auth=False, control=True)
+    return table
+
+
+def build_app(site: Site) -> Starlette:
+    async def unmatched(request: HttpRequest, exc: HTTPException) -> Response:
+        method, path = request.method, request.url.path
+        site.state.count_request(f"{method} <unmatched> {exc.status_code}")
+        if exc.status_code == 405:
+            return error_response(405, "MethodNotAllowed", f"Method {method} not allowed on {path}.")
+        return error_response(404, "NotFound", f"Path {path} not found.")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
+        yield
+
+    app = Starlette(routes=routes(site), exception_handlers={404: unmatched, 405: unmatched}, lifespan=lifespan)
+    app.router.redirect_slashes = False  # an unknown path is a 404, as before, not a redirect
+    return app
