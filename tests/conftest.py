@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 # Set before Prefect is imported anywhere: the ephemeral server's telemetry job
 # logs "database is locked" on a fresh database otherwise.
@@ -37,6 +41,36 @@ def prefect_harness():
                 raise
     with stack:
         yield
+
+
+@pytest.fixture(scope="session")
+def migrated_prefect_db(tmp_path_factory) -> Path:
+    """A Prefect database with every migration applied, made once per session.
+
+    A server on a fresh PREFECT_HOME first migrates its database: ~20 s of CPU (minutes on a loaded
+    machine), paid again by every test that starts its own server. The migrations are Prefect's,
+    not what these tests prove, so each test copies this database instead (`prefect_home`).
+    """
+    home = tmp_path_factory.mktemp("prefect-home-template")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    subprocess.run([prefect, "server", "database", "upgrade", "-y"], env=env, check=True, capture_output=True,
+                   timeout=900)  # a bound for hangs (a loaded machine)
+    return home / "prefect.db"
+
+
+@pytest.fixture
+def prefect_home(tmp_path, migrated_prefect_db) -> Path:
+    """A PREFECT_HOME of the test's own (tmp_path/prefect-home) for a server the test or the CLI
+    starts there (embedded mode, `prefect server start`), its database already migrated."""
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    for suffix in ("", "-wal", "-shm"):  # the upgrade process has ended: normally only the .db is left
+        source = migrated_prefect_db.with_name(migrated_prefect_db.name + suffix)
+        if source.exists():
+            shutil.copy(source, home / source.name)
+    return home
 
 
 @pytest.fixture

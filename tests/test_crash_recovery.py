@@ -39,17 +39,17 @@ ASSET_SIZE = 1 << 20  # 1 MiB x 2 assets
 
 def test_killed_in_every_phase_then_resumed(tmp_path, prefect_harness):
     """The command line against the session's Prefect server, SIGKILLed once in each phase."""
-    _killed_then_resumed(tmp_path, rounds_per_phase=1, embedded=False)
+    _killed_then_resumed(tmp_path, tmp_path / "prefect-home", rounds_per_phase=1, embedded=False)
 
 
 @pytest.mark.slow
-def test_killed_twice_in_every_phase_in_embedded_mode_then_resumed(tmp_path, prefect_harness):
+def test_killed_twice_in_every_phase_in_embedded_mode_then_resumed(tmp_path, prefect_harness, prefect_home):
     """The command line in the default embedded mode, one PREFECT_HOME for every round: each
     SIGKILL also takes the CLI's Prefect server down (its watchdog sees the CLI go)."""
-    _killed_then_resumed(tmp_path, rounds_per_phase=2, embedded=True)
+    _killed_then_resumed(tmp_path, prefect_home, rounds_per_phase=2, embedded=True)
 
 
-def _killed_then_resumed(tmp_path, rounds_per_phase: int, embedded: bool):
+def _killed_then_resumed(tmp_path, home, rounds_per_phase: int, embedded: bool):
     from prefect.settings import PREFECT_API_URL
 
     kills = rounds_per_phase * len(PHASES)
@@ -61,7 +61,6 @@ def _killed_then_resumed(tmp_path, rounds_per_phase: int, embedded: bool):
         db = make_db(tmp_path / "jobs.parquet", rows)
         kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",
                       poll_interval_seconds=0.25)
-        home = tmp_path / "prefect-home"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
         if not embedded:

@@ -23,10 +23,11 @@ from tests.flow_helpers import PASSWORD_ENV, backend, fast_config, make_db
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLBACK = "flows.tiling.demo_callbacks:start_job"
-# From a stop (Ctrl-C, SIGTERM, Cancel) to the exit. The target is 3 s (the printed figures); the
-# assertion is structural: far below the 60 s poll interval the stop must not wait for, with room
-# for a machine loaded by parallel test sessions.
-STOP_SECONDS = 6.0
+# From a stop (Ctrl-C, SIGTERM, Cancel) to the exit. The target is 3 s (the printed figures; speed
+# targets belong in bench/); the assertion is structural: half the 60 s poll interval the stop must
+# not wait for. A stop that waited for the next poll comes ~60 s after the signal (the signal follows
+# the poll at once) and fails it; a loaded 2-core machine (load 20+) must not, and 6 s did.
+STOP_SECONDS = 30.0
 
 
 def cli(db: Path, sim, *extra: str, parallel_jobs: int = 2, poll: str = "0.3") -> List[str]:
@@ -103,12 +104,12 @@ def flow_run(run_id: str):
 
 
 # --- stops: the signal wakes the cycle, whatever the poll interval ---------------------------------
-def test_ctrl_c_in_the_cli_with_a_60_s_poll_exits_130_within_seconds(tmp_path):
+def test_ctrl_c_in_the_cli_with_a_60_s_poll_exits_130_within_seconds(tmp_path, prefect_home):
     """Embedded CLI (its own Prefect server), poll interval 60 s: SIGINT to the process group as
     a terminal sends it. One `stopping:` line, exit 130, the run recorded Cancelled: all before
     the next poll would have been due (the stop does not wait for the poll)."""
     sim = start_simulator(fast_config(queue_time=0.2, run_time=120.0))
-    home = tmp_path / "prefect-home"
+    home = prefect_home
     db = make_db(tmp_path / "jobs.parquet", 4)
     child = subprocess.Popen(cli(db, sim, poll="60"), env=own_prefect_home_env(home, sim), start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -130,13 +131,13 @@ def test_ctrl_c_in_the_cli_with_a_60_s_poll_exits_130_within_seconds(tmp_path):
     assert flow_run_states_in(home) == ["CANCELLED"]
 
 
-def test_sigint_to_a_script_that_calls_run_jobs_exits_within_seconds(tmp_path):
+def test_sigint_to_a_script_that_calls_run_jobs_exits_within_seconds(tmp_path, prefect_home):
     """A user's script calling run_jobs() without a Prefect server: Prefect's temporary server is
     in the script's process group, so a terminal's Ctrl-C stops it too. run_jobs() still raises
     RunInterrupted within seconds, the DB persisted, and the run's end is left for the next run
     (its Prefect API could not record it)."""
     sim = start_simulator(fast_config(queue_time=0.2, run_time=120.0))
-    home = tmp_path / "prefect-home"
+    home = prefect_home
     db = make_db(tmp_path / "jobs.parquet", 4)
     kwargs = dict(job_db=str(db), backends=[backend("a", sim, 2)], start_job=CALLBACK, poll_interval_seconds=60.0)
     script = tmp_path / "my_script.py"
