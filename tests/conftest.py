@@ -20,23 +20,34 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def prefect_harness():
+def prefect_harness(migrated_prefect_db):
     """A real Prefect server (temporary SQLite database) shared by the whole session.
 
     Starting one costs ~12 s (minutes on a loaded machine), so every test that needs Prefect shares
-    this one. Prefect's start-up probe gives up on a health answer slower than httpx's default 5 s
-    (it retries only refused connections), which a loaded machine produces: start again then.
+    this one. Its database starts as a copy of the session's migrated one (`migrated_prefect_db`),
+    so the migrations run once per session, not once more here. Prefect's start-up probe gives up
+    on a health answer slower than httpx's default 5 s (it retries only refused connections), which
+    a loaded machine produces: stop that server and start again then.
     """
+    from unittest import mock
+
     import httpx
-    from prefect.testing.utilities import prefect_test_harness
+    import prefect.testing.utilities as harness
+    from prefect.server.api.server import SubprocessASGIServer
 
     for attempt in range(1, 4):
         stack = contextlib.ExitStack()
+        folder = tempfile.mkdtemp(prefix="prefect-harness-")  # the harness's own temp folder, seeded
+        shutil.copy(migrated_prefect_db, Path(folder) / "prefect-test.db")  # its file name (prefect 3.9)
         try:
-            stack.enter_context(prefect_test_harness(server_startup_timeout=600))  # a bound for hangs
+            with mock.patch.object(harness, "mkdtemp", lambda: folder):
+                stack.enter_context(harness.prefect_test_harness(server_startup_timeout=600))  # a bound for hangs
             break
         except httpx.TimeoutException:
             stack.close()
+            failed = SubprocessASGIServer._instances.pop(None, None)  # the harness left it registered, running
+            if failed is not None:
+                failed.stop()
             if attempt == 3:
                 raise
     with stack:

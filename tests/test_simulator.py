@@ -157,7 +157,7 @@ def test_transitions_are_exact_without_ticker(make_sim):
     con = login(sim)
     job = make_cube(con).create_job()
     job.start_job()
-    assert wait_status(job, timeout=5) == "finished"
+    assert wait_status(job) == "finished"  # long before the ticker (3600 s); the default bound is for a loaded machine
 
 
 def test_cancel_restart_patch_delete(make_sim):

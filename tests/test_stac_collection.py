@@ -145,7 +145,7 @@ def test_sigkill_while_writing_the_collection_then_resume(tmp_path, prefect_harn
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     reader = None
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600  # a bound for hangs (a loaded machine)
         while not collection.exists():  # the run's first write (before any job ends)
             assert child.poll() is None and time.monotonic() < deadline, "no collection written"
             time.sleep(0.02)  # watching another process's file
