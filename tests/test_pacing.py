@@ -94,7 +94,8 @@ def test_a_429_pauses_the_whole_account(sim):
 
 
 def test_idempotent_requests_retry_after_429(sim):
-    sim.configure(rate_limit_per_second=2.0, rate_limit_burst=1, rate_limit_routes="GET /me", retry_after=1)
+    # a token per 2 s: the next call comes sooner even on a loaded machine, so a 429 comes (at 2/s it might not)
+    sim.configure(rate_limit_per_second=0.5, rate_limit_burst=1, rate_limit_routes="GET /me", retry_after=1)
     connection = connect(sim, "alice")
     for _ in range(3):
         assert connection.describe_account()["user_id"] == "alice"  # a 429 came, the account waited, retried

@@ -261,7 +261,8 @@ def test_429_without_retry_after(make_sim):
 
 
 def test_rate_limit_token_bucket(make_sim):
-    sim = make_sim(rate_limit_per_second=0.5, rate_limit_burst=3, retry_after=1, **FAST)
+    # a token per 100 s: none comes back during the test, however slow the machine (at 0.5/s one did)
+    sim = make_sim(rate_limit_per_second=0.01, rate_limit_burst=3, retry_after=1, **FAST)
     headers = token_headers(sim)  # the login itself takes one token from alice's bucket
     codes = [requests.get(sim.api_url + "me", headers=headers).status_code for _ in range(4)]
     assert codes == [200, 200, 429, 429]
