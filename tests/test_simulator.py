@@ -345,7 +345,8 @@ def test_outage_over_http_control_route(make_sim):
 
 
 def test_auth_errors_and_token_expiry(make_sim):
-    sim = make_sim(token_ttl=0.8, static_token="let-me-in", **FAST)
+    # 5 s: a fresh token must still be good for the call right after the login on a loaded machine
+    sim = make_sim(token_ttl=5.0, static_token="let-me-in", **FAST)
     assert requests.get(sim.api_url + "me").json()["code"] == "AuthenticationRequired"
     assert requests.get(sim.api_url + "me").status_code == 401
     bad = requests.get(sim.api_url + "credentials/basic", auth=("alice", "wrong"))
