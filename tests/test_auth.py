@@ -163,7 +163,7 @@ def test_cli_bad_backend_is_one_line_before_anything(tmp_path, option, words):
     before = db.read_bytes()
     run = subprocess.run([sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), "--start-job",
                           "flows.tiling.demo_callbacks:start_job", "--backend", f"a=http://127.0.0.1:9,{option}"],
-                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=60)
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
     assert run.returncode == 2
     error_lines = [line for line in run.stderr.splitlines() if "error:" in line]
     assert len(error_lines) == 1, run.stderr

@@ -76,7 +76,7 @@ def interrupt_once_jobs_run(db: Path, child: subprocess.Popen):
     wait_for_jobs(db, child)
     t0 = time.monotonic()
     os.killpg(child.pid, signal.SIGINT)
-    out, err = child.communicate(timeout=90)
+    out, err = child.communicate(timeout=600)
     return t0, out, err, time.monotonic() - t0
 
 
@@ -319,7 +319,7 @@ def test_outcome_bad_input_exit_2_failed_before_any_job(tmp_path):
         db = make_db(tmp_path / "jobs.parquet", 3)
         done = subprocess.run(cli(db, sim, "--max-consecutive-failures", "-1"),
                               env=harness_env(**{PASSWORD_ENV: sim.config.password}), capture_output=True, text=True,
-                              timeout=120)
+                              timeout=600)
         assert done.returncode == RunOutcome.BAD_INPUT.exit_code == 2
         assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "--max-consecutive-failures" in done.stderr
         # the flow itself (a deployment run): Failed, nothing created
@@ -363,7 +363,7 @@ def test_outcome_skipped_exit_75_when_another_run_owns_the_db(prefect_harness, t
         before = db.read_bytes()
         with JobDbLock(db):
             done = subprocess.run(cli(db, sim), env=harness_env(**{PASSWORD_ENV: sim.config.password}),
-                                  capture_output=True, text=True, timeout=120)
+                                  capture_output=True, text=True, timeout=600)
             state = run_jobs(job_db=str(db), backends=[backend("a", sim, 2)], start_job=CALLBACK, return_state=True)
         assert done.returncode == RunOutcome.SKIPPED.exit_code == 75, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("skipped: job DB")

@@ -592,7 +592,7 @@ def test_stop_is_prompt_with_open_keep_alive_connections():
 def test_help_lists_the_control_endpoints():
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-m", "simulator", "--help"], cwd=root, capture_output=True, text=True,
-                          timeout=60, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+                          timeout=600, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     for endpoint in ("GET   /_sim/config", "PATCH /_sim/config", "GET   /_sim/counters", "POST  /_sim/reset",
                      "POST  /_sim/outage"):
