@@ -23,9 +23,8 @@ from flows.run_jobs import RunFailed, run_jobs
 from jobdb import JobDbPaths
 from jobdb.lock import JobDbLock
 from simulator import start_simulator
-from tests.flow_helpers import PASSWORD_ENV, assert_results_complete, backend, fast_config, make_db
+from tests.flow_helpers import PASSWORD_ENV, STOP_SECONDS, assert_results_complete, backend, fast_config, make_db
 from tests.prefect_server import PrefectServer
-from tests.test_run_outcomes import STOP_SECONDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
