@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 # Set before Prefect is imported anywhere: the ephemeral server's telemetry job
 # logs "database is locked" on a fresh database otherwise.
@@ -16,27 +20,68 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def prefect_harness():
+def prefect_harness(migrated_prefect_db):
     """A real Prefect server (temporary SQLite database) shared by the whole session.
 
     Starting one costs ~12 s (minutes on a loaded machine), so every test that needs Prefect shares
-    this one. Prefect's start-up probe gives up on a health answer slower than httpx's default 5 s
-    (it retries only refused connections), which a loaded machine produces: start again then.
+    this one. Its database starts as a copy of the session's migrated one (`migrated_prefect_db`),
+    so the migrations run once per session, not once more here. Prefect's start-up probe gives up
+    on a health answer slower than httpx's default 5 s (it retries only refused connections), which
+    a loaded machine produces: stop that server and start again then.
     """
+    from unittest import mock
+
     import httpx
-    from prefect.testing.utilities import prefect_test_harness
+    import prefect.testing.utilities as harness
+    from prefect.server.api.server import SubprocessASGIServer
 
     for attempt in range(1, 4):
         stack = contextlib.ExitStack()
+        folder = tempfile.mkdtemp(prefix="prefect-harness-")  # the harness's own temp folder, seeded
+        shutil.copy(migrated_prefect_db, Path(folder) / "prefect-test.db")  # its file name (prefect 3.9)
         try:
-            stack.enter_context(prefect_test_harness(server_startup_timeout=600))  # a bound for hangs
+            with mock.patch.object(harness, "mkdtemp", lambda: folder):
+                stack.enter_context(harness.prefect_test_harness(server_startup_timeout=600))  # a bound for hangs
             break
         except httpx.TimeoutException:
             stack.close()
+            failed = SubprocessASGIServer._instances.pop(None, None)  # the harness left it registered, running
+            if failed is not None:
+                failed.stop()
             if attempt == 3:
                 raise
     with stack:
         yield
+
+
+@pytest.fixture(scope="session")
+def migrated_prefect_db(tmp_path_factory) -> Path:
+    """A Prefect database with every migration applied, made once per session.
+
+    A server on a fresh PREFECT_HOME first migrates its database: ~20 s of CPU (minutes on a loaded
+    machine), paid again by every test that starts its own server. The migrations are Prefect's,
+    not what these tests prove, so each test copies this database instead (`prefect_home`).
+    """
+    home = tmp_path_factory.mktemp("prefect-home-template")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    subprocess.run([prefect, "server", "database", "upgrade", "-y"], env=env, check=True, capture_output=True,
+                   timeout=900)  # a bound for hangs (a loaded machine)
+    return home / "prefect.db"
+
+
+@pytest.fixture
+def prefect_home(tmp_path, migrated_prefect_db) -> Path:
+    """A PREFECT_HOME of the test's own (tmp_path/prefect-home) for a server the test or the CLI
+    starts there (embedded mode, `prefect server start`), its database already migrated."""
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    for suffix in ("", "-wal", "-shm"):  # the upgrade process has ended: normally only the .db is left
+        source = migrated_prefect_db.with_name(migrated_prefect_db.name + suffix)
+        if source.exists():
+            shutil.copy(source, home / source.name)
+    return home
 
 
 @pytest.fixture

@@ -85,7 +85,7 @@ class PrefectServer:
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}: {(self.home / 'server.log').read_text()[-2000:]}") from None
 
-    def cli(self, *args: str, timeout: float = 60, **env: str) -> str:
+    def cli(self, *args: str, timeout: float = 600, **env: str) -> str:  # a bound for hangs (a loaded machine)
         """Run a prefect CLI command against this server; return its output or raise."""
         done = subprocess.run(
             [PREFECT, *args], cwd=ROOT, env=self.env(**env), capture_output=True, text=True, timeout=timeout

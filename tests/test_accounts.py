@@ -278,7 +278,7 @@ def test_start_turns_live_in_the_accounts_folder_and_are_shared_by_processes(tmp
     env = {**os.environ, STATE_DIR_ENV: str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
              for _ in range(2)]
-    turns = sorted(float(t) for proc in procs for t in proc.communicate(timeout=60)[0].split())
+    turns = sorted(float(t) for proc in procs for t in proc.communicate(timeout=600)[0].split())
     assert all(proc.returncode == 0 for proc in procs)
     assert len(turns) == 6 and min(b - a for a, b in zip(turns, turns[1:])) >= 0.3 - 1e-6
     assert (tmp_path / "accounts" / "127.0.0.1_9~alice" / "starts.json").exists()

@@ -40,7 +40,7 @@ def read_artifact(key: str):
     return found[-1] if found else None
 
 
-def wait_for(what, check, seconds: float = 60.0):
+def wait_for(what, check, seconds: float = 300.0):  # a bound: a loaded server records events late
     """Until `check()` is truthy: the server records task-run states and events asynchronously."""
     deadline = time.monotonic() + seconds
     while True:

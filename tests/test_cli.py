@@ -48,7 +48,7 @@ def sha256(path: Path) -> str:
 def run_cli(*argv: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "flows", *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+                          timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     return done, time.monotonic() - started
 
 

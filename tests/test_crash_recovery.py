@@ -39,20 +39,26 @@ ASSET_SIZE = 1 << 20  # 1 MiB x 2 assets
 
 def test_killed_in_every_phase_then_resumed(tmp_path, prefect_harness):
     """The command line against the session's Prefect server, SIGKILLed once in each phase."""
-    _killed_then_resumed(tmp_path, rounds_per_phase=1, embedded=False)
+    _killed_then_resumed(tmp_path, tmp_path / "prefect-home", PHASES, rounds_per_phase=1, embedded=False)
+
+
+def test_killed_while_starting_in_embedded_mode_then_resumed(tmp_path, prefect_harness, prefect_home):
+    """The fast version of the one below: one SIGKILL of the command line in its default embedded
+    mode, while a start is in flight: no process outlives it (its watchdog stops its server)."""
+    _killed_then_resumed(tmp_path, prefect_home, ["start"], rounds_per_phase=1, embedded=True)
 
 
 @pytest.mark.slow
-def test_killed_twice_in_every_phase_in_embedded_mode_then_resumed(tmp_path, prefect_harness):
+def test_killed_twice_in_every_phase_in_embedded_mode_then_resumed(tmp_path, prefect_harness, prefect_home):
     """The command line in the default embedded mode, one PREFECT_HOME for every round: each
     SIGKILL also takes the CLI's Prefect server down (its watchdog sees the CLI go)."""
-    _killed_then_resumed(tmp_path, rounds_per_phase=2, embedded=True)
+    _killed_then_resumed(tmp_path, prefect_home, PHASES, rounds_per_phase=2, embedded=True)
 
 
-def _killed_then_resumed(tmp_path, rounds_per_phase: int, embedded: bool):
+def _killed_then_resumed(tmp_path, home, phases, rounds_per_phase: int, embedded: bool):
     from prefect.settings import PREFECT_API_URL
 
-    kills = rounds_per_phase * len(PHASES)
+    kills = rounds_per_phase * len(phases)
     rows = 6 * kills  # work left for every round: each starts a few jobs at most before its kill
     seed = int(os.environ.get("CRASH_SEED", "20261122"))
     sim = start_simulator(fast_config(create_latency=0.15, start_latency=0.15, queue_time=0.1, run_time=0.6,
@@ -61,19 +67,18 @@ def _killed_then_resumed(tmp_path, rounds_per_phase: int, embedded: bool):
         db = make_db(tmp_path / "jobs.parquet", rows)
         kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",
                       poll_interval_seconds=0.25)
-        home = tmp_path / "prefect-home"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
         if not embedded:
             env["PREFECT_API_URL"] = PREFECT_API_URL.value()
-        records = kill_rounds(sim, kwargs, kills=kills, seed=seed, env=env, timeout=180, cli=True, phases=PHASES,
+        records = kill_rounds(sim, kwargs, kills=kills, seed=seed, env=env, timeout=600, cli=True, phases=phases,
                               log_dir=tmp_path)
         print(f"\ncrash rounds (seed {seed}):\n" + table(records))
         killed = [r for r in records if r["outcome"] == "killed"]
         assert len(killed) == kills, "the work finished before all kills: make it longer"
         landed = Counter(r["landed"] for r in killed)
         print("kills per phase (a request of the phase in flight at the kill):", dict(landed))
-        assert landed == {phase: rounds_per_phase for phase in PHASES}, records
+        assert landed == {phase: rounds_per_phase for phase in phases}, records
         # what a kill mid-create leaves on disk: the intent (row `creating`, with its marker)
         assert all("create" in r["left_on_disk"] for r in killed if r["landed"] == "create"), records
 

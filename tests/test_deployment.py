@@ -20,10 +20,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def server(tmp_path):
-    home = tmp_path / "prefect-home"
-    home.mkdir()
-    server = PrefectServer(home)
+def server(prefect_home):
+    server = PrefectServer(prefect_home)
     try:
         yield server
     finally:
@@ -73,7 +71,7 @@ def test_deploy_worker_run(server, sim, tmp_path):
     (user_code / "mycallbacks" / "__init__.py").write_text("")
     (user_code / "mycallbacks" / "jobs.py").write_text(USER_CALLBACK)
     server.cli("work-pool", "create", "openeo-pool", "--type", "process")
-    out = server.cli("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml", timeout=90)
+    out = server.cli("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
     assert "run-jobs/on-demand" in out and "run-jobs/nightly" in out and "tile-area/tile-area" in out, out
 
     worker_log = open(tmp_path / "worker.log", "wb")
@@ -96,19 +94,19 @@ def test_deploy_worker_run(server, sim, tmp_path):
         # No start_job (the deployment has no default): the run fails at once, saying what is missing.
         initial = db.read_bytes()
         out = server.cli("deployment", "run", "run-jobs/on-demand", *run_parameters)
-        unset = wait_for_final_state(server.api_url, UUID_RE.search(out).group(0), timeout=90)
-        after_unset = db.read_bytes()
+        unset = wait_for_final_state(server.api_url, UUID_RE.search(out).group(0), timeout=600)  # bound for hangs
+        after_unset, jobs_after_unset = db.read_bytes(), sim.counters()["jobs_total"]
         out = server.cli("deployment", "run", "run-jobs/on-demand", *run_parameters,
                          "-p", "start_job=mycallbacks.jobs:start_job")
         flow_run_id = UUID_RE.search(out).group(0)
-        run = wait_for_final_state(server.api_url, flow_run_id, timeout=90)
+        run = wait_for_final_state(server.api_url, flow_run_id, timeout=600)  # a worker boots it: minutes when loaded
     finally:
         worker_log.close()
     log_tail = (tmp_path / "worker.log").read_text(errors="replace")[-3000:]
     assert unset.state.is_failed(), f"{unset.state}\n{log_tail}"
     assert "give exactly one of start_job" in unset.state.message, unset.state.message
-    assert unset.total_run_time.total_seconds() < 10, unset.total_run_time
-    assert "start_job" not in unset.parameters and after_unset == initial  # nothing was touched
+    # at once: before any job was created (the seconds that takes are the machine's, not asserted)
+    assert "start_job" not in unset.parameters and after_unset == initial and jobs_after_unset == 0
     assert run.state.is_completed(), f"{run.state}\n{log_tail}"
     assert run.parameters["start_job"] == "mycallbacks.jobs:start_job"
     # The parameters arrived typed (the JSON list was parsed), without any secret in them.

@@ -78,7 +78,7 @@ def run_scenario(name: str, tmp_path, knobs: List[Dict], during: Optional[Callab
 def _after_starts(n: int, action: Callable, sim_index: int = 0):
     """A `during` helper: once `n` jobs were started on sims[sim_index], run action(sims)."""
     def during(sims, stop):
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 600  # a bound for hangs (a loaded machine)
         while not stop.is_set() and time.monotonic() < deadline:
             if sims[sim_index].counters()["job_starts"] >= n:
                 action(sims)

@@ -51,6 +51,51 @@ def missing_node_ids(rows: List[List[str]]) -> List[str]:
     return missing
 
 
+def is_slow(marker: ast.AST) -> bool:
+    """`pytest.mark.slow` (or a list holding it, as a module's `pytestmark`)."""
+    if isinstance(marker, (ast.List, ast.Tuple)):
+        return any(is_slow(item) for item in marker.elts)
+    return isinstance(marker, ast.Attribute) and marker.attr == "slow"
+
+
+def slow_tests(path: Path) -> Set[str]:
+    """The tests of a file the default run leaves out (`-m 'not slow'`): marked slow, or in a slow file."""
+    tree = ast.parse(path.read_text())
+    whole_file = any(isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in node.targets)
+                     and is_slow(node.value) for node in tree.body)
+    return {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and (whole_file or any(is_slow(d) for d in node.decorator_list))}
+
+
+def guarantees_only_slow_tests_check(rows: List[List[str]]) -> List[str]:
+    """Guarantees whose every test is marked slow: the default run would not check them."""
+    slow: Dict[str, Set[str]] = {}
+    unchecked = []
+    for row in rows:
+        node_ids = NODE_ID.findall(" ".join(row[1:]))
+        for node_id in node_ids:
+            file = node_id.partition("::")[0]
+            if file not in slow:
+                slow[file] = slow_tests(ROOT / file) if (ROOT / file).exists() else set()
+        if node_ids and all(n.partition("::")[2].split("[")[0] in slow[n.partition("::")[0]] for n in node_ids):
+            unchecked.append(row[0])
+    return unchecked
+
+
+def test_every_guarantee_has_a_test_in_the_default_run():
+    """Long variants are marked slow and left out of the default run; each guarantee keeps a fast test there."""
+    rows = table_rows((ROOT / "tests" / "README.md").read_text())
+    assert guarantees_only_slow_tests_check(rows) == []
+
+
+def test_the_check_sees_slow_marks():
+    rows = table_rows("| guarantee | test |\n|---|---|\n"
+                      "| interruption: x | `tests/test_interruptions.py::test_prefect_server_outage_of_forty_seconds` |\n"
+                      "| interruption: y | `tests/test_interruptions.py::test_prefect_server_outage_of_forty_seconds`, "
+                      "`tests/test_interruptions.py::test_prefect_server_outage_of_ten_seconds` |\n")
+    assert guarantees_only_slow_tests_check(rows) == ["interruption: x"]
+
+
 def test_every_node_id_in_the_guarantee_table_exists():
     rows = table_rows((ROOT / "tests" / "README.md").read_text())
     assert len(rows) >= 20, "the guarantee table is missing or nearly empty"

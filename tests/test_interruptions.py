@@ -2,6 +2,7 @@
 pass, a Prefect server that goes away mid-run. Real simulator over HTTP, real Prefect."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from flows.run_jobs import RunFailed, run_jobs
 from jobdb import JobDbPaths
 from jobdb.lock import JobDbLock
 from simulator import start_simulator
-from tests.flow_helpers import PASSWORD_ENV, assert_results_complete, backend, fast_config, make_db
+from tests.flow_helpers import PASSWORD_ENV, STOP_SECONDS, assert_results_complete, backend, fast_config, make_db
 from tests.prefect_server import PrefectServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,26 +97,20 @@ def flow_run_states(api_url: str) -> List[str]:
 
 
 def flow_run_states_in(home: Path) -> List[str]:
-    """The flow runs recorded in a PREFECT_HOME's database, read through a server started on it."""
-    from flows.console.local_server import local_prefect_server
+    """The states of the flow runs recorded in a PREFECT_HOME's database, once no server runs on it:
+    read from the SQLite file itself (starting a server only to read them cost a server start-up)."""
+    import sqlite3
 
-    os.environ["PREFECT_HOME"], saved = str(home), os.environ.get("PREFECT_HOME")
-    try:
-        with local_prefect_server() as api_url:
-            return flow_run_states(api_url)
-    finally:
-        if saved is None:
-            os.environ.pop("PREFECT_HOME", None)
-        else:
-            os.environ["PREFECT_HOME"] = saved
+    with contextlib.closing(sqlite3.connect(home / "prefect.db")) as db:
+        return [state for (state,) in db.execute("SELECT state_type FROM flow_run ORDER BY created DESC LIMIT 50")]
 
 
-def test_ctrl_c_in_the_cli_exits_in_seconds_and_the_rerun_completes(tmp_path):
+def test_ctrl_c_in_the_cli_exits_in_seconds_and_the_rerun_completes(tmp_path, prefect_home):
     """Embedded mode (no PREFECT_API_URL): SIGINT to the CLI's process group as a terminal sends
     it. The run stops starting, records Cancelled, exits 130 within ~5 s, leaves no server behind;
     the same command again completes every row with the account's full slots, nothing twice."""
     sim = start_simulator(fast_config(queue_time=0.2, run_time=4.0))
-    home = tmp_path / "prefect-home"
+    home = prefect_home
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PYTHONPATH=str(ROOT), PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                **{PASSWORD_ENV: sim.config.password})
@@ -127,11 +122,11 @@ def test_ctrl_c_in_the_cli_exits_in_seconds_and_the_rerun_completes(tmp_path):
         wait_for(lambda: active_jobs(db) >= 2, 600, "two jobs running")
         t0 = time.monotonic()
         os.killpg(child.pid, signal.SIGINT)
-        out, err = child.communicate(timeout=60)
+        out, err = child.communicate(timeout=600)
         exit_seconds = time.monotonic() - t0
         print(f"\nCtrl-C: exit code {child.returncode} after {exit_seconds:.2f} s")
         assert child.returncode == 130, err[-2000:]
-        assert exit_seconds < 6.0
+        assert exit_seconds < STOP_SECONDS  # a bound for a hung stop; the line below says it left its jobs running
         assert "interrupted: 2 jobs still running on backends; run the same command again to resume" in err
         assert processes_with_env("PREFECT_HOME", str(home)) == []  # no server outlived the CLI
         assert not JobDbPaths.of(db).lock_holder.exists()
@@ -259,7 +254,7 @@ def test_two_bounded_passes_finish_what_one_could_not(tmp_path):
         assert started == sim.counters()["jobs_total"]  # every job it created is in the DB as active
         assert set(on_disk) <= {"queued", "not_started"}, on_disk.value_counts()
         sim.configure(max_running_per_user=None)
-        second = run_jobs(**kwargs, max_runtime_minutes=1.0)
+        second = run_jobs(**kwargs, max_runtime_minutes=10.0)  # a bound: a loaded machine must still end "done"
         assert second["status"] == {"finished": 4} and second["ended"] == "done"
         assert second["start_tasks"] <= 4 - started  # it adopted the jobs of the first pass
         assert sim.counters()["jobs_total"] == 4 and sim.counters()["duplicate_titles"] == {}
@@ -268,12 +263,10 @@ def test_two_bounded_passes_finish_what_one_could_not(tmp_path):
         sim.stop()
 
 
-def _outage_run(tmp_path, outage_seconds: float) -> None:
+def _outage_run(tmp_path, home: Path, outage_seconds: float) -> None:
     """A `prefect server` stopped mid-run for `outage_seconds`, then started again on the same
     port and database: the openEO side goes on meanwhile and the run completes by itself."""
     sim = start_simulator(fast_config(queue_time=0.2, run_time=1.5))
-    home = tmp_path / "home"
-    home.mkdir()
     server = PrefectServer(home)
     db = make_db(tmp_path / "jobs.parquet", 16)
     kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",
@@ -308,13 +301,13 @@ def _outage_run(tmp_path, outage_seconds: float) -> None:
         sim.stop()
 
 
-def test_prefect_server_outage_of_ten_seconds(tmp_path):
-    _outage_run(tmp_path, 10.0)
+def test_prefect_server_outage_of_ten_seconds(tmp_path, prefect_home):
+    _outage_run(tmp_path, prefect_home, 10.0)
 
 
 @pytest.mark.slow
-def test_prefect_server_outage_of_forty_seconds(tmp_path):
-    _outage_run(tmp_path, 40.0)
+def test_prefect_server_outage_of_forty_seconds(tmp_path, prefect_home):
+    _outage_run(tmp_path, prefect_home, 40.0)
 
 
 def server_pids(home: Path) -> List[int]:
@@ -329,11 +322,11 @@ def server_pids(home: Path) -> List[int]:
     return pids
 
 
-def test_the_cli_run_survives_its_prefect_server_being_killed(tmp_path):
+def test_the_cli_run_survives_its_prefect_server_being_killed(tmp_path, prefect_home):
     """SIGKILL of the CLI's Prefect server mid-run: the openEO side goes on, the watchdog starts
     the server again, the run completes by itself and is recorded Completed."""
     sim = start_simulator(fast_config(queue_time=0.2, run_time=1.5))
-    home = tmp_path / "prefect-home"
+    home = prefect_home
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PYTHONPATH=str(ROOT), PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                **{PASSWORD_ENV: sim.config.password})

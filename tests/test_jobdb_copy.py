@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def jobdb_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "jobdb", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                          timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
 
 
 def tiles(n: int = 6) -> gpd.GeoDataFrame:

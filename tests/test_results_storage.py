@@ -168,7 +168,7 @@ def test_sigkill_during_an_upload_then_resume(s3, tmp_path, prefect_harness):
                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = _client
         try:
-            deadline = time.monotonic() + 180
+            deadline = time.monotonic() + 600  # a bound for hangs (a loaded machine)
             uploading = None
             while uploading is None:
                 assert child.poll() is None, "the run ended before an upload was seen"

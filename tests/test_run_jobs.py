@@ -140,7 +140,7 @@ def test_killed_run_resumes_without_duplicates(two_sims, tmp_path, prefect_harne
     child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a bound for hangs: the child imports Prefect first (minutes when loaded)
         while time.monotonic() < deadline:
             if db.exists():
                 statuses = pd.read_parquet(db)["status"]

@@ -19,14 +19,10 @@ from flows.run_loop.outcomes import RunOutcome
 from flows.run_jobs import RunFailed, run_jobs
 from jobdb import JobDbLock, JobDbPaths
 from simulator import start_simulator
-from tests.flow_helpers import PASSWORD_ENV, backend, fast_config, make_db
+from tests.flow_helpers import PASSWORD_ENV, STOP_SECONDS, backend, fast_config, make_db
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLBACK = "flows.tiling.demo_callbacks:start_job"
-# From a stop (Ctrl-C, SIGTERM, Cancel) to the exit. The target is 3 s (the printed figures); the
-# assertion is structural: far below the 60 s poll interval the stop must not wait for, with room
-# for a machine loaded by parallel test sessions.
-STOP_SECONDS = 6.0
 
 
 def cli(db: Path, sim, *extra: str, parallel_jobs: int = 2, poll: str = "0.3") -> List[str]:
@@ -75,7 +71,7 @@ def interrupt_once_jobs_run(db: Path, child: subprocess.Popen):
     wait_for_jobs(db, child)
     t0 = time.monotonic()
     os.killpg(child.pid, signal.SIGINT)
-    out, err = child.communicate(timeout=90)
+    out, err = child.communicate(timeout=600)
     return t0, out, err, time.monotonic() - t0
 
 
@@ -103,12 +99,12 @@ def flow_run(run_id: str):
 
 
 # --- stops: the signal wakes the cycle, whatever the poll interval ---------------------------------
-def test_ctrl_c_in_the_cli_with_a_60_s_poll_exits_130_within_seconds(tmp_path):
+def test_ctrl_c_in_the_cli_with_a_60_s_poll_exits_130_within_seconds(tmp_path, prefect_home):
     """Embedded CLI (its own Prefect server), poll interval 60 s: SIGINT to the process group as
     a terminal sends it. One `stopping:` line, exit 130, the run recorded Cancelled: all before
     the next poll would have been due (the stop does not wait for the poll)."""
     sim = start_simulator(fast_config(queue_time=0.2, run_time=120.0))
-    home = tmp_path / "prefect-home"
+    home = prefect_home
     db = make_db(tmp_path / "jobs.parquet", 4)
     child = subprocess.Popen(cli(db, sim, poll="60"), env=own_prefect_home_env(home, sim), start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -130,13 +126,13 @@ def test_ctrl_c_in_the_cli_with_a_60_s_poll_exits_130_within_seconds(tmp_path):
     assert flow_run_states_in(home) == ["CANCELLED"]
 
 
-def test_sigint_to_a_script_that_calls_run_jobs_exits_within_seconds(tmp_path):
+def test_sigint_to_a_script_that_calls_run_jobs_exits_within_seconds(tmp_path, prefect_home):
     """A user's script calling run_jobs() without a Prefect server: Prefect's temporary server is
     in the script's process group, so a terminal's Ctrl-C stops it too. run_jobs() still raises
     RunInterrupted within seconds, the DB persisted, and the run's end is left for the next run
     (its Prefect API could not record it)."""
     sim = start_simulator(fast_config(queue_time=0.2, run_time=120.0))
-    home = tmp_path / "prefect-home"
+    home = prefect_home
     db = make_db(tmp_path / "jobs.parquet", 4)
     kwargs = dict(job_db=str(db), backends=[backend("a", sim, 2)], start_job=CALLBACK, poll_interval_seconds=60.0)
     script = tmp_path / "my_script.py"
@@ -318,7 +314,7 @@ def test_outcome_bad_input_exit_2_failed_before_any_job(tmp_path):
         db = make_db(tmp_path / "jobs.parquet", 3)
         done = subprocess.run(cli(db, sim, "--max-consecutive-failures", "-1"),
                               env=harness_env(**{PASSWORD_ENV: sim.config.password}), capture_output=True, text=True,
-                              timeout=120)
+                              timeout=600)
         assert done.returncode == RunOutcome.BAD_INPUT.exit_code == 2
         assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "--max-consecutive-failures" in done.stderr
         # the flow itself (a deployment run): Failed, nothing created
@@ -362,7 +358,7 @@ def test_outcome_skipped_exit_75_when_another_run_owns_the_db(prefect_harness, t
         before = db.read_bytes()
         with JobDbLock(db):
             done = subprocess.run(cli(db, sim), env=harness_env(**{PASSWORD_ENV: sim.config.password}),
-                                  capture_output=True, text=True, timeout=120)
+                                  capture_output=True, text=True, timeout=600)
             state = run_jobs(job_db=str(db), backends=[backend("a", sim, 2)], start_job=CALLBACK, return_state=True)
         assert done.returncode == RunOutcome.SKIPPED.exit_code == 75, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("skipped: job DB")

@@ -81,7 +81,7 @@ def test_cli_refuses_bad_job_db_urls_before_anything(tmp_path, sim):
     ):
         done = subprocess.run([sys.executable, "-m", "flows.run_jobs", "--job-db", job_db, "--backend", spec,
                                "--start-job", "flows.tiling.demo_callbacks:start_job", *extra],
-                              cwd=root, capture_output=True, text=True, timeout=120,
+                              cwd=root, capture_output=True, text=True, timeout=600,
                               env={**__import__("os").environ, "PYTHONPATH": str(root)})
         assert done.returncode == 2, done.stderr
         lines = [line for line in done.stderr.splitlines() if line.strip()]

@@ -155,5 +155,5 @@ def test_html_map_has_an_offline_rendering(tmp_path):
     dom = subprocess.run(  # loopback only here: the CDN is unreachable, as offline
         [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
          "--virtual-time-budget=5000", "--dump-dom", (tmp_path / "jobs_map.html").as_uri()],
-        capture_output=True, text=True, timeout=120).stdout
+        capture_output=True, text=True, timeout=600).stdout
     assert re.search(r'id="offline-tile-map" style="display: block', dom), dom[:500]
