@@ -18,12 +18,11 @@ if __name__ == "__main__":  # `python -m flows.run_jobs`: the package's command 
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from prefect import flow, get_run_logger
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import Field
 
 from tasks.results.credentials import StorageBlockError, check_writable, results_root_url
 from tasks.results.run_results import RunResults
@@ -36,7 +35,8 @@ from flows.run_loop.outcomes import RunOutcome
 from flows.run_loop.owners import ApiGoneAware, api_reachable, fail_fast_without_api, record_unrecorded_end, settle_previous_owner
 from flows.run_loop.dispatcher import Dispatcher
 from flows.run_loop.events import JobEvents
-from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError, document_parameters
+from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError
+from flows.config.run_parameters import RunParameters, takes_run_parameters
 from flows.console.progress_display import current_display
 from flows.report.reporting import ProgressReport, failed_rows, merge_request_counts, publish_final_artifacts
 from flows.rules.scheduler import BackendPolicy
@@ -82,7 +82,7 @@ class RunInterrupted(RunEnded):
 # An interrupted run waits this long for its last artifacts to reach Prefect (the stop takes <= 3 s).
 INTERRUPTED_API_WAIT_SECONDS = 0.5
 # Identical failures in a row on one backend after which it gets no more starts in a run.
-DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
+DEFAULT_MAX_CONSECUTIVE_FAILURES = RunParameters.model_fields["max_consecutive_failures"].default
 
 
 @dataclass
@@ -95,81 +95,21 @@ class PreparedRun:
     hooks: Dict[str, str]  # "done" / "error" -> import path
 
 
-@document_parameters
 @flow(name="run-jobs", task_runner=ThreadPoolTaskRunner(max_workers=FLOW_TASK_WORKERS), log_prints=True,
       description="Create, start, poll and download one openEO batch job per job DB row until all are done.")
-def run_jobs(
-    job_db: Annotated[str, Field(description="Path of the job DB (.csv, .parquet, .geoparquet), or a SQL URL: "
-                                             "postgresql://USER@HOST:PORT/DB (many runs, many machines) or "
-                                             "sqlite:///path.db")],
-    backends: Annotated[
-        List[Union[BackendConfig, str]],
-        Field(min_length=1, description="openEO backends: inline configs, or names of OpenEOBackend blocks"),
-    ],
-    start_job: Annotated[
-        Optional[Union[str, Callable[..., Any]]],
-        Field(description="Import path 'package.module:function' of an openeo-style start_job callback"),
-    ] = None,
-    process: Annotated[
-        Optional[ProcessCreatorConfig], Field(description="Create jobs from a user-defined process instead")
-    ] = None,
-    max_start_workers: Annotated[int, Field(ge=1, le=100, description="Start tasks running at once")] = 5,
-    poll_interval_seconds: Annotated[float, Field(gt=0, description="Seconds between status polls")] = 10.0,
-    download_results: Annotated[bool, Field(description="Download results of finished jobs")] = True,
-    root_dir: Annotated[
-        Optional[str], Field(description="Where job_<id>/ result folders and collection.json go: a folder or an "
-                                         "fsspec URL such as s3://bucket/prefix (default: beside the job DB; for "
-                                         "a SQL job DB ./<campaign>/ in the working directory)")
-    ] = None,
-    results_storage_block: Annotated[
-        Optional[str], Field(description="prefect-aws block with the object-storage credentials of root_dir, e.g. "
-                                         "'s3-bucket/NAME' or 'aws-credentials/NAME' (default: the AWS_* variables)")
-    ] = None,
-    cancel_running_job_after: Annotated[
-        Optional[float], Field(gt=0, description="Cancel jobs running longer than this many seconds")
-    ] = None,
-    max_runtime_minutes: Annotated[
-        Optional[float],
-        Field(gt=0, description="Bounded pass: start nothing new after this many minutes, finish what runs in "
-                                "this process, persist and end; the next run goes on (for schedules)"),
-    ] = None,
-    failure_threshold: Annotated[
-        float, Field(ge=0, le=1, description="Share of rows that may end error/start_failed/canceled before the "
-                                             "run ends Failed (0: any failure fails the run; 0.05: 5 %)"),
-    ] = 0.0,
-    wait_for_lock: Annotated[
-        bool, Field(description="If another run holds the job DB, wait for it instead of failing at once")
-    ] = False,
-    max_attempts: Annotated[
-        int, Field(ge=1, le=20, description="Jobs a row may use: a row whose job ends in error is resubmitted "
-                                            "as a new job until it has used them (1: no resubmission)"),
-    ] = 1,
-    on_job_done: Annotated[
-        Optional[str], Field(description="Import path of a hook (job_id, row, job_dir, connection) run as its own "
-                                         "task after a finished job's results are downloaded"),
-    ] = None,
-    on_job_error: Annotated[
-        Optional[str], Field(description="Import path of a hook (job_id, row, job_dir, connection) run after a "
-                                         "failed job's error logs are saved"),
-    ] = None,
-    retry_failed: Annotated[
-        bool, Field(description="Put rows that failed (error, start_failed, canceled) back to not_started at the "
-                                "start of this run, keeping previous_job_ids, previous_error and attempt"),
-    ] = False,
-    max_consecutive_failures: Annotated[
-        int, Field(ge=0, description="After this many failures in a row with the same error on a backend (starts or "
-                                     "jobs), start nothing more there in this run (0: never stop)"),
-    ] = DEFAULT_MAX_CONSECUTIVE_FAILURES,
-    campaign: Annotated[
-        Optional[str], Field(description="The campaign inside a SQL job DB (one database holds many; may be left "
-                                         "out when it holds one)"),
-    ] = None,
-) -> State:
-    """Create, start, poll and download one openEO batch job per job DB row until all are done."""
+@takes_run_parameters
+def run_jobs(**parameters: Any) -> State:
+    """Create, start, poll and download one openEO batch job per job DB row until all are done.
+
+    The parameters are `flows/config/run_parameters.py: RunParameters` (this function's signature,
+    the deployment form, the preflight and the command line's flags all come from there).
+    """
+    p = RunParameters.model_validate(parameters)  # Prefect validated them; this adds the defaults
     logger = get_run_logger()
     t0 = time.monotonic()
-    run = prepare(job_db, backends, start_job, process, root_dir, {"done": on_job_done, "error": on_job_error},
-                  campaign=campaign, results_storage_block=results_storage_block)
+    run = prepare(p.job_db, p.backends, p.start_job, p.process, p.root_dir,
+                  {"done": p.on_job_done, "error": p.on_job_error}, campaign=p.campaign,
+                  results_storage_block=p.results_storage_block)
     flow_run_id = current_flow_run_id()
 
     def tell_waiting(exc: JobDbLocked) -> None:
@@ -177,7 +117,7 @@ def run_jobs(
 
     asked = time.monotonic()
     try:
-        run.store.lock.acquire(flow_run_id, wait_seconds=float("inf") if wait_for_lock else 0.0,
+        run.store.lock.acquire(flow_run_id, wait_seconds=float("inf") if p.wait_for_lock else 0.0,
                                on_wait=tell_waiting)
     except JobDbLocked as exc:
         return skipped_state(run, exc, logger)
@@ -188,15 +128,15 @@ def run_jobs(
     try:
         settle_previous_owner(run.store.lock.previous_holder, flow_run_id, str(run.store.path), logger)
         run.store.reload()  # as the lock's last holder left it (prepare read it before the lock was ours)
-        if retry_failed:
+        if p.retry_failed:
             retried = run.store.retry_failed_rows()
             logger.info("retry_failed: %d failed rows put back to not_started", retried)
         # The run's own time (elapsed, rate, max_runtime_minutes) leaves out the wait for the lock.
-        end, stats = drive(run, logger, flow_run_id, t0 + waited, max_start_workers, poll_interval_seconds,
-                           download_results, cancel_running_job_after, max_runtime_minutes, max_attempts,
-                           max_consecutive_failures)
+        end, stats = drive(run, logger, flow_run_id, t0 + waited, p.max_start_workers, p.poll_interval_seconds,
+                           p.download_results, p.cancel_running_job_after, p.max_runtime_minutes, p.max_attempts,
+                           p.max_consecutive_failures)
         stats["lock_wait_seconds"] = round(waited, 3)
-        state = final_state(run, end, stats, failure_threshold, logger)
+        state = final_state(run, end, stats, p.failure_threshold, logger)
         if end.reason == "interrupted" and not api_reachable():
             fail_fast_without_api(logger, state)
     finally:

@@ -16,9 +16,8 @@ from typing import Optional
 
 import pytest
 
-from flows.console.cli import FLAGS, build_parser, main
+from flows.console.cli import build_parser, main
 from flows.config.params import SetupError
-from flows.config.preflight import RunParameters
 from flows.run_jobs import run_jobs  # (imported here, not under capsys: Prefect sets up its log handlers on import)
 from jobdb import JobDbLock
 from simulator import start_simulator
@@ -148,17 +147,6 @@ def test_help_shows_every_option_with_help_defaults_and_examples():
     text = parser.format_help()
     assert "--max-start-workers N" in text and "(default: 5)" in text and "(default: 10.0)" in text
     assert "examples:" in text and "python -m flows.run_jobs --demo" in text and "exit codes:" in text
-
-
-def test_preflight_mirrors_the_flow_signature():
-    """Every run_jobs parameter is checked by the preflight, with the same default, and has a flag."""
-    flow_parameters = inspect.signature(run_jobs.fn).parameters
-    fields = RunParameters.model_fields
-    assert set(flow_parameters) == set(fields)
-    for name, parameter in flow_parameters.items():
-        if parameter.default is not inspect.Parameter.empty:
-            assert fields[name].default == parameter.default, name
-    assert set(fields) == set(FLAGS)
 
 
 # --- exit codes and the report, with real flows in this process ------------------------------

@@ -9,6 +9,7 @@ Register the block type once per Prefect server, then create blocks in the UI or
                   max_concurrent_requests=2, auth_type="oidc_client_credentials", client_id="...",
                   client_secret="...").save("cdse")
 
+(`OpenEOBackend(backend={"url": ..., "auth": {"type": ...}}, ...)` is the same block.)
 A run then names the block instead of an inline config: `backends=["cdse"]`. The block's
 document name becomes the backend name in the job DB. Inline configs and blocks validate into
 one model, `BackendConfig`; the block builds the authenticated connection itself
@@ -18,16 +19,18 @@ when the flow connects.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
-from flows.config.params import AUTH_TYPES_HELP, SECRETS_FROM_BLOCK, AuthType, BackendConfig, SetupError
+from flows.config.params import SECRETS_FROM_BLOCK, AuthConfig, BackendConfig, BackendSettings, SetupError
 from flows.config.setup import connect_backend
 from tasks.connections import ManagedConnection
 
 SECRET_KINDS = ("password", "token", "client_secret", "refresh_token")
+# The flat form of blocks saved before `backend` was one field: `auth_type` is `backend.auth.type`.
+FLAT_AUTH = {"auth_type": "type"}
 
 
 class OpenEOBackend(Block):
@@ -37,34 +40,34 @@ class OpenEOBackend(Block):
     _block_type_slug = "openeo-backend"
     _description = "An openEO backend (root URL, job slots, quotas) and the credentials to use on it."
 
-    url: str = Field(..., description="Root URL, e.g. https://openeo.dataspace.copernicus.eu")
-    parallel_jobs: int = Field(2, ge=1, description="Maximum concurrently active jobs on this backend")
-    max_parallel_starts: Optional[int] = Field(None, ge=1, description="Start tasks of this backend in flight at once in one run")
-    max_starts_per_minute: Optional[float] = Field(
-        None, gt=0, description="Job starts per minute on this account, spaced evenly (CDSE: 12). Off by default")
-    max_concurrent_requests: Optional[int] = Field(
-        None, ge=1, description="HTTP requests in progress at once on this account (CDSE: 2). Off by default")
-    auth_type: AuthType = Field("none", description=AUTH_TYPES_HELP)
-    username: Optional[str] = Field(None, description="Basic auth user name")
-    client_id: Optional[str] = Field(None, description="OIDC client id")
-    provider_id: Optional[str] = Field(None, description="OIDC provider id (default: the backend's default)")
+    backend: BackendSettings = Field(
+        ..., description="Root URL, job slots, quotas and how to log in (auth: type, username, client_id, provider_id; "
+        "the secret itself goes in the fields below, unless an environment variable or Secret block is named)")
     password: Optional[SecretStr] = Field(None, description="Basic auth password")
     token: Optional[SecretStr] = Field(None, description="Bearer token")
     client_secret: Optional[SecretStr] = Field(None, description="OIDC client secret")
     refresh_token: Optional[SecretStr] = Field(None, description="OIDC refresh token")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _compose(cls, data: Any) -> Any:
+        """`backend` as `BackendSettings`, its secrets allowed to be this block's. Blocks saved before
+        it was one field (`url`, `parallel_jobs`, `auth_type`, `username`, ... at the top) still load,
+        and `OpenEOBackend(url=..., auth_type=..., password=...)` still makes one."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        backend = plain(data.pop("backend", None))
+        settings = {key: data.pop(key) for key in BackendSettings.model_fields if key in data}
+        auth = {FLAT_AUTH.get(key, key): data.pop(key) for key in (*FLAT_AUTH, *AuthConfig.model_fields) if key in data}
+        backend = {**settings, **backend, "auth": {**auth, **plain(backend.get("auth"))}}
+        data["backend"] = BackendSettings.model_validate(backend, context={SECRETS_FROM_BLOCK: True})
+        return data
+
     def to_backend_config(self, name: str) -> BackendConfig:
         """The one backend model; its auth reads the secrets from this (already loaded) block."""
-        config = BackendConfig.model_validate(
-            {
-                "name": name, "url": self.url, "parallel_jobs": self.parallel_jobs,
-                "max_parallel_starts": self.max_parallel_starts, "max_starts_per_minute": self.max_starts_per_minute,
-                "max_concurrent_requests": self.max_concurrent_requests,
-                "auth": {"type": self.auth_type, "username": self.username, "client_id": self.client_id,
-                         "provider_id": self.provider_id},
-            },
-            context={SECRETS_FROM_BLOCK: True},
-        )
+        config = BackendConfig.model_validate({"name": name, **self.backend.model_dump()},
+                                              context={SECRETS_FROM_BLOCK: True})
         config.auth = config.auth.with_secret_source(self._secret_or_none)
         return config
 
@@ -75,7 +78,7 @@ class OpenEOBackend(Block):
     def secret(self, kind: str) -> str:
         value = self._secret_or_none(kind)
         if not value:
-            raise SetupError(f"openEO backend block has no {kind} (auth type {self.auth_type!r})")
+            raise SetupError(f"openEO backend block has no {kind} (auth type {self.backend.auth.type!r})")
         return value
 
     def _secret_or_none(self, kind: str) -> Optional[str]:
@@ -83,6 +86,13 @@ class OpenEOBackend(Block):
             raise ValueError(f"unknown secret kind {kind!r}")
         value = getattr(self, kind)
         return value.get_secret_value() if value is not None else None
+
+
+def plain(value: Any) -> dict:
+    """A model, a dict or nothing as a dict of what was given."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_unset=True)
+    return dict(value or {})
 
 
 def load_backend_block(name: str) -> OpenEOBackend:

@@ -101,12 +101,12 @@ class AuthConfig(BaseModel):
             raise SetupError(f"Prefect Secret block {block_name!r} (the {kind}) could not be loaded: {exc}") from exc
 
 
-class BackendConfig(BaseModel):
-    """One openEO backend: its root URL as users know it, its job slots and auth."""
+class BackendSettings(BaseModel):
+    """One openEO backend but its name: its root URL as users know it, its job slots, quotas and
+    auth. An `OpenEOBackend` block holds these (flows/config/blocks.py); its name is the block's."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$", description="Short name, stored in the job DB's backend_name")
     url: str = Field(..., description="Root URL, e.g. https://openeo.dataspace.copernicus.eu")
     parallel_jobs: int = Field(2, ge=1, description="Maximum concurrently active jobs on this backend")
     max_parallel_starts: Optional[int] = Field(
@@ -137,6 +137,18 @@ class BackendConfig(BaseModel):
         return value.rstrip("/")
 
 
+class BackendName(BaseModel):
+    """A backend's short name (an inline config's; a block's is the block's name)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$", description="Short name, stored in the job DB's backend_name")
+
+
+class BackendConfig(BackendSettings, BackendName):  # pydantic lists the last base's fields first: name, url, ...
+    """One openEO backend: its name, root URL, job slots, quotas and auth."""
+
+
 class ProcessCreatorConfig(BaseModel):
     """Create each job from a user-defined process; row columns fill its parameters by name."""
 
@@ -146,26 +158,3 @@ class ProcessCreatorConfig(BaseModel):
     namespace: Optional[str] = Field(None, description="URL of the process definition, or None for the user's own UDP")
     parameter_defaults: Dict[str, Any] = Field(default_factory=dict, description="Values for parameters no column provides")
     parameter_column_map: Optional[Dict[str, str]] = Field(None, description="Process parameter -> job DB column")
-
-
-def document_parameters(flow: Any) -> Any:
-    """Put each parameter's `Annotated[..., Field(description=...)]` text into the flow's docstring
-    (Google style `Args:`), where Prefect's deployment parameter schema reads descriptions.
-
-    Why: Prefect 3.9 builds the schema field of a parameter as `Field(description=<from the
-    docstring or a Field default>)` and pydantic lets that explicit `description=None` override the
-    one inside `Annotated`, so every description was lost. The Field stays the one home of the text.
-    """
-    import inspect
-
-    from pydantic.fields import FieldInfo
-
-    lines = []
-    for name, annotation in inspect.get_annotations(flow.fn, eval_str=True).items():
-        infos = [m for m in getattr(annotation, "__metadata__", ()) if isinstance(m, FieldInfo)]
-        description = next((i.description for i in infos if i.description), None)
-        if name != "return" and description:
-            lines.append(f"    {name}: {' '.join(description.split())}")
-    doc = inspect.cleandoc(flow.fn.__doc__ or "")
-    flow.__doc__ = doc + ("\n\nArgs:\n" + "\n".join(lines) if lines else "")
-    return flow

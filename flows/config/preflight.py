@@ -6,55 +6,31 @@ Every problem is raised as one `SetupError` whose `.parameter` names the flow pa
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, List, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError
-
-
-class RunParameters(BaseModel):
-    """The run-jobs flow's parameters and their ranges (kept equal to the flow's signature by
-    tests/test_cli.py). `backends` items are inline configs (checked one by one below) or
-    names of OpenEOBackend blocks (checked by the flow, which has a Prefect API)."""
-
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-
-    job_db: str
-    backends: List[Any] = Field(min_length=1)
-    start_job: Optional[Union[str, Callable[..., Any]]] = None
-    process: Optional[Dict[str, Any]] = None
-    max_start_workers: int = Field(5, ge=1, le=100)
-    poll_interval_seconds: float = Field(10.0, gt=0)
-    download_results: bool = True
-    root_dir: Optional[str] = None
-    results_storage_block: Optional[str] = None
-    cancel_running_job_after: Optional[float] = Field(None, gt=0)
-    max_runtime_minutes: Optional[float] = Field(None, gt=0)
-    failure_threshold: float = Field(0.0, ge=0, le=1)
-    wait_for_lock: bool = False
-    max_attempts: int = Field(1, ge=1, le=20)
-    on_job_done: Optional[str] = None
-    on_job_error: Optional[str] = None
-    retry_failed: bool = False
-    max_consecutive_failures: int = Field(5, ge=0)
-    campaign: Optional[str] = None
+from flows.config.run_parameters import RunParameters
 
 
 def preflight(parameters: Mapping[str, Any], connect: bool = True,
               before_connecting: Optional[Callable[[], None]] = None) -> RunParameters:
-    """Validate the flow parameters, the job DB, its lock, the callback and (with `connect`) every
-    inline backend's URL and credentials. Raises SetupError; changes nothing but the lock file.
+    """Validate the flow parameters (`RunParameters`, the flow's own), the job DB, its lock, the
+    callback and (with `connect`) every inline backend's URL and credentials. Raises SetupError; changes nothing but the lock file.
     `before_connecting` is called once the offline checks passed (the CLI starts its Prefect
     server there: bad input found offline costs no server, the backend checks overlap its start)."""
+    inline = parameters.get("backends")
+    for backend in inline if isinstance(inline, list) else ():  # each one first: its errors name it
+        if not isinstance(backend, str):
+            validate(BackendConfig, backend, parameter="backends", label=backend_label(backend))
     params = validate(RunParameters, parameters)
-    backends = [validate(BackendConfig, b, parameter="backends", label=backend_label(b))
-                for b in params.backends if not isinstance(b, str)]
+    backends = [b for b in params.backends if isinstance(b, BackendConfig)]
     check(lambda: _check_unique_names(backends), "backends")
     if (params.start_job is None) == (params.process is None):
         raise SetupError("give exactly one of start_job (an import path) or process (a process-based creator)",
                          parameter="start_job")
-    process = validate(ProcessCreatorConfig, params.process, parameter="process") if params.process else None
+    process = params.process
     if params.start_job is not None:
         from flows.config.setup import load_start_job
 

@@ -17,24 +17,11 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from flows.config.backend_spec import BACKEND_HELP, parse_backend
+from flows.console.flags import FLAGS, add_flow_flags, flow_parameters
 from flows.run_loop.outcomes import RunOutcome
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-
-# Flow parameter -> the flag a user of this command line wrote.
-FLAGS = {
-    "job_db": "--job-db", "backends": "--backend", "start_job": "--start-job", "process": "--process-id",
-    "max_start_workers": "--max-start-workers", "poll_interval_seconds": "--poll-interval",
-    "download_results": "--no-download", "root_dir": "--root-dir",
-    "results_storage_block": "--results-storage-block",
-    "cancel_running_job_after": "--cancel-running-job-after", "max_runtime_minutes": "--max-runtime-minutes",
-    "failure_threshold": "--failure-threshold", "wait_for_lock": "--wait-for-lock",
-    "max_attempts": "--max-attempts", "on_job_done": "--on-job-done", "on_job_error": "--on-job-error",
-    "retry_failed": "--retry-failed", "max_consecutive_failures": "--max-consecutive-failures",
-    "campaign": "--campaign",
-}
 
 EXAMPLES = """\
 examples:
@@ -76,16 +63,6 @@ class OneLineErrorParser(argparse.ArgumentParser):
         raise BadInput(f"{message} (see --help)")
 
 
-def json_object(text: str) -> Dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="python -m flows.run_jobs",
@@ -96,65 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--demo", action="store_true", help="start two simulated backends and run a small tile grid x 2 years")
     add("--output-dir", default="demo-output", metavar="DIR", help="--demo only: where the job DB and results go")
-    add("--job-db", metavar="PATH|URL", help="job DB path (.csv, .parquet, .geoparquet), or a SQL URL: "
-        "postgresql://USER@HOST:PORT/DB (runs on many machines share it) or sqlite:///path.db")
-    add("--campaign", default=argparse.SUPPRESS, metavar="NAME",
-        help="the campaign inside a SQL --job-db (python -m jobdb copy jobs.parquet URL --campaign NAME loads one)")
-    add("--backend", action="append", type=parse_backend, default=[], metavar="SPEC", help=BACKEND_HELP)
-    add("--start-job", metavar="MODULE:FUNCTION", help="import path of a start_job callback, 'package.module:function'")
-    add("--process-id", metavar="ID", help="create jobs from this user-defined process instead of --start-job")
-    add("--namespace", metavar="URL", help="namespace (URL) of --process-id")
-    add("--parameter-defaults", type=json_object, default={}, metavar="JSON", help="JSON object of --process-id parameter defaults")
-    add("--max-start-workers", type=int, default=5, metavar="N", help="start requests (task runs) in flight at once")
-    add("--poll-interval", type=float, default=10.0, metavar="SECONDS", help="seconds between status polls of each backend")
-    add("--no-download", action="store_true", help="do not download the results of finished jobs")
-    add("--root-dir", metavar="DIR|URL", help="where job_<id>/ result folders and collection.json go: a folder or "
-        "an fsspec URL, e.g. s3://bucket/prefix (AWS_* variables or --results-storage-block) (default: beside the "
-        "job DB; for a SQL job DB ./<campaign>/)")
-    add("--results-storage-block", default=argparse.SUPPRESS, metavar="TYPE/NAME",
-        help="prefect-aws block holding the object-storage credentials, e.g. s3-bucket/results or aws-credentials/minio")
-    add("--cancel-running-job-after", type=float, metavar="SECONDS", help="cancel jobs running longer than this many seconds")
-    add("--max-runtime-minutes", type=float, default=argparse.SUPPRESS, metavar="MINUTES",
-        help="stop starting jobs after this many minutes, persist and end the run (default: no limit)")
-    add("--failure-threshold", type=float, default=argparse.SUPPRESS, metavar="SHARE",
-        help="the run fails (exit 1) when more than this share (0..1) of rows failed (default: 0, any failure)")
-    add("--wait-for-lock", action="store_true", default=argparse.SUPPRESS,
-        help="wait for another run that holds the job DB instead of refusing at once")
-    add("--max-attempts", type=int, default=argparse.SUPPRESS, metavar="N",
-        help="jobs a row may use: a row whose job ends in error gets a new job until it used N (default: 1)")
-    add("--on-job-done", default=argparse.SUPPRESS, metavar="MODULE:FUNCTION",
-        help="hook(job_id, row, job_dir, connection) run as its own task after a job's results are downloaded")
-    add("--on-job-error", default=argparse.SUPPRESS, metavar="MODULE:FUNCTION",
-        help="hook(job_id, row, job_dir, connection) run after a failed job's error logs are saved")
-    add("--retry-failed", action="store_true", default=argparse.SUPPRESS,
-        help="put failed rows (error, start_failed, canceled) back to not_started first, keeping previous_job_ids")
-    add("--max-consecutive-failures", type=int, default=argparse.SUPPRESS, metavar="N",
-        help="after N failures in a row with the same error on a backend, start nothing more there (0: off; "
-             "default: 5)")
+    add_flow_flags(parser)  # one per flow parameter, from its one home (flows/config/run_parameters.py)
     add("--json", action="store_true", help="print the full run statistics as JSON instead of the short report")
     add("--no-live", action="store_true", help="periodic progress lines instead of the live table on a terminal")
     add("--verbose", action="store_true", help="also show Prefect's task-run log lines ('Finished in state ...')")
     add("--debug", action="store_true", help="show tracebacks of errors")
     return parser
-
-
-def flow_parameters(args: argparse.Namespace) -> Dict[str, Any]:
-    """The run-jobs flow's parameters from the flags; the newer ones only when given."""
-    process = None
-    if args.process_id:
-        process = {"process_id": args.process_id, "namespace": args.namespace,
-                   "parameter_defaults": args.parameter_defaults}
-    params: Dict[str, Any] = dict(
-        job_db=args.job_db, backends=args.backend, start_job=args.start_job, process=process,
-        max_start_workers=args.max_start_workers, poll_interval_seconds=args.poll_interval,
-        download_results=not args.no_download, root_dir=args.root_dir,
-        cancel_running_job_after=args.cancel_running_job_after,
-    )
-    for name in ("max_runtime_minutes", "failure_threshold", "wait_for_lock", "max_attempts", "on_job_done",
-                 "on_job_error", "retry_failed", "max_consecutive_failures", "campaign", "results_storage_block"):
-        if hasattr(args, name):
-            params[name] = getattr(args, name)
-    return params
 
 
 def run_command_line() -> None:
@@ -175,9 +99,9 @@ def main(argv: Optional[List[str]] = None, flow: Optional[Callable[..., Any]] = 
         args = build_parser().parse_args(argv)
         if args.demo:
             return run_demo(Path(args.output_dir), args, flow)
-        if not args.job_db or not args.backend:
-            raise BadInput("--job-db and at least one --backend are required (or use --demo; see --help)")
         params = flow_parameters(args)
+        if not params.get("job_db") or not params.get("backends"):
+            raise BadInput("--job-db and at least one --backend are required (or use --demo; see --help)")
         from flows.config.preflight import preflight
 
         # Bad input is one line: urllib3's retry warnings while a backend is checked would print
