@@ -73,6 +73,7 @@ def test_deploy_worker_run(server, sim, tmp_path):
     server.cli("work-pool", "create", "openeo-pool", "--type", "process")
     out = server.cli("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
     assert "run-jobs/on-demand" in out and "run-jobs/nightly" in out and "tile-area/tile-area" in out, out
+    assert_form_describes_every_parameter(server.api_url, "run-jobs/on-demand")
 
     worker_log = open(tmp_path / "worker.log", "wb")
     try:
@@ -123,6 +124,22 @@ def test_deploy_worker_run(server, sim, tmp_path):
     print(f"deploy + worker + 6-job run: {time.monotonic() - t0:.1f} s after server start; "
           f"without start_job: {unset.state.name} after {unset.total_run_time.total_seconds():.1f} s: "
           f"{unset.state.message}")
+
+
+def assert_form_describes_every_parameter(api_url: str, deployment: str) -> None:
+    """The deployment's form on the server: every flow parameter typed and described as declared
+    in its one home (flows/config/run_parameters.py)."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    from flows.config.run_parameters import RunParameters
+
+    with SyncPrefectClient(api_url) as client:
+        form = client.read_deployment_by_name(deployment).parameter_openapi_schema["properties"]
+    assert list(form) == list(RunParameters.model_fields)
+    for name, field in RunParameters.model_fields.items():
+        assert form[name].get("description") == " ".join(field.description.split()), name
+        assert any(form[name].get(key) for key in ("type", "anyOf", "$ref", "allOf")), (name, form[name])
+    assert form["max_start_workers"]["type"] == "integer" and form["poll_interval_seconds"]["type"] == "number"
 
 
 def sim_jobs(sim):
