@@ -81,8 +81,6 @@ class RunInterrupted(RunEnded):
 
 # An interrupted run waits this long for its last artifacts to reach Prefect (the stop takes <= 3 s).
 INTERRUPTED_API_WAIT_SECONDS = 0.5
-# Identical failures in a row on one backend after which it gets no more starts in a run.
-DEFAULT_MAX_CONSECUTIVE_FAILURES = RunParameters.model_fields["max_consecutive_failures"].default
 
 
 @dataclass
@@ -104,12 +102,12 @@ def run_jobs(**parameters: Any) -> State:
     The parameters are `flows/config/run_parameters.py: RunParameters` (this function's signature,
     the deployment form, the preflight and the command line's flags all come from there).
     """
-    p = RunParameters.model_validate(parameters)  # Prefect validated them; this adds the defaults
+    params = RunParameters.model_validate(parameters)  # Prefect validated them; this adds the defaults
     logger = get_run_logger()
     t0 = time.monotonic()
-    run = prepare(p.job_db, p.backends, p.start_job, p.process, p.root_dir,
-                  {"done": p.on_job_done, "error": p.on_job_error}, campaign=p.campaign,
-                  results_storage_block=p.results_storage_block)
+    run = prepare(params.job_db, params.backends, params.start_job, params.process, params.root_dir,
+                  {"done": params.on_job_done, "error": params.on_job_error}, campaign=params.campaign,
+                  results_storage_block=params.results_storage_block)
     flow_run_id = current_flow_run_id()
 
     def tell_waiting(exc: JobDbLocked) -> None:
@@ -117,7 +115,7 @@ def run_jobs(**parameters: Any) -> State:
 
     asked = time.monotonic()
     try:
-        run.store.lock.acquire(flow_run_id, wait_seconds=float("inf") if p.wait_for_lock else 0.0,
+        run.store.lock.acquire(flow_run_id, wait_seconds=float("inf") if params.wait_for_lock else 0.0,
                                on_wait=tell_waiting)
     except JobDbLocked as exc:
         return skipped_state(run, exc, logger)
@@ -128,15 +126,13 @@ def run_jobs(**parameters: Any) -> State:
     try:
         settle_previous_owner(run.store.lock.previous_holder, flow_run_id, str(run.store.path), logger)
         run.store.reload()  # as the lock's last holder left it (prepare read it before the lock was ours)
-        if p.retry_failed:
+        if params.retry_failed:
             retried = run.store.retry_failed_rows()
             logger.info("retry_failed: %d failed rows put back to not_started", retried)
         # The run's own time (elapsed, rate, max_runtime_minutes) leaves out the wait for the lock.
-        end, stats = drive(run, logger, flow_run_id, t0 + waited, p.max_start_workers, p.poll_interval_seconds,
-                           p.download_results, p.cancel_running_job_after, p.max_runtime_minutes, p.max_attempts,
-                           p.max_consecutive_failures)
+        end, stats = drive(run, logger, flow_run_id, t0 + waited, params)
         stats["lock_wait_seconds"] = round(waited, 3)
-        state = final_state(run, end, stats, p.failure_threshold, logger)
+        state = final_state(run, end, stats, params.failure_threshold, logger)
         if end.reason == "interrupted" and not api_reachable():
             fail_fast_without_api(logger, state)
     finally:
@@ -153,11 +149,8 @@ class RunJobsFlow(ApiGoneAware, type(run_jobs)):
 run_jobs = ApiGoneAware.around(run_jobs, RunJobsFlow)
 
 
-def drive(
-    run: PreparedRun, logger, flow_run_id: Optional[str], t0: float, max_start_workers: int, poll_interval: float,
-    download: bool, cancel_after: Optional[float], max_runtime_minutes: Optional[float], max_attempts: int = 1,
-    max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
-) -> tuple[CycleEnd, Dict[str, Any]]:
+def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
+          params: RunParameters) -> tuple[CycleEnd, Dict[str, Any]]:
     run_key = uuid.uuid4().hex[:12]
     keys = {name: connection_key(run_key, name) for name in run.backends}
     for name, connection in run.connections.items():
@@ -179,14 +172,17 @@ def drive(
 
     stop = StopSignal()
     end_cancel_watch = watch_for_cancel(stop, flow_run_id)
+    max_attempts, max_start_workers = params.max_attempts, params.max_start_workers
     options = CycleOptions(
-        poll_interval=poll_interval, download=download, cancel_after=cancel_after,
-        deadline=t0 + 60.0 * max_runtime_minutes if max_runtime_minutes else None,
-        hooks=frozenset(run.hooks), max_attempts=max_attempts, max_consecutive_failures=max_consecutive_failures,
+        poll_interval=params.poll_interval_seconds, download=params.download_results,
+        cancel_after=params.cancel_running_job_after,
+        deadline=t0 + 60.0 * params.max_runtime_minutes if params.max_runtime_minutes else None,
+        hooks=frozenset(run.hooks), max_attempts=max_attempts,
+        max_consecutive_failures=params.max_consecutive_failures,
     )
     run.store.track_hooks = bool(run.hooks)
     run.store.track_retries = max_attempts > 1
-    run.store.track_downloads = download
+    run.store.track_downloads = params.download_results
     run.store.max_attempts = max_attempts
 
     events = JobEvents(publisher, str(run.store.path))

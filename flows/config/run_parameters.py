@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Dict, List, Optional, Union, get_origin, get_type_hints
+from typing import Annotated, Any, Callable, List, Optional, Union, get_origin, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -121,7 +121,10 @@ def takes_run_parameters(fn: Callable[..., Any]) -> Callable[..., Any]:
     of a parameter as `Field(description=<from the docstring or a Field default>)`, and pydantic
     lets that explicit `description=None` override the one inside `Annotated`.
     """
-    fn.__signature__ = flow_signature(RunParameters, inspect.signature(fn, eval_str=True).return_annotation)
+    own = inspect.signature(fn, eval_str=True)
+    if [p.kind for p in own.parameters.values()] != [inspect.Parameter.VAR_KEYWORD]:
+        raise TypeError(f"{fn.__name__} must take only **parameters to be given RunParameters' signature")
+    fn.__signature__ = flow_signature(RunParameters, own.return_annotation)
     lines = [f"    {name}: {' '.join(field.description.split())}"
              for name, field in RunParameters.model_fields.items() if field.description]
     fn.__doc__ = inspect.cleandoc(fn.__doc__ or "") + "\n\nArgs:\n" + "\n".join(lines)
