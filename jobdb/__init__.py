@@ -2,13 +2,12 @@
 from jobdb.database import JobDatabase, load_job_db
 from jobdb.lock import JobDbLock, JobDbLocked
 from jobdb.paths import JobDbPaths
-from jobdb.status import JobStatus
+from jobdb.status import HOLDS_SLOT as ACTIVE_STATUSES
+from jobdb.status import STATUSES, IllegalTransition
+from jobdb.status import TERMINAL as TERMINAL_STATUSES
 from jobdb.schema import (
-    ACTIVE_STATUSES,
     OPENEO_COLUMNS,
     OWN_COLUMNS,
-    STATUSES,
-    TERMINAL_STATUSES,
     JobDbError,
     JobDbExistsError,
     utc_now,
@@ -24,7 +23,7 @@ __all__ = [
     "JobDbLock",
     "JobDbLocked",
     "JobDbPaths",
-    "JobStatus",
+    "IllegalTransition",
     "OWN_COLUMNS",
     "JobDbError",
     "JobDbExistsError",

@@ -1,9 +1,10 @@
-"""Job statuses, the columns openEO's job manager expects, and validation rules.
+"""The columns openEO's job manager expects and the validation rules (the statuses: jobdb/status.py).
 
 Kept free of I/O so both the storage layer and the database class can use it.
 """
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -11,20 +12,15 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from jobdb.status import HOLDS_SLOT, STATUSES, TERMINAL
+from jobdb.status import NEEDS_JOB_ID, NOT_STARTED, STATUSES, read_stored
 
-ACTIVE_STATUSES = HOLDS_SLOT
-TERMINAL_STATUSES = TERMINAL
-
-# Active statuses that imply a backend job exists, hence an id must be known.
-STATUSES_REQUIRING_ID = ACTIVE_STATUSES - {"creating"}
 
 # Same as openeo's MultiBackendJobManager._column_requirements (0.53): name -> (dtype, default).
 # Usage columns ("cpu", "memory", "duration", ...) are added dynamically by updates, as strings.
 OPENEO_COLUMNS: dict[str, tuple[str, object]] = {
     "id": ("str", None),
     "backend_name": ("str", None),
-    "status": ("str", "not_started"),
+    "status": ("str", NOT_STARTED),
     "start_time": ("str", None),
     "running_start_time": ("str", None),
     "costs": ("float64", None),
@@ -42,6 +38,7 @@ OWN_COLUMNS: dict[str, str] = {
 }
 
 GEOMETRY_COLUMN = "geometry"
+_log = logging.getLogger(__name__)
 
 
 def utc_now() -> str:
@@ -104,6 +101,26 @@ def normalize_df(df: pd.DataFrame, path: Path | str) -> pd.DataFrame:
     if missing:
         df = df.assign(**missing)
     df["costs"] = _to_float_column(df["costs"], path)
+    return read_statuses(df, path)
+
+
+def read_statuses(df: pd.DataFrame, path: Path | str) -> pd.DataFrame:
+    """Statuses openeo's manager or a backend wrote that are not ours, read as ours (jobdb/status.py
+    says which); a row with an unknown status and no job id is left for `validate_df` to refuse."""
+    status = df["status"]
+    foreign = ~status.isin(STATUSES) & status.notna()
+    if not foreign.any():
+        return df
+    has_id = has_value(df["id"])
+    read = {i: read_stored(status.iat[i], bool(has_id.iat[i])) for i in df.index[foreign]}
+    read = {i: s for i, s in read.items() if s is not None}
+    if read:
+        df = df.copy()
+        for original in sorted({str(status.iat[i]) for i in read}):
+            rows = [i for i in read if status.iat[i] == original]
+            _log.warning("%s: status %r (not one of ours) at %s read as %r", path, original, format_rows(rows),
+                         read[rows[0]])
+        df.loc[list(read), "status"] = pd.Series(read, dtype=object)
     return df
 
 
@@ -131,10 +148,10 @@ def validate_df(df: pd.DataFrame, path: Path | str, required_columns: Iterable[s
         )
 
     has_id = has_value(df["id"])
-    bad = (status == "not_started") & has_id
+    bad = (status == NOT_STARTED) & has_id
     if bad.any():
         raise JobDbError(f"{path}: column 'id' is set on not_started {format_rows(df.index[bad])}")
-    bad = status.isin(STATUSES_REQUIRING_ID) & ~has_id
+    bad = status.isin(NEEDS_JOB_ID) & ~has_id
     if bad.any():
         raise JobDbError(f"{path}: active status without a job 'id' at {format_rows(df.index[bad])}")
 

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
+import numpy as np
 import pandas as pd
 
 from jobdb.database import JobDatabase, _plain
 from jobdb.lock import JobDbLock
 from jobdb.paths import JobDbPaths
-from jobdb.status import FAILED, HOLDS_SLOT, POLLED, RESULTS_FAILED, TERMINAL
+from jobdb.status import CREATED, CREATING, ERROR, FAILED, FINISHED, HOLDS_SLOT, NOT_STARTED, POLLED, RESULTS_FAILED, START_FAILED, TERMINAL, check_transitions
 
 LABEL_COLUMNS = ("tile_id", "year")
 # What a retried row forgets of its failed job (its id goes to previous_job_ids, its error to previous_error).
@@ -127,11 +128,11 @@ class JobStore:
             return list(zip(idx, *((df.loc[mask, c].tolist() if c in df.columns else [None] * len(idx))
                                    for c in columns)))
 
-        waiting_mask = status == "not_started"
+        waiting_mask = status == NOT_STARTED
         results = df["results_status"] if "results_status" in df.columns else pd.Series(None, index=df.index, dtype=object)
         marker = df["job_marker"] if "job_marker" in df.columns else pd.Series(None, index=df.index, dtype=object)
         creating = {}
-        for i in df.index[status == "creating"].tolist():
+        for i in df.index[status == CREATING].tolist():
             creating[i] = (_str(backend.iat[i]), _str(marker.iat[i]))
         polled = {
             i: PolledJob(str(b), str(j), str(s), _str(t))
@@ -143,15 +144,15 @@ class JobStore:
             else pd.Series(None, index=df.index, dtype=object)
         hook_pending = {
             i: (str(b), str(j), str(st), _str(r)) for i, b, j, st, r in pairs(
-                status.isin(["finished", "error"]) & has_id & has_backend & hook_state.isna(),
+                status.isin([FINISHED, ERROR]) & has_id & has_backend & hook_state.isna(),
                 "backend_name", "id", "status", "results_status")
         } if self.track_hooks else {}
         failed = {}
-        for i in (df.index[status.isin(["error", "start_failed"])].tolist() if self.track_retries else []):
+        for i in (df.index[status.isin([ERROR, START_FAILED])].tolist() if self.track_retries else []):
             failed[i] = FailedRow(
                 status=str(status.iat[i]), attempt=int(self.value(i, "attempt") or (1 if self.value(i, "id") else 0)),
                 error=self.value(i, "error_message"), previous_error=self.value(i, "previous_error"),
-                handled=status.iat[i] == "start_failed" or results.iat[i] is not None and results.iat[i] == results.iat[i],
+                handled=status.iat[i] == START_FAILED or results.iat[i] is not None and results.iat[i] == results.iat[i],
                 job_id=self.value(i, "id"),
             )
         attempts = {}
@@ -169,14 +170,14 @@ class JobStore:
             waiting=tuple(df.index[waiting_mask].tolist()),
             pinned={i: str(b) for i, b in pairs(waiting_mask & has_backend, "backend_name")},
             creating=creating,
-            to_start={i: (str(b), str(j)) for i, b, j in pairs((status == "created") & has_id & has_backend,
+            to_start={i: (str(b), str(j)) for i, b, j in pairs((status == CREATED) & has_id & has_backend,
                                                                "backend_name", "id")},
             polled=polled,
             holding={str(k): int(v) for k, v in holding.items()},
             to_download={i: (str(b), str(j)) for i, b, j in pairs(
-                (status == "finished") & has_id & has_backend & results.isna(), "backend_name", "id")},
+                (status == FINISHED) & has_id & has_backend & results.isna(), "backend_name", "id")},
             to_save_logs={i: (str(b), str(j)) for i, b, j in pairs(
-                (status == "error") & has_id & has_backend & results.isna(), "backend_name", "id")},
+                (status == ERROR) & has_id & has_backend & results.isna(), "backend_name", "id")},
             counts={str(k): int(v) for k, v in status.value_counts(sort=False).items()},
         )
 
@@ -213,7 +214,10 @@ class JobStore:
 
     # --- writes -------------------------------------------------------------------------
     def apply(self, updates: Mapping[int, Mapping[str, Any]]) -> None:
+        """Set values of rows; a status change the table does not allow raises IllegalTransition
+        (jobdb/status.py) and changes nothing."""
         if updates:
+            check_transitions(updates, self._status_of, self.name)
             self._db.apply_updates(updates)
             self._dirty = True
 
@@ -227,13 +231,17 @@ class JobStore:
         self.persist_count += 1
         return True
 
+    def _status_of(self, i: int) -> Optional[str]:
+        status = self._db.df["status"]
+        return str(status.iat[i]) if isinstance(i, (int, np.integer)) and 0 <= i < len(status) else None
+
     def retry_failed_downloads(self) -> int:
         """A new run tries again the downloads an earlier run gave up on. Returns how many."""
         df = self._db.df
         if "results_status" not in df.columns:
             return 0
         failed = df["results_status"].astype("string").str.startswith(RESULTS_FAILED).fillna(False)  # also "failed: ..." of 0.1
-        rows = df.index[(df["status"] == "finished") & failed].tolist()
+        rows = df.index[(df["status"] == FINISHED) & failed].tolist()
         self.apply({i: {"results_status": None} for i in rows})
         return len(rows)
 
@@ -247,7 +255,7 @@ class JobStore:
             earlier = [j for j in str(self.value(i, "previous_job_ids") or "").split(",") if j]
             job_id = self.value(i, "id")
             update: Dict[str, Any] = {column: None for column in RETRY_RESETS if column in df.columns}
-            update.update(status="not_started", previous_error=self.value(i, "error_message"),
+            update.update(status=NOT_STARTED, previous_error=self.value(i, "error_message"),
                           attempt=self.value(i, "attempt") or (1 if job_id else 0),
                           previous_job_ids=",".join(earlier + ([str(job_id)] if job_id else [])) or None)
             updates[int(i)] = update

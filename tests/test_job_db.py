@@ -290,8 +290,9 @@ def test_create_on_exists(tmp_path: Path) -> None:
 
 def test_create_rejects_invalid_frame_without_writing(tmp_path: Path) -> None:
     path = tmp_path / "db.parquet"
-    with pytest.raises(JobDbError, match=r"row 2"):
-        JobDatabase.create(path, user_df().assign(status=["not_started", "running", "bogus", *["skipped"] * 3]))
+    with pytest.raises(JobDbError, match=r"row 3"):  # an unknown status on a row without a job id
+        JobDatabase.create(path, user_df().assign(status=["not_started", "running", "finished", "bogus",
+                                                          *["skipped"] * 2]))
     dup = pd.DataFrame([[1, 2]], columns=["a", "a"])
     with pytest.raises(JobDbError, match="duplicated"):
         JobDatabase.create(path, dup)
@@ -323,7 +324,7 @@ BAD_INPUTS = {
     "truncated-parquet": ("db.parquet", _truncated_parquet, "unreadable Parquet"),
     "too-many-fields-csv": ("db.csv", _csv("status,name\nnot_started,a,extra\n"), "more fields"),
     "unbalanced-quote-csv": ("db.csv", _csv('status,name\nnot_started,"a\nnot_started,b,c,d\n'), "db.csv"),
-    "bad-status": ("db.csv", _csv("status,id\nnot_started,\nrunnin,x\nnot_started,\nfoo,y\n"), r"rows 1, 3"),
+    "bad-status": ("db.csv", _csv("status,id\nnot_started,\nrunnin,\nnot_started,\nfoo,\n"), r"rows 1, 3"),  # no job id: unreadable
     "missing-status-value": ("db.csv", _csv("status,id\nnot_started,\n,\n"), r"row 1\b"),
     "duplicate-columns-csv": ("db.csv", _csv("name,status,name\na,not_started,b\n"), r"duplicated.*'name'"),
     "bad-wkt": (

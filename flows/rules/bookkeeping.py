@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from jobdb.schema import utc_now
-from jobdb.status import POLLED, RESULTS_DOWNLOADED, RESULTS_FAILED, RESULTS_LOGS_SAVED
+from jobdb.status import (
+    ADOPTABLE, BACKEND_STATUSES, CREATED, CREATING, FINISHED, NOT_STARTED, POLLED, POSTPROCESS_DONE,
+    POSTPROCESS_FAILED, QUEUED, RESULTS_DOWNLOADED, RESULTS_FAILED, RESULTS_LOGS_SAVED, RUNNING, STARTING,
+    START_FAILED,
+)
 from tasks.outcome import Outcome, Step
 
 USAGE_FIELDS = ("cpu", "memory", "duration", "network", "disk")
-ADOPTABLE_STATUSES = ("created", "queued", "running")
 
 
 @dataclass
@@ -61,7 +64,7 @@ def format_usage(metadata: Mapping[str, Any]) -> Dict[str, Any]:
 def status_change(row: RowNow, new_status: str, metadata: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
     """The DB fields a polled status change writes (openeo's manager fills the same columns)."""
     update: Dict[str, Any] = {"status": new_status}
-    if new_status == "running" and not _present(row.running_start_time):
+    if new_status == RUNNING and not _present(row.running_start_time):
         update["running_start_time"] = utc_now()
     if metadata:
         update.update(format_usage(metadata))
@@ -70,7 +73,7 @@ def status_change(row: RowNow, new_status: str, metadata: Optional[Mapping[str, 
 
 def _given_back(row: int, pinned: bool) -> Dict[str, Any]:
     """A row whose job was never created goes back to waiting (to any backend unless pinned)."""
-    update: Dict[str, Any] = {"status": "not_started", "job_marker": None, "id": None}
+    update: Dict[str, Any] = {"status": NOT_STARTED, "job_marker": None, "id": None}
     if not pinned:
         update["backend_name"] = None
     return update
@@ -91,6 +94,9 @@ def effects_of(outcome: Outcome, now: Callable[[int], RowNow]) -> Effects:
 def _start(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> None:
     for row, fact in outcome.rows.items():
         current = now(row)
+        if current.status not in STARTING:
+            effects.warnings.append(f"start of row {row} answered after the row became {current.status}; ignored")
+            continue
         if "crashed" in fact:  # the row stays `creating`: the scheduler looks its job up by marker
             effects.warnings.append(f"start of row {row} crashed ({fact['crashed']}); looking for its job")
             continue
@@ -98,14 +104,15 @@ def _start(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> 
             effects.refused = str(fact["refused"])
         if fact.get("handed_back"):
             effects.hold.add(row)
-            update = _given_back(row, current.pinned) if fact["status"] == "not_started" \
-                else {"status": "created", "id": fact["id"]}
+            # a row whose job exists (`queued_for_start`) keeps it: handed back, it is `created` again
+            update = _given_back(row, current.pinned) if fact["status"] == NOT_STARTED and current.status == CREATING \
+                else {"status": CREATED, **({"id": fact["id"]} if fact.get("id") else {})}
         else:
             update = {k: v for k, v in fact.items() if k in ("status", "id", "start_time", "error_message")}
         effects.updates[row] = update
-        if update["status"] == "start_failed":
+        if update["status"] == START_FAILED:
             effects.attempts.append(("start", str(update.get("error_message") or "start failed")))
-        elif update["status"] in ("queued", "running", "finished") or (update["status"] == "created"
+        elif update["status"] in (QUEUED, RUNNING, FINISHED) or (update["status"] == CREATED
                                                                       and not fact.get("handed_back")):
             effects.attempts.append(("start", None))
         if update["status"] != current.status:
@@ -117,13 +124,17 @@ def _poll(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> N
         current = now(row)
         if current.status not in POLLED:
             continue  # changed meanwhile (e.g. a start task returned)
+        if fact.get("status") not in BACKEND_STATUSES:
+            effects.warnings.append(f"row {row}: the backend reported status {fact.get('status')!r}, "
+                                    "not an openEO job status; asking again at the next poll")
+            continue
         update = status_change(current, fact["status"], fact.get("metadata"))
         if fact.get("error"):
             update["error_message"] = fact["error"]
         effects.updates[row] = update
         if fact.get("metadata"):
             effects.metadata[row] = fact["metadata"]
-        if update["status"] == "finished" and current.status != "finished":
+        if update["status"] == FINISHED and current.status != FINISHED:
             effects.attempts.append(("job", None))
         if update["status"] != current.status:
             effects.changes.append((row, current.status, update["status"]))
@@ -132,18 +143,18 @@ def _poll(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> N
 def _reconcile(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> None:
     for row, fact in outcome.rows.items():
         current = now(row)
-        if current.status != "creating":
+        if current.status != CREATING:
             continue
         job = fact.get("job")
         if job is None:
             effects.updates[row] = _given_back(row, current.pinned)
-            effects.changes.append((row, "creating", "not_started"))
+            effects.changes.append((row, CREATING, NOT_STARTED))
             continue
         # A job that ended meanwhile is taken up as `queued`: the next poll sees it end and records
         # its usage and downloads its results (or saves its error logs), as for any other job.
-        status = job.get("status") if job.get("status") in ADOPTABLE_STATUSES else "queued"
+        status = job.get("status") if job.get("status") in ADOPTABLE else QUEUED
         effects.updates[row] = {"status": status, "id": job["id"]}
-        effects.changes.append((row, "creating", status))
+        effects.changes.append((row, CREATING, status))
 
 
 def _download(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> None:
@@ -174,9 +185,9 @@ def _hook(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> N
     for row, fact in outcome.rows.items():
         if fact.get("error"):
             effects.warnings.append(f"row {row}: post-processing hook failed: {fact['error']}")
-            effects.updates[row] = {"postprocess_status": "failed", "postprocess_error": fact["error"]}
+            effects.updates[row] = {"postprocess_status": POSTPROCESS_FAILED, "postprocess_error": fact["error"]}
         else:
-            effects.updates[row] = {"postprocess_status": "done", "postprocess_error": None}
+            effects.updates[row] = {"postprocess_status": POSTPROCESS_DONE, "postprocess_error": None}
 
 
 def error_signature(error: str) -> str:

@@ -23,6 +23,10 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 from jobdb.store import Snapshot
+from jobdb.status import (
+    CREATING, FINISHED, HOOK_DONE, HOOK_ERROR, NOT_STARTED, QUEUED_FOR_START, RESULTS_DOWNLOADED, RUNNING,
+    START_FAILED,
+)
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ def plan_starts(
     for row, (backend, job_id) in snapshot.to_start.items():  # created earlier: they hold a slot already
         if backend in capacity and capacity[backend] > 0 and free_to_go(row):
             capacity[backend] -= 1
-            intents[row] = {"status": "queued_for_start"}
+            intents[row] = {"status": QUEUED_FOR_START}
             orders.append(StartOrder(row, backend, None, job_id))
     slots = free_slots(situation, snapshot.holding)
     slots = {name: min(n, capacity[name]) for name, n in slots.items()}
@@ -165,7 +169,7 @@ def plan_starts(
         slots[backend] -= 1
         attempt = snapshot.attempts.get(row, 0) + 1
         marker = marker_for(row, attempt)
-        intents[row] = {"status": "creating", "backend_name": backend, "job_marker": marker, "attempt": attempt}
+        intents[row] = {"status": CREATING, "backend_name": backend, "job_marker": marker, "attempt": attempt}
         orders.append(StartOrder(row, backend, marker))
         if sum(slots.values()) == 0:
             break
@@ -181,7 +185,7 @@ def plan_polls(snapshot: Snapshot, situation: Situation, in_flight: InFlight) ->
         if row in in_flight.starting or job.backend not in situation.backends:
             continue
         by_backend.setdefault(job.backend, {})[row] = (job.job_id, job.status)
-        if job.status == "running" and overdue(job.running_start_time, situation.cancel_after, situation.utc_now):
+        if job.status == RUNNING and overdue(job.running_start_time, situation.cancel_after, situation.utc_now):
             cancel.setdefault(job.backend, []).append(job.job_id)
     return [PollOrder(name, jobs, tuple(cancel.get(name, ()))) for name, jobs in by_backend.items()
             if name not in in_flight.polling]
@@ -200,7 +204,7 @@ def plan_reconciles(
             if backend not in in_flight.reconciling:
                 orders.setdefault(backend, {})[marker] = row
         else:  # no marker or a backend this run does not know: nothing can have been created by us
-            updates[row] = {"status": "not_started", "job_marker": None}
+            updates[row] = {"status": NOT_STARTED, "job_marker": None}
     return [ReconcileOrder(name, markers) for name, markers in orders.items()], updates
 
 
@@ -220,13 +224,13 @@ def plan_hooks(snapshot: Snapshot, situation: Situation, in_flight: InFlight) ->
     after the error logs are in; a resumed run runs the hooks that did not complete."""
     orders = []
     for row, (backend, job_id, status, results) in snapshot.hook_pending.items():
-        kind = "done" if status == "finished" else "error"
+        kind = HOOK_DONE if status == FINISHED else HOOK_ERROR
         if kind not in situation.hooks or row in in_flight.hooking or backend not in situation.backends:
             continue
-        if kind == "error":
+        if kind == HOOK_ERROR:
             ready = results is not None  # error logs saved (or given up on)
         else:
-            ready = results == "downloaded" if situation.download else True
+            ready = results == RESULTS_DOWNLOADED if situation.download else True
         if ready:
             orders.append(HookOrder(row, backend, job_id, kind))
     return orders
@@ -250,7 +254,7 @@ def plan_moves_off_refused(snapshot: Snapshot, situation: Situation, in_flight: 
         policy = situation.backends.get(backend)
         if policy is None or policy.accepting or row in situation.pinned or row in in_flight.starting:
             continue
-        updates[row] = {"status": "not_started", "id": None, "job_marker": None, "backend_name": None,
+        updates[row] = {"status": NOT_STARTED, "id": None, "job_marker": None, "backend_name": None,
                         "start_time": None, "previous_job_ids": with_earlier_job(snapshot, row, job_id)}
     return updates
 
@@ -271,12 +275,12 @@ def plan_resubmits(snapshot: Snapshot, situation: Situation, in_flight: InFlight
     for row, failed in snapshot.failed.items():
         if failed.attempt >= situation.max_attempts or not failed.handled or row in in_flight.hooking:
             continue
-        if "error" in situation.hooks and row in snapshot.hook_pending:
+        if HOOK_ERROR in situation.hooks and row in snapshot.hook_pending:
             continue
-        if failed.status == "start_failed" and failed.error is not None and failed.error == failed.previous_error:
+        if failed.status == START_FAILED and failed.error is not None and failed.error == failed.previous_error:
             continue
         update: Dict[str, Any] = {column: None for column in RESET_ON_RESUBMIT}
-        update.update(status="not_started", attempt=failed.attempt, previous_error=failed.error)
+        update.update(status=NOT_STARTED, attempt=failed.attempt, previous_error=failed.error)
         if failed.job_id:
             update["previous_job_ids"] = with_earlier_job(snapshot, row, failed.job_id)
         updates[row] = update

@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, select, update
 from jobdb.sql.counts import apply_deltas, status_deltas
 from jobdb.sql.engine import retrying
 from jobdb.sql.schema import jobs
-from jobdb.status import FAILED
+from jobdb.status import FAILED, NOT_STARTED
 from jobdb.store import RETRY_RESETS
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def retry_failed_rows(store) -> int:
             values = [_retried(r) for r in rows]
             conn.execute(update(jobs).where(c.campaign == store.campaign, c.row_index == bindparam("_row"))
                          .values({name: bindparam(name) for name in values[0] if name != "_row"}), values)
-            apply_deltas(conn, store.campaign, status_deltas((r.status, "not_started") for r in rows))
+            apply_deltas(conn, store.campaign, status_deltas((r.status, NOT_STARTED) for r in rows))
             return len(rows)
     return retrying(write, "putting failed rows back", log)
 
@@ -41,7 +41,7 @@ def retry_failed_rows(store) -> int:
 def _retried(r) -> Dict[str, Any]:
     earlier = [j for j in str(r.previous_job_ids or "").split(",") if j]
     value: Dict[str, Any] = {column: None for column in RETRY_RESETS}
-    value.update(_row=r.row_index, status="not_started", previous_error=r.error_message, account=None,
+    value.update(_row=r.row_index, status=NOT_STARTED, previous_error=r.error_message, account=None,
                  attempt=r.attempt or (1 if r.id else 0),
                  previous_job_ids=",".join(earlier + ([str(r.id)] if r.id else [])) or None)
     return value

@@ -28,7 +28,7 @@ from jobdb.sql.engine import retrying
 from jobdb.sql.records import check_rows_known, decode_geometry, record_of, table_values
 from jobdb.sql.schema import FIXED_COLUMNS, jobs
 from jobdb.sql.view import WorkRules, needs_work, needs_work_sql, snapshot_of
-from jobdb.status import RESULTS_FAILED, STATUSES, TERMINAL
+from jobdb.status import FINISHED, NOT_STARTED, RESULTS_FAILED, STATUSES, TERMINAL, check_transitions
 from jobdb.store import Snapshot, row_label
 
 log = logging.getLogger(__name__)
@@ -112,14 +112,14 @@ class SqlJobStore:
         return snapshot_of(self._rows, self._counts, self.total, self.track_hooks, self.track_retries)
 
     def _claim_more(self) -> None:
-        waiting_held = sum(1 for r in self._rows.values() if r["status"] == "not_started")
-        if waiting_held < self.waiting_batch and self._counts.get("not_started", 0) > waiting_held:
-            self._take(self.lock.claim(jobs.c.status == "not_started", self.waiting_batch - waiting_held))
+        waiting_held = sum(1 for r in self._rows.values() if r["status"] == NOT_STARTED)
+        if waiting_held < self.waiting_batch and self._counts.get(NOT_STARTED, 0) > waiting_held:
+            self._take(self.lock.claim(jobs.c.status == NOT_STARTED, self.waiting_batch - waiting_held))
         now = time.monotonic()
         everything_ended = sum(n for s, n in self._counts.items() if s in TERMINAL) == self.total
         if now >= self._next_adopt or everything_ended:
             self._next_adopt = now + min(5.0, self.lock.lease / 4)
-            self._take(self.lock.claim((jobs.c.status != "not_started") & needs_work_sql(self.rules), 1000))
+            self._take(self.lock.claim((jobs.c.status != NOT_STARTED) & needs_work_sql(self.rules), 1000))
 
     def _take(self, claimed: List[Mapping[str, Any]]) -> None:
         for db_row in claimed:
@@ -128,7 +128,7 @@ class SqlJobStore:
                 continue
             self._rows[i] = record_of(db_row)
             self._stored_status[i] = db_row["status"]
-            if db_row["status"] != "not_started":
+            if db_row["status"] != NOT_STARTED:
                 log.info("job store: row %s (%s) adopted from an ended run", i, db_row["status"])
             backend = db_row.get("backend_name")
             if backend in self.accounts and db_row.get("account") != self.accounts[backend]:
@@ -195,6 +195,8 @@ class SqlJobStore:
         missing = [int(r) for r in updates if int(r) not in self._rows]
         if missing:  # rows this run does not hold: claim them first, or leave them to their owner
             self._take(self.lock.claim(jobs.c.row_index.in_(missing), len(missing)))
+        check_transitions(updates, lambda r: self._rows[int(r)]["status"] if int(r) in self._rows else None,
+                          self.name)
         for row, values in updates.items():
             if int(row) not in self._rows:
                 log.warning("job store: row %s is held by another run; update %s not applied", row, dict(values))
@@ -250,7 +252,7 @@ class SqlJobStore:
 
     def retry_failed_downloads(self) -> int:
         """A new run tries again the downloads an earlier run gave up on (rows nobody holds)."""
-        statement = (update(jobs).where(jobs.c.campaign == self.campaign, jobs.c.status == "finished",
+        statement = (update(jobs).where(jobs.c.campaign == self.campaign, jobs.c.status == FINISHED,
                                         jobs.c.results_status.like(f"{RESULTS_FAILED}%"), self.lock.claimable())
                      .values(results_status=None))
 
