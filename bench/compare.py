@@ -31,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from jobdb.status import ERROR, FINISHED, START_FAILED  # noqa: E402
+
 PASSWORD_ENV = "BENCH_OPENEO_PASSWORD"
 START_JOB = "flows.tiling.demo_callbacks:start_job"
 # Persistent Prefect home for the bench (migrations run once, ~15 s), apart from the tests' one.
@@ -275,7 +277,7 @@ def check_results(workdir: Path, asset_count: int, asset_size: int) -> Dict[str,
     df = pd.read_csv(db_path)
     status = df["status"].value_counts().to_dict()
     complete = 0
-    for job_id in df.loc[df["status"] == "finished", "id"]:
+    for job_id in df.loc[df["status"] == FINISHED, "id"]:
         job_dir = workdir / "results" / f"job_{job_id}"
         if not job_dir.is_dir():
             continue
@@ -387,14 +389,14 @@ def table(rows: List[Dict[str, Any]]) -> str:
     for r in rows:
         k = r["requests_per_job"]
         st = r["status"]
-        other = sum(v for s, v in st.items() if s not in ("finished", "error", "start_failed"))
+        other = sum(v for s, v in st.items() if s not in (FINISHED, ERROR, START_FAILED))
         lines.append("| " + " | ".join([
             r["scenario"], r["tool"], r["outcome"], f"{fmt(r['all_started_s'])} ({r['ideal_all_started']})",
             fmt(r["makespan_s"]), fmt(r["backend_makespan_s"]), str(r["ideal_makespan"]), fmt(r.get("ratio_to_ideal")),
             f"{k['own_total']}: {k['start']}/{k['poll']}/{k['results']}/{k['assets']}/{k['logs']}/{k['other']}",
             f"{r['rss_mb']} ({r['tree_rss_mb']})",
-            f"{st.get('finished', 0)}/{st.get('error', 0)}/{st.get('start_failed', 0)}/{other}",
-            str(r["duplicates"]), f"{r['results_complete']}/{st.get('finished', 0)}",
+            f"{st.get(FINISHED, 0)}/{st.get(ERROR, 0)}/{st.get(START_FAILED, 0)}/{other}",
+            str(r["duplicates"]), f"{r['results_complete']}/{st.get(FINISHED, 0)}",
             fmt(r.get("makespan_vs_openeo")), fmt(r.get("requests_vs_openeo")),
         ]) + " |")
     return "\n".join(lines)

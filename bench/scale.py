@@ -331,6 +331,7 @@ def run_db_bench(rows: int, base: Path) -> Dict[str, Any]:
     import pandas as pd
 
     from jobdb import JobDatabase
+    from jobdb.status import ERROR, FINISHED, NOT_STARTED, QUEUED, RUNNING
 
     print(f"[{time.strftime('%H:%M:%S')}] job DB: {rows} rows ...", flush=True)
     rng = np.random.default_rng(1)
@@ -346,7 +347,7 @@ def run_db_bench(rows: int, base: Path) -> Dict[str, Any]:
         r["create_s"] = time.perf_counter() - t
         # a run in progress: a mix of statuses and ids
         updates = {i: {"status": s, "id": f"j-{i:08d}", "backend_name": "b0"}
-                   for i, s in zip(range(0, rows, 3), ["finished", "running", "queued", "error"] * rows)}
+                   for i, s in zip(range(0, rows, 3), [FINISHED, RUNNING, QUEUED, ERROR] * rows)}
         db.apply_updates(updates)
         db.save()
         r["file_mb"] = round(path.stat().st_size / 1e6, 2)
@@ -354,14 +355,14 @@ def run_db_bench(rows: int, base: Path) -> Dict[str, Any]:
         db = JobDatabase.open(path)
         r["load_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        sel = db.get_by_status(["running", "queued"])
+        sel = db.get_by_status([RUNNING, QUEUED])
         r["select_by_status_s"] = time.perf_counter() - t
         r["selected"] = len(sel)
         t = time.perf_counter()
-        few = db.rows(statuses=["not_started"], max=400)
+        few = db.rows(statuses=[NOT_STARTED], max=400)
         r["rows_not_started_400_s"] = time.perf_counter() - t
         r["rows_dicts"] = len(few)
-        upd = {i: {"status": "finished", "id": f"j-{i:08d}", "backend_name": "b1", "costs": 1.5,
+        upd = {i: {"status": FINISHED, "id": f"j-{i:08d}", "backend_name": "b1", "costs": 1.5,
                    "running_start_time": "2026-01-01T00:00:00Z"} for i in range(1, min(rows, 3001), 3)}
         r["updated_rows"] = len(upd)
         t = time.perf_counter()
@@ -380,7 +381,7 @@ def run_db_bench(rows: int, base: Path) -> Dict[str, Any]:
 
             odb = get_job_db(path)
             one = odb.df.iloc[[5]].copy()  # .df loads and caches the whole table, as the manager does
-            one["status"] = "queued"
+            one["status"] = QUEUED
             t = time.perf_counter()
             odb.persist(one)
             r["openeo_persist_one_row_s"] = time.perf_counter() - t

@@ -26,6 +26,8 @@ from typing import Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from jobdb.status import NOT_STARTED  # noqa: E402
+
 
 def cli_env(root: Path, home: Path) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -41,7 +43,7 @@ def first_job(root: Path, home: Path, work: Path) -> Dict[str, float]:
     from tests.flow_helpers import fast_config, make_db
 
     db = make_db(work / f"jobs-{time.monotonic_ns()}.parquet", 8)
-    assert JobDatabase.open(db).df["status"].eq("not_started").all()
+    assert JobDatabase.open(db).df["status"].eq(NOT_STARTED).all()
     with start_simulator(fast_config()) as sim:
         command = [sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), "--no-live",
                    "--backend", f"sim={sim.url},parallel_jobs=4,user=bench,password_env=BENCH_OPENEO_PASSWORD",

@@ -27,6 +27,7 @@ from jobdb import JobDatabase  # noqa: E402
 from jobdb.sql.campaign import SqlDatabase  # noqa: E402
 from jobdb.sql.store import SqlJobStore  # noqa: E402
 from jobdb.store import JobStore  # noqa: E402
+from jobdb.status import CREATING  # noqa: E402
 
 
 def frame(rows: int) -> pd.DataFrame:
@@ -40,7 +41,7 @@ def cycles(store, changed: int, count: int) -> list:
         t0 = time.perf_counter()
         snapshot = store.snapshot()
         rows = list(snapshot.waiting[:changed])
-        store.apply({r: {"status": "creating", "backend_name": "b", "job_marker": f"m{r}", "attempt": 1} for r in rows})
+        store.apply({r: {"status": CREATING, "backend_name": "b", "job_marker": f"m{r}", "attempt": 1} for r in rows})
         store.persist(force=True)
         took.append(time.perf_counter() - t0)
     return took

@@ -22,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from jobdb.status import FINISHED  # noqa: E402
+
 
 def screenshot(url: str, out: Path, profile: Path, budget_ms: int = 20000) -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -67,7 +69,7 @@ def mid_run_and_failed_run(ui: str, out: Path, work: Path, sim) -> None:
         table = None
         while time.monotonic() < deadline:  # until some rows are done and some are not
             table = summary_artifact(str(db), "progress-table")
-            if table is not None and "finished" in table.data and " 0 of 24 rows left" not in table.data \
+            if table is not None and FINISHED in table.data and " 0 of 24 rows left" not in table.data \
                     and "24 of 24 rows left" not in table.data:
                 break
             time.sleep(1)

@@ -29,7 +29,7 @@ Exceptions to "no status literal outside this module" (tests/test_status_model.p
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, FrozenSet, Mapping, Optional, Tuple
+from typing import Callable, FrozenSet, Mapping, Optional, Tuple
 
 NOT_STARTED = "not_started"
 CREATING = "creating"  # ours: the create call may be in flight, no job id known yet

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -17,7 +17,10 @@ import pandas as pd
 from jobdb.database import JobDatabase, _plain
 from jobdb.lock import JobDbLock
 from jobdb.paths import JobDbPaths
-from jobdb.status import CREATED, CREATING, ERROR, FAILED, FINISHED, HOLDS_SLOT, NOT_STARTED, POLLED, RESULTS_FAILED, START_FAILED, TERMINAL, check_transitions
+from jobdb.status import (
+    CREATED, CREATING, ERROR, FAILED, FINISHED, HOLDS_SLOT, NOT_STARTED, POLLED, POSTPROCESS_FAILED,
+    RESULTS_FAILED, START_FAILED, TERMINAL, check_transitions,
+)
 
 LABEL_COLUMNS = ("tile_id", "year")
 # What a retried row forgets of its failed job (its id goes to previous_job_ids, its error to previous_error).
@@ -267,7 +270,7 @@ class JobStore:
         df = self._db.df
         if "postprocess_status" not in df.columns:
             return 0
-        rows = df.index[df["postprocess_status"] == "failed"].tolist()
+        rows = df.index[df["postprocess_status"] == POSTPROCESS_FAILED].tolist()
         self.apply({i: {"postprocess_status": None, "postprocess_error": None} for i in rows})
         return len(rows)
 
@@ -277,9 +280,15 @@ class JobStore:
 
 def row_label(store, i: int) -> str:
     """A readable name for row i of any store: its tile id (and year), else its title, else row-<i>."""
-    parts = [str(v) for v in (store.value(i, c) for c in LABEL_COLUMNS) if v not in (None, "")]
-    if not parts and store.value(i, "title"):
-        parts = [str(store.value(i, "title"))]
+    return label_of(lambda column: store.value(i, column), i)
+
+
+def label_of(value: Callable[[str], Any], i: int) -> str:
+    """The one row label (task run names, reports, events), from `value(column)` of row i."""
+    parts = [str(v) for v in (_plain(value(c)) for c in LABEL_COLUMNS) if v not in (None, "")]
+    title = _plain(value("title"))
+    if not parts and title not in (None, ""):
+        parts = [str(title)]
     return "-".join(parts) if parts else f"row-{i}"
 
 

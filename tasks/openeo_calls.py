@@ -22,11 +22,11 @@ from tasks.faults import (
     UnexpectedResponse,
     classify,
 )
+from jobdb.status import BACKEND_STARTED, CREATED, QUEUED, from_backend
 
 log = logging.getLogger(__name__)
 
 LISTING_PAGE_SIZE = 100
-STARTED_STATUSES = frozenset({"queued", "running", "finished", "error", "canceled"})
 
 
 def iter_job_listing(connection: ManagedConnection, page_size: int = LISTING_PAGE_SIZE) -> Iterator[dict]:
@@ -98,29 +98,29 @@ def start_job_carefully(
     while True:
         try:
             connection.post(f"/jobs/{job_id}/results", expected_status=202)
-            return "queued"
+            return QUEUED
         except Exception as exc:  # noqa: BLE001 - classified below, real errors re-raised
             kind = classify(exc)
             if isinstance(kind, JobLimitReached):
                 log.info("start of %s refused for now: %s", job_id, kind)
-                return "created"
+                return CREATED
             if isinstance(kind, RateLimited):
                 if not _sleep_or_give_up(backoff, deadline, kind.retry_after, f"start {job_id} rate limited", sleep):
-                    return "created"
+                    return CREATED
                 continue
             if isinstance(kind, BackendUnavailable):
                 status = _status_after_ambiguous_failure(connection, job_id)
-                if status in STARTED_STATUSES:
+                if status in BACKEND_STARTED:
                     return status
                 if not _sleep_or_give_up(backoff, deadline, None, f"start {job_id} failed ({kind})", sleep):
-                    return "created"
+                    return CREATED
                 continue
             raise
 
 
 def _status_after_ambiguous_failure(connection: ManagedConnection, job_id: str) -> Optional[str]:
     try:
-        return describe_job(connection, job_id)["status"]
+        return from_backend(describe_job(connection, job_id)["status"])
     except Exception as exc:  # noqa: BLE001 - any failure means "unknown"
         log.info("status of %s unknown after failed start: %s", job_id, classify(exc))
         return None

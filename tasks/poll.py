@@ -7,14 +7,13 @@ from typing import Dict, List, Optional, Sequence
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from jobdb.status import BACKEND_ENDED, ERROR, from_backend
 from tasks.connections import get_connection, marker_tag
 from tasks.faults import UnexpectedResponse, classify
 from tasks.openeo_calls import cancel_job, describe_job, is_api_error, iter_job_listing, statuses_from_listing
 from tasks.outcome import Outcome, Step, deliver
 
 log = logging.getLogger(__name__)
-
-TERMINAL_JOB_STATUSES = frozenset({"finished", "error", "canceled"})
 
 
 @task(
@@ -60,27 +59,34 @@ def _poll(connection, backend: str, active: Dict[str, str], cancel: Sequence[str
     updates: Dict[str, dict] = {}
     for job_id, known_status in active.items():
         entry = listed.get(job_id)
-        needs_details = entry is None or (
-            entry.get("status") in TERMINAL_JOB_STATUSES and entry.get("status") != known_status
-        )
+        listed_status = from_backend(entry.get("status")) if entry is not None else None
+        if entry is not None and entry.get("status") and listed_status is None:
+            log.warning("job %s on %s: status %r is not an openEO job status; asking again at the next poll",
+                        job_id, backend, entry["status"])
+            continue
+        needs_details = entry is None or (listed_status in BACKEND_ENDED and listed_status != known_status)
         if not needs_details:
-            if entry.get("status") and entry["status"] != known_status:
-                updates[job_id] = {"status": entry["status"]}
+            if listed_status and listed_status != known_status:
+                updates[job_id] = {"status": listed_status}
             continue
         try:
             metadata = describe_job(connection, job_id)
         except Exception as exc:  # noqa: BLE001 - one job's problem must not hide the others
             if is_api_error(exc, 404):
-                updates[job_id] = {"status": "error", "error": f"job {job_id} no longer exists on {backend}"}
-            elif isinstance(exc, UnexpectedResponse) and entry is not None and entry.get("status"):
+                updates[job_id] = {"status": ERROR, "error": f"job {job_id} no longer exists on {backend}"}
+            elif isinstance(exc, UnexpectedResponse) and listed_status:
                 # Its details are unusable, but the listing says how it ended: don't wait forever.
-                log.warning("job %s on %s: %s; using its listed status %s", job_id, backend, exc, entry["status"])
-                updates[job_id] = {"status": entry["status"], "error": str(exc)}
+                log.warning("job %s on %s: %s; using its listed status %s", job_id, backend, exc, listed_status)
+                updates[job_id] = {"status": listed_status, "error": str(exc)}
             else:
                 log.warning("could not describe job %s on %s: %s", job_id, backend, classify(exc))
             continue
-        if metadata["status"] != known_status or metadata["status"] in TERMINAL_JOB_STATUSES:
-            updates[job_id] = {"status": metadata["status"], "metadata": metadata}
+        status = from_backend(metadata["status"])
+        if status is None:
+            log.warning("job %s on %s: status %r is not an openEO job status; asking again at the next poll",
+                        job_id, backend, metadata["status"])
+        elif status != known_status or status in BACKEND_ENDED:
+            updates[job_id] = {"status": status, "metadata": metadata}
     return updates
 
 

@@ -25,6 +25,7 @@ from tasks.connections import RUN_KEY_SEPARATOR, connection_provider_for, get_co
 from tasks.faults import Backoff, BackendUnavailable, JobLimitReached, RateLimited, classify
 from tasks.openeo_calls import find_job_by_marker, is_refused_for_good, start_job_carefully
 from tasks.outcome import Outcome, Step, deliver, pause
+from jobdb.status import CREATED, NOT_STARTED, QUEUED, SKIPPED, START_FAILED
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ def start_jobs(
     for row in rows:
         i = int(row["_row"])
         if refused is not None:  # the account cannot pay: don't even try the rest of the batch
-            results[i] = {"status": "created", "id": row["job_id"], "handed_back": refused} if row.get("job_id") \
-                else {"status": "not_started", "handed_back": refused}
+            results[i] = {"status": CREATED, "id": row["job_id"], "handed_back": refused} if row.get("job_id") \
+                else {"status": NOT_STARTED, "handed_back": refused}
             continue
         try:
             results[i] = start_one(row, backend, connection_key, creator, deadline_seconds, inbox)
@@ -77,7 +78,7 @@ def start_jobs(
             results[i] = {"crashed": f"{type(exc).__name__}: {exc}"}
         refused = results[i].get("refused") or refused
     outcome = deliver(inbox, Outcome(Step.START, backend, results))
-    failed = [r for r in results.values() if r.get("status") == "start_failed"]
+    failed = [r for r in results.values() if r.get("status") == START_FAILED]
     if failed:
         # The task run ends Failed in the UI; the outcome reached the flow already (and is the
         # state's data), so the run goes on and records every row of the batch.
@@ -96,20 +97,20 @@ def start_one(
     job_id = row.get("job_id")
     if job_id is None:
         created = _create(row, backend, connection_key, creator, deadline, inbox)
-        if created["status"] != "created":
+        if created["status"] != CREATED:
             return created
         job_id = created["id"]
         if created.get("started_by_callback"):
-            return {"status": "queued", "id": job_id, "start_time": utc_now(), "error_message": None}
+            return {"status": QUEUED, "id": job_id, "start_time": utc_now(), "error_message": None}
     try:
         status = start_job_carefully(connection, job_id, deadline, sleep=lambda s: not pause(inbox, s))
     except Exception as exc:  # noqa: BLE001 - classified: a refusal for this job only, or for the account
         if is_refused_for_good(exc):
-            return {"status": "created", "id": job_id, "handed_back": str(exc), "refused": str(exc)}
+            return {"status": CREATED, "id": job_id, "handed_back": str(exc), "refused": str(exc)}
         log.warning("start of job %s (row %s) failed: %s", job_id, row["_row"], exc)
-        return {"status": "start_failed", "id": job_id, "error_message": f"start failed: {exc}"}
-    if status == "created":
-        return {"status": "created", "id": job_id, "handed_back": "the backend did not start it yet"}
+        return {"status": START_FAILED, "id": job_id, "error_message": f"start failed: {exc}"}
+    if status == CREATED:
+        return {"status": CREATED, "id": job_id, "handed_back": "the backend did not start it yet"}
     return {"status": status, "id": job_id, "start_time": utc_now(), "error_message": None}
 
 
@@ -133,13 +134,13 @@ def _create(
         if tracking.created_job_ids:
             # The job exists even if the callback failed after creating it (e.g. on its own start).
             job_id = tracking.created_job_ids[-1]
-            return {"status": "created", "id": job_id, "started_by_callback": job_id in tracking.started_job_ids}
+            return {"status": CREATED, "id": job_id, "started_by_callback": job_id in tracking.started_job_ids}
         if error is None:
             if job is None:
-                return {"status": "skipped", "error_message": None}
-            return {"status": "created", "id": job.job_id, "started_by_callback": job.job_id in tracking.started_job_ids}
+                return {"status": SKIPPED, "error_message": None}
+            return {"status": CREATED, "id": job.job_id, "started_by_callback": job.job_id in tracking.started_job_ids}
         if is_refused_for_good(error):
-            return {"status": "not_started", "handed_back": str(error), "refused": str(error)}
+            return {"status": NOT_STARTED, "handed_back": str(error), "refused": str(error)}
         kind = classify(error)
         if isinstance(kind, BackendUnavailable):
             # The backend may have created the job and lost the answer: look before creating again.
@@ -149,16 +150,16 @@ def _create(
                 existing, kind = None, classify(exc)
             if existing is not None:
                 log.info("adopted job %s for row %s after a lost response", existing["id"], row["_row"])
-                return {"status": "created", "id": existing["id"], "started_by_callback": False}
+                return {"status": CREATED, "id": existing["id"], "started_by_callback": False}
         if isinstance(kind, (RateLimited, BackendUnavailable)):
             delay = backoff.next_delay(kind.retry_after if isinstance(kind, RateLimited) else None)
             if time.monotonic() + delay > deadline:
-                return {"status": "not_started", "handed_back": f"gave up for now: {kind}"}
+                return {"status": NOT_STARTED, "handed_back": f"gave up for now: {kind}"}
             log.info("creating job for row %s: %s; retrying in %.1f s", row["_row"], kind, delay)
             if pause(inbox, delay):
-                return {"status": "not_started", "handed_back": "the run is stopping"}
+                return {"status": NOT_STARTED, "handed_back": "the run is stopping"}
             continue
         if isinstance(kind, JobLimitReached):
-            return {"status": "not_started", "handed_back": str(kind)}
+            return {"status": NOT_STARTED, "handed_back": str(kind)}
         log.warning("start_job callback failed for row %s: %r", row["_row"], error)
-        return {"status": "start_failed", "error_message": f"{type(error).__name__}: {error}"}
+        return {"status": START_FAILED, "error_message": f"{type(error).__name__}: {error}"}

@@ -197,6 +197,16 @@ def test_backend_statuses():
 
 # --- no status spelled outside jobdb/status.py ---------------------------------------------
 SWEPT = ("flows", "tasks", "jobdb", "bench")
+# Words that spell a status but name something else: (file, word) -> how many, and what they are.
+NOT_STATUSES = {
+    ("jobdb/database.py", "error"): 2,  # create(on_exists="error"), as openeo's create_job_db
+    ("flows/tile_area.py", "error"): 6,  # the same on_exists choice
+    ("tasks/openeo_calls.py", "error"): 1,  # the log level asked of GET /jobs/{id}/logs
+    ("tasks/results/items.py", "created"): 1,  # STAC item properties
+    ("tasks/results/rebuild.py", "created"): 1,
+    ("flows/run_jobs.py", "skipped"): 2,  # a run's outcome (flows/run_loop/outcomes.py), not a row's status
+    ("bench/quota.py", "start_failed"): 1,  # a column heading of the printed table
+}
 
 
 def status_literals(path: Path):
@@ -222,10 +232,15 @@ def status_literals(path: Path):
 
 
 def test_no_status_literal_outside_the_status_module():
-    found = []
+    found, allowed = [], dict(NOT_STATUSES)
     for folder in SWEPT:
         for path in sorted((ROOT / folder).rglob("*.py")):
             if path == ROOT / "jobdb" / "status.py":
                 continue
-            found += [f"{path.relative_to(ROOT)}:{line}: {value!r}" for line, value in status_literals(path)]
+            name = path.relative_to(ROOT).as_posix()
+            for line, value in status_literals(path):
+                if allowed.get((name, value), 0) > 0:
+                    allowed[(name, value)] -= 1
+                else:
+                    found.append(f"{name}:{line}: {value!r}")
     assert not found, "use the constants of jobdb/status.py:\n" + "\n".join(found)

@@ -19,14 +19,14 @@ import time
 from collections import deque
 from typing import Deque, Dict, Mapping, Optional, Tuple, Union
 
-from jobdb.status import HOLDS_SLOT, STATUSES, TERMINAL
+from jobdb.status import (
+    CANCELED, ERROR, FINISHED, HOLDS_SLOT, QUEUED, RUNNING, SKIPPED, START_FAILED, STATUSES, TERMINAL,
+)
 
 # Column order of the table and of the plain line: as a row moves through them.
-STATUS_ORDER = ("not_started", "creating", "created", "queued_for_start", "queued", "running",
-                "finished", "error", "canceled", "start_failed", "skipped")
-assert set(STATUS_ORDER) == set(STATUSES)
-STATUS_STYLES = {"running": "dark_orange", "queued": "blue", "finished": "green", "error": "red",
-                 "start_failed": "red", "canceled": "magenta", "skipped": "bright_black"}
+STATUS_ORDER = STATUSES
+STATUS_STYLES = {RUNNING: "dark_orange", QUEUED: "blue", FINISHED: "green", ERROR: "red",
+                 START_FAILED: "red", CANCELED: "magenta", SKIPPED: "bright_black"}
 RATE_WINDOW_SECONDS = 300.0
 
 ByBackend = Mapping[str, Mapping[str, int]]

@@ -21,19 +21,23 @@ import pandas as pd
 
 from tasks.results.storage import ResultsRoot, is_remote
 from jobdb import JobDbPaths
+from jobdb.status import (
+    CANCELED, CREATED, CREATING, ERROR, FINISHED, NOT_STARTED, QUEUED, QUEUED_FOR_START, RUNNING, SKIPPED,
+    START_FAILED,
+)
 
 log = logging.getLogger(__name__)
 
 # Worst first: what needs attention, then work in progress, then waiting, then done.
 WORST_FIRST: Sequence[str] = (
-    "error", "start_failed", "canceled",
-    "running", "queued", "queued_for_start", "created", "creating",
-    "not_started", "skipped", "finished",
+    ERROR, START_FAILED, CANCELED,
+    RUNNING, QUEUED, QUEUED_FOR_START, CREATED, CREATING,
+    NOT_STARTED, SKIPPED, FINISHED,
 )
 STATUS_COLOURS = {
-    "error": "#de2d26", "start_failed": "#a50f15", "canceled": "#756bb1",
-    "running": "#fd8d3c", "queued": "#4292c6", "queued_for_start": "#6baed6", "created": "#9ecae1",
-    "creating": "#c6dbef", "not_started": "#d9d9d9", "skipped": "#969696", "finished": "#31a354",
+    ERROR: "#de2d26", START_FAILED: "#a50f15", CANCELED: "#756bb1",
+    RUNNING: "#fd8d3c", QUEUED: "#4292c6", QUEUED_FOR_START: "#6baed6", CREATED: "#9ecae1",
+    CREATING: "#c6dbef", NOT_STARTED: "#d9d9d9", SKIPPED: "#969696", FINISHED: "#31a354",
 }
 UNKNOWN_COLOUR = "#000000"
 BASEMAP_ENV = "OPENEO_JOBS_BASEMAP"

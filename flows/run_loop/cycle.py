@@ -22,7 +22,7 @@ from flows.rules.bookkeeping import FailureStreaks, RowNow, effects_of
 from flows.run_loop.dispatcher import Dispatcher
 from flows.run_loop.interrupts import StopSignal
 from flows.rules.scheduler import BackendPolicy, Plan, Situation, plan_cycle, slots_wanted
-from jobdb.status import FAILED, TERMINAL
+from jobdb.status import CREATING, ERROR, FAILED, POSTPROCESS_FAILED, RUNNING, START_FAILED, TERMINAL
 from jobdb.interface import CampaignStore
 from jobdb.store import Snapshot
 from tasks.outcome import Outcome, Step
@@ -147,7 +147,7 @@ class Cycle:
         self.store.persist(force=True)
         self.on_progress(self.store.snapshot())
         still_failed = {row for row in self.failed if self.store.value(row, "status") in FAILED
-                        or self.store.value(row, "postprocess_status") == "failed"}
+                        or self.store.value(row, "postprocess_status") == POSTPROCESS_FAILED}
         return CycleEnd(reason, all_started_at, dict(self.refused), self.cycles, dict(self.streaks.tripped),
                         frozenset(self.worked), frozenset(still_failed))
 
@@ -190,7 +190,7 @@ class Cycle:
             plan = plan_cycle(snapshot, replace(situation, others_holding=others), in_flight, marker)
             holding = dict(snapshot.holding)
             for intent in plan.intents.values():
-                if intent.get("status") == "creating":
+                if intent.get("status") == CREATING:
                     holding[intent["backend_name"]] = holding.get(intent["backend_name"], 0) + 1
             return (plan, holding), holding
 
@@ -252,7 +252,7 @@ class Cycle:
             for row, update in effects.updates.items():
                 if update.get("postprocess_status"):
                     self.worked.add(row)
-                    if update["postprocess_status"] == "failed":
+                    if update["postprocess_status"] == POSTPROCESS_FAILED:
                         self.failed.add(row)
             for row, _old, new in effects.changes:
                 if new in TERMINAL:
@@ -265,20 +265,20 @@ class Cycle:
         if downloaded:
             self.on_downloaded(downloaded)
         for row, old, new, outcome in changes:  # told once the rows' new values (ids, errors) are stored
-            if new == "error" and outcome.step is Step.POLL:
+            if new == ERROR and outcome.step is Step.POLL:
                 self._errors_untold[row] = old  # told with its reason once its error logs are in
             else:
                 self._tell(row, outcome.backend, old, new)
         for outcome in outcomes:
             if outcome.step is Step.ERROR_LOGS:
                 for row in outcome.rows:
-                    self._tell(row, outcome.backend, self._errors_untold.pop(row, "running"), "error")
+                    self._tell(row, outcome.backend, self._errors_untold.pop(row, RUNNING), ERROR)
 
     def _tell(self, row: int, backend: str, old: str, new: str) -> None:
         """One readable line (and event) per status change: `job j-1 (row 3, cdse): running -> error: <reason>`."""
         self.on_change(row, old, new)
-        reason = self.store.value(row, "error_message") if new in ("start_failed", "error") else None
-        log = self.logger.warning if new in ("start_failed", "error", "canceled") else self.logger.info
+        reason = self.store.value(row, "error_message") if new in (START_FAILED, ERROR) else None
+        log = self.logger.warning if new in FAILED else self.logger.info
         job_id = self.store.value(row, "id")
         who = f"job {job_id} (row {row}, {backend})" if job_id else f"row {row} ({backend}, no job)"
         log("%s: %s -> %s%s", who, old, new, f": {reason}" if reason else "")

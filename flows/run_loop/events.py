@@ -16,9 +16,10 @@ from typing import Optional, Tuple
 from prefect.events import emit_event
 
 from jobdb import JobDbPaths
+from jobdb.status import BACKEND_STATUSES, START_FAILED
 
-JOB_EVENT_STATUSES = frozenset({"created", "queued", "running", "finished", "error", "canceled", "start_failed"})
-NEEDS_NO_JOB = frozenset({"start_failed"})  # a callback that raised may have created nothing
+JOB_EVENT_STATUSES = BACKEND_STATUSES | {START_FAILED}
+NEEDS_NO_JOB = frozenset({START_FAILED})  # a callback that raised may have created nothing
 REASON_CHARS = 2000  # an event is a notification, the job DB keeps the whole message
 
 log = logging.getLogger(__name__)

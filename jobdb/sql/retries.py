@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, select, update
 from jobdb.sql.counts import apply_deltas, status_deltas
 from jobdb.sql.engine import retrying
 from jobdb.sql.schema import jobs
-from jobdb.status import FAILED, NOT_STARTED
+from jobdb.status import FAILED, NOT_STARTED, POSTPROCESS_FAILED
 from jobdb.store import RETRY_RESETS
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def _retried(r) -> Dict[str, Any]:
 
 def retry_failed_hooks(store) -> int:
     """Hooks that failed in an earlier run run again (the usual reason for a rerun is a fixed hook)."""
-    statement = (update(jobs).where(jobs.c.campaign == store.campaign, jobs.c.postprocess_status == "failed",
+    statement = (update(jobs).where(jobs.c.campaign == store.campaign, jobs.c.postprocess_status == POSTPROCESS_FAILED,
                                     store.lock.claimable())
                  .values(postprocess_status=None, postprocess_error=None))
 

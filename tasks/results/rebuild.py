@@ -13,6 +13,7 @@ import os
 import tempfile
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from jobdb.status import FINISHED, RESULTS_DOWNLOADED
 from tasks.results.collection import ITEMS_PARQUET, CampaignCollection, write_collection
 from tasks.results.footprints import Footprints, campaign_id
 from tasks.results.items import COLLECTION_FILE, JOB_METADATA_ASSET, build_item, item_file, job_folder, summary
@@ -106,7 +107,7 @@ def downloaded_jobs(df, footprints: Footprints) -> Dict[str, Dict[str, Any]]:
     """{job id: footprint} of the rows whose results are downloaded."""
     if "results_status" not in df.columns:
         return {}
-    done = df[(df["status"] == "finished") & (df["results_status"] == "downloaded") & df["id"].notna()]
+    done = df[(df["status"] == FINISHED) & (df["results_status"] == RESULTS_DOWNLOADED) & df["id"].notna()]
     return {str(values["id"]): footprints.of(int(i), values) for i, values in done.to_dict("index").items()}
 
 
