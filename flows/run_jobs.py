@@ -35,7 +35,7 @@ from flows.run_loop.outcomes import RunOutcome
 from flows.run_loop.owners import ApiGoneAware, api_reachable, fail_fast_without_api, record_unrecorded_end, settle_previous_owner
 from flows.run_loop.dispatcher import Dispatcher
 from flows.run_loop.events import JobEvents
-from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError
+from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError, check_unique_names
 from flows.config.run_parameters import RunParameters, takes_run_parameters
 from flows.console.progress_display import current_display
 from flows.report.reporting import ProgressReport, failed_rows, merge_request_counts, publish_final_artifacts
@@ -43,14 +43,13 @@ from flows.rules.scheduler import BackendPolicy
 from flows.config.setup import (
     check_process_parameters,
     check_row_backends,
-    check_unique_names,
     connect_backend,
     load_start_job,
     make_process_creator,
 )
 from flows.report.tile_map import write_tile_map
 from jobdb import JobDbError, JobDbLocked
-from jobdb.status import FAILED, HOLDS_SLOT
+from jobdb.status import FAILED, HOLDS_SLOT, POSTPROCESS_FAILED
 from jobdb.interface import CampaignStore, open_store
 from jobdb.location import is_sql
 from tasks.connections import ManagedConnection, connection_key, register_connection, unregister_connection
@@ -380,7 +379,7 @@ def build_stats(run: PreparedRun, end: CycleEnd, counters: Dict[str, int], t0: f
         "halted_backends": end.halted,
         "worked_this_run": len(end.worked),
         "failed_this_run": len(end.failed),
-        "hook_failures": sum(1 for row in end.failed if run.store.value(row, "postprocess_status") == "failed"),
+        "hook_failures": sum(1 for row in end.failed if run.store.value(row, "postprocess_status") == POSTPROCESS_FAILED),
         **counters,
     }
 

@@ -1,30 +1,35 @@
-"""Loading a user's hook from its import path, and checking it can be called as a hook.
+"""Loading a user's callable (a hook, a `start_job`) from its import path, and checking it can be called as a hook.
 
 No Prefect here: the command line checks hooks before Prefect starts (flows/config/preflight.py).
 """
 from __future__ import annotations
 
-import importlib
 import inspect
+import pkgutil
 from typing import Any, Callable
 
 HOOK_ARGUMENTS = ("job_id", "row", "job_dir", "connection")
 
 
-def load_hook(spec: str) -> Callable[..., Any]:
-    """The callable an import path names; ValueError with a clear reason otherwise."""
+def resolve(spec: str) -> Any:
+    """The object an import path `"package.module:name"` names (the standard library's
+    `pkgutil.resolve_name`); ValueError with a clear reason otherwise."""
     module_name, sep, attribute = str(spec).partition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(f"{spec!r} is not an import path of the form 'package.module:function'")
     try:
-        target: Any = importlib.import_module(module_name)
+        return pkgutil.resolve_name(spec)
     except ImportError as exc:
         raise ValueError(f"{spec!r}: module {module_name!r} cannot be imported: {exc}") from exc
-    try:
-        for part in attribute.split("."):
-            target = getattr(target, part)
     except AttributeError:
         raise ValueError(f"{spec!r}: {module_name!r} has no attribute {attribute!r}") from None
+    except ValueError:
+        raise ValueError(f"{spec!r} is not an import path of the form 'package.module:function'") from None
+
+
+def load_hook(spec: str) -> Callable[..., Any]:
+    """The hook an import path names; ValueError with a clear reason otherwise."""
+    target = resolve(spec)
     if not callable(target):
         raise ValueError(f"{spec!r} is not callable")
     try:

@@ -32,7 +32,6 @@ class Outcome:
     backend: str
     rows: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
     crashed: Optional[str] = None  # the task failed as a whole; its rows' fate is unknown
-    counters: Mapping[str, int] = field(default_factory=dict)
 
 
 # --- the inbox ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ secret fields instead (`AuthConfig.with_secret_source`), so this module never im
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Literal, Optional
+from typing import Any, Callable, Dict, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
@@ -158,3 +158,13 @@ class ProcessCreatorConfig(BaseModel):
     namespace: Optional[str] = Field(None, description="URL of the process definition, or None for the user's own UDP")
     parameter_defaults: Dict[str, Any] = Field(default_factory=dict, description="Values for parameters no column provides")
     parameter_column_map: Optional[Dict[str, str]] = Field(None, description="Process parameter -> job DB column")
+
+
+def check_unique_names(backends: List[BackendConfig], at_least_one: bool = True) -> None:
+    """A row's `backend_name` names one backend: names must be unique (and, by default, given)."""
+    names = [b.name for b in backends]
+    if at_least_one and not names:
+        raise SetupError("no backends given", parameter="backends")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SetupError(f"backend names must be unique, repeated: {duplicates}", parameter="backends")

@@ -10,7 +10,7 @@ from typing import Any, Callable, List, Mapping, Optional
 
 from pydantic import BaseModel, ValidationError
 
-from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError
+from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError, check_unique_names
 from flows.config.run_parameters import RunParameters
 
 
@@ -26,7 +26,7 @@ def preflight(parameters: Mapping[str, Any], connect: bool = True,
             validate(BackendConfig, backend, parameter="backends", label=backend_label(backend))
     params = validate(RunParameters, parameters)
     backends = [b for b in params.backends if isinstance(b, BackendConfig)]
-    check(lambda: _check_unique_names(backends), "backends")
+    check(lambda: check_unique_names(backends, at_least_one=False), "backends")
     if (params.start_job is None) == (params.process is None):
         raise SetupError("give exactly one of start_job (an import path) or process (a process-based creator)",
                          parameter="start_job")
@@ -35,7 +35,9 @@ def preflight(parameters: Mapping[str, Any], connect: bool = True,
         from flows.config.setup import load_start_job
 
         check(lambda: load_start_job(params.start_job), "start_job")
-    for kind in ("done", "error"):
+    from jobdb.status import HOOK_DONE, HOOK_ERROR
+
+    for kind in (HOOK_DONE, HOOK_ERROR):
         spec = getattr(params, f"on_job_{kind}")
         if spec:
             from tasks.callables import load_hook
@@ -116,13 +118,6 @@ def check(action: Callable[[], Any], parameter: str) -> Any:
         if exc.parameter is None:
             exc.parameter = parameter
         raise
-
-
-def _check_unique_names(backends: List[BackendConfig]) -> None:
-    names = [b.name for b in backends]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise SetupError(f"backend names must be unique, repeated: {duplicates}", parameter="backends")
 
 
 def open_job_db(job_db: str, campaign: Optional[str] = None, root_dir: Optional[str] = None):

@@ -1,11 +1,10 @@
 """Everything checked before the first job is created: creator, backends, credentials, job DB."""
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import re
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 import requests
 from openeo.extra.job_management import ProcessBasedJobCreator
@@ -16,6 +15,7 @@ from flows.config.login import log_in
 from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError
 from tasks.connections import IDEMPOTENT_RETRY, SETUP_RETRY, ManagedConnection, make_session, use_pacing
 from tasks.accounts.identity import account_id
+from tasks.callables import resolve
 from tasks.accounts.pacing import pacer_for
 
 log = logging.getLogger(__name__)
@@ -28,22 +28,10 @@ def load_start_job(spec: Union[str, Callable[..., Any]]) -> Callable[..., Any]:
     if callable(spec):
         function = spec
     else:
-        module_name, sep, attribute = str(spec).partition(":")
-        if not sep or not module_name or not attribute:
-            raise SetupError(f"start_job {spec!r} is not an import path of the form 'package.module:function'",
-                             parameter="start_job")
         try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise SetupError(f"start_job {spec!r}: module {module_name!r} cannot be imported: {exc}",
-                             parameter="start_job") from exc
-        try:
-            function = module
-            for part in attribute.split("."):
-                function = getattr(function, part)
-        except AttributeError:
-            raise SetupError(f"start_job {spec!r}: {module_name!r} has no attribute {attribute!r}",
-                             parameter="start_job") from None
+            function = resolve(spec)
+        except ValueError as exc:
+            raise SetupError(f"start_job {exc}", parameter="start_job") from exc.__cause__
         if not callable(function):
             kind = type(function).__name__
             raise SetupError(f"start_job {spec!r} is not callable (it is {'an' if kind[0] in 'aeiou' else 'a'} {kind})",
@@ -152,15 +140,6 @@ def connect_backend(backend: BackendConfig, pool_size: int = 32) -> ManagedConne
     use_pacing(connection, pacer, IDEMPOTENT_RETRY, pool_size)  # and patient retries for the run itself
     connection.default_timeout = 60
     return connection
-
-
-def check_unique_names(backends: List[BackendConfig]) -> None:
-    names = [b.name for b in backends]
-    if not names:
-        raise SetupError("no backends given", parameter="backends")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise SetupError(f"backend names must be unique, repeated: {duplicates}", parameter="backends")
 
 
 def check_row_backends(backend_names_in_db: Dict[int, Optional[str]], known: Iterable[str]) -> None:

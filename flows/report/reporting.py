@@ -25,35 +25,12 @@ from flows.console.progress_display import RateTracker, duration, ordered, total
 from tasks.results.storage import ResultsRoot, is_remote
 from jobdb import TERMINAL_STATUSES, JobDbPaths
 from jobdb.status import FAILED, HOLDS_SLOT
+from jobdb.store import label_of
 
 # A PNG larger than this is linked by its path in the summary instead of embedded in it.
 MAX_EMBEDDED_MAP_BYTES = 1_500_000
 FAILURES_IN_REPORT = 5
 FAILURES_IN_SUMMARY = 200
-
-
-def status_counts(df: pd.DataFrame) -> Dict[str, int]:
-    return {str(k): int(v) for k, v in df["status"].value_counts().sort_index().items()}
-
-
-def status_by_backend(df: pd.DataFrame) -> Dict[str, Dict[str, int]]:
-    table: Dict[str, Dict[str, int]] = {}
-    backends = df["backend_name"].fillna("(unassigned)").astype(str)
-    for (backend, status), count in df.groupby([backends, df["status"]]).size().items():
-        table.setdefault(backend, {})[str(status)] = int(count)
-    return table
-
-
-def share_terminal(df: pd.DataFrame) -> float:
-    if len(df) == 0:
-        return 100.0
-    return 100.0 * float(df["status"].isin(TERMINAL_STATUSES).sum()) / len(df)
-
-
-def progress_bar(percent: float, width: int = 24) -> str:
-    """A text bar for log lines, e.g. `[#########---------------]  37%`."""
-    filled = int(round(width * min(max(percent, 0.0), 100.0) / 100.0))
-    return f"[{'#' * filled}{'-' * (width - filled)}] {percent:3.0f}%"
 
 
 def failed_rows(df: pd.DataFrame) -> List[Dict[str, Any]]:
@@ -62,7 +39,7 @@ def failed_rows(df: pd.DataFrame) -> List[Dict[str, Any]]:
     return [
         {
             "_row": int(i),
-            "label": row_label(df.loc[i], int(i)),
+            "label": label_of(lambda column: df.at[i, column] if column in df.columns else None, int(i)),
             "id": _text(df.at[i, "id"]) if "id" in df.columns else None,
             "backend_name": _text(df.at[i, "backend_name"]) if "backend_name" in df.columns else None,
             "status": str(df.at[i, "status"]),
@@ -70,11 +47,6 @@ def failed_rows(df: pd.DataFrame) -> List[Dict[str, Any]]:
         }
         for i in bad.index
     ]
-
-
-def row_label(row: Mapping[str, Any], position: int) -> str:
-    parts = [str(row[k]) for k in ("tile_id", "year") if k in row and _text(row[k])]
-    return " ".join(parts) or f"row {position}"
 
 
 class ProgressReport:
