@@ -80,6 +80,7 @@ class RunInterrupted(RunEnded):
 
 # An interrupted run waits this long for its last artifacts to reach Prefect (the stop takes <= 3 s).
 INTERRUPTED_API_WAIT_SECONDS = 0.5
+CRASHED_API_WAIT_SECONDS = 5.0  # a run that failed sends what it queued for Prefect (events, artifacts)
 
 
 @dataclass
@@ -211,6 +212,9 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
                 run.store.persist(force=True)
                 dispatcher.stop()
                 dispatcher.close()
+    except BaseException:
+        publisher.close(timeout=CRASHED_API_WAIT_SECONDS)  # the events of the last changes still go out
+        raise
     finally:
         end_cancel_watch()
         slots.close()

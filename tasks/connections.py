@@ -23,28 +23,16 @@ import urllib3
 from openeo.rest import OpenEoApiError, OpenEoApiPlainError
 from openeo.rest.auth.auth import BearerAuth
 
-from tasks.faults import Backoff, parse_retry_after
+from tasks.faults import Backoff
 from tasks.health import BackendHealth, ReportingRetry
 from tasks.accounts.pacing import AccountPacer
+from tasks.retry_policy import IDEMPOTENT_METHODS, RUN, SETUP, BudgetRetry, parse_retry_after
 
-# Idempotent calls (GET, DELETE, ...) are retried by urllib3 on 5xx, honouring Retry-After,
-# and by `PacedAdapter` on 429 (after the whole account paused); POST is retried by neither,
-# so creating or starting a job is never blindly repeated: tasks handle POST failures
-# themselves (see tasks/start.py).
-IDEMPOTENT_RETRY = ReportingRetry(
-    total=8,
-    connect=8,
-    read=4,
-    status=8,
-    backoff_factor=0.5,
-    backoff_max=20,
-    backoff_jitter=0.5,
-    status_forcelist=(500, 502, 503, 504),
-    respect_retry_after_header=True,
-    raise_on_status=False,
-)
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-MAX_429_RETRIES = 8
+# Retries: one budget per request, for every failure kind (tasks/retry_policy.py). A POST is
+# never resent here, so creating or starting a job is never blindly repeated: tasks handle POST
+# failures themselves (see tasks/start.py).
+IDEMPOTENT_RETRY = RUN.urllib3_retry()
+SETUP_RETRY = SETUP.urllib3_retry()
 START_PATH = re.compile(r"/jobs/[^/]+/results/?$")
 
 MARKER_PREFIX = "ojm:"
@@ -77,15 +65,24 @@ class _CallContext(threading.local):
 _LAST_429 = threading.local()  # Retry-After of this thread's last 429, for the error raised on it
 
 
+def spent_on_429(response: requests.Response, budget) -> Optional[BudgetRetry]:
+    """What is left of a request's budget after urllib3's resends (if any) and this 429; None: used up."""
+    left = getattr(response.raw, "retries", None) or budget
+    return left.spend_on_429() if isinstance(left, BudgetRetry) else None
+
+
 class PacedAdapter(requests.adapters.HTTPAdapter):
     """Sends each request to the backend's origin only when its account's pacer lets it go.
 
-    A 429 pauses the whole account for `Retry-After` (or a backoff when the header is missing);
-    idempotent requests are then sent again (up to MAX_429_RETRIES), a POST is not: its caller
+    A 429 pauses the whole account for `Retry-After` (at most the policy's `max_wait`; a backoff
+    when the header is missing); an idempotent request is then sent again, from the same budget
+    of attempts as urllib3's resends on 5xx (tasks/retry_policy.py), a POST is not: its caller
     decides. Requests to other origins (asset hosts) are not paced. Paced here rather than in
     the session so that a redirect, which the session follows after this returns, takes a turn
     of its own instead of waiting for the slot its first hop still holds.
     """
+
+    _budget = threading.local()
 
     def __init__(self, origin: str, pacer: AccountPacer, health: Optional[BackendHealth] = None, **kwargs):
         self.origin = origin
@@ -93,19 +90,32 @@ class PacedAdapter(requests.adapters.HTTPAdapter):
         self.health = health
         super().__init__(**kwargs)
 
+    # urllib3 reads `max_retries` on each send: during a paced send it is what is left of the
+    # request's budget (per thread), otherwise the adapter's policy.
+    @property
+    def max_retries(self):
+        return getattr(self._budget, "retry", None) or self._max_retries
+
+    @max_retries.setter
+    def max_retries(self, retry) -> None:
+        self._max_retries = retry
+
     def send(self, request: requests.PreparedRequest, stream: bool = False, **kwargs) -> requests.Response:
         if not same_origin(request.url or "", self.origin):
             return super().send(request, stream=stream, **kwargs)
         is_start = request.method == "POST" and bool(START_PATH.search(urlsplit(request.url).path))
-        backoff = Backoff(base=0.5, cap=20.0)
-        retries = 0
+        budget = self._max_retries  # the request's attempts, whatever fails (urllib3 spends them on 5xx)
+        backoff = Backoff(base=RUN.backoff_base, cap=RUN.max_wait)
         while True:
             turn = self.pacer.acquire(is_start)
+            self._budget.retry = budget
             try:
                 response = super().send(request, stream=stream, **kwargs)
             except BaseException:
                 turn.release()
                 raise
+            finally:
+                self._budget.retry = None
             if self.health is not None:  # attempts that failed and were retried are told by the Retry
                 if response.status_code >= 500:
                     self.health.failed(f"HTTP {response.status_code} on {request.method} {urlsplit(request.url).path}")
@@ -114,9 +124,10 @@ class PacedAdapter(requests.adapters.HTTPAdapter):
             if response.status_code == 429:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 _LAST_429.retry_after = retry_after
-                self.pacer.pause(retry_after if retry_after is not None else backoff.next_delay())
-                if request.method in IDEMPOTENT_METHODS and retries < MAX_429_RETRIES:
-                    retries += 1
+                self.pacer.pause(min(retry_after, RUN.max_wait) if retry_after is not None else backoff.next_delay())
+                left = spent_on_429(response, budget)
+                if request.method in IDEMPOTENT_METHODS and left is not None:
+                    budget = left
                     response.close()
                     turn.release()
                     continue
@@ -261,13 +272,6 @@ def _route_template(path: str) -> str:
     if len(parts) >= 2 and parts[0] in ("jobs", "collections", "process_graphs", "services"):
         parts[1] = "{id}"
     return "/" + "/".join(parts)
-
-
-# While connecting before a run: fail within seconds on a wrong or unreachable URL.
-SETUP_RETRY = urllib3.util.Retry(
-    total=3, connect=2, read=1, status=2, backoff_factor=0.5, backoff_max=5,
-    status_forcelist=(429, 500, 502, 503, 504), respect_retry_after_header=True, raise_on_status=False,
-)
 
 
 def make_session(pool_size: int = 32, retry: urllib3.util.Retry = IDEMPOTENT_RETRY) -> requests.Session:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.retry_policy import DOWNLOAD_RETRY_DELAYS
 from tasks.results.items import JOB_METADATA_ASSET, build_item, item_file, job_folder, summary
 from tasks.results.storage import ResultsRoot
 from tasks.connections import ManagedConnection, get_connection
@@ -78,7 +79,7 @@ def is_transient(exc: BaseException) -> bool:
 
 # Waits between attempts of one job (the task has no Prefect retries of its own: retrying a
 # batch whole would repeat the jobs that went well).
-RETRY_DELAYS = (2.0, 10.0)
+RETRY_DELAYS = DOWNLOAD_RETRY_DELAYS
 
 
 def each_job(jobs: List[Dict[str, Any]], what: str, work: Callable[[Dict[str, Any]], Dict[str, Any]],

@@ -12,6 +12,8 @@ from typing import Optional
 import requests
 from openeo.rest import OpenEoApiError, OpenEoApiPlainError
 
+from tasks.retry_policy import parse_retry_after
+
 
 class OpenEOTaskError(Exception):
     """Base class of the failures our tasks distinguish."""
@@ -48,23 +50,6 @@ JOB_LIMIT_CODES = frozenset({"ConcurrentJobLimit", "QueueLimit", "JobQueueLimit"
 # backends answer with other statuses for an exhausted budget).
 CANNOT_PAY_CODES = frozenset({"PaymentRequired", "InsufficientCredits", "InsufficientBudget", "BudgetExceeded",
                               "CreditsExhausted"})
-
-
-def parse_retry_after(value: Optional[str]) -> Optional[float]:
-    """Seconds from a `Retry-After` header (delta-seconds form; HTTP dates are rare on openEO backends)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-        from datetime import datetime, timezone
-
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def classify(exc: BaseException) -> BaseException:

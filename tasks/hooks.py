@@ -16,9 +16,10 @@ from tasks.callables import load_hook
 from tasks.connections import get_connection
 from tasks.download import job_dir as job_dir_of
 from tasks.outcome import Outcome, Step, deliver
+from tasks.retry_policy import HOOK_RETRIES, HOOK_RETRY_DELAYS
 from tasks.start import row_as_series
 
-@task(name="post-process", task_run_name="on-job-{kind}-{label}", retries=2, retry_delay_seconds=[2, 10],
+@task(name="post-process", task_run_name="on-job-{kind}-{label}", retries=HOOK_RETRIES, retry_delay_seconds=HOOK_RETRY_DELAYS,
       cache_policy=NO_CACHE)
 def run_hook(
     hook: str,

@@ -8,10 +8,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from jobdb.status import BACKEND_ENDED, ERROR, from_backend
-from tasks.connections import get_connection, marker_tag
+from tasks.connections import marker_tag
 from tasks.faults import UnexpectedResponse, classify
 from tasks.openeo_calls import cancel_job, describe_job, is_api_error, iter_job_listing, statuses_from_listing
 from tasks.outcome import Outcome, Step, deliver
+from tasks.standalone import ConnectionSource, connection_for
 
 log = logging.getLogger(__name__)
 
@@ -19,13 +20,12 @@ log = logging.getLogger(__name__)
 @task(
     name="poll-backend",
     task_run_name="poll-{backend}",
-    retries=2,
-    retry_delay_seconds=[2, 10],
+    retries=0,  # a failed poll is made again at the next cycle; its requests are retried (tasks/retry_policy.py)
     cache_policy=NO_CACHE,
 )
 def poll_backend(
     backend: str,
-    connection_key: str,
+    connection_key: ConnectionSource,
     jobs: Dict[int, List[str]],
     cancel: Sequence[str] = (),
     inbox: Optional[str] = None,
@@ -39,7 +39,7 @@ def poll_backend(
     token older than `token_max_age_seconds` is renewed first (off the flow's thread).
     Outcome rows: {row: {"status": ..., "metadata": {...} (terminal only), "error": ...}}.
     """
-    connection = get_connection(connection_key)
+    connection = connection_for(connection_key, backend)
     if token_max_age_seconds:
         connection.refresh_token_if_older(token_max_age_seconds)
     rows_by_job = {str(job_id): row for row, (job_id, _) in jobs.items()}
@@ -90,10 +90,10 @@ def _poll(connection, backend: str, active: Dict[str, str], cancel: Sequence[str
     return updates
 
 
-@task(name="find-marked-jobs", task_run_name="reconcile-{backend}", retries=2, retry_delay_seconds=[2, 10],
+@task(name="find-marked-jobs", task_run_name="reconcile-{backend}", retries=0,  # made again at the next cycle
       cache_policy=NO_CACHE)
 def find_marked_jobs(
-    backend: str, connection_key: str, markers: Dict[str, int], inbox: Optional[str] = None
+    backend: str, connection_key: ConnectionSource, markers: Dict[str, int], inbox: Optional[str] = None
 ) -> Outcome:
     """The jobs on `backend` whose title carries one of `markers` ({marker: row}).
 
@@ -103,7 +103,7 @@ def find_marked_jobs(
     """
     tags = {marker_tag(m): m for m in markers}
     found: Dict[str, dict] = {}
-    for job in iter_job_listing(get_connection(connection_key)):
+    for job in iter_job_listing(connection_for(connection_key, backend)):
         title = job.get("title") or ""
         for tag, marker in tags.items():
             if tag in title and marker not in found:

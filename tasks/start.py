@@ -21,16 +21,17 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
 from jobdb.schema import utc_now
-from tasks.connections import RUN_KEY_SEPARATOR, connection_provider_for, get_connection
 from tasks.faults import Backoff, BackendUnavailable, JobLimitReached, RateLimited, classify
 from tasks.openeo_calls import find_job_by_marker, is_refused_for_good, start_job_carefully
 from tasks.outcome import Outcome, Step, deliver, pause
+from tasks.retry_policy import POST_DEADLINE_SECONDS
+from tasks.standalone import ConnectionSource, connection_for, provider_for
 from jobdb.status import CREATED, NOT_STARTED, QUEUED, SKIPPED, START_FAILED
 
 log = logging.getLogger(__name__)
 
 # How long one row may keep waiting on rate limits/outages before the task hands it back.
-DEFAULT_START_DEADLINE_SECONDS = 600.0
+DEFAULT_START_DEADLINE_SECONDS = POST_DEADLINE_SECONDS
 # Columns the flow adds to a row for the task; the callback sees the DB's own columns only.
 TASK_FIELDS = ("_row", "job_marker", "job_id")
 
@@ -41,17 +42,11 @@ def row_as_series(row: Dict[str, Any]) -> pd.Series:
     return pd.Series(values, name=row.get("_row"), dtype=object)
 
 
-def provider_for(connection_key: str) -> Callable[[str], Any]:
-    """openeo's `connection_provider` (backend name -> connection) of the run this key belongs to."""
-    name, separator, run_id = connection_key.rpartition(RUN_KEY_SEPARATOR)
-    return connection_provider_for(run_id) if separator else get_connection
-
-
 @task(name="start-job", task_run_name="start-{label}", retries=0, cache_policy=NO_CACHE)
 def start_jobs(
     rows: List[Dict[str, Any]],
     backend: str,
-    connection_key: str,
+    connection_key: ConnectionSource,
     creator: Callable[..., Any],
     label: str,
     inbox: Optional[str] = None,
@@ -89,11 +84,11 @@ def start_jobs(
 
 
 def start_one(
-    row: Dict[str, Any], backend: str, connection_key: str, creator: Callable[..., Any], deadline_seconds: float,
+    row: Dict[str, Any], backend: str, connection_key: ConnectionSource, creator: Callable[..., Any], deadline_seconds: float,
     inbox: Optional[str] = None,
 ) -> Dict[str, Any]:
     deadline = time.monotonic() + deadline_seconds
-    connection = get_connection(connection_key)
+    connection = connection_for(connection_key, backend)
     job_id = row.get("job_id")
     if job_id is None:
         created = _create(row, backend, connection_key, creator, deadline, inbox)
@@ -115,18 +110,18 @@ def start_one(
 
 
 def _create(
-    row: Dict[str, Any], backend: str, connection_key: str, creator: Callable[..., Any], deadline: float,
+    row: Dict[str, Any], backend: str, connection_key: ConnectionSource, creator: Callable[..., Any], deadline: float,
     inbox: Optional[str],
 ) -> Dict[str, Any]:
     """Run the user's callback until it created a job, exactly once per marker."""
-    connection = get_connection(connection_key)
+    connection = connection_for(connection_key, backend)
     marker = row["job_marker"]
     backoff = Backoff()
     while True:
         with connection.call_context(marker) as tracking:
             try:
                 job = creator(row=row_as_series(row), connection=connection, provider=backend,
-                              connection_provider=provider_for(connection_key))
+                              connection_provider=provider_for(connection_key, backend))
             except Exception as exc:  # noqa: BLE001 - user code: anything can happen
                 job, error = None, exc
             else:

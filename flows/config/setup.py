@@ -16,6 +16,7 @@ from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError
 from tasks.connections import IDEMPOTENT_RETRY, SETUP_RETRY, ManagedConnection, make_session, use_pacing
 from tasks.accounts.identity import account_id
 from tasks.callables import resolve
+from tasks.retry_policy import RUN, SETUP
 from tasks.accounts.pacing import pacer_for
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,8 @@ def connect_backend(backend: BackendConfig, pool_size: int = 32) -> ManagedConne
     """Connect (with version discovery, as `openeo.connect`), authenticate and pace, or fail clearly."""
     try:
         # Few retries while connecting: a wrong URL fails in seconds, not after minutes of backoff.
-        connection = ManagedConnection(backend.url, session=make_session(pool_size, SETUP_RETRY), default_timeout=30)
+        connection = ManagedConnection(backend.url, session=make_session(pool_size, SETUP_RETRY),
+                                       default_timeout=SETUP.timeout)
     except (requests.RequestException, OpenEoApiError, OpenEoApiPlainError, OpenEoClientException) as exc:
         raise SetupError(f"backend {backend.name!r} at {backend.url} is not reachable as an openEO backend: {exc}",
                          parameter="backends") from exc
@@ -138,7 +140,7 @@ def connect_backend(backend: BackendConfig, pool_size: int = 32) -> ManagedConne
                                     getattr(auth, "username", None))
     pacer = pacer_for(connection.account, backend.max_starts_per_minute, backend.max_concurrent_requests)
     use_pacing(connection, pacer, IDEMPOTENT_RETRY, pool_size)  # and patient retries for the run itself
-    connection.default_timeout = 60
+    connection.default_timeout = RUN.timeout
     return connection
 
 
