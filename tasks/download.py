@@ -14,10 +14,11 @@ from prefect.cache_policies import NO_CACHE
 from tasks.retry_policy import DOWNLOAD_RETRY_DELAYS
 from tasks.results.items import JOB_METADATA_ASSET, build_item, item_file, job_folder, summary
 from tasks.results.storage import ResultsRoot
-from tasks.connections import ManagedConnection, get_connection
+from tasks.connections import ManagedConnection
 from tasks.faults import UnexpectedResponse
 from tasks.openeo_calls import describe_job, fetch_error_logs
 from tasks.outcome import Outcome, Step, deliver
+from tasks.standalone import ConnectionSource, connection_for
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def _with_retries(what: str, call: Callable[[], Dict[str, Any]], delays: Sequenc
 @task(name="download-results", task_run_name="download-{label}", retries=0, cache_policy=NO_CACHE)
 def download_results(
     backend: str,
-    connection_key: str,
+    connection_key: ConnectionSource,
     jobs: List[Dict[str, Any]],
     root_dir: str,
     label: str,
@@ -119,7 +120,7 @@ def download_results(
     Assets already complete (right size) are not fetched again, so a retried or resumed download
     only fetches what is missing. Outcome rows: {row: {"assets", "bytes", "item"} or {"error"}}.
     """
-    connection = get_connection(connection_key)
+    connection = connection_for(connection_key, backend)
     results = each_job(jobs, "download", lambda job: fetch_job_results(
         connection, job["job_id"], root_dir, job.get("metadata"), job.get("footprint"), collection_id), retry_delays)
     return deliver(inbox, Outcome(Step.DOWNLOAD, backend, results))
@@ -177,7 +178,7 @@ def fetch_job_results(
 @task(name="save-error-logs", task_run_name="error-logs-{label}", retries=0, cache_policy=NO_CACHE)
 def save_error_logs(
     backend: str,
-    connection_key: str,
+    connection_key: ConnectionSource,
     jobs: List[Dict[str, Any]],
     root_dir: str,
     label: str,
@@ -186,7 +187,7 @@ def save_error_logs(
 ) -> Outcome:
     """Save each failed job's error logs as `job_<id>_errors.json` (`jobs`: [{"_row", "job_id"}]).
     Outcome rows: {row: {"error_message": its first error line, "log_entries": n} or {"error"}}."""
-    connection = get_connection(connection_key)
+    connection = connection_for(connection_key, backend)
     results = each_job(jobs, "error logs", lambda job: _save_logs(connection, job["job_id"], root_dir), retry_delays)
     return deliver(inbox, Outcome(Step.ERROR_LOGS, backend, results))
 
