@@ -16,25 +16,31 @@ from tests.flow_helpers import backend
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_run_whose_cycle_raises_still_sends_its_queued_events(sim, tmp_path, monkeypatch):
-    emitted, sending = [], threading.Event()
+    """The event of the last change is still being sent when the cycle raises: the run waits for it
+    before it tears down (a lost publisher would send it, if at all, after the teardown)."""
+    order, sending = [], threading.Event()
 
-    def slow_event(**event):  # the Prefect API is slow: the event is still queued when the cycle raises
+    def slow_event(**event):  # a slow Prefect API: well within the run's wait for it (5 s)
         sending.set()
         threading.Event().wait(1.0)
-        emitted.append(event["event"])
+        order.append(event["event"])
 
     def cycle_that_raises(self):
         self.on_change(0, CREATING, START_FAILED)
-        assert sending.wait(30)  # the publisher took the event up
+        assert sending.wait(300)  # the publisher took the event up (after the progress artifact)
         raise RuntimeError("the cycle broke")
+
+    def watch_for_cancel(stop, flow_run_id):
+        return lambda: order.append("teardown")  # the first thing the run does once the cycle is over
 
     monkeypatch.setattr("flows.run_loop.events.emit_event", slow_event)
     monkeypatch.setattr(run_jobs_module.Cycle, "run", cycle_that_raises)
+    monkeypatch.setattr(run_jobs_module, "watch_for_cancel", watch_for_cancel)
     db = tmp_path / "jobs.csv"
     JobDatabase.create(db, pd.DataFrame({"tile_id": ["A"]}))
     with pytest.raises(RuntimeError, match="the cycle broke"):
         run_jobs(job_db=str(db), backends=[backend("a", sim, 1)], start_job="flows.tiling.demo_callbacks:start_job")
-    assert emitted == [f"openeo.job.{START_FAILED}"]
+    assert order[:2] == [f"openeo.job.{START_FAILED}", "teardown"]
 
 
 @pytest.mark.usefixtures("prefect_harness")
