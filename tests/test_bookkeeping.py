@@ -4,7 +4,7 @@ import argparse
 import pytest
 
 from flows.rules import bookkeeping as bk
-from flows.console.cli import parse_backend
+from flows.config.backend_spec import parse_backend
 from jobdb.paths import JobDbPaths
 from tasks.outcome import Outcome, Step
 
