@@ -7,12 +7,11 @@ worker threads; the event loop only parses, routes and writes, and streams asset
 """
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
-from typing import AsyncIterator, List
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import List
 
-import anyio.to_thread
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request as HttpRequest
 from starlette.responses import Response
@@ -23,16 +22,13 @@ from simulator import discovery, job_routes, results
 from simulator.guard import Handler, guarded
 from simulator.messages import API_PREFIX, Request, Site, error_response
 
-# Requests handled at once. Held (gates) and slow (latency knobs) requests each keep a thread, as the
-# threads of a real backend's server would; threads are made only when needed.
-WORKER_THREADS = 1000
-
-
 class Endpoint:
     """One route: (method, template) -> handler, with whether it needs a login and is a control route."""
 
-    def __init__(self, site: Site, template: str, handler: Handler, auth: bool, control: bool):
-        self.site, self.template, self.handler, self.auth, self.control = site, template, handler, auth, control
+    def __init__(self, site: Site, workers: ThreadPoolExecutor, template: str, handler: Handler, auth: bool,
+                 control: bool):
+        self.site, self.workers, self.template = site, workers, template
+        self.handler, self.auth, self.control = handler, auth, control
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         http = HttpRequest(scope, receive)
@@ -42,7 +38,9 @@ class Endpoint:
             return
         req = Request(method=scope["method"], path=scope["path"], template=self.template, query=http.query_params,
                       headers=http.headers, body=body, params=dict(scope["path_params"]))
-        response, in_flight = await run_in_threadpool(guarded, self.site, req, self.handler, self.auth, self.control)
+        # A plain executor: ~130 µs of CPU per hand-off against ~185 µs for anyio's run_in_threadpool.
+        response, in_flight = await asyncio.get_running_loop().run_in_executor(
+            self.workers, guarded, self.site, req, self.handler, self.auth, self.control)
         state = self.site.state
         state.count_request(f"{req.method} {self.template} {response.status_code}")
         try:
@@ -53,13 +51,13 @@ class Endpoint:
                 state.quotas.leave(in_flight)
 
 
-def routes(site: Site) -> List[Route]:
+def routes(site: Site, workers: ThreadPoolExecutor) -> List[Route]:
     table: List[Route] = []
 
     def add(method: str, template: str, handler: Handler, api: bool = True, auth: bool = True,
             control: bool = False) -> None:
         path = (API_PREFIX + template) if api else template
-        table.append(Route(path or "/", Endpoint(site, template or "/", handler, auth, control), methods=[method]))
+        table.append(Route(path or "/", Endpoint(site, workers, template or "/", handler, auth, control), methods=[method]))
 
     add("GET", "/.well-known/openeo", discovery.well_known, api=False, auth=False)
     add("GET", "/", discovery.capabilities, auth=False)
@@ -90,7 +88,9 @@ def routes(site: Site) -> List[Route]:
     return table
 
 
-def build_app(site: Site) -> Starlette:
+def build_app(site: Site, workers: ThreadPoolExecutor) -> Starlette:
+    """The app; handlers run in `workers`, which needs a thread for every request that may be held at once
+    (gates, latency knobs), as a real backend's server has."""
     async def unmatched(request: HttpRequest, exc: HTTPException) -> Response:
         method, path = request.method, request.url.path
         site.state.count_request(f"{method} <unmatched> {exc.status_code}")
@@ -98,11 +98,6 @@ def build_app(site: Site) -> Starlette:
             return error_response(405, "MethodNotAllowed", f"Method {method} not allowed on {path}.")
         return error_response(404, "NotFound", f"Path {path} not found.")
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
-        yield
-
-    app = Starlette(routes=routes(site), exception_handlers={404: unmatched, 405: unmatched}, lifespan=lifespan)
+    app = Starlette(routes=routes(site, workers), exception_handlers={404: unmatched, 405: unmatched})
     app.router.redirect_slashes = False  # an unknown path is a 404, as before, not a redirect
     return app

@@ -5,6 +5,7 @@ import asyncio
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Tuple
 
 import uvicorn
@@ -19,6 +20,7 @@ from simulator.state import SimState
 # machine the kernel shares CPU per thread: one loop thread got ~1/load of a core and served 2-4x fewer
 # requests than four (bench/simulator_rps.py at load ~30); the GIL still runs one at a time.
 EVENT_LOOPS = 4
+WORKER_THREADS = 1000  # requests handled (or held at a gate) at once
 
 
 class _Server(uvicorn.Server):
@@ -67,7 +69,9 @@ class Simulator:
         self.port: int = self._socket.getsockname()[1]
         self.url: str = f"http://{host}:{self.port}"
         self.api_url: str = self.url + API_PREFIX + "/"
-        app = build_app(Site(self.state, self.url))
+        # Threads are made only when needed; held (gates) and slow (latency knobs) requests keep one each.
+        self._workers = ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix=f"sim-{self.port}")
+        app = build_app(Site(self.state, self.url), self._workers)
         self._servers = [_Server(uvicorn.Config(
             app,
             # httptools (C) parses HTTP at about half the CPU of h11 (bench/simulator_rps.py); "auto" falls
@@ -120,6 +124,7 @@ class Simulator:
             server.request_stop()
         for t in self._threads:
             t.join(timeout=10)
+        self._workers.shutdown(wait=False, cancel_futures=True)
         self._socket.close()
 
     def __enter__(self) -> "Simulator":
