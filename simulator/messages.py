@@ -5,12 +5,10 @@ import json
 import math
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from starlette.responses import JSONResponse
 
-if TYPE_CHECKING:
-    from simulator.state import SimState
 
 API_PREFIX = "/openeo/1.2"
 
@@ -74,7 +72,7 @@ class Request:
 @dataclass
 class Site:
     """What handlers get besides the request: the backend's state and where this server answers."""
-    state: "SimState"
+    state: Any  # the simulator's SimState (simulator/state.py imports this module, not the other way)
     root_url: str  # http://host:port
 
     @property
