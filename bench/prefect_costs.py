@@ -10,9 +10,10 @@ interpreter, e.g. a venv with another Prefect version: the children import Prefe
 - tasks: N trivial task runs submitted on a ThreadPoolTaskRunner in one flow: wall and CPU per
   task run (flow process and its ephemeral server), and how long until the server has recorded
   every one of them as Completed.
-- tags: start-like task runs (0.1 s body), untagged vs tagged vs tagged with a tag concurrency
-  limit (1000, never reached): extra worker time per task run beyond its body, and the delay
-  from submit to the body starting (the lease), less the queueing for a free worker.
+- tags: start-like task runs (0.1 s body), untagged vs one tag vs the flow's three tags
+  (`openeo`, `openeo-backend:…`, `openeo-account:…`), no limit on any, vs tagged with a tag
+  concurrency limit (1000, never reached): extra worker time per task run beyond its body, and
+  the delay from submit to the body starting (the lease), less the queueing for a free worker.
 - demo (project code, this interpreter): wall time of `python -m flows.run_jobs --demo`.
 The slot ledger and the two-run scenario are in bench/slots.py.
 """
@@ -161,7 +162,9 @@ def child_tags(n: int, workers: int, body_s: float) -> Dict[str, Any]:
         client.create_concurrency_limit(tag=tag_limited, concurrency_limit=1000)  # never the bottleneck
     out: Dict[str, Any] = {"n": n, "workers": workers, "body_s": body_s, "empty_flow_s": empty_flow,
                            "ideal_wall_s": -(-n // workers) * body_s}
-    for mode, tags in (("untagged", []), ("tagged_no_limit", [tag_free]), ("tagged_with_limit", [tag_limited])):
+    flow_like = ["openeo", f"openeo-backend:{tag_free}", f"openeo-account:127.0.0.1:8000/{tag_free}"]  # as flows/config/limits.py
+    for mode, tags in (("untagged", []), ("tagged_no_limit", [tag_free]), ("three_tags_no_limit", flow_like),
+                       ("tagged_with_limit", [tag_limited])):
         t0 = time.perf_counter()
         delays = starts(tags, n)
         wall = time.perf_counter() - t0
@@ -326,7 +329,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 report["tags"].append(r)
                 print(f"  workers {workers}, {args.tag_tasks} task runs, ideal {r.get('ideal_wall_s')} s, "
                       f"load {r['load_before']}" + (f": {r['error']}" if "error" in r else ""), flush=True)
-                for mode in ("untagged", "tagged_no_limit", "tagged_with_limit"):
+                for mode in ("untagged", "tagged_no_limit", "three_tags_no_limit", "tagged_with_limit"):
                     if mode in r:
                         print(f"    {mode}: {fmt(r[mode])}", flush=True)
     finally:

@@ -212,9 +212,10 @@ def test_many_waiting_rows_start_in_batches(tmp_path):
     assert_results_complete(tmp_path, pd.read_parquet(db), asset_size=2048)
 
 
-def test_start_tasks_take_no_server_lease(tmp_path, prefect_harness):
-    """max_parallel_starts caps start tasks inside the run: no task run is tagged, so none takes a
-    Prefect concurrency lease that a killed run could strand."""
+def test_max_parallel_starts_is_the_schedulers_not_a_tag_limit(tmp_path, prefect_harness):
+    """max_parallel_starts caps start tasks inside the run: the task runs carry only the openeo tags
+    (flows/config/limits.py), on which no limit exists, so none takes a Prefect concurrency lease that a
+    killed run could strand."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
@@ -230,4 +231,5 @@ def test_start_tasks_take_no_server_lease(tmp_path, prefect_harness):
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="start-")))
     mine = [r for r in runs if r.name.endswith("@capped")]
-    assert mine and not any(r.tags for r in mine)
+    assert mine and all(set(r.tags) == {"openeo", "openeo-backend:capped", f"openeo-account:127.0.0.1:{sim.port}~alice"}
+                        for r in mine)
