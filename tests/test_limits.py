@@ -150,8 +150,10 @@ def test_lowering_and_raising_parallel_jobs_while_the_campaign_runs(tmp_path):
     """Every step waits for an observed event (a held start request, the run's log line, the job
     DB, the simulator's counters), never for a time: the machine's speed changes no outcome."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from flows.run_jobs import run_jobs
+    from jobdb import JobDbPaths
 
     name = f"lim{uuid.uuid4().hex[:6]}"
     variable = variable_name("parallel_jobs", name)
@@ -225,6 +227,13 @@ def test_lowering_and_raising_parallel_jobs_while_the_campaign_runs(tmp_path):
     assert (df["status"] == "finished").all()
     stats = state.result()
     assert stats["limits"][name]["parallel_jobs"] == {"value": 3.0, "source": f"variable {variable}"}
+    # the progress artifacts show the limit in force and where it came from
+    with get_client(sync_client=True) as client:
+        progress = {kind: client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[JobDbPaths.of(str(db)).artifact_key(kind)])))[-1]
+            for kind in ("progress", "progress-table")}
+    shown = f"parallel_jobs 3 (variable {variable})"
+    assert shown in progress["progress"].description and shown in progress["progress-table"].data
     # tags read back through the Prefect API, once its server has recorded the task runs
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
