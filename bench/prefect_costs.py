@@ -241,6 +241,7 @@ def run_child(python: str, what: str, home: Path, params: Dict[str, Any], timeou
            "PREFECT_LOGGING_LEVEL": "WARNING"}
     # a loaded machine starts the ephemeral server slower than Prefect's default allowance (20 s)
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+    env.setdefault("PREFECT_API_REQUEST_TIMEOUT", "300")  # and answers slower than the client's 60 s
     env.pop("PREFECT_API_URL", None)
     t0, load0 = time.perf_counter(), load()
     proc = subprocess.run([python, str(Path(__file__).resolve()), "--child", what, str(out), json.dumps(params)],

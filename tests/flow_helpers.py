@@ -136,3 +136,13 @@ def recorded_task_runs(flow_run_id, name_like: str, until: Callable[[List], bool
                 return runs
             assert time.monotonic() < deadline, f"Prefect never recorded {what}: {[(r.name, r.state_type) for r in runs]}"
             time.sleep(0.2)  # the server's recorder runs in another process: nothing to wait on but its answer
+
+
+def most_at_once(intervals) -> int:
+    """The most (start, end) intervals that overlap at one moment."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, step in events:  # at equal times an end (-1) sorts first: touching intervals do not overlap
+        running += step
+        peak = max(peak, running)
+    return peak

@@ -19,21 +19,12 @@ import pytest
 
 from flows.console.local_server import local_prefect_server
 from simulator import start_simulator
-from tests.flow_helpers import PASSWORD_ENV, backend, fast_config, make_db, recorded_task_runs
+from tests.flow_helpers import PASSWORD_ENV, backend, fast_config, make_db, most_at_once, recorded_task_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 # A fresh PREFECT_HOME migrates its database first: ~10 s idle, 90 s seen on these 2 cores at load 15.
 SERVER_START_TIMEOUT = 240.0
 LEASE_SECONDS = 60  # what Prefect 3.9.1's task engine asks for a tagged task run (no setting changes it)
-
-
-def most_at_once(intervals) -> int:
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    running = peak = 0
-    for _, step in events:  # at equal times an end (-1) sorts first: touching intervals do not overlap
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 @pytest.mark.usefixtures("prefect_harness")
