@@ -10,9 +10,11 @@ interpreter, e.g. a venv with another Prefect version: the children import Prefe
 - tasks: N trivial task runs submitted on a ThreadPoolTaskRunner in one flow: wall and CPU per
   task run (flow process and its ephemeral server), and how long until the server has recorded
   every one of them as Completed.
-- tags: start-like task runs (0.1 s body), untagged vs tagged vs tagged with a tag concurrency
-  limit (1000, never reached): extra worker time per task run beyond its body, and the delay
-  from submit to the body starting (the lease), less the queueing for a free worker.
+- tags: start-like task runs (0.1 s body), untagged vs one tag vs the flow's three tags
+  (`openeo`, `openeo-backend:…`, `openeo-account:…`), no limit on any, vs tagged with a tag
+  concurrency limit (1000, never reached), `--tag-rounds` times each in rotated order: median
+  wall time, the delay from submit to the body starting less the queueing for a free worker,
+  and the time inside the task engine's slot call for the run's tags.
 - demo (project code, this interpreter): wall time of `python -m flows.run_jobs --demo`.
 The slot ledger and the two-run scenario are in bench/slots.py.
 """
@@ -133,12 +135,50 @@ def child_tasks(n: int, workers: int, settle: float) -> Dict[str, Any]:
     return out
 
 
-def child_tags(n: int, workers: int, body_s: float) -> Dict[str, Any]:
+TAG_MODES = ("untagged", "tagged_no_limit", "three_tags_no_limit", "tagged_with_limit")
+
+
+def child_tags(n: int, workers: int, body_s: float, rounds: int = 3) -> Dict[str, Any]:
+    """Each mode `rounds` times, in a rotated order (no mode always first or last); per mode the
+    median wall time, the delay submit -> body, and the time the task engine spent in its slot
+    call for the run's tags (`prefect.task_engine._concurrency`, entered before the body)."""
+    import contextlib
+    import statistics
+    import threading
     import uuid
 
+    import prefect.task_engine as engine
     from prefect import flow, task
     from prefect.client.orchestration import get_client
     from prefect.task_runners import ThreadPoolTaskRunner
+
+    slot_calls: List[float] = []
+    lock = threading.Lock()
+    original = engine._concurrency
+
+    @contextlib.contextmanager
+    def timed_concurrency(*args, **kwargs):
+        t0 = time.perf_counter()
+        with original(*args, **kwargs):
+            with lock:
+                slot_calls.append(time.perf_counter() - t0)
+            yield
+
+    engine._concurrency = timed_concurrency
+    # the slot requests that reach the server (Prefect caches "no limit on these tags" for 5 s)
+    from prefect.client.orchestration._concurrency_limits.client import ConcurrencyLimitAsyncClient
+
+    slot_requests: List[float] = []
+    increment = ConcurrencyLimitAsyncClient.increment_concurrency_slots_with_lease
+
+    async def counted_increment(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return await increment(self, *args, **kwargs)
+        finally:
+            slot_requests.append(time.perf_counter() - t0)
+
+    ConcurrencyLimitAsyncClient.increment_concurrency_slots_with_lease = counted_increment
 
     @task
     def start_like(submitted: float) -> float:
@@ -159,17 +199,28 @@ def child_tags(n: int, workers: int, body_s: float) -> Dict[str, Any]:
     tag_free, tag_limited = f"bench-free-{uuid.uuid4().hex[:6]}", f"bench-limit-{uuid.uuid4().hex[:6]}"
     with get_client(sync_client=True) as client:
         client.create_concurrency_limit(tag=tag_limited, concurrency_limit=1000)  # never the bottleneck
-    out: Dict[str, Any] = {"n": n, "workers": workers, "body_s": body_s, "empty_flow_s": empty_flow,
+    # as flows/config/limits.py task_tags: openeo, the backend, the account (origin~user)
+    flow_like = ["openeo", f"openeo-backend:{tag_free}", f"openeo-account:127.0.0.1:8000~{tag_free}"]
+    tags_of = {"untagged": [], "tagged_no_limit": [tag_free], "three_tags_no_limit": flow_like,
+               "tagged_with_limit": [tag_limited]}
+    samples: Dict[str, List[Dict[str, float]]] = {mode: [] for mode in TAG_MODES}
+    for r in range(rounds):
+        for mode in TAG_MODES[r % len(TAG_MODES):] + TAG_MODES[:r % len(TAG_MODES)]:
+            del slot_calls[:], slot_requests[:]
+            t0 = time.perf_counter()
+            delays = starts(tags_of[mode], n)
+            wall = time.perf_counter() - t0
+            # delay submit -> body for a task that had a free worker: subtract the queueing for workers
+            queued = [max(0.0, d - (i // workers) * body_s) for i, d in enumerate(delays)]
+            samples[mode].append({"wall_s": wall, "submit_to_body_mean_ms": 1000 * sum(queued) / n,
+                                  "slot_call_mean_ms": 1000 * statistics.mean(slot_calls) if slot_calls else 0.0,
+                                  "slot_requests": len(slot_requests),
+                                  "slot_request_mean_ms": 1000 * statistics.mean(slot_requests) if slot_requests else 0.0})
+    out: Dict[str, Any] = {"n": n, "workers": workers, "body_s": body_s, "rounds": rounds, "empty_flow_s": empty_flow,
                            "ideal_wall_s": -(-n // workers) * body_s}
-    for mode, tags in (("untagged", []), ("tagged_no_limit", [tag_free]), ("tagged_with_limit", [tag_limited])):
-        t0 = time.perf_counter()
-        delays = starts(tags, n)
-        wall = time.perf_counter() - t0
-        # delay submit -> body for a task that had a free worker: subtract the queueing for workers
-        queued = [max(0.0, d - (i // workers) * body_s) for i, d in enumerate(delays)]
-        # time a worker spends per task run beyond its body (the flow run's own overhead taken out)
-        out[mode] = {"wall_s": wall, "extra_per_task_ms": 1000 * (wall - empty_flow - out["ideal_wall_s"]) * workers / n,
-                     "submit_to_body_mean_ms": 1000 * sum(queued) / n, "submit_to_body_max_ms": 1000 * max(queued)}
+    for mode, runs in samples.items():
+        out[mode] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        out[mode]["wall_s_all"] = [round(run["wall_s"], 2) for run in runs]
     return out
 
 
@@ -188,6 +239,9 @@ def run_child(python: str, what: str, home: Path, params: Dict[str, Any], timeou
     out = Path(tempfile.mkstemp(prefix=f"costs-{what}-", suffix=".json")[1])
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_LOGGING_LEVEL": "WARNING"}
+    # a loaded machine starts the ephemeral server slower than Prefect's default allowance (20 s)
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+    env.setdefault("PREFECT_API_REQUEST_TIMEOUT", "300")  # and answers slower than the client's 60 s
     env.pop("PREFECT_API_URL", None)
     t0, load0 = time.perf_counter(), load()
     proc = subprocess.run([python, str(Path(__file__).resolve()), "--child", what, str(out), json.dumps(params)],
@@ -298,6 +352,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="ThreadPoolTaskRunner workers (tasks)")
     parser.add_argument("--tag-tasks", type=int, default=40)
     parser.add_argument("--tag-workers", type=int, nargs="+", default=[5, 20])
+    parser.add_argument("--tag-rounds", type=int, default=3, help="rounds of each tag mode, in rotated order (tags)")
     parser.add_argument("--demo-root", default=str(ROOT), help="checkout whose --demo to time")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
@@ -322,11 +377,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("tags:", flush=True)
             report["tags"] = []
             for workers in args.tag_workers:
-                r = run_child(args.python, "tags", warm_home, {"n": args.tag_tasks, "workers": workers, "body_s": 0.1})
+                r = run_child(args.python, "tags", warm_home, {"n": args.tag_tasks, "workers": workers, "body_s": 0.1,
+                                                               "rounds": args.tag_rounds}, timeout=1800)
                 report["tags"].append(r)
                 print(f"  workers {workers}, {args.tag_tasks} task runs, ideal {r.get('ideal_wall_s')} s, "
                       f"load {r['load_before']}" + (f": {r['error']}" if "error" in r else ""), flush=True)
-                for mode in ("untagged", "tagged_no_limit", "tagged_with_limit"):
+                for mode in TAG_MODES:
                     if mode in r:
                         print(f"    {mode}: {fmt(r[mode])}", flush=True)
     finally:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scale.py [--rows 10000] [--db-rows 100000] [--json out.json]
                                      [--skip-flow] [--skip-db] [--no-download] [--root CHECKOUT]
-                                     [--profile FILE] [--without-job-events]
+                                     [--profile FILE] [--without-job-events] [--without-tags]
 
 1. Flow: `--rows` rows over 2 simulated backends (fast jobs: queue 0.1 s, run 0.3 s, one 1 KiB
    asset), parallel_jobs 200 per backend, poll every 1 s, run to completion in a child process
@@ -12,7 +12,8 @@
    by final state, polled until all are final (the ephemeral server can fall behind).
    `--root` runs another checkout's flow (e.g. `git worktree add /tmp/before <commit>`);
    diagnostics: `--profile` (cProfile of the flow thread), `--without-job-events` (the per-status
-   Prefect events patched out, to see what they cost).
+   Prefect events patched out, to see what they cost), `--without-tags` (task runs without the
+   openeo tags of flows/config/limits.py: what a tag with no limit costs).
 2. Job DB: `--db-rows` rows: load, select-by-status, apply_updates of 1 000 rows, persist, for
    Parquet and CSV (and one openeo-manager-style persist of one row, which rewrites the file).
 """
@@ -111,6 +112,8 @@ def child_flow(spec: Dict[str, Any], out: Path) -> None:
 
     if spec.get("without_job_events") and hasattr(rj, "emit_job_event"):
         rj.emit_job_event = lambda *args, **kwargs: None  # diagnostic: what the per-change events cost
+    if spec.get("without_tags") and hasattr(rj, "task_tags"):
+        rj.task_tags = lambda *args: ()  # diagnostic: what the tags (no limit on them) cost
     timer = Timer()
     for module_name, class_name, attribute, label in PHASES:
         try:
@@ -232,7 +235,7 @@ def run_flow_bench(args: argparse.Namespace) -> Dict[str, Any]:
     sims = [start_simulator(SimulatorConfig(**SIM)) for _ in range(2)]
     workdir = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.workdir))
     spec = {"rows": args.rows, "workdir": str(workdir), "password": sims[0].config.password, "root": args.root,
-            "without_job_events": args.without_job_events, "profile": args.profile,
+            "without_job_events": args.without_job_events, "without_tags": args.without_tags, "profile": args.profile,
             "start_workers": args.start_workers, "download": not args.no_download,
             "backends": [{"name": f"b{i}", "url": s.url, "parallel_jobs": args.parallel_jobs} for i, s in enumerate(sims)]}
     (workdir / "spec.json").write_text(json.dumps(spec))
@@ -450,6 +453,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--profile", help="diagnostic: cProfile the flow thread, top functions by own time to this file")
     parser.add_argument("--without-job-events", action="store_true",
                         help="diagnostic: the flow emits no Prefect event per job status change (patched out)")
+    parser.add_argument("--without-tags", action="store_true",
+                        help="diagnostic: task runs carry no tags (flows/config/limits.py task_tags patched out)")
     args = parser.parse_args(argv)
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench-scale-")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,10 @@ against a local simulator, screenshot the flow run page with headless Chromium.
     # writes flow_run.png, runs.png, artifacts.png, flow_run_artifacts.png and summary.png (the
     # summary artifact: failures and the tile map, embedded as a data: image)
     python bench/ui_check.py --out /tmp/ui_check --mid-run   # + progress_mid_run.png, failed_run.png
+    python bench/ui_check.py --out /tmp/ui_check --operator-limits
+    # also: a Variable openeo-parallel-jobs-sim = 2 and a task run concurrency limit on
+    # openeo-backend:sim (3) before the run; writes concurrency.png, concurrency_task_run.png,
+    # variables.png and progress.png (the progress artifact with the limits in force)
 
 Needs the Debian `chromium` package. Everything listens on 127.0.0.1 only and is stopped at the end.
 """
@@ -97,6 +101,7 @@ def main() -> int:
     parser.add_argument("--mid-run", action="store_true",
                         help="also progress_mid_run.png (the progress table artifact of a run going on) and "
                              "failed_run.png (the page of a run that ended Failed)")
+    parser.add_argument("--operator-limits", action="store_true", help="an override Variable and a tag limit too")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,6 +132,13 @@ def main() -> int:
         db = work / "ui_demo.parquet"
         tile_area(aoi={"west": 4.0, "south": 50.5, "east": 4.1, "north": 50.55}, tile_size=4_000, job_db=str(db),
                   years=[2023, 2024])
+        if args.operator_limits:
+            from prefect.client.orchestration import get_client
+            from prefect.variables import Variable
+
+            Variable.set("openeo-parallel-jobs-sim", 2, overwrite=True)
+            with get_client(sync_client=True) as client:
+                client.create_concurrency_limit(tag="openeo-backend:sim", concurrency_limit=3)
         t0 = time.monotonic()
         state = run_jobs(job_db=str(db), backends=[backend("sim", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",
                          poll_interval_seconds=0.5, return_state=True)
@@ -136,6 +148,13 @@ def main() -> int:
         pages = [("flow_run", f"{ui}/runs/flow-run/{flow_run_id}"), ("runs", f"{ui}/runs"),
                  ("artifacts", f"{ui}/artifacts"),
                  ("flow_run_artifacts", f"{ui}/runs/flow-run/{flow_run_id}?tab=Artifacts")]
+        if args.operator_limits:
+            pages += [("concurrency", f"{ui}/concurrency-limits"),
+                      ("concurrency_task_run", f"{ui}/concurrency-limits?tab=Task+Run"),
+                      ("variables", f"{ui}/variables")]
+            progress = summary_artifact(str(db), "progress")
+            if progress is not None:
+                pages.append(("progress", f"{ui}/artifacts/artifact/{progress.id}"))
         summary = summary_artifact(str(db))
         if summary is not None:  # the markdown summary with the tile map embedded as a data: image
             pages.append(("summary", f"{ui}/artifacts/artifact/{summary.id}"))

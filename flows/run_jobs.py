@@ -17,7 +17,7 @@ if __name__ == "__main__":  # `python -m flows.run_jobs`: the package's command 
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from prefect import flow, get_run_logger
@@ -29,6 +29,7 @@ from tasks.results.run_results import RunResults
 from tasks.accounts.slots import AccountSlots
 from flows.run_loop.background import BackgroundPublisher
 from flows.config.blocks import resolve_backend
+from flows.config.limits import FIRST_READ_SECONDS, LimitOverrides, campaign_tags, pace_starts, tag_flow_run, task_tags
 from flows.run_loop.cycle import Cycle, CycleEnd, CycleOptions
 from flows.run_loop.interrupts import StopSignal, catch_interrupts, watch_for_cancel
 from flows.run_loop.outcomes import RunOutcome
@@ -91,6 +92,7 @@ class PreparedRun:
     creator: Callable[..., Any]
     root_dir: str  # a local folder or an fsspec URL (s3://bucket/prefix)
     hooks: Dict[str, str]  # "done" / "error" -> import path
+    limit_sources: Dict[str, str] = field(default_factory=dict)  # backend -> "parameter" / "block <name>"
 
 
 @flow(name="run-jobs", task_runner=ThreadPoolTaskRunner(max_workers=FLOW_TASK_WORKERS), log_prints=True,
@@ -161,6 +163,9 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
     restore_start_turns = share_start_turns(run)
     publisher = BackgroundPublisher(logger)
     progress = publisher.call(lambda: ProgressReport(run.store.path))
+    if flow_run_id:
+        campaign = getattr(run.store, "campaign", None) or run.store.path.stem
+        publisher.call(lambda: tag_flow_run(flow_run_id, campaign_tags(campaign)))
     display = current_display(logger)
 
     def on_progress(snapshot) -> None:
@@ -168,7 +173,8 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
         down = {n: since for n, c in run.connections.items() if (since := c.health.down_since()) is not None}
         display.waiting_for_slots(slots.waiting_by_backend())
         display.update(by_backend, snapshot.rows, elapsed, down)
-        publisher.submit("progress", lambda: progress.result().update(by_backend, snapshot.rows, elapsed, down))
+        limits = overrides.describe()
+        publisher.submit("progress", lambda: progress.result().update(by_backend, snapshot.rows, elapsed, down, limits))
 
     stop = StopSignal()
     end_cancel_watch = watch_for_cancel(stop, flow_run_id)
@@ -198,13 +204,19 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
         run.store.retry_failed_hooks()  # a hook fixed since the last run runs again where it failed
     results = RunResults(run.root_dir, run.store.dataframe, run.store.row, str(run.store.path), logger)
     results.start()
+    overrides = LimitOverrides(run.backends, run.limit_sources, params.poll_interval_seconds, logger,
+                               on_rate=pace_starts(run.connections))
     try:
         with ThreadPoolTaskRunner(max_workers=max_start_workers) as start_runner, catch_interrupts(stop):
             dispatcher = Dispatcher(keys, run.creator, run.root_dir, start_runner, max_start_workers,
                                     FLOW_TASK_WORKERS, run.store.row, run.store.label, TOKEN_REFRESH_SECONDS,
-                                    hooks=run.hooks, footprint=results.footprint, collection_id=results.collection_id)
+                                    hooks=run.hooks, footprint=results.footprint, collection_id=results.collection_id,
+                                    tags={n: task_tags(n, c.account) for n, c in run.connections.items()})
+            overrides.on_change = dispatcher.wake  # a changed limit: decide again now
+            overrides.wait_first_read(FIRST_READ_SECONDS)  # a campaign resumed under an override obeys it at once
             cycle = Cycle(run.store, policies, dispatcher, options, logger, slots=slots, stop=stop,
-                          on_progress=on_progress, on_change=on_change, on_downloaded=results.on_downloaded)
+                          on_progress=on_progress, on_change=on_change, on_downloaded=results.on_downloaded,
+                          limits=overrides.policies)
             try:
                 end = cycle.run()
             finally:
@@ -216,6 +228,7 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
         publisher.close(timeout=CRASHED_API_WAIT_SECONDS)  # the events of the last changes still go out
         raise
     finally:
+        overrides.close()
         end_cancel_watch()
         slots.close()
         restore_start_turns()
@@ -226,6 +239,7 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
             connection.health.listen(None)
     stats = build_stats(run, end, dispatcher.counters, t0)
     stats.update(results.where())
+    stats["limits"] = overrides.as_stats()
     interrupted = end.reason == "interrupted"
     if not interrupted:  # an interrupted run ends in seconds; the next run draws the map
         stats["tile_map"] = write_tile_map(run.store.dataframe(), run.store.path, maps_root=run.root_dir)
@@ -334,6 +348,7 @@ def prepare(
         except ValueError as exc:
             raise SetupError(f"on_job_{kind}: {exc}", parameter=f"on_job_{kind}") from None
     configs = [resolve_backend(b) for b in backends]
+    limit_sources = {c.name: f"block {b}" if isinstance(b, str) else "parameter" for b, c in zip(backends, configs)}
     check_unique_names(configs)
     if (start_job is None) == (process is None):
         raise SetupError("give exactly one of start_job (an import path) or process (a process-based creator)",
@@ -356,7 +371,7 @@ def prepare(
         check_writable(results_root)
     except StorageBlockError as exc:
         raise SetupError(str(exc), parameter="root_dir") from None
-    return PreparedRun(store, {b.name: b for b in configs}, connections, creator, results_root, hooks)
+    return PreparedRun(store, {b.name: b for b in configs}, connections, creator, results_root, hooks, limit_sources)
 
 
 # --- results -------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ import http.server
 import json
 import os
 import threading
+import time
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List
 
 import pandas as pd
 
@@ -113,3 +114,35 @@ def serve_json(document: dict) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def recorded_task_runs(flow_run_id, name_like: str, until: Callable[[List], bool], what: str,
+                       timeout: float = 120.0) -> List:
+    """The task runs of a flow run whose name contains `name_like`, once `until(runs)` holds.
+
+    Prefect 3's server records task runs from the engine's events, a little after they happen (more
+    than a little on a loaded machine): a test reading them right after the flow returned may find
+    some missing or not yet Completed. It waits for the records it needs; the timeout only guards
+    against a hang."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                         task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name_like)))
+            if until(runs):
+                return runs
+            assert time.monotonic() < deadline, f"Prefect never recorded {what}: {[(r.name, r.state_type) for r in runs]}"
+            time.sleep(0.2)  # the server's recorder runs in another process: nothing to wait on but its answer
+
+
+def most_at_once(intervals) -> int:
+    """The most (start, end) intervals that overlap at one moment."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, step in events:  # at equal times an end (-1) sorts first: touching intervals do not overlap
+        running += step
+        peak = max(peak, running)
+    return peak

@@ -19,6 +19,8 @@ from tests.flow_helpers import (
     backend,
     make_db,
     manager_requests_per_job,
+    most_at_once,
+    recorded_task_runs,
     started_simulators,
     serve_json,
     UDP_DEFINITION,
@@ -212,22 +214,25 @@ def test_many_waiting_rows_start_in_batches(tmp_path):
     assert_results_complete(tmp_path, pd.read_parquet(db), asset_size=2048)
 
 
-def test_start_tasks_take_no_server_lease(tmp_path, prefect_harness):
-    """max_parallel_starts caps start tasks inside the run: no task run is tagged, so none takes a
-    Prefect concurrency lease that a killed run could strand."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
-
+def test_max_parallel_starts_is_the_schedulers_not_a_tag_limit(tmp_path, prefect_harness):
+    """max_parallel_starts caps start tasks inside the run: the task runs carry only the openeo tags
+    (flows/config/limits.py), on which no limit exists, so none takes a Prefect concurrency lease that a
+    killed run could strand."""
     (sim,) = started_simulators(1)
     try:
         db = make_db(tmp_path / "jobs.parquet", 24)
         config = {**backend("capped", sim, 24), "max_parallel_starts": 4}
-        stats = run_jobs(job_db=str(db), backends=[config], start_job="flows.tiling.demo_callbacks:start_job",
-                         max_start_workers=2, poll_interval_seconds=0.5)
+        state = run_jobs(job_db=str(db), backends=[config], start_job="flows.tiling.demo_callbacks:start_job",
+                         max_start_workers=2, poll_interval_seconds=0.5, return_state=True)
     finally:
         sim.stop()
+    stats = state.result()
     assert stats["status"] == {"finished": 24}
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="start-")))
-    mine = [r for r in runs if r.name.endswith("@capped")]
-    assert mine and not any(r.tags for r in mine)
+    mine = recorded_task_runs(state.state_details.flow_run_id, "@capped",
+                              lambda runs: len(runs) >= stats["start_tasks"] and all(r.end_time for r in runs),
+                              "every start task run, ended")
+    assert all(set(r.tags) == {"openeo", "openeo-backend:capped", f"openeo-account:127.0.0.1:{sim.port}~alice"}
+               for r in mine)
+    # the start task runner is Prefect's ThreadPoolTaskRunner sized by max_start_workers: a task run
+    # is Running -> Completed inside its worker, so at most 2 of those intervals overlap
+    assert most_at_once([(r.start_time, r.end_time) for r in mine]) <= 2

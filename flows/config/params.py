@@ -113,7 +113,8 @@ class BackendSettings(BaseModel):
         None,
         ge=1,
         description="Start tasks of this backend in flight at once in this run; the scheduler holds back the "
-        "rest (no Prefect tag concurrency limit). Off by default: only max_start_workers bounds them",
+        "rest (no Prefect tag concurrency limit). Off by default: only max_start_workers bounds them. Prefect "
+        "Variable openeo-max-parallel-starts-<name> overrides it while the run goes on",
     )
     max_starts_per_minute: Optional[float] = Field(
         None,

@@ -23,6 +23,21 @@ import time
 from typing import Iterator, Optional
 
 STARTUP_TIMEOUT_SECONDS = 300.0  # a fresh PREFECT_HOME on a loaded machine took 106 s (migrations)
+# Leases of Prefect concurrency limits (an operator's tag limit on `openeo-backend:<name>`) kept
+# in files under PREFECT_HOME instead of the server's memory: they survive a server restart and
+# the server's repossessor frees them when they expire (60 s after a killed run stopped renewing).
+# In memory, a restart forgets the lease but not the slot it holds: the slot stays taken for good.
+LEASE_STORAGE_SETTING = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
+FILE_LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+
+
+def server_env(environ: Optional[dict] = None) -> dict:
+    """The environment of the CLI's own server: no analytics, leases on disk (unless set otherwise,
+    e.g. to prefect-redis's lease storage)."""
+    env = dict(os.environ if environ is None else environ)
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault(LEASE_STORAGE_SETTING, FILE_LEASE_STORAGE)
+    return env
 
 
 def free_port() -> int:
@@ -56,8 +71,7 @@ class LocalServer:
 
     def __init__(self) -> None:
         self.port = free_port()
-        env = {**os.environ,
-               "PREFECT_SERVER_ANALYTICS_ENABLED": os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED", "false")}
+        env = server_env()
         self.watchdog = subprocess.Popen(
             [sys.executable, "-m", "flows.console.local_server", str(self.port)],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -106,7 +120,7 @@ def _watch(port: int) -> int:
         ended.set()
 
     # The UI in a browser calls the API at PREFECT_UI_API_URL, which defaults to port 4200, not --port.
-    env = {**os.environ, "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
+    env = {**server_env(), "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
 
     def start() -> subprocess.Popen:
         return subprocess.Popen(

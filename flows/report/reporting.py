@@ -73,19 +73,21 @@ class ProgressReport:
         self._last_sent = 0.0
 
     def update(self, by_backend: Mapping[str, Mapping[str, int]], rows: int, elapsed_seconds: float,
-               down: Optional[Mapping[str, float]] = None) -> None:
-        """`by_backend`: {backend: {status: n}}; `down`: {backend: epoch seconds since it is not answering}."""
+               down: Optional[Mapping[str, float]] = None, limits: Optional[str] = None) -> None:
+        """`by_backend`: {backend: {status: n}}; `down`: {backend: epoch seconds since it is not answering};
+        `limits`: the limits in force and where each comes from (flows/config/limits.py), shown under both."""
         counts = totals(by_backend)
         terminal = sum(n for s, n in counts.items() if s in TERMINAL_STATUSES)
         self.rates.add(elapsed_seconds, terminal)
-        state = (sorted((b, sorted(c.items())) for b, c in by_backend.items()), sorted((down or {}).items()))
+        state = (sorted((b, sorted(c.items())) for b, c in by_backend.items()), sorted((down or {}).items()), limits)
         now = time.monotonic()
         if state == self._last and now - self._last_sent < self.refresh_seconds:
             return
         glance = self.glance(counts, rows, elapsed_seconds, down or {})
+        in_force = f"\n\nLimits in force:\n\n```\n{limits}\n```" if limits else ""
         update_progress_artifact(artifact_id=self._artifact_id, progress=round(100.0 * terminal / rows, 1)
-                                 if rows else 100.0, description=glance)
-        markdown = progress_markdown(self._name, by_backend, rows, glance, down or {})
+                                 if rows else 100.0, description=glance + in_force)
+        markdown = progress_markdown(self._name, by_backend, rows, glance, down or {}) + in_force
         with get_client(sync_client=True) as client:
             client.update_artifact(artifact_id=self._table_id, artifact=ArtifactUpdate(data=markdown))
         self._last, self._last_sent = state, now
@@ -171,6 +173,13 @@ def summary_markdown(stats: Mapping[str, Any], failures: List[Dict[str, Any]]) -
             )
         if len(failures) > FAILURES_IN_SUMMARY:
             lines.append(f"\n… and {len(failures) - FAILURES_IN_SUMMARY} more")
+    limits = stats.get("limits") or {}
+    if limits:
+        lines += ["", "## Limits in force at the end", "", "| backend | limit | value | from |", "|---|---|---|---|"]
+        for backend, knobs in sorted(limits.items()):
+            for knob, limit in knobs.items():
+                value = "off" if limit["value"] is None else f"{limit['value']:g}"
+                lines.append(f"| {backend} | {knob} | {value} | {limit['source']} |")
     return "\n".join(lines)
 
 

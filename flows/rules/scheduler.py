@@ -126,8 +126,8 @@ def start_capacity(situation: Situation, in_flight: InFlight) -> Dict[str, int]:
     """How many more start tasks each backend may have in flight (None = unbounded -> large)."""
     capacity = {}
     for name, policy in situation.backends.items():
-        if not situation.starting_allowed or not policy.accepting:
-            capacity[name] = 0
+        if not situation.starting_allowed or not policy.accepting or policy.parallel_jobs <= 0:
+            capacity[name] = 0  # parallel_jobs 0 (an operator's override): no start at all, not even of created jobs
         elif policy.max_parallel_starts is None:
             capacity[name] = 1 << 30
         else:

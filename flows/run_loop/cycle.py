@@ -67,6 +67,7 @@ class Cycle:
         on_progress: Optional[Callable[[Snapshot], None]] = None,
         on_change: Optional[Callable[[int, str, str], None]] = None,
         on_downloaded: Optional[Callable[[Dict[int, Mapping[str, Any]]], None]] = None,
+        limits: Optional[Callable[[Mapping[str, BackendPolicy]], Mapping[str, BackendPolicy]]] = None,
     ):
         self.store = store
         self.policies = dict(policies)
@@ -78,6 +79,7 @@ class Cycle:
         self.on_progress = on_progress or (lambda snapshot: None)
         self.on_change = on_change or (lambda row, old, new: None)
         self.on_downloaded = on_downloaded or (lambda items: None)  # STAC item summaries, once stored
+        self.limits = limits or (lambda configured: configured)  # the operator's overrides (flows/config/limits.py)
         self.holds: Dict[int, float] = {}
         self.metadata: Dict[int, Mapping[str, Any]] = {}
         self.refused: Dict[str, str] = {}
@@ -117,7 +119,7 @@ class Cycle:
             self.pinned.update(snapshot.pinned)  # a SQL store hands out waiting rows a batch at a time
             situation = Situation(
                 backends={n: replace(p, accepting=p.accepting and n not in self.refused and n not in self.streaks.tripped)
-                          for n, p in self.policies.items()},
+                          for n, p in self.limits(self.policies).items()},
                 now=now, holds=self.holds, starting_allowed=not stopping, poll_due=poll_due,
                 download=self.options.download, cancel_after=self.options.cancel_after,
                 utc_now=datetime.now(timezone.utc), hooks=self.options.hooks, max_attempts=self.options.max_attempts,

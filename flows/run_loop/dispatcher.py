@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from prefect import tags as prefect_tags
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -73,6 +74,7 @@ class Dispatcher:
         hooks: Optional[Mapping[str, str]] = None,
         footprint: Optional[Callable[[int], Dict[str, Any]]] = None,
         collection_id: str = "results",
+        tags: Optional[Mapping[str, Sequence[str]]] = None,
     ):
         self.inbox_id = uuid.uuid4().hex
         self._queue = open_inbox(self.inbox_id)
@@ -88,6 +90,7 @@ class Dispatcher:
         self.hooks = dict(hooks or {})  # "done" / "error" -> import path
         self.footprint = footprint  # row -> what its STAC item takes from the row (tasks/results/footprints.py)
         self.collection_id = collection_id
+        self.tags = {backend: tuple(t) for backend, t in (tags or {}).items()}  # backend -> its task runs' tags
         self.pending: Dict[str, Submission] = {}
         self.counters = {"start_tasks": 0, "poll_tasks": 0, "reconcile_tasks": 0, "download_tasks": 0,
                          "error_log_tasks": 0, "hook_tasks": 0, "crashed_tasks": 0}
@@ -97,7 +100,8 @@ class Dispatcher:
         submission_id = uuid.uuid4().hex
         record = Submission(step, backend, tuple(rows))
         self.pending[submission_id] = record
-        record.future = submit(f"{self.inbox_id}/{submission_id}")
+        with prefect_tags(*self.tags.get(backend, ())):  # the task run is created with the tags in context
+            record.future = submit(f"{self.inbox_id}/{submission_id}")
         record.future.add_done_callback(lambda _f, sid=submission_id: self._queue.put((sid, None)))
 
     def submit_starts(self, orders: Sequence[StartOrder]) -> None:
@@ -238,7 +242,7 @@ class Dispatcher:
         request_stop(self.inbox_id)
 
     def wake(self) -> None:
-        """Make a waiting `collect` return now (the run was told to stop). Safe in a signal handler."""
+        """Make a waiting `collect` return now (the run was told to stop, a limit changed). Safe in a signal handler."""
         self._queue.put(("", None))
 
     def close(self) -> None:

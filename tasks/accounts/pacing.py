@@ -95,13 +95,25 @@ class AccountPacer:
         self._pause_changed = threading.Condition()
         self.counters: Dict[str, float] = {"paused_seconds": 0.0, "pauses": 0, "start_wait_seconds": 0.0}
 
+    def set_max_starts_per_minute(self, rate: Optional[float]) -> None:
+        """A new start rate from now on (an operator's override while the run goes on; None: off).
+        Turns already reserved keep their time; the next one is spaced by the new rate."""
+        if rate is None:
+            self._schedule = None
+        elif self._schedule is None:
+            self._schedule = StartSchedule(self.account, turn_interval(rate))
+        else:
+            self._schedule.interval = turn_interval(rate)
+        self.max_starts_per_minute = rate
+
     # ------------------------------------------------------------------ before a request
     def acquire(self, is_start: bool) -> "Turn":
         """Wait until this request may go: no pause, a start turn (for starts), a request slot."""
         while True:
             self._wait_pause()
-            if is_start and self._schedule is not None:
-                turn = self._schedule.reserve()
+            schedule = self._schedule  # one read: an override may replace it meanwhile
+            if is_start and schedule is not None:
+                turn = schedule.reserve()
                 delay = turn - time.time()
                 if delay > 0:
                     self.counters["start_wait_seconds"] += delay
@@ -124,8 +136,9 @@ class AccountPacer:
                 self._paused_until = until
                 self.counters["pauses"] += 1
                 self._pause_changed.notify_all()
-        if self._schedule is not None:
-            self._schedule.push_back(until)
+        schedule = self._schedule
+        if schedule is not None:
+            schedule.push_back(until)
 
     def paused(self) -> bool:
         return time.time() < self._paused_until
