@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from tests.flow_helpers import PASSWORD_ENV, assert_results_complete, fast_config, make_db
-from tests.prefect_server import ROOT, UUID_RE, PrefectServer
+from tests.prefect_server import PREFECT, ROOT, UUID_RE, PrefectServer
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ def test_deploy_worker_run(server, sim, tmp_path):
     worker_log = open(tmp_path / "worker.log", "wb")
     try:
         server.spawn(
-            [str(ROOT / ".venv/bin/prefect") if (ROOT / ".venv/bin/prefect").exists() else "prefect",
+            [PREFECT,  # the prefect of this Python (a venv need not be on PATH)
              "worker", "start", "--pool", "openeo-pool", "--type", "process"],
             log=worker_log,
             OPENEO_JOBS_HOME=str(ROOT),
