@@ -256,17 +256,21 @@ def drive(
         events.changed(new, run.store.value(row, "id"), run.store.value(row, "backend_name") or "", row,
                        run.store.label(row), reason)
 
-    policies = {n: BackendPolicy(b.parallel_jobs, b.max_parallel_starts) for n, b in run.backends.items()}
+    policies = {n: BackendPolicy(b.parallel_jobs, b.max_parallel_starts, create_ahead=b.jobs_created_ahead)
+                for n, b in run.backends.items()}
     run.store.retry_failed_downloads()
     if run.hooks:
         run.store.retry_failed_hooks()  # a hook fixed since the last run runs again where it failed
     results = RunResults(run.root_dir, run.store.dataframe, run.store.row, str(run.store.path), logger)
     results.start()
     try:
-        with ThreadPoolTaskRunner(max_workers=max_start_workers) as start_runner, catch_interrupts(stop):
+        with ThreadPoolTaskRunner(max_workers=max_start_workers) as start_runner, \
+                ThreadPoolTaskRunner(max_workers=create_workers(run.backends.values(), max_start_workers)) as create_runner, \
+                catch_interrupts(stop):
             dispatcher = Dispatcher(keys, run.creator, run.root_dir, start_runner, max_start_workers,
                                     FLOW_TASK_WORKERS, run.store.row, run.store.label, TOKEN_REFRESH_SECONDS,
-                                    hooks=run.hooks, footprint=results.footprint, collection_id=results.collection_id)
+                                    hooks=run.hooks, footprint=results.footprint, collection_id=results.collection_id,
+                                    create_runner=create_runner)
             cycle = Cycle(run.store, policies, dispatcher, options, logger, slots=slots, stop=stop,
                           on_progress=on_progress, on_change=on_change, on_downloaded=results.on_downloaded)
             try:
@@ -294,6 +298,12 @@ def drive(
                                                    failed_rows(run.store.dataframe())))
     publisher.close(timeout=INTERRUPTED_API_WAIT_SECONDS if interrupted else 15.0)
     return end, stats
+
+
+def create_workers(backends, max_start_workers: int) -> int:
+    """Create tasks at once: the slots to fill follow the backends, so `max_start_workers` per
+    backend, or its `max_concurrent_requests` where that is lower (more would only wait)."""
+    return sum(min(max_start_workers, b.max_concurrent_requests or max_start_workers) for b in backends)
 
 
 def account_slots(run: PreparedRun, run_key: str, flow_run_id: Optional[str]):

@@ -44,6 +44,9 @@ class OpenEOBackend(Block):
         None, gt=0, description="Job starts per minute on this account, spaced evenly (CDSE: 12). Off by default")
     max_concurrent_requests: Optional[int] = Field(
         None, ge=1, description="HTTP requests in progress at once on this account (CDSE: 2). Off by default")
+    create_ahead: Optional[int] = Field(
+        None, ge=0, description="Jobs kept created, not started, ready for the next free slot (default: parallel_jobs; "
+        "0 for backends that count created jobs against a limit)")
     auth_type: AuthType = Field("none", description=AUTH_TYPES_HELP)
     username: Optional[str] = Field(None, description="Basic auth user name")
     client_id: Optional[str] = Field(None, description="OIDC client id")
@@ -59,7 +62,7 @@ class OpenEOBackend(Block):
             {
                 "name": name, "url": self.url, "parallel_jobs": self.parallel_jobs,
                 "max_parallel_starts": self.max_parallel_starts, "max_starts_per_minute": self.max_starts_per_minute,
-                "max_concurrent_requests": self.max_concurrent_requests,
+                "max_concurrent_requests": self.max_concurrent_requests, "create_ahead": self.create_ahead,
                 "auth": {"type": self.auth_type, "username": self.username, "client_id": self.client_id,
                          "provider_id": self.provider_id},
             },

@@ -24,7 +24,7 @@ from tasks.download import download_results, save_error_logs
 from tasks.hooks import run_hook
 from tasks.outcome import Outcome, Step, close_inbox, open_inbox, request_stop
 from tasks.poll import find_marked_jobs, poll_backend
-from tasks.start import start_jobs
+from tasks.start import create_jobs, start_jobs
 
 # Batch start tasks when more rows wait than this many times the start workers.
 START_BATCH_FACTOR = 4
@@ -73,6 +73,7 @@ class Dispatcher:
         hooks: Optional[Mapping[str, str]] = None,
         footprint: Optional[Callable[[int], Dict[str, Any]]] = None,
         collection_id: str = "results",
+        create_runner: Optional[ThreadPoolTaskRunner] = None,  # workers of create tasks (default: the start ones)
     ):
         self.inbox_id = uuid.uuid4().hex
         self._queue = open_inbox(self.inbox_id)
@@ -80,6 +81,7 @@ class Dispatcher:
         self.creator = creator
         self.root_dir = root_dir
         self.start_runner = start_runner
+        self.create_runner = create_runner or start_runner
         self.start_workers = start_workers
         self.task_workers = task_workers
         self.row_payload = row_payload
@@ -89,7 +91,7 @@ class Dispatcher:
         self.footprint = footprint  # row -> what its STAC item takes from the row (tasks/results/footprints.py)
         self.collection_id = collection_id
         self.pending: Dict[str, Submission] = {}
-        self.counters = {"start_tasks": 0, "poll_tasks": 0, "reconcile_tasks": 0, "download_tasks": 0,
+        self.counters = {"create_tasks": 0, "start_tasks": 0, "poll_tasks": 0, "reconcile_tasks": 0, "download_tasks": 0,
                          "error_log_tasks": 0, "hook_tasks": 0, "crashed_tasks": 0}
 
     # --- submitting ---------------------------------------------------------------------
@@ -101,10 +103,17 @@ class Dispatcher:
         record.future.add_done_callback(lambda _f, sid=submission_id: self._queue.put((sid, None)))
 
     def submit_starts(self, orders: Sequence[StartOrder]) -> None:
-        """One start task run per row, named after its tile; when many more rows wait than there are
-        start workers (thousands of rows, hundreds of slots), batches, about one per worker."""
-        if not orders:
-            return
+        """Creates and starts as separate task runs on their own workers, so a slow create never
+        holds a start worker. One task run per row, named after its tile; when many more rows wait
+        than there are workers (thousands of rows, hundreds of slots), batches, about one per worker."""
+        for creates, task, runner, counter in ((True, create_jobs, self.create_runner, "create_tasks"),
+                                               (False, start_jobs, self.start_runner, "start_tasks")):
+            mine = [o for o in orders if o.creates is creates]
+            if mine:
+                self._submit_rows(Step.CREATE if creates else Step.START, task, runner, mine, counter)
+
+    def _submit_rows(self, step: Step, task: Any, runner: ThreadPoolTaskRunner, orders: Sequence[StartOrder],
+                     counter: str) -> None:
         size = start_batch_size(len(orders), self.start_workers)
         by_backend: Dict[str, List[StartOrder]] = {}
         for order in orders:
@@ -115,11 +124,11 @@ class Dispatcher:
                 payload = [{**self.row_payload(o.row), "_row": o.row, "job_marker": o.marker, "job_id": o.job_id}
                            for o in batch]
                 label = self.label(batch[0].row) + (f"+{len(batch) - 1}" if len(batch) > 1 else "") + f"@{backend}"
-                self._track(Step.START, backend, [o.row for o in batch], lambda inbox, payload=payload, backend=backend,
-                            label=label: self.start_runner.submit(start_jobs, parameters=dict(
+                self._track(step, backend, [o.row for o in batch], lambda inbox, payload=payload, backend=backend,
+                            label=label: runner.submit(task, parameters=dict(
                                 rows=payload, backend=backend, connection_key=self.connection_keys[backend],
                                 creator=self.creator, label=label, inbox=inbox)))
-                self.counters["start_tasks"] += 1
+                self.counters[counter] += 1
 
     def submit_poll(self, order: PollOrder) -> None:
         jobs = {row: [job_id, status] for row, (job_id, status) in order.jobs.items()}
@@ -185,10 +194,12 @@ class Dispatcher:
             return
         if outcome is not None:
             record.answered = True
+            if record.step in (Step.CREATE, Step.START):  # answered row by row: the others are still in it
+                record.rows = tuple(row for row in record.rows if row not in outcome.rows)
             outcomes.append(outcome)
             return
         del self.pending[submission_id]  # the task run has ended
-        if not record.answered:
+        if not record.answered or (record.step in (Step.CREATE, Step.START) and record.rows):
             self.counters["crashed_tasks"] += 1
             outcomes.append(self._crashed(record))
 
@@ -201,7 +212,7 @@ class Dispatcher:
             message = (state.message if state is not None else None) or "task ended without an answer"
         except Exception as exc:  # noqa: BLE001 - the Prefect API may be down: the message is all we lose
             message = f"task ended without an answer ({type(exc).__name__})"
-        if record.step is Step.START:
+        if record.step in (Step.CREATE, Step.START):
             rows = {row: {"crashed": message} for row in record.rows}
         elif record.step in (Step.DOWNLOAD, Step.ERROR_LOGS, Step.HOOK):
             rows = {row: {"error": message} for row in record.rows}
@@ -214,7 +225,7 @@ class Dispatcher:
         starting, finishing, polling, reconciling, hooking = set(), set(), set(), set(), set()
         per_backend: Dict[str, int] = {}
         for record in self.pending.values():
-            if record.step is Step.START:
+            if record.step in (Step.CREATE, Step.START):
                 starting.update(record.rows)
                 per_backend[record.backend] = per_backend.get(record.backend, 0) + 1
             elif record.step is Step.POLL:
