@@ -220,3 +220,16 @@ def test_jobs_created_ahead_count_against_other_runs_only_beyond_create_ahead():
     assert occupied({"a": 6, "b": 3}, {"a": 3, "b": 2}, backends) == {"a": 4, "b": 3}
     snap = Snapshot(rows=6, to_start={0: ("a", "j0")}, creating={1: ("b", "m1"), 2: ("b", None)})
     assert pipeline(snap) == {"a": 1, "b": 2}
+
+
+def test_no_jobs_are_created_ahead_while_another_live_run_shares_the_account():
+    shared = situation(backends={"a": BackendPolicy(3, create_ahead=3)}, others_holding={"a": 2})
+    _, orders = plan_starts(Snapshot(rows=6, waiting=tuple(range(6))), shared, InFlight(), marker)
+    assert [o.row for o in orders] == [0]  # the one slot left, nothing ahead: the next free slot may be theirs
+
+
+def test_once_the_time_is_up_created_jobs_still_start_and_nothing_is_created():
+    time_up = situation(backends={"a": BackendPolicy(2, create_ahead=2)}, creating_allowed=False)
+    snap = Snapshot(rows=4, waiting=(2, 3), to_start={0: ("a", "j0"), 1: ("a", "j1")}, holding={"a": 2})
+    _, orders = plan_starts(snap, time_up, InFlight(), marker)
+    assert [(o.row, o.creates) for o in orders] == [(0, False), (1, False)]

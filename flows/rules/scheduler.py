@@ -12,8 +12,9 @@ Decisions per cycle:
   against `parallel_jobs` while it waits within `create_ahead`; with `create_ahead=0` (backends
   that count created jobs against a limit) every created job holds a slot, as before. A row that
   names a backend waits for it, the others go where most jobs are wanted. Rows handed back by a
-  task are held for a while. Nothing new is created or started while the run is stopping or on
-  a backend that refused for good (402).
+  task are held for a while. Nothing is created or started while the run is stopping (a bounded
+  pass whose time is up still starts the jobs it created: nothing new), or on a backend that
+  refused for good (402), and nothing is created ahead while other live runs share the account.
 - intents: the DB updates persisted *before* any task is submitted (status `creating` + a
   marker, or `queued_for_start`), so a crash never loses track of a job being created.
 - polls: one per backend with jobs to follow, when a poll is due and the last one returned;
@@ -58,7 +59,8 @@ class Situation:
     now: float  # monotonic seconds, compared with `holds`
     holds: Mapping[int, float] = field(default_factory=dict)  # row -> not before
     others_holding: Mapping[str, int] = field(default_factory=dict)  # slots other live runs hold
-    starting_allowed: bool = True  # False while the run is stopping (Ctrl-C, time up)
+    starting_allowed: bool = True  # False while the run is stopping (Ctrl-C)
+    creating_allowed: bool = True  # False once the time is up: jobs created for a slot are still started
     poll_due: bool = False
     poll_backends: Optional[FrozenSet[str]] = None  # the backends worth a poll (flows/rules/polling.py); None: all
     download: bool = True
@@ -186,11 +188,13 @@ def plan_starts(
             ready[backend] -= 1
             intents[row] = {"status": "queued_for_start"}
             orders.append(StartOrder(row, backend, None, job_id))
-    # Jobs to create: for the free slots no created job fills, plus `create_ahead` ready ones.
-    wanted = {name: min(capacity[name], slots[name] + policy.create_ahead - ready.get(name, 0))
+    # Jobs to create: for the free slots no created job fills, plus `create_ahead` ready ones —
+    # none ahead while other live runs share the account: its next free slot may be theirs.
+    wanted = {name: min(capacity[name], slots[name] - ready.get(name, 0)
+                        + (0 if situation.others_holding.get(name) else policy.create_ahead))
               for name, policy in situation.backends.items()}
     wanted = {name: max(0, n) for name, n in wanted.items()}
-    if sum(wanted.values()) == 0:
+    if not situation.creating_allowed or sum(wanted.values()) == 0:
         return intents, orders
     for row in snapshot.waiting:
         if not free_to_go(row):

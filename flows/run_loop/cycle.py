@@ -121,7 +121,9 @@ class Cycle:
             situation = Situation(
                 backends={n: replace(p, accepting=p.accepting and n not in self.refused and n not in self.streaks.tripped)
                           for n, p in self.policies.items()},
-                now=now, holds=self.holds, starting_allowed=not stopping, poll_due=bool(poll_backends),
+                # a bounded pass whose time is up still starts the jobs it created (nothing new)
+                now=now, holds=self.holds, starting_allowed=not stopping or reason == "time_up",
+                creating_allowed=not stopping, poll_due=bool(poll_backends),
                 poll_backends=poll_backends,
                 download=self.options.download, cancel_after=self.options.cancel_after,
                 utc_now=datetime.now(timezone.utc), hooks=self.options.hooks, max_attempts=self.options.max_attempts,
