@@ -4,11 +4,12 @@ No Prefect, no HTTP, no clock of its own: every input is a value, so every decis
 unit-tested in milliseconds (tests/test_scheduler.py). The dispatcher carries the plan out.
 
 Decisions per cycle:
-- starts and creates, two separate steps (a slow create never holds a start worker): jobs
+- starts and creates, separate steps (a slow create never holds a start worker): jobs
   `created` earlier are started into the free slots of their backend (`parallel_jobs` minus the
   jobs this run has started there minus the slots other live runs hold on the same account);
-  waiting rows are created for the free slots no created job fills, plus up to `create_ahead`
-  more per backend, ready for the next slot that frees (issue 21). A created job does not count
+  waiting rows are created for the free slots no created job fills (created and started by one
+  task on a create worker), plus up to `create_ahead` more per backend, created only, ready for
+  the next slot that frees (issue 21). A created job does not count
   against `parallel_jobs` while it waits within `create_ahead`; with `create_ahead=0` (backends
   that count created jobs against a limit) every created job holds a slot, as before. A row that
   names a backend waits for it, the others go where most jobs are wanted. Rows handed back by a
@@ -49,6 +50,7 @@ class InFlight:
     reconciling: FrozenSet[str] = frozenset()
     finishing: FrozenSet[int] = frozenset()  # rows in download / error-log tasks
     hooking: FrozenSet[int] = frozenset()  # rows in post-processing hook tasks
+    in_start_tasks: FrozenSet[int] = frozenset()  # rows a start task has (created there for a free slot, too)
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,14 @@ class Situation:
 
 @dataclass(frozen=True)
 class StartOrder:
-    """Create a job for a waiting row (`marker` set), or start one created earlier (`job_id` set)."""
+    """Create a job for a waiting row (`marker` set), and start it at once if it has a free slot
+    (`then_start`; a job created ahead has none yet), or start one created earlier (`job_id` set)."""
 
     row: int
     backend: str
     marker: Optional[str]  # None for a job created earlier (job_id set)
     job_id: Optional[str] = None
+    then_start: bool = True
 
     @property
     def creates(self) -> bool:
@@ -146,12 +150,13 @@ def start_capacity(situation: Situation, in_flight: InFlight) -> Dict[str, int]:
     return capacity
 
 
-def pipeline(snapshot: Snapshot) -> Dict[str, int]:
-    """Per backend, the rows whose job is being created or created and not started: they count
-    in `snapshot.holding` but run nothing yet."""
+def pipeline(snapshot: Snapshot, in_flight: InFlight) -> Dict[str, int]:
+    """Per backend, the jobs created (or being created) ahead, not started and not about to be:
+    they count in `snapshot.holding` but run nothing yet. A row created for a free slot (its
+    start task starts it next) holds its slot."""
     count: Dict[str, int] = {}
-    for backend, _ in list(snapshot.to_start.values()) + list(snapshot.creating.values()):
-        if backend:
+    for row, (backend, _) in list(snapshot.to_start.items()) + list(snapshot.creating.items()):
+        if backend and row not in in_flight.in_start_tasks:
             count[backend] = count.get(backend, 0) + 1
     return count
 
@@ -176,7 +181,7 @@ def plan_starts(
     def free_to_go(row: int) -> bool:
         return row not in busy and situation.holds.get(row, 0.0) <= situation.now
 
-    ready = pipeline(snapshot)
+    ready = pipeline(snapshot, in_flight)
     started = {name: int(n) - ready.get(name, 0) for name, n in snapshot.holding.items()}
     slots = free_slots(situation, started)
     intents: Dict[int, Dict[str, Any]] = {}
@@ -188,12 +193,16 @@ def plan_starts(
             ready[backend] -= 1
             intents[row] = {"status": "queued_for_start"}
             orders.append(StartOrder(row, backend, None, job_id))
-    # Jobs to create: for the free slots no created job fills, plus `create_ahead` ready ones —
-    # none ahead while other live runs share the account: its next free slot may be theirs.
-    wanted = {name: min(capacity[name], slots[name] - ready.get(name, 0)
-                        + (0 if situation.others_holding.get(name) else policy.create_ahead))
-              for name, policy in situation.backends.items()}
-    wanted = {name: max(0, n) for name, n in wanted.items()}
+    # Jobs to create: for the free slots no created job fills (created and started in one task),
+    # plus `create_ahead` ready ones (created only) — none ahead while other live runs share the
+    # account: its next free slot may be theirs.
+    for_slots, ahead = {}, {}
+    for name, policy in situation.backends.items():
+        waiting_jobs = ready.get(name, 0)  # created ones take the next free slots first
+        allowed = 0 if situation.others_holding.get(name) else policy.create_ahead
+        for_slots[name] = min(capacity[name], max(0, slots[name] - waiting_jobs))
+        ahead[name] = min(capacity[name] - for_slots[name], max(0, allowed - max(0, waiting_jobs - slots[name])))
+    wanted = {name: for_slots[name] + ahead[name] for name in for_slots}
     if not situation.creating_allowed or sum(wanted.values()) == 0:
         return intents, orders
     for row in snapshot.waiting:
@@ -211,7 +220,9 @@ def plan_starts(
         attempt = snapshot.attempts.get(row, 0) + 1
         marker = marker_for(row, attempt)
         intents[row] = {"status": "creating", "backend_name": backend, "job_marker": marker, "attempt": attempt}
-        orders.append(StartOrder(row, backend, marker))
+        then_start = for_slots[backend] > 0
+        for_slots[backend] -= 1 if then_start else 0
+        orders.append(StartOrder(row, backend, marker, then_start=then_start))
         if sum(wanted.values()) == 0:
             break
     return intents, orders

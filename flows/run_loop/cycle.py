@@ -203,17 +203,17 @@ class Cycle:
         # created jobs wait for a slot too (create ahead): starting them needs the other runs' figures
         wants_slots = situation.starting_allowed and bool(snapshot.waiting or snapshot.to_start)
         if self.slots is None or (not wants_slots and self._ledger_holding ==
-                                  occupied(snapshot.holding, pipeline(snapshot), situation.backends)):
+                                  occupied(snapshot.holding, pipeline(snapshot, in_flight), situation.backends)):
             return plan_cycle(snapshot, situation, in_flight, marker)
 
         def claim(others: Dict[str, int]):
             plan = plan_cycle(snapshot, replace(situation, others_holding=others), in_flight, marker)
-            holding, ready = dict(snapshot.holding), pipeline(snapshot)
+            holding, ready = dict(snapshot.holding), pipeline(snapshot, in_flight)
             for order in plan.starts:
-                change = 1 if order.creates else -1  # a job created: one more ready; started: one less
-                ready[order.backend] = ready.get(order.backend, 0) + change
                 if order.creates:
                     holding[order.backend] = holding.get(order.backend, 0) + 1
+                if order.creates != order.then_start:  # created ahead: one more ready; a ready one started: one less
+                    ready[order.backend] = ready.get(order.backend, 0) + (1 if order.creates else -1)
             taken = occupied(holding, ready, situation.backends)
             return (plan, taken), taken
 

@@ -106,11 +106,15 @@ class Dispatcher:
         """Creates and starts as separate task runs on their own workers, so a slow create never
         holds a start worker. One task run per row, named after its tile; when many more rows wait
         than there are workers (thousands of rows, hundreds of slots), batches, about one per worker."""
-        for creates, task, runner, counter in ((True, create_jobs, self.create_runner, "create_tasks"),
-                                               (False, start_jobs, self.start_runner, "start_tasks")):
-            mine = [o for o in orders if o.creates is creates]
+        kinds = (  # created ahead; created for a free slot and started in the same task; created earlier
+            (lambda o: o.creates and not o.then_start, Step.CREATE, create_jobs, self.create_runner, "create_tasks"),
+            (lambda o: o.creates and o.then_start, Step.START, start_jobs, self.create_runner, "start_tasks"),
+            (lambda o: not o.creates, Step.START, start_jobs, self.start_runner, "start_tasks"),
+        )
+        for kind, step, task, runner, counter in kinds:
+            mine = [o for o in orders if kind(o)]
             if mine:
-                self._submit_rows(Step.CREATE if creates else Step.START, task, runner, mine, counter)
+                self._submit_rows(step, task, runner, mine, counter)
 
     def _submit_rows(self, step: Step, task: Any, runner: ThreadPoolTaskRunner, orders: Sequence[StartOrder],
                      counter: str) -> None:
@@ -222,12 +226,14 @@ class Dispatcher:
 
     # --- state --------------------------------------------------------------------------
     def in_flight(self) -> InFlight:
-        starting, finishing, polling, reconciling, hooking = set(), set(), set(), set(), set()
+        starting, finishing, polling, reconciling, hooking, in_start_tasks = set(), set(), set(), set(), set(), set()
         per_backend: Dict[str, int] = {}
         for record in self.pending.values():
             if record.step in (Step.CREATE, Step.START):
                 starting.update(record.rows)
                 per_backend[record.backend] = per_backend.get(record.backend, 0) + 1
+                if record.step is Step.START:
+                    in_start_tasks.update(record.rows)
             elif record.step is Step.POLL:
                 polling.add(record.backend)
             elif record.step is Step.RECONCILE:
@@ -237,8 +243,9 @@ class Dispatcher:
                 hooking.update(record.rows)
             else:
                 finishing.update(record.rows)
-        return InFlight(frozenset(starting), per_backend, frozenset(polling), frozenset(reconciling),
-                        frozenset(finishing), frozenset(hooking))
+        return InFlight(frozenset(starting), per_backend, in_start_tasks=frozenset(in_start_tasks),
+                        polling=frozenset(polling), reconciling=frozenset(reconciling),
+                        finishing=frozenset(finishing), hooking=frozenset(hooking))
 
     def busy(self, steps: Optional[Iterable[Step]] = None) -> bool:
         wanted = set(steps) if steps is not None else None
