@@ -349,7 +349,7 @@ def run_scenario(scenario: Scenario, tools: List[str], base: Path, timeout_facto
                               "options": {**scenario.client, **(options or {})}}
                              for i, (sim, p) in enumerate(zip(sims, scenario.parallel_jobs))],
             }
-            timeout = (90 if tool == "openeo" else 600) + timeout_factor * ideal["makespan"]  # ours starts a Prefect server
+            timeout = (300 if tool == "openeo" else 600) + timeout_factor * ideal["makespan"]  # ours starts a Prefect server
             print(f"[{time.strftime('%H:%M:%S')}] {scenario.name}: {tool} (timeout {timeout:.0f} s) ...", flush=True)
             child = run_child(tool, spec, timeout)
             counters = [sim.counters() for sim in sims]
