@@ -198,7 +198,8 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
         events.changed(new, run.store.value(row, "id"), run.store.value(row, "backend_name") or "", row,
                        run.store.label(row), reason)
 
-    policies = {n: BackendPolicy(b.parallel_jobs, b.max_parallel_starts) for n, b in run.backends.items()}
+    policies = {n: BackendPolicy(b.parallel_jobs, b.max_parallel_starts, create_ahead=b.jobs_created_ahead)
+                for n, b in run.backends.items()}
     run.store.retry_failed_downloads()
     if run.hooks:
         run.store.retry_failed_hooks()  # a hook fixed since the last run runs again where it failed
@@ -207,11 +208,14 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
     overrides = LimitOverrides(run.backends, run.limit_sources, params.poll_interval_seconds, logger,
                                on_rate=pace_starts(run.connections))
     try:
-        with ThreadPoolTaskRunner(max_workers=max_start_workers) as start_runner, catch_interrupts(stop):
+        with ThreadPoolTaskRunner(max_workers=max_start_workers) as start_runner, \
+                ThreadPoolTaskRunner(max_workers=create_workers(run.backends.values(), max_start_workers)) as create_runner, \
+                catch_interrupts(stop):
             dispatcher = Dispatcher(keys, run.creator, run.root_dir, start_runner, max_start_workers,
                                     FLOW_TASK_WORKERS, run.store.row, run.store.label, TOKEN_REFRESH_SECONDS,
                                     hooks=run.hooks, footprint=results.footprint, collection_id=results.collection_id,
-                                    tags={n: task_tags(n, c.account) for n, c in run.connections.items()})
+                                    tags={n: task_tags(n, c.account) for n, c in run.connections.items()},
+                                    create_runner=create_runner)
             overrides.on_change = dispatcher.wake  # a changed limit: decide again now
             overrides.wait_first_read(FIRST_READ_SECONDS)  # a campaign resumed under an override obeys it at once
             cycle = Cycle(run.store, policies, dispatcher, options, logger, slots=slots, stop=stop,
@@ -247,6 +251,12 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
                                                    failed_rows(run.store.dataframe())))
     publisher.close(timeout=INTERRUPTED_API_WAIT_SECONDS if interrupted else 15.0)
     return end, stats
+
+
+def create_workers(backends, max_start_workers: int) -> int:
+    """Create tasks at once: the slots to fill follow the backends, so `max_start_workers` per
+    backend, or its `max_concurrent_requests` where that is lower (more would only wait)."""
+    return sum(min(max_start_workers, b.max_concurrent_requests or max_start_workers) for b in backends)
 
 
 def account_slots(run: PreparedRun, run_key: str, flow_run_id: Optional[str]):

@@ -18,6 +18,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 
 class Step(str, Enum):
+    CREATE = "create"
     START = "start"
     POLL = "poll"
     RECONCILE = "reconcile"

@@ -1,8 +1,10 @@
-"""The start-job task: create (through the user's callback) and start the jobs of one or more rows.
+"""The create-job and start-job tasks: create (through the user's callback), and start, the jobs of
+one or more rows; the flow runs them as separate steps (a job may be created ahead of its slot).
 
-One task definition whatever the batch size: the dispatcher gives it one row while few rows move
+One task definition per step whatever the batch size: the dispatcher gives it one row while few rows move
 and a batch when thousands do. Every row gets its own answer in the outcome (`Outcome.rows`):
   {"status": "queued", "id": ...}                   created and started (or started by the callback)
+  {"status": "created", "id": ...}                  created (create-job): started when a slot frees
   {"status": "created", "id": ..., "handed_back"}   created; the backend refused to start it for now
   {"status": "not_started", "handed_back": why}     nothing created (rate limit, job limit, deadline)
   {"status": "not_started", "refused": why}         the account cannot pay (402): stop starting there
@@ -52,13 +54,36 @@ def start_jobs(
     inbox: Optional[str] = None,
     deadline_seconds: float = DEFAULT_START_DEADLINE_SECONDS,
 ) -> Union[Outcome, State]:
-    """Create and start each row's job, one row after the other (each dict carries `_row`,
-    `job_marker` and, for a job created earlier, `job_id`).
+    """Start each row's job, one row after the other (each dict carries `_row`, `job_marker` and,
+    for a job created earlier, `job_id`; a row without one is created first).
 
     A row whose start failed (`start_failed`) makes the task run end `Failed`, with the outcome as
     the state's data. No Prefect retries: a POST is never repeated blindly; every retry here is decided per
     failure kind (tasks/openeo_calls.py), and a lost create is looked up by its marker first.
     """
+    return each_row(Step.START, rows, backend, inbox, lambda row: start_one(
+        row, backend, connection_key, creator, deadline_seconds, inbox))
+
+
+@task(name="create-job", task_run_name="create-{label}", retries=0, cache_policy=NO_CACHE)
+def create_jobs(
+    rows: List[Dict[str, Any]],
+    backend: str,
+    connection_key: str,
+    creator: Callable[..., Any],
+    label: str,
+    inbox: Optional[str] = None,
+    deadline_seconds: float = DEFAULT_START_DEADLINE_SECONDS,
+) -> Union[Outcome, State]:
+    """Create each row's job through the user's callback, exactly once per marker, and leave it
+    `created`: the flow starts it (`start_jobs`) when its backend has a free slot, so a slow create
+    never holds a start worker and a job can be ready before its slot frees (create ahead)."""
+    return each_row(Step.CREATE, rows, backend, inbox, lambda row: create_one(
+        row, backend, connection_key, creator, deadline_seconds, inbox))
+
+
+def each_row(step: Step, rows: List[Dict[str, Any]], backend: str, inbox: Optional[str],
+             one: Callable[[Dict[str, Any]], Dict[str, Any]]) -> Union[Outcome, State]:
     results: Dict[int, Dict[str, Any]] = {}
     refused: Optional[str] = None
     for row in rows:
@@ -68,11 +93,14 @@ def start_jobs(
                 else {"status": NOT_STARTED, "handed_back": refused}
             continue
         try:
-            results[i] = start_one(row, backend, connection_key, creator, deadline_seconds, inbox)
+            results[i] = one(row)
         except Exception as exc:  # noqa: BLE001 - one row must not sink the batch
             results[i] = {"crashed": f"{type(exc).__name__}: {exc}"}
         refused = results[i].get("refused") or refused
-    outcome = deliver(inbox, Outcome(Step.START, backend, results))
+        # Each row's answer goes to the flow at once: a job created early in a batch is started
+        # (or followed) while the batch goes on, not when its last row is done.
+        deliver(inbox, Outcome(step, backend, {i: results[i]}))
+    outcome = Outcome(step, backend, results)  # the task's result; the flow has every row already
     failed = [r for r in results.values() if r.get("status") == START_FAILED]
     if failed:
         # The task run ends Failed in the UI; the outcome reached the flow already (and is the
@@ -81,6 +109,18 @@ def start_jobs(
         message = first if len(results) == 1 else f"{len(failed)} of {len(results)} rows start_failed; first: {first}"
         return Failed(message=message, data=outcome)
     return outcome
+
+
+def create_one(
+    row: Dict[str, Any], backend: str, connection_key: str, creator: Callable[..., Any], deadline_seconds: float,
+    inbox: Optional[str] = None,
+) -> Dict[str, Any]:
+    created = _create(row, backend, connection_key, creator, time.monotonic() + deadline_seconds, inbox)
+    if created["status"] != "created":
+        return created
+    if created.get("started_by_callback"):
+        return {"status": "queued", "id": created["id"], "start_time": utc_now(), "error_message": None}
+    return {"status": "created", "id": created["id"]}
 
 
 def start_one(

@@ -8,7 +8,10 @@ from flows.rules.scheduler import (
     BackendPolicy,
     InFlight,
     Situation,
+    StartOrder,
     free_slots,
+    occupied,
+    pipeline,
     plan_cycle,
     plan_finishes,
     plan_hooks,
@@ -182,3 +185,56 @@ def test_jobs_stuck_on_a_backend_that_refused_go_back_to_waiting_for_another():
     assert updates[0]["status"] == "not_started" and updates[0]["previous_job_ids"] == "j0"
     nobody = situation(backends={"a": BackendPolicy(2, accepting=False)})
     assert plan_moves_off_refused(snap, nobody, InFlight()) == {}  # nowhere to go: they stay
+
+
+def test_jobs_are_created_ahead_of_free_slots_and_never_more_than_rows_left():
+    ahead = situation(backends={"a": BackendPolicy(2, create_ahead=3)})
+    # 2 started, 1 created and waiting: no slot is free, 2 more may be created ahead
+    snap = Snapshot(rows=10, waiting=tuple(range(3, 10)), to_start={2: ("a", "j2")}, holding={"a": 3})
+    intents, orders = plan_starts(snap, ahead, InFlight(), marker)
+    assert [o.row for o in orders] == [3, 4] and all(o.creates and not o.then_start for o in orders)
+    assert all(intents[o.row]["status"] == "creating" for o in orders)
+    # one slot frees: the created job starts at once, and one more is created to stay 3 ahead
+    snap = Snapshot(rows=10, waiting=tuple(range(5, 10)), to_start={2: ("a", "j2")},
+                    creating={3: ("a", marker(3)), 4: ("a", marker(4))}, holding={"a": 4})
+    intents, orders = plan_starts(snap, ahead, InFlight(), marker)
+    assert orders[0] == StartOrder(2, "a", None, "j2") and intents[2] == {"status": "queued_for_start"}
+    assert [(o.row, o.then_start) for o in orders[1:]] == [(5, False)]
+    # one row left: one job created, whatever create_ahead allows
+    snap = Snapshot(rows=10, waiting=(9,), holding={"a": 2})
+    _, orders = plan_starts(snap, ahead, InFlight(), marker)
+    assert [o.row for o in orders] == [9]
+    # a free slot and nothing created: created and started in one task, then 3 more ahead
+    snap = Snapshot(rows=10, waiting=tuple(range(5, 10)), holding={"a": 1})
+    _, orders = plan_starts(snap, ahead, InFlight(), marker)
+    assert [(o.row, o.then_start) for o in orders] == [(5, True), (6, False), (7, False), (8, False)]
+
+
+def test_without_create_ahead_a_created_job_holds_its_slot():
+    plain = situation(backends={"a": BackendPolicy(2)})
+    snap = Snapshot(rows=5, waiting=(2, 3, 4), to_start={0: ("a", "j0")}, creating={1: ("a", marker(1))},
+                    holding={"a": 2})
+    intents, orders = plan_starts(snap, plain, InFlight(), marker)
+    assert [(o.row, o.creates) for o in orders] == [(0, False)]  # started; nothing created: no slot left
+
+
+def test_jobs_created_ahead_count_against_other_runs_only_beyond_create_ahead():
+    backends = {"a": BackendPolicy(4, create_ahead=2), "b": BackendPolicy(4)}
+    # a: 3 started + 3 ready (2 of them free); b: 1 started + 2 ready (none free)
+    assert occupied({"a": 6, "b": 3}, {"a": 3, "b": 2}, backends) == {"a": 4, "b": 3}
+    snap = Snapshot(rows=6, to_start={0: ("a", "j0")}, creating={1: ("b", "m1"), 2: ("b", None)})
+    assert pipeline(snap, InFlight()) == {"a": 1, "b": 2}
+    assert pipeline(snap, InFlight(in_start_tasks=frozenset({1}))) == {"a": 1, "b": 1}  # created for its slot
+
+
+def test_no_jobs_are_created_ahead_while_another_live_run_shares_the_account():
+    shared = situation(backends={"a": BackendPolicy(3, create_ahead=3)}, others_holding={"a": 2})
+    _, orders = plan_starts(Snapshot(rows=6, waiting=tuple(range(6))), shared, InFlight(), marker)
+    assert [o.row for o in orders] == [0]  # the one slot left, nothing ahead: the next free slot may be theirs
+
+
+def test_once_the_time_is_up_created_jobs_still_start_and_nothing_is_created():
+    time_up = situation(backends={"a": BackendPolicy(2, create_ahead=2)}, creating_allowed=False)
+    snap = Snapshot(rows=4, waiting=(2, 3), to_start={0: ("a", "j0"), 1: ("a", "j1")}, holding={"a": 2})
+    _, orders = plan_starts(snap, time_up, InFlight(), marker)
+    assert [(o.row, o.creates) for o in orders] == [(0, False), (1, False)]

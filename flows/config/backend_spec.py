@@ -16,11 +16,12 @@ from flows.config.params import AuthType, BackendConfig
 
 BACKEND_HELP = (
     "name=URL[,parallel_jobs=N][,max_starts_per_minute=R][,max_concurrent_requests=N][,max_parallel_starts=N]"
+    "[,create_ahead=N]"
     "[,auth=oidc|env|oidc_client_credentials|oidc_refresh_token|basic|bearer|none][,user=U][,client_id=ID]"
     "[,provider_id=P][,<secret>_env=VAR | <secret>_block=BLOCK for password, token, client_secret, refresh_token]; "
     "repeatable"
 )
-INTEGER_OPTIONS = ("parallel_jobs", "max_concurrent_requests", "max_parallel_starts")
+INTEGER_OPTIONS = ("parallel_jobs", "max_concurrent_requests", "max_parallel_starts", "create_ahead")
 NUMBER_OPTIONS = ("max_starts_per_minute",)
 AUTH_OPTIONS = ("client_id", "provider_id") + tuple(
     f"{secret}_{source}" for secret in ("password", "token", "client_secret", "refresh_token")

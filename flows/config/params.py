@@ -128,7 +128,19 @@ class BackendSettings(BaseModel):
         description="HTTP requests in progress at once on this account, across all tasks of a run (CDSE: 2). "
         "Off by default",
     )
+    create_ahead: Optional[int] = Field(
+        None,
+        ge=0,
+        description="Jobs kept created but not started on this backend, each started the moment a slot frees "
+        "(default: parallel_jobs; 0 for backends that count created jobs against a limit). A run that is stopped "
+        "for good leaves them created, never started",
+    )
     auth: AuthConfig = Field(default_factory=AuthConfig)
+
+    @property
+    def jobs_created_ahead(self) -> int:
+        """`create_ahead`, or by default one job ready for each slot."""
+        return self.parallel_jobs if self.create_ahead is None else self.create_ahead
 
     @field_validator("url")
     @classmethod

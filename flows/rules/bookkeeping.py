@@ -81,7 +81,7 @@ def _given_back(row: int, pinned: bool) -> Dict[str, Any]:
 
 def effects_of(outcome: Outcome, now: Callable[[int], RowNow]) -> Effects:
     handler = {
-        Step.START: _start, Step.POLL: _poll, Step.RECONCILE: _reconcile,
+        Step.CREATE: _start, Step.START: _start, Step.POLL: _poll, Step.RECONCILE: _reconcile,
         Step.DOWNLOAD: _download, Step.ERROR_LOGS: _error_logs, Step.HOOK: _hook,
     }[outcome.step]
     effects = Effects()

@@ -4,13 +4,20 @@ No Prefect, no HTTP, no clock of its own: every input is a value, so every decis
 unit-tested in milliseconds (tests/test_scheduler.py). The dispatcher carries the plan out.
 
 Decisions per cycle:
-- starts: rows `created` earlier (they hold a slot already) first, then waiting rows into the
-  free slots of each backend (`parallel_jobs` minus the rows this run holds there minus the
-  slots other live runs hold on the same account); a row that names a backend waits for it, the
-  others go where most slots are free. Rows handed back by a start task are held for a while.
-  Nothing new starts while the run is stopping or on a backend that refused for good (402).
-- intents: the DB updates persisted *before* any start task is submitted (status `creating` +
-  a marker, or `queued_for_start`), so a crash never loses track of a job being created.
+- starts and creates, separate steps (a slow create never holds a start worker): jobs
+  `created` earlier are started into the free slots of their backend (`parallel_jobs` minus the
+  jobs this run has started there minus the slots other live runs hold on the same account);
+  waiting rows are created for the free slots no created job fills (created and started by one
+  task on a create worker), plus up to `create_ahead` more per backend, created only, ready for
+  the next slot that frees (issue 21). A created job does not count
+  against `parallel_jobs` while it waits within `create_ahead`; with `create_ahead=0` (backends
+  that count created jobs against a limit) every created job holds a slot, as before. A row that
+  names a backend waits for it, the others go where most jobs are wanted. Rows handed back by a
+  task are held for a while. Nothing is created or started while the run is stopping (a bounded
+  pass whose time is up still starts the jobs it created: nothing new), or on a backend that
+  refused for good (402), and nothing is created ahead while other live runs share the account.
+- intents: the DB updates persisted *before* any task is submitted (status `creating` + a
+  marker, or `queued_for_start`), so a crash never loses track of a job being created.
 - polls: one per backend with jobs to follow, when a poll is due and the last one returned;
   jobs running longer than `cancel_after` are canceled by that poll.
 - reconciles: rows left in `creating` (a crash, a crashed task) are looked up by marker.
@@ -34,18 +41,20 @@ class BackendPolicy:
     parallel_jobs: int
     max_parallel_starts: Optional[int] = None  # start tasks of this backend in flight at once
     accepting: bool = True  # False once the account refused for good (no credits)
+    create_ahead: int = 0  # jobs kept created, not started, ready for the next free slot
 
 
 @dataclass(frozen=True)
 class InFlight:
     """Work submitted and not yet answered."""
 
-    starting: FrozenSet[int] = frozenset()  # rows in start tasks
-    starts_per_backend: Mapping[str, int] = field(default_factory=dict)
+    starting: FrozenSet[int] = frozenset()  # rows in create or start tasks
+    starts_per_backend: Mapping[str, int] = field(default_factory=dict)  # create + start tasks in flight
     polling: FrozenSet[str] = frozenset()  # backends with a poll task out
     reconciling: FrozenSet[str] = frozenset()
     finishing: FrozenSet[int] = frozenset()  # rows in download / error-log tasks
     hooking: FrozenSet[int] = frozenset()  # rows in post-processing hook tasks
+    in_start_tasks: FrozenSet[int] = frozenset()  # rows a start task has (created there for a free slot, too)
 
 
 @dataclass(frozen=True)
@@ -56,8 +65,10 @@ class Situation:
     now: float  # monotonic seconds, compared with `holds`
     holds: Mapping[int, float] = field(default_factory=dict)  # row -> not before
     others_holding: Mapping[str, int] = field(default_factory=dict)  # slots other live runs hold
-    starting_allowed: bool = True  # False while the run is stopping (Ctrl-C, time up)
+    starting_allowed: bool = True  # False while the run is stopping (Ctrl-C)
+    creating_allowed: bool = True  # False once the time is up: jobs created for a slot are still started
     poll_due: bool = False
+    poll_backends: Optional[FrozenSet[str]] = None  # the backends worth a poll (flows/rules/polling.py); None: all
     download: bool = True
     cancel_after: Optional[float] = None  # seconds a job may run
     utc_now: Optional[datetime] = None
@@ -68,10 +79,18 @@ class Situation:
 
 @dataclass(frozen=True)
 class StartOrder:
+    """Create a job for a waiting row (`marker` set), and start it at once if it has a free slot
+    (`then_start`; a job created ahead has none yet), or start one created earlier (`job_id` set)."""
+
     row: int
     backend: str
     marker: Optional[str]  # None for a job created earlier (job_id set)
     job_id: Optional[str] = None
+    then_start: bool = True
+
+    @property
+    def creates(self) -> bool:
+        return self.job_id is None
 
 
 @dataclass(frozen=True)
@@ -123,7 +142,7 @@ def free_slots(situation: Situation, holding: Mapping[str, int]) -> Dict[str, in
 
 
 def start_capacity(situation: Situation, in_flight: InFlight) -> Dict[str, int]:
-    """How many more start tasks each backend may have in flight (None = unbounded -> large)."""
+    """How many more create/start tasks each backend may have in flight (None = unbounded -> large)."""
     capacity = {}
     for name, policy in situation.backends.items():
         if not situation.starting_allowed or not policy.accepting or policy.parallel_jobs <= 0:
@@ -135,6 +154,28 @@ def start_capacity(situation: Situation, in_flight: InFlight) -> Dict[str, int]:
     return capacity
 
 
+def pipeline(snapshot: Snapshot, in_flight: InFlight) -> Dict[str, int]:
+    """Per backend, the jobs created (or being created) ahead, not started and not about to be:
+    they count in `snapshot.holding` but run nothing yet. A row created for a free slot (its
+    start task starts it next) holds its slot."""
+    count: Dict[str, int] = {}
+    for row, (backend, _) in list(snapshot.to_start.items()) + list(snapshot.creating.items()):
+        if backend and row not in in_flight.in_start_tasks:
+            count[backend] = count.get(backend, 0) + 1
+    return count
+
+
+def occupied(holding: Mapping[str, int], ready: Mapping[str, int], backends: Mapping[str, BackendPolicy]) -> Dict[str, int]:
+    """The slots a run takes on each backend: its started jobs, plus the created (or being created)
+    jobs beyond what `create_ahead` lets wait for free (all of them with create_ahead=0)."""
+    taken = {}
+    for name in set(holding) | set(ready):
+        ahead = backends[name].create_ahead if name in backends else 0
+        started = int(holding.get(name, 0)) - int(ready.get(name, 0))
+        taken[name] = started + max(0, int(ready.get(name, 0)) - ahead)
+    return taken
+
+
 def plan_starts(
     snapshot: Snapshot, situation: Situation, in_flight: InFlight, marker_for: Callable[[int, int], str]
 ) -> Tuple[Dict[int, Dict[str, Any]], List[StartOrder]]:
@@ -144,34 +185,49 @@ def plan_starts(
     def free_to_go(row: int) -> bool:
         return row not in busy and situation.holds.get(row, 0.0) <= situation.now
 
+    ready = pipeline(snapshot, in_flight)
+    started = {name: int(n) - ready.get(name, 0) for name, n in snapshot.holding.items()}
+    slots = free_slots(situation, started)
     intents: Dict[int, Dict[str, Any]] = {}
     orders: List[StartOrder] = []
-    for row, (backend, job_id) in snapshot.to_start.items():  # created earlier: they hold a slot already
-        if backend in capacity and capacity[backend] > 0 and free_to_go(row):
+    for row, (backend, job_id) in snapshot.to_start.items():  # created earlier: into the free slots first
+        if capacity.get(backend, 0) > 0 and slots.get(backend, 0) > 0 and free_to_go(row):
             capacity[backend] -= 1
+            slots[backend] -= 1
+            ready[backend] -= 1
             intents[row] = {"status": QUEUED_FOR_START}
             orders.append(StartOrder(row, backend, None, job_id))
-    slots = free_slots(situation, snapshot.holding)
-    slots = {name: min(n, capacity[name]) for name, n in slots.items()}
-    if sum(slots.values()) == 0:
+    # Jobs to create: for the free slots no created job fills (created and started in one task),
+    # plus `create_ahead` ready ones (created only) — none ahead while other live runs share the
+    # account: its next free slot may be theirs.
+    for_slots, ahead = {}, {}
+    for name, policy in situation.backends.items():
+        waiting_jobs = ready.get(name, 0)  # created ones take the next free slots first
+        allowed = 0 if situation.others_holding.get(name) else policy.create_ahead
+        for_slots[name] = min(capacity[name], max(0, slots[name] - waiting_jobs))
+        ahead[name] = min(capacity[name] - for_slots[name], max(0, allowed - max(0, waiting_jobs - slots[name])))
+    wanted = {name: for_slots[name] + ahead[name] for name in for_slots}
+    if not situation.creating_allowed or sum(wanted.values()) == 0:
         return intents, orders
     for row in snapshot.waiting:
         if not free_to_go(row):
             continue
-        wanted = snapshot.pinned.get(row)
-        if wanted is not None:
-            backend = wanted if slots.get(wanted, 0) > 0 else None
+        pinned = snapshot.pinned.get(row)
+        if pinned is not None:
+            backend = pinned if wanted.get(pinned, 0) > 0 else None
         else:
-            backend = max(slots, key=lambda name: slots[name])
-            backend = backend if slots[backend] > 0 else None
+            backend = max(wanted, key=lambda name: wanted[name])
+            backend = backend if wanted[backend] > 0 else None
         if backend is None:
             continue
-        slots[backend] -= 1
+        wanted[backend] -= 1
         attempt = snapshot.attempts.get(row, 0) + 1
         marker = marker_for(row, attempt)
         intents[row] = {"status": CREATING, "backend_name": backend, "job_marker": marker, "attempt": attempt}
-        orders.append(StartOrder(row, backend, marker))
-        if sum(slots.values()) == 0:
+        then_start = for_slots[backend] > 0
+        for_slots[backend] -= 1 if then_start else 0
+        orders.append(StartOrder(row, backend, marker, then_start=then_start))
+        if sum(wanted.values()) == 0:
             break
     return intents, orders
 
@@ -187,8 +243,9 @@ def plan_polls(snapshot: Snapshot, situation: Situation, in_flight: InFlight) ->
         by_backend.setdefault(job.backend, {})[row] = (job.job_id, job.status)
         if job.status == RUNNING and overdue(job.running_start_time, situation.cancel_after, situation.utc_now):
             cancel.setdefault(job.backend, []).append(job.job_id)
+    wanted = situation.poll_backends
     return [PollOrder(name, jobs, tuple(cancel.get(name, ()))) for name, jobs in by_backend.items()
-            if name not in in_flight.polling]
+            if name not in in_flight.polling and (wanted is None or name in wanted)]
 
 
 def plan_reconciles(

@@ -21,8 +21,11 @@ from tasks.accounts.slots import JobSlots
 from flows.rules.bookkeeping import FailureStreaks, RowNow, effects_of
 from flows.run_loop.dispatcher import Dispatcher
 from flows.run_loop.interrupts import StopSignal
-from flows.rules.scheduler import BackendPolicy, Plan, Situation, plan_cycle, slots_wanted
-from jobdb.status import CREATING, ERROR, FAILED, POSTPROCESS_FAILED, RUNNING, START_FAILED, TERMINAL
+from flows.rules.scheduler import BackendPolicy, Plan, Situation, occupied, pipeline, plan_cycle, slots_wanted
+from flows.rules.polling import PollClock
+from jobdb.status import (
+    CREATED, ERROR, FAILED, FINISHED, POSTPROCESS_FAILED, QUEUED, RUNNING, START_FAILED, TERMINAL,
+)
 from jobdb.interface import CampaignStore
 from jobdb.store import Snapshot
 from tasks.outcome import Outcome, Step
@@ -92,11 +95,12 @@ class Cycle:
         self.pinned = set(store.snapshot().pinned)
         self._ledger_holding: Optional[Dict[str, int]] = None
         self.cycles = 0
+        self.polls = PollClock(options.poll_interval, every_interval=options.cancel_after is not None)
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> CycleEnd:
         t0 = time.monotonic()
-        next_poll = 0.0
+        next_progress = 0.0
         all_started_at = None
         stopping_since: Optional[float] = None
         reason = "done"
@@ -114,13 +118,17 @@ class Cycle:
                                     f"at most {self.options.stop_grace_seconds:g} s"
                                     if reason == "interrupted" else "for the running tasks to end")
             stopping = stopping_since is not None
-            poll_due = not stopping and now >= next_poll
             snapshot = self.store.snapshot()
             self.pinned.update(snapshot.pinned)  # a SQL store hands out waiting rows a batch at a time
+            followed = self._followed(snapshot)
+            poll_backends = frozenset() if stopping else self.polls.due(now, followed)
             situation = Situation(
                 backends={n: replace(p, accepting=p.accepting and n not in self.refused and n not in self.streaks.tripped)
                           for n, p in self.limits(self.policies).items()},
-                now=now, holds=self.holds, starting_allowed=not stopping, poll_due=poll_due,
+                # a bounded pass whose time is up still starts the jobs it created (nothing new)
+                now=now, holds=self.holds, starting_allowed=not stopping or reason == "time_up",
+                creating_allowed=not stopping, poll_due=bool(poll_backends),
+                poll_backends=poll_backends,
                 download=self.options.download, cancel_after=self.options.cancel_after,
                 utc_now=datetime.now(timezone.utc), hooks=self.options.hooks, max_attempts=self.options.max_attempts,
                 pinned=frozenset(self.pinned),
@@ -132,8 +140,10 @@ class Cycle:
             if self.store.lost:  # rows another run adopted (this run's lease had lapsed): not ours to start
                 plan = replace(plan, starts=tuple(s for s in plan.starts if s.row not in self.store.lost))
             self.dispatch(plan, stopping)
-            if poll_due:
-                next_poll = now + self.options.poll_interval
+            for order in plan.polls:
+                self.polls.poll_sent(order.backend, now)
+            if not stopping and now >= next_progress:
+                next_progress = now + self.options.poll_interval
                 self.on_progress(snapshot)  # as of this cycle's start: a poll interval is coarser anyway
             if all_started_at is None and not snapshot.waiting and not snapshot.creating:
                 all_started_at = now - t0
@@ -145,7 +155,7 @@ class Cycle:
                 continue
             if self._done(plan, snapshot):
                 break
-            timeout = self._wait_time(now, next_poll)
+            timeout = self._wait_time(now, min(next_progress, self.polls.next_wake(followed)))
         self.store.persist(force=True)
         self.on_progress(self.store.snapshot())
         still_failed = {row for row in self.failed if self.store.value(row, "status") in FAILED
@@ -171,6 +181,16 @@ class Cycle:
         stuck = sum(1 for backend, _ in snapshot.to_start.values() if backend in stopped)  # created, unpaid
         return snapshot.terminal + len(snapshot.waiting) + stuck == snapshot.rows
 
+    def _followed(self, snapshot: Snapshot) -> Dict[str, List[int]]:
+        """Per backend, the rows whose started job can change on its own (flows/rules/polling.py);
+        not the jobs created ahead, and not the rows a start task still has."""
+        busy = self.dispatcher.in_flight().starting
+        followed: Dict[str, List[int]] = {}
+        for row, job in snapshot.polled.items():
+            if job.status != CREATED and row not in busy:
+                followed.setdefault(job.backend, []).append(row)
+        return followed
+
     def _wait_time(self, now: float, next_poll: float) -> float:
         wait = next_poll - now
         upcoming = [until - now for until in self.holds.values() if until > now]
@@ -184,17 +204,22 @@ class Cycle:
     def decide(self, snapshot: Snapshot, situation: Situation) -> Plan:
         in_flight = self.dispatcher.in_flight()
         marker = self.store.paths.row_marker  # (row, attempt) -> marker
-        wants_slots = situation.starting_allowed and bool(snapshot.waiting)
-        if self.slots is None or (not wants_slots and dict(snapshot.holding) == self._ledger_holding):
+        # created jobs wait for a slot too (create ahead): starting them needs the other runs' figures
+        wants_slots = situation.starting_allowed and bool(snapshot.waiting or snapshot.to_start)
+        if self.slots is None or (not wants_slots and self._ledger_holding ==
+                                  occupied(snapshot.holding, pipeline(snapshot, in_flight), situation.backends)):
             return plan_cycle(snapshot, situation, in_flight, marker)
 
         def claim(others: Dict[str, int]):
             plan = plan_cycle(snapshot, replace(situation, others_holding=others), in_flight, marker)
-            holding = dict(snapshot.holding)
-            for intent in plan.intents.values():
-                if intent.get("status") == CREATING:
-                    holding[intent["backend_name"]] = holding.get(intent["backend_name"], 0) + 1
-            return (plan, holding), holding
+            holding, ready = dict(snapshot.holding), pipeline(snapshot, in_flight)
+            for order in plan.starts:
+                if order.creates:
+                    holding[order.backend] = holding.get(order.backend, 0) + 1
+                if order.creates != order.then_start:  # created ahead: one more ready; a ready one started: one less
+                    ready[order.backend] = ready.get(order.backend, 0) + (1 if order.creates else -1)
+            taken = occupied(holding, ready, situation.backends)
+            return (plan, taken), taken
 
         plan, self._ledger_holding = self.slots.claim(claim, wants=slots_wanted(snapshot, situation))
         for line in self.slots.waiting_notices():
@@ -257,6 +282,10 @@ class Cycle:
                     if update["postprocess_status"] == POSTPROCESS_FAILED:
                         self.failed.add(row)
             for row, _old, new in effects.changes:
+                if new in (QUEUED, RUNNING) and outcome.step in (Step.CREATE, Step.START):
+                    self.polls.job_started(row, now)
+                elif new in TERMINAL and outcome.step is Step.POLL:
+                    self.polls.job_ended(outcome.backend, row, finished=new == FINISHED)
                 if new in TERMINAL:
                     self.worked.add(row)
                 if new in FAILED:

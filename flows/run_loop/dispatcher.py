@@ -25,7 +25,7 @@ from tasks.download import download_results, save_error_logs
 from tasks.hooks import run_hook
 from tasks.outcome import Outcome, Step, close_inbox, open_inbox, request_stop
 from tasks.poll import find_marked_jobs, poll_backend
-from tasks.start import start_jobs
+from tasks.start import create_jobs, start_jobs
 
 # Batch start tasks when more rows wait than this many times the start workers.
 START_BATCH_FACTOR = 4
@@ -75,6 +75,7 @@ class Dispatcher:
         footprint: Optional[Callable[[int], Dict[str, Any]]] = None,
         collection_id: str = "results",
         tags: Optional[Mapping[str, Sequence[str]]] = None,
+        create_runner: Optional[ThreadPoolTaskRunner] = None,  # workers of create tasks (default: the start ones)
     ):
         self.inbox_id = uuid.uuid4().hex
         self._queue = open_inbox(self.inbox_id)
@@ -82,6 +83,7 @@ class Dispatcher:
         self.creator = creator
         self.root_dir = root_dir
         self.start_runner = start_runner
+        self.create_runner = create_runner or start_runner
         self.start_workers = start_workers
         self.task_workers = task_workers
         self.row_payload = row_payload
@@ -92,7 +94,7 @@ class Dispatcher:
         self.collection_id = collection_id
         self.tags = {backend: tuple(t) for backend, t in (tags or {}).items()}  # backend -> its task runs' tags
         self.pending: Dict[str, Submission] = {}
-        self.counters = {"start_tasks": 0, "poll_tasks": 0, "reconcile_tasks": 0, "download_tasks": 0,
+        self.counters = {"create_tasks": 0, "start_tasks": 0, "poll_tasks": 0, "reconcile_tasks": 0, "download_tasks": 0,
                          "error_log_tasks": 0, "hook_tasks": 0, "crashed_tasks": 0}
 
     # --- submitting ---------------------------------------------------------------------
@@ -105,10 +107,21 @@ class Dispatcher:
         record.future.add_done_callback(lambda _f, sid=submission_id: self._queue.put((sid, None)))
 
     def submit_starts(self, orders: Sequence[StartOrder]) -> None:
-        """One start task run per row, named after its tile; when many more rows wait than there are
-        start workers (thousands of rows, hundreds of slots), batches, about one per worker."""
-        if not orders:
-            return
+        """Creates and starts as separate task runs on their own workers, so a slow create never
+        holds a start worker. One task run per row, named after its tile; when many more rows wait
+        than there are workers (thousands of rows, hundreds of slots), batches, about one per worker."""
+        kinds = (  # created ahead; created for a free slot and started in the same task; created earlier
+            (lambda o: o.creates and not o.then_start, Step.CREATE, create_jobs, self.create_runner, "create_tasks"),
+            (lambda o: o.creates and o.then_start, Step.START, start_jobs, self.create_runner, "start_tasks"),
+            (lambda o: not o.creates, Step.START, start_jobs, self.start_runner, "start_tasks"),
+        )
+        for kind, step, task, runner, counter in kinds:
+            mine = [o for o in orders if kind(o)]
+            if mine:
+                self._submit_rows(step, task, runner, mine, counter)
+
+    def _submit_rows(self, step: Step, task: Any, runner: ThreadPoolTaskRunner, orders: Sequence[StartOrder],
+                     counter: str) -> None:
         size = start_batch_size(len(orders), self.start_workers)
         by_backend: Dict[str, List[StartOrder]] = {}
         for order in orders:
@@ -119,11 +132,11 @@ class Dispatcher:
                 payload = [{**self.row_payload(o.row), "_row": o.row, "job_marker": o.marker, "job_id": o.job_id}
                            for o in batch]
                 label = self.label(batch[0].row) + (f"+{len(batch) - 1}" if len(batch) > 1 else "") + f"@{backend}"
-                self._track(Step.START, backend, [o.row for o in batch], lambda inbox, payload=payload, backend=backend,
-                            label=label: self.start_runner.submit(start_jobs, parameters=dict(
+                self._track(step, backend, [o.row for o in batch], lambda inbox, payload=payload, backend=backend,
+                            label=label: runner.submit(task, parameters=dict(
                                 rows=payload, backend=backend, connection_key=self.connection_keys[backend],
                                 creator=self.creator, label=label, inbox=inbox)))
-                self.counters["start_tasks"] += 1
+                self.counters[counter] += 1
 
     def submit_poll(self, order: PollOrder) -> None:
         jobs = {row: [job_id, status] for row, (job_id, status) in order.jobs.items()}
@@ -189,10 +202,12 @@ class Dispatcher:
             return
         if outcome is not None:
             record.answered = True
+            if record.step in (Step.CREATE, Step.START):  # answered row by row: the others are still in it
+                record.rows = tuple(row for row in record.rows if row not in outcome.rows)
             outcomes.append(outcome)
             return
         del self.pending[submission_id]  # the task run has ended
-        if not record.answered:
+        if not record.answered or (record.step in (Step.CREATE, Step.START) and record.rows):
             self.counters["crashed_tasks"] += 1
             outcomes.append(self._crashed(record))
 
@@ -205,7 +220,7 @@ class Dispatcher:
             message = (state.message if state is not None else None) or "task ended without an answer"
         except Exception as exc:  # noqa: BLE001 - the Prefect API may be down: the message is all we lose
             message = f"task ended without an answer ({type(exc).__name__})"
-        if record.step is Step.START:
+        if record.step in (Step.CREATE, Step.START):
             rows = {row: {"crashed": message} for row in record.rows}
         elif record.step in (Step.DOWNLOAD, Step.ERROR_LOGS, Step.HOOK):
             rows = {row: {"error": message} for row in record.rows}
@@ -215,12 +230,14 @@ class Dispatcher:
 
     # --- state --------------------------------------------------------------------------
     def in_flight(self) -> InFlight:
-        starting, finishing, polling, reconciling, hooking = set(), set(), set(), set(), set()
+        starting, finishing, polling, reconciling, hooking, in_start_tasks = set(), set(), set(), set(), set(), set()
         per_backend: Dict[str, int] = {}
         for record in self.pending.values():
-            if record.step is Step.START:
+            if record.step in (Step.CREATE, Step.START):
                 starting.update(record.rows)
                 per_backend[record.backend] = per_backend.get(record.backend, 0) + 1
+                if record.step is Step.START:
+                    in_start_tasks.update(record.rows)
             elif record.step is Step.POLL:
                 polling.add(record.backend)
             elif record.step is Step.RECONCILE:
@@ -230,8 +247,9 @@ class Dispatcher:
                 hooking.update(record.rows)
             else:
                 finishing.update(record.rows)
-        return InFlight(frozenset(starting), per_backend, frozenset(polling), frozenset(reconciling),
-                        frozenset(finishing), frozenset(hooking))
+        return InFlight(frozenset(starting), per_backend, in_start_tasks=frozenset(in_start_tasks),
+                        polling=frozenset(polling), reconciling=frozenset(reconciling),
+                        finishing=frozenset(finishing), hooking=frozenset(hooking))
 
     def busy(self, steps: Optional[Iterable[Step]] = None) -> bool:
         wanted = set(steps) if steps is not None else None
