@@ -116,11 +116,11 @@ def create_one(
     inbox: Optional[str] = None,
 ) -> Dict[str, Any]:
     created = _create(row, backend, connection_key, creator, time.monotonic() + deadline_seconds, inbox)
-    if created["status"] != "created":
+    if created["status"] != CREATED:
         return created
     if created.get("started_by_callback"):
-        return {"status": "queued", "id": created["id"], "start_time": utc_now(), "error_message": None}
-    return {"status": "created", "id": created["id"]}
+        return {"status": QUEUED, "id": created["id"], "start_time": utc_now(), "error_message": None}
+    return {"status": CREATED, "id": created["id"]}
 
 
 def start_one(
