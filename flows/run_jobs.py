@@ -31,9 +31,10 @@ from flows.run_loop.background import BackgroundPublisher
 from flows.config.blocks import resolve_backend
 from flows.config.limits import FIRST_READ_SECONDS, LimitOverrides, campaign_tags, pace_starts, tag_flow_run, task_tags
 from flows.run_loop.cycle import Cycle, CycleEnd, CycleOptions
-from flows.run_loop.interrupts import StopSignal, catch_interrupts, watch_for_cancel
+from flows.run_loop.interrupts import StopSignal, catch_interrupts, exit_without_final_collection, watch_for_cancel
 from flows.run_loop.outcomes import RunOutcome
-from flows.run_loop.owners import ApiGoneAware, api_reachable, fail_fast_without_api, record_unrecorded_end, settle_previous_owner
+from flows.run_loop.owners import (ApiGoneAware, api_went_with_the_stop, fail_fast_without_api, record_unrecorded_end,
+                                   settle_previous_owner)
 from flows.run_loop.dispatcher import Dispatcher
 from flows.run_loop.events import JobEvents
 from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError, check_unique_names
@@ -125,6 +126,7 @@ def run_jobs(**parameters: Any) -> State:
     if waited >= 1.0:
         logger.info("the job DB is ours after waiting %.0f s for the other run", waited)
     end: Optional[CycleEnd] = None
+    api_gone = False  # interrupted together with its Prefect API (a script's temporary server)
     try:
         settle_previous_owner(run.store.lock.previous_holder, flow_run_id, str(run.store.path), logger)
         run.store.reload()  # as the lock's last holder left it (prepare read it before the lock was ours)
@@ -135,11 +137,14 @@ def run_jobs(**parameters: Any) -> State:
         end, stats = drive(run, logger, flow_run_id, t0 + waited, params)
         stats["lock_wait_seconds"] = round(waited, 3)
         state = final_state(run, end, stats, params.failure_threshold, logger)
-        if end.reason == "interrupted" and not api_reachable():
+        if end.reason == "interrupted":
+            exit_without_final_collection()
+        api_gone = end.reason == "interrupted" and api_went_with_the_stop()
+        if api_gone:
             fail_fast_without_api(logger, state)
     finally:
         run.store.persist(force=True)
-        unrecorded = record_unrecorded_end(end, flow_run_id)  # interrupted, and the Prefect API went with it
+        unrecorded = record_unrecorded_end(end, flow_run_id) if api_gone else None
         run.store.lock.release(leave_note=unrecorded)
     return state
 

@@ -16,11 +16,12 @@ from jobdb import JobDatabase
 from simulator import SimulatorConfig, start_simulator
 
 PASSWORD_ENV = "TEST_OPENEO_PASSWORD"
-# From a stop (Ctrl-C, SIGTERM, Cancel) to the exit. The target is 3 s (the printed figures; speed
-# targets belong in bench/); the assertion is structural: half the 60 s poll interval the stop must
-# not wait for. A stop that waited for the next poll comes ~60 s after the signal (the signal follows
-# the poll at once) and fails it; a loaded 2-core machine (load 20+) must not, and 6 s did.
-STOP_SECONDS = 30.0
+# The stop tests' runs poll every 10 minutes: a stop that waited for the next poll would take
+# minutes. Each asserts the stop came long before that (STOP_SECONDS: a bound with room for a
+# machine loaded by parallel test sessions, load 20-50), not how fast it was: the <= 3 s target is
+# measured by bench/stops.py.
+STOP_POLL_SECONDS = 600.0
+STOP_SECONDS = 150.0
 USER_CALLBACK_ROUTES = ("POST /jobs", "GET /collections/{id}", "GET /processes", "POST /validation")
 
 

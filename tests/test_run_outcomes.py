@@ -19,7 +19,7 @@ from flows.run_loop.outcomes import RunOutcome
 from flows.run_jobs import RunFailed, run_jobs
 from jobdb import JobDbLock, JobDbPaths
 from simulator import start_simulator
-from tests.flow_helpers import PASSWORD_ENV, STOP_SECONDS, backend, fast_config, make_db
+from tests.flow_helpers import PASSWORD_ENV, STOP_POLL_SECONDS, STOP_SECONDS, backend, fast_config, make_db
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLBACK = "flows.tiling.demo_callbacks:start_job"
@@ -54,8 +54,9 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.1):
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
-def wait_for_jobs(db: Path, child: subprocess.Popen, jobs: int = 2, timeout: float = 300) -> None:
-    """Until `jobs` jobs of the child's run are active; on failure, what the child said."""
+def wait_for_jobs(db: Path, child: subprocess.Popen, jobs: int = 2, timeout: float = 900) -> None:
+    """Until `jobs` jobs of the child's run are active; on failure, what the child said. `timeout`
+    is a bound for hangs: a CLI's own Prefect server took 3.5 min to start under load 50."""
     deadline = time.monotonic() + timeout
     while active(db) < jobs:
         if child.poll() is not None or time.monotonic() > deadline:
@@ -71,7 +72,11 @@ def interrupt_once_jobs_run(db: Path, child: subprocess.Popen):
     wait_for_jobs(db, child)
     t0 = time.monotonic()
     os.killpg(child.pid, signal.SIGINT)
-    out, err = child.communicate(timeout=600)
+    try:
+        out, err = child.communicate(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {STOP_SECONDS:.0f} s after SIGINT: the stop waits for the "
+                    f"{STOP_POLL_SECONDS:.0f} s poll?")
     return t0, out, err, time.monotonic() - t0
 
 
@@ -99,14 +104,15 @@ def flow_run(run_id: str):
 
 
 # --- stops: the signal wakes the cycle, whatever the poll interval ---------------------------------
-def test_ctrl_c_in_the_cli_with_a_60_s_poll_exits_130_within_seconds(tmp_path, prefect_home):
-    """Embedded CLI (its own Prefect server), poll interval 60 s: SIGINT to the process group as
-    a terminal sends it. One `stopping:` line, exit 130, the run recorded Cancelled: all before
+def test_ctrl_c_in_the_cli_with_a_10_min_poll_exits_130_long_before_the_poll(tmp_path, prefect_home):
+    """Embedded CLI (its own Prefect server), poll interval 10 min: SIGINT to the process group as
+    a terminal sends it. One `stopping:` line, exit 130, the run recorded Cancelled: all long before
     the next poll would have been due (the stop does not wait for the poll)."""
     sim = start_simulator(fast_config(queue_time=0.2, run_time=120.0))
     home = prefect_home
     db = make_db(tmp_path / "jobs.parquet", 4)
-    child = subprocess.Popen(cli(db, sim, poll="60"), env=own_prefect_home_env(home, sim), start_new_session=True,
+    child = subprocess.Popen(cli(db, sim, poll=str(STOP_POLL_SECONDS)), env=own_prefect_home_env(home, sim),
+                             start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         t0, out, err, seconds = interrupt_once_jobs_run(db, child)
@@ -115,7 +121,7 @@ def test_ctrl_c_in_the_cli_with_a_60_s_poll_exits_130_within_seconds(tmp_path, p
             os.killpg(child.pid, signal.SIGKILL)
             child.wait(10)
         sim.stop()
-    print(f"\nCtrl-C with --poll-interval 60: exit {child.returncode} {seconds:.2f} s after the signal")
+    print(f"\nCtrl-C with --poll-interval {STOP_POLL_SECONDS:.0f}: exit {child.returncode} {seconds:.2f} s after the signal")
     assert child.returncode == 130, err[-3000:]
     assert "stopping: interrupted by SIGINT" in err
     assert "interrupted: 2 jobs still running on backends; run the same command again to resume" in err
@@ -134,7 +140,8 @@ def test_sigint_to_a_script_that_calls_run_jobs_exits_within_seconds(tmp_path, p
     sim = start_simulator(fast_config(queue_time=0.2, run_time=120.0))
     home = prefect_home
     db = make_db(tmp_path / "jobs.parquet", 4)
-    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 2)], start_job=CALLBACK, poll_interval_seconds=60.0)
+    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 2)], start_job=CALLBACK,
+                  poll_interval_seconds=STOP_POLL_SECONDS)
     script = tmp_path / "my_script.py"
     script.write_text("import json, sys, time\nfrom flows.run_jobs import RunInterrupted, run_jobs\n"
                       "try:\n    run_jobs(**json.loads(sys.argv[1]))\nexcept RunInterrupted as exc:\n"
@@ -143,14 +150,15 @@ def test_sigint_to_a_script_that_calls_run_jobs_exits_within_seconds(tmp_path, p
     child = subprocess.Popen([sys.executable, str(script), json.dumps(kwargs)], env=env, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        # The exit itself is bounded too (STOP_SECONDS): a script that hung at exit restarting
+        # Prefect's temporary server waited its start-up timeout (180 s here), not seconds.
         t0, out, err, seconds = interrupt_once_jobs_run(db, child)
         returned = float(out.split("interrupted at")[-1].split()[0]) - t0 if "interrupted at" in out else None
         print(f"\nSIGINT to a run_jobs() script: run_jobs() raised RunInterrupted {returned or float('nan'):.2f} s "
               f"after the signal, the process exited after {seconds:.2f} s (the rest is Python's own teardown)")
         assert child.returncode == 130, (out + err)[-3000:]
         assert "stopping: interrupted by SIGINT" in err
-        assert returned is not None and returned < STOP_SECONDS, f"{returned} s"
-        assert seconds < 60  # before the next poll would have been due: it did not wait for the poll
+        assert returned is not None and returned < STOP_SECONDS, f"{returned} s"  # not at the next poll
         note = json.loads(JobDbPaths.of(db).lock_holder.read_text())
         # its API went with the Ctrl-C: it leaves its end to the next run of the DB, which records it
         # (tests/test_run_outcomes.py::test_a_run_taking_over_from_a_dead_owner_records_its_end[cancelled])
@@ -169,7 +177,8 @@ def test_sigterm_to_a_flow_run_process_stops_it_cleanly_in_seconds(tmp_path):
     process (then SIGKILL after 30 s). The flow stops as for Ctrl-C and is recorded Cancelled."""
     sim = start_simulator(fast_config(queue_time=0.2, run_time=120.0))
     db = make_db(tmp_path / "jobs.parquet", 4)
-    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 2)], start_job=CALLBACK, poll_interval_seconds=60.0)
+    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 2)], start_job=CALLBACK,
+                  poll_interval_seconds=STOP_POLL_SECONDS)
     log = tmp_path / "child.log"
     child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],
                              env=harness_env(**{PASSWORD_ENV: sim.config.password}), start_new_session=True,
@@ -179,9 +188,10 @@ def test_sigterm_to_a_flow_run_process_stops_it_cleanly_in_seconds(tmp_path):
         holder = json.loads(JobDbPaths.of(db).lock_holder.read_text())
         t0 = time.monotonic()
         child.send_signal(signal.SIGTERM)
-        wait_for(lambda: not JobDbPaths.of(db).lock_holder.exists(), 90, "the run to release the DB", 0.02)
+        wait_for(lambda: not JobDbPaths.of(db).lock_holder.exists(), STOP_SECONDS, "the run to release the DB",
+                 0.02)
         released = time.monotonic() - t0  # the run's end: persisted, lock released
-        child.wait(90)
+        child.wait(STOP_SECONDS)
         seconds = time.monotonic() - t0
     finally:
         if child.poll() is None:
@@ -191,8 +201,7 @@ def test_sigterm_to_a_flow_run_process_stops_it_cleanly_in_seconds(tmp_path):
     print(f"\nSIGTERM to the flow-run process: the run ended (DB released) {released:.2f} s after the signal, the "
           f"process exited after {seconds:.2f} s (the rest is Python's own teardown)")
     assert "stopping: interrupted by SIGTERM" in log.read_text()
-    assert released < STOP_SECONDS, f"{released:.1f} s"
-    assert seconds < 60  # before the next poll would have been due
+    assert released < STOP_SECONDS, f"{released:.1f} s"  # long before the next poll would have been due
     assert flow_run(holder["flow_run_id"]).state.type.value == "CANCELLED"
     assert not JobDbPaths.of(db).lock_holder.exists()
 
@@ -210,7 +219,7 @@ def test_cancel_in_the_prefect_ui_stops_a_run_no_worker_watches_in_seconds(tmp_p
     db = make_db(tmp_path / "jobs.parquet", 4)
     result = {}
     thread = threading.Thread(target=lambda: result.update(state=run_jobs(
-        job_db=str(db), backends=[backend("a", sim, 2)], start_job=CALLBACK, poll_interval_seconds=60.0,
+        job_db=str(db), backends=[backend("a", sim, 2)], start_job=CALLBACK, poll_interval_seconds=STOP_POLL_SECONDS,
         return_state=True)))
     thread.start()
     try:
@@ -219,7 +228,7 @@ def test_cancel_in_the_prefect_ui_stops_a_run_no_worker_watches_in_seconds(tmp_p
         t0 = time.monotonic()
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(run_id, Cancelling(message="cancelled in the UI"), force=True)
-        thread.join(90)
+        thread.join(STOP_SECONDS)
         seconds = time.monotonic() - t0
     finally:
         thread.join(120)
@@ -228,7 +237,7 @@ def test_cancel_in_the_prefect_ui_stops_a_run_no_worker_watches_in_seconds(tmp_p
     state = result["state"]
     assert state.is_cancelled() and "run the same command again to resume" in state.message
     assert flow_run(run_id).state.type.value == "CANCELLED"
-    assert seconds < STOP_SECONDS, f"{seconds:.1f} s"
+    assert seconds < STOP_SECONDS, f"{seconds:.1f} s"  # long before the next poll would have been due
     assert pd.read_parquet(db)["status"].isin(["queued", "running"]).sum() == 2
 
 

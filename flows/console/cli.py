@@ -166,14 +166,31 @@ _import_thread = None  # the flow's import warming up (start_prefect_early), if 
 
 
 def exit_process(code: int) -> None:
-    """End the command with `code`. A bad-input exit can come while the import thread is still
-    importing Prefect; an interpreter shutting down under a daemon thread that writes to stderr
-    aborts (exit -6, seen under load), so then leave at once, the streams flushed."""
+    """End the command with `code`, at once once it has reported. Leave without Python's own
+    teardown when
+    - a bad-input exit comes while the import thread is still importing Prefect: an interpreter
+      shutting down under a daemon thread that writes to stderr aborts (exit -6, seen under load);
+    - a run has ended: its job DB is persisted and released, its final state recorded, the report
+      printed; what is left is Prefect's queued log lines and events (sent here, bounded) and the
+      teardown of a thousand modules, seconds on a loaded machine (bench/stops.py: the exit came
+      8 s after the run's end; a stop takes <= 3 s, issue 16)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
     if _import_thread is not None and _import_thread.is_alive():
+        os._exit(code)
+    if _flow_called:
+        from flows.run_loop.owners import send_queued_prefect_calls
+
+        send_queued_prefect_calls(timeout=PREFECT_QUEUE_SECONDS)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+# The CLI sends the run's last queued log lines and events for at most this long before it exits.
+PREFECT_QUEUE_SECONDS = 2.0
+_flow_called = False  # `run` ran the flow: exit_process may skip the interpreter's teardown
 
 
 def _import_flow() -> None:
@@ -218,8 +235,10 @@ def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argpar
     if not args.no_live and prefect_console().is_terminal:
         use_live_display()
     started = time.monotonic()
+    global _flow_called
     try:
         with prefect_api(server):
+            _flow_called = True  # from here on exit_process skips the interpreter's teardown
             state = flow(**params, return_state=True)
     except KeyboardInterrupt:  # a second Ctrl-C: the run stopped at once
         stop_live_display()
@@ -272,9 +291,10 @@ def prefect_api(server=None) -> Iterator[None]:
         try:
             yield
         finally:
-            from prefect.logging.handlers import APILogHandler
+            from flows.run_loop.owners import send_queued_prefect_calls
 
-            APILogHandler().flush()  # the run's last logs, while the server is still there
+            # the run's last log lines and events, while the server is still there
+            send_queued_prefect_calls(timeout=PREFECT_QUEUE_SECONDS)
 
 
 def end_of_run_report(stats: Dict[str, Any], params: Dict[str, Any]) -> str:

@@ -22,6 +22,9 @@ import threading
 import time
 from typing import Iterator, Optional
 
+# A stopping server gets this long to finish its work (its event persister's last batch) before
+# it is killed: the command's exit waits for it (a stop takes <= 3 s, bench/stops.py).
+SERVER_STOP_SECONDS = 2.0
 STARTUP_TIMEOUT_SECONDS = 300.0  # a fresh PREFECT_HOME on a loaded machine took 106 s (migrations)
 # Leases of Prefect concurrency limits (an operator's tag limit on `openeo-backend:<name>`) kept
 # in files under PREFECT_HOME instead of the server's memory: they survive a server restart and
@@ -137,8 +140,8 @@ def _watch(port: int) -> int:
                 server = start()
     finally:
         server.terminate()
-        try:
-            server.wait(10)
+        try:  # the CLI waits for this; the run's state, logs and events are in (SQLite survives a kill)
+            server.wait(SERVER_STOP_SECONDS)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(5)

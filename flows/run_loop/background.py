@@ -20,6 +20,7 @@ class BackgroundPublisher:
         self._jobs: "OrderedDict[str, tuple[contextvars.Context, Callable[[], Any], Future]]" = OrderedDict()
         self._cond = threading.Condition()
         self._closed = False
+        self._abandoned = False  # closed with a timeout that ran out: what is left is dropped, quietly
         self._counter = 0
         self._thread = threading.Thread(target=self._work, name="prefect-publisher", daemon=True)
         self._thread.start()
@@ -55,13 +56,24 @@ class BackgroundPublisher:
             try:
                 future.set_result(context.run(fn))
             except BaseException as exc:  # noqa: BLE001 - reported, never raised into the cycle
-                self._logger.warning("Prefect API call failed (the run goes on): %s", exc)
+                if not self._abandoned:  # after the run's end its logger reaches Prefect's API, maybe gone
+                    self._logger.warning("Prefect API call failed (the run goes on): %s", exc)
                 future.set_exception(exc)
 
     def close(self, timeout: Optional[float] = None) -> bool:
-        """Send what is queued, waiting at most `timeout`; True if everything went out."""
+        """Send what is queued, waiting at most `timeout`; True if everything went out. When the
+        timeout runs out, the calls not started are dropped and the one under way ends unreported:
+        a stopping run does not wait for a slow or vanished API, and nothing of it talks to Prefect
+        later (an interrupted script's exit would wait on such a call: measured 2 min, bench/stops.py)."""
         with self._cond:
             self._closed = True
             self._cond.notify()
         self._thread.join(timeout)
-        return not self._thread.is_alive()
+        if not self._thread.is_alive():
+            return True
+        with self._cond:
+            self._abandoned = True
+            for _, _, future in self._jobs.values():
+                future.cancel()
+            self._jobs.clear()
+        return False

@@ -5,7 +5,9 @@ their rows back, persists, and the flow ends `Cancelled` with how to resume.
 """
 from __future__ import annotations
 
+import atexit
 import contextvars
+import gc
 import signal
 import threading
 from contextlib import contextmanager
@@ -90,3 +92,19 @@ def watch_for_cancel(stop: StopSignal, flow_run_id: Optional[str],
 
     threading.Thread(target=lambda: context.run(watch), name="cancel-watch", daemon=True).start()
     return ended.set
+
+
+_exit_freeze_registered = False
+
+
+def exit_without_final_collection() -> None:
+    """Called once a run was interrupted: the process is most likely about to exit (Ctrl-C, a
+    worker's SIGTERM). Python's exit then spends about a CPU-second in its last garbage
+    collections over Prefect's, pandas' and openeo's objects (seconds on a loaded machine, after
+    the run's end: bench/stops.py). At exit only, the objects alive then are frozen out of those
+    collections (`gc.freeze`); Python never promised `__del__` of objects alive at exit anyway.
+    A process that goes on is not affected until it exits."""
+    global _exit_freeze_registered
+    if not _exit_freeze_registered:
+        _exit_freeze_registered = True
+        atexit.register(gc.freeze)

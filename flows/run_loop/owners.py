@@ -55,22 +55,30 @@ def settle_previous_owner(holder: Optional[Dict[str, Any]], flow_run_id: Optiona
 
 
 def record_unrecorded_end(end: Any, flow_run_id: Optional[str]) -> Optional[Dict[str, Any]]:
-    """For an interrupted run whose Prefect API is gone: what the lock note keeps for the next run."""
-    if end is None or getattr(end, "reason", None) != "interrupted" or not flow_run_id or api_reachable():
+    """For an interrupted run whose Prefect API is gone (the caller checked, once: each check is
+    a request): what the lock note keeps for the next run."""
+    if end is None or getattr(end, "reason", None) != "interrupted" or not flow_run_id:
         return None
     return {"unrecorded_end": "Cancelled", "host": socket.gethostname(), "pid": os.getpid(),
             "message": "interrupted; run the same command again to resume"}
 
 
-def api_reachable(timeout: float = 1.0) -> bool:
-    """One quick health check of the API this process talks to (no retries: it is either there or not)."""
+def api_went_with_the_stop(timeout: float = 1.0) -> bool:
+    """Whether the Prefect API this process talks to stopped with the run's interruption. Only
+    Prefect's temporary server can (it sits in a script's process group): with PREFECT_API_URL set
+    (the CLI's own server, a worker's, any `prefect server`) no request is made, each is one more
+    second of a stop on a loaded machine (bench/stops.py); else one quick health check, no retries."""
     try:
+        from prefect.settings import PREFECT_API_URL
+
+        if PREFECT_API_URL.value():
+            return False
         from prefect.client.orchestration import get_client
 
         url = str(get_client(sync_client=True).api_url).rstrip("/")
-        return httpx.get(f"{url}/health", timeout=timeout).status_code == 200
+        return httpx.get(f"{url}/health", timeout=timeout).status_code != 200
     except Exception:  # noqa: BLE001 - not there
-        return False
+        return True
 
 
 def fail_fast_without_api(logger: logging.Logger, state: Any) -> None:
@@ -83,8 +91,9 @@ def fail_fast_without_api(logger: logging.Logger, state: Any) -> None:
     connection error. The run's end is kept in the DB lock's note for the next run.
 
     Private Prefect attributes (`_client._has_connected`: ConnectError is retried only after a
-    first connection; `_QueueServiceBase._instances`), used only here, only once the API is gone;
-    if they change, the script exits as slowly as before, nothing worse."""
+    first connection; the transport pool's `_retries`; `_QueueServiceBase._instances`), used only
+    here, only once the API is gone; if they change, the script exits as slowly as before, nothing
+    worse."""
     logger.warning("the Prefect API is gone (it stopped with this process?): the next run of this job DB records "
                    "this run's end")
     _API_GONE[threading.get_ident()] = (state, state.data)  # the engine may replace state.data
@@ -93,7 +102,10 @@ def fail_fast_without_api(logger: logging.Logger, state: Any) -> None:
 
         context = SyncClientContext.get()
         if context is not None:
-            context.client._client._has_connected = False
+            http = context.client._client
+            http._has_connected = False
+            # and no connect retries with back-off (Prefect sets 3 on its transport's pool the same way)
+            http._transport_for_url(http.base_url)._pool._retries = 0
     except Exception:  # noqa: BLE001 - see above
         pass
     drop_queued_prefect_calls()
@@ -140,6 +152,20 @@ class ApiGoneAware:
             if kwargs.get("return_state"):
                 return state
             raise error from None
+
+
+def send_queued_prefect_calls(timeout: float) -> None:
+    """Send the log lines and events queued for the Prefect API now, waiting at most `timeout`:
+    Prefect would send them at the interpreter's exit, after Python's own teardown, which a
+    command line that has reported skips (flows/console/cli.exit_process). Private Prefect API
+    (`_QueueServiceBase`: one registry for the log and event workers); if it changes, they go
+    out at exit as before."""
+    try:
+        from prefect._internal.concurrency.services import _QueueServiceBase
+
+        _QueueServiceBase.drain_all(timeout=timeout, at_exit=False)
+    except Exception:  # noqa: BLE001 - see above
+        pass
 
 
 def drop_queued_prefect_calls() -> None:

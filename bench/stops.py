@@ -1,0 +1,212 @@
+"""How long a stop takes, per mode: from the signal (or Cancel) to the run's end and to the exit.
+
+    python bench/stops.py                                  # every mode, once (~3-6 min on a loaded machine)
+    python bench/stops.py --modes cli script --runs 3 --poll 600
+    python bench/stops.py --root /tmp/before               # another checkout (git worktree add /tmp/before <commit>)
+
+Each mode runs 4 rows on one simulated backend (`parallel_jobs=2`, jobs that run for 10 min),
+waits until 2 jobs run, then stops the run the way that mode is stopped, with a poll interval of
+`--poll` seconds (the stop must not wait for it). Printed per mode, in seconds after the signal:
+`line` the first `stopping:` line on stderr, `ended` the run released its job DB (persisted, lock
+gone), `exit` the process is gone. The target (issue 16) is exit <= 3 s.
+
+Modes:
+  cli          `python -m flows.run_jobs ...` as users get it (its own Prefect server), Ctrl-C to its
+               process group
+  cli-server   the same with PREFECT_API_URL naming a `prefect server` (the bench's), Ctrl-C
+  script       a script calling `run_jobs()` with no server configured (Prefect's temporary server in
+               the script's process group), Ctrl-C to the group
+  sigterm      a flow-run process against a server, SIGTERM to it alone (what a worker sends on
+               Cancel or its own shutdown; a scheduler's or systemd's stop)
+  cancel       the same process, its flow run set Cancelling through the API (Cancel in the UI of a
+               run no worker watches)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODES = ("cli", "cli-server", "script", "sigterm", "cancel")
+CALLBACK = "flows.tiling.demo_callbacks:start_job"
+PASSWORD_ENV = "BENCH_OPENEO_PASSWORD"
+SCRIPT = ("import json, sys\nfrom flows.run_jobs import RunInterrupted, run_jobs\n"
+          "try:\n    run_jobs(**json.loads(sys.argv[1]))\nexcept RunInterrupted:\n    sys.exit(130)\n")
+
+
+def env_for(root: Path, home: Path, api_url: Optional[str], password: str) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(root),
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300", **{PASSWORD_ENV: password})
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def active(db: Path) -> int:
+    import pandas as pd
+
+    try:
+        return int(pd.read_parquet(db)["status"].isin(["queued", "running"]).sum())
+    except (OSError, ValueError):
+        return 0
+
+
+def one_stop(mode: str, root: Path, work: Path, poll: float, api_url: Optional[str], home: Path,
+             spy: bool = False) -> Dict[str, float]:
+    from jobdb import JobDbPaths
+    from simulator import start_simulator
+    from tests.flow_helpers import fast_config, make_db
+
+    run_dir = work / f"{mode}-{time.monotonic_ns()}"
+    run_dir.mkdir()
+    db = make_db(run_dir / "jobs.parquet", 4)
+    lock_note = JobDbPaths.of(db).lock_holder
+    with start_simulator(fast_config(queue_time=0.2, run_time=600.0)) as sim:
+        spec = f"a={sim.url},parallel_jobs=2,user=bench,password_env={PASSWORD_ENV}"
+        kwargs = dict(job_db=str(db), start_job=CALLBACK, poll_interval_seconds=poll,
+                      backends=[{"name": "a", "url": sim.url, "parallel_jobs": 2,
+                                 "auth": {"type": "basic", "username": "bench", "password_env": PASSWORD_ENV}}])
+        if mode in ("cli", "cli-server"):
+            argv = [sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), "--backend", spec,
+                    "--start-job", CALLBACK, "--poll-interval", str(poll), "--no-live"]
+        else:  # a user's script; for sigterm/cancel, what a worker's flow-run process runs
+            (run_dir / "script.py").write_text(SCRIPT)
+            argv = [sys.executable, str(run_dir / "script.py"), json.dumps(kwargs)]
+        server = api_url if mode in ("cli-server", "sigterm", "cancel") else None
+        child = subprocess.Popen(argv, cwd=root, env=env_for(root, home, server, sim.config.password),
+                                 start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        times: Dict[str, float] = {}
+        t0 = [0.0]
+        tail: List[str] = []
+
+        def read() -> None:
+            for line in child.stderr:
+                tail.append(line)
+                del tail[:-40]
+                if t0[0] and "line" not in times and "stopping" in line.lower():
+                    times["line"] = time.monotonic() - t0[0]
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            deadline = time.monotonic() + 600
+            while active(db) < 2:
+                if child.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"{mode}: no 2 jobs running (exit {child.poll()}):\n{''.join(tail)}")
+                time.sleep(0.1)  # a bench watching another process's file; not a test
+            t0[0] = time.monotonic()
+            if mode in ("cli", "cli-server", "script"):
+                os.killpg(child.pid, signal.SIGINT)
+            elif mode == "sigterm":
+                child.send_signal(signal.SIGTERM)
+            else:
+                cancel(api_url, json.loads(lock_note.read_text())["flow_run_id"])
+            spied = 0.0
+            while child.poll() is None and time.monotonic() - t0[0] < poll + 120:
+                if "ended" not in times and run_ended(lock_note):
+                    times["ended"] = time.monotonic() - t0[0]
+                if spy and time.monotonic() - spied > 0.5:
+                    spied = time.monotonic()
+                    dump_stacks(child.pid, spied - t0[0], work / f"{mode}.stacks")
+                time.sleep(0.02)  # a bench watching another process; not a test
+            if child.poll() is None:
+                raise SystemExit(f"{mode}: no exit {poll + 120:.0f} s after the stop:\n{''.join(tail)}")
+            times["exit"] = time.monotonic() - t0[0]
+            times.setdefault("ended", times["exit"])
+            reader.join(10)
+            if child.returncode != 130:
+                print(f"  {mode}: exit code {child.returncode}:\n{''.join(tail[-15:])}")
+            times["code"] = child.returncode
+        finally:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait(10)
+    return times
+
+
+def run_ended(lock_note: Path) -> bool:
+    """The run persisted and released its job DB (a run whose API went with it leaves its end in the note)."""
+    try:
+        return not lock_note.exists() or "unrecorded_end" in lock_note.read_text()
+    except OSError:
+        return False
+
+
+def dump_stacks(pid: int, at: float, into: Path) -> None:
+    """--spy: every thread's stack now (py-spy, when installed), to see where a slow stop spends its time."""
+    done = subprocess.run([shutil.which("py-spy") or "py-spy", "dump", "--pid", str(pid)], capture_output=True,
+                          text=True)
+    with into.open("a") as out:
+        out.write(f"===== {at:.2f} s after the stop\n{done.stdout}{done.stderr}\n")
+
+
+def cancel(api_url: str, flow_run_id: str) -> None:
+    import httpx
+
+    body = {"state": {"type": "CANCELLING", "message": "cancelled (bench)"}, "force": True}
+    httpx.post(f"{api_url}/flow_runs/{flow_run_id}/set_state", json=body, timeout=30).raise_for_status()
+
+
+def spread(values: List[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=str(ROOT), help="checkout whose flow is measured")
+    parser.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--poll", type=float, default=60.0, help="the runs' poll interval (seconds)")
+    parser.add_argument("--spy", metavar="DIR", help="diagnostics: py-spy dumps of the stopping process every 0.5 s, "
+                        "into DIR/<mode>.stacks (pip install py-spy)")
+    args = parser.parse_args()
+    root = Path(args.root).resolve()
+    work = Path(tempfile.mkdtemp(prefix="bench_stops_"))
+    server = None
+    print(f"checkout {root}; poll interval {args.poll:.0f} s; load {os.getloadavg()[0]:.1f}")
+    print(f"{'mode':<11} {'stopping: line':>16} {'run ended':>16} {'exit':>16}  exit codes")
+    try:
+        if set(args.modes) & {"cli-server", "sigterm", "cancel"}:
+            from tests.prefect_server import PrefectServer
+
+            (work / "server-home").mkdir()
+            server = PrefectServer(work / "server-home")
+        for mode in args.modes:
+            home = work / "home"  # one for the runs without a server: only the first one migrates it
+            results = [one_stop(mode, root, work, args.poll, server and server.api_url, home, bool(args.spy))
+                       for _ in range(args.runs)]
+            print(f"{mode:<11} {spread([r['line'] for r in results if 'line' in r]):>16} "
+                  f"{spread([r['ended'] for r in results]):>16} {spread([r['exit'] for r in results]):>16}  "
+                  f"{sorted({r['code'] for r in results})}", flush=True)
+        print(f"load {os.getloadavg()[0]:.1f}")
+        if args.spy:
+            Path(args.spy).mkdir(parents=True, exist_ok=True)
+            for stacks in work.glob("*.stacks"):
+                shutil.copy(stacks, Path(args.spy) / stacks.name)
+    finally:
+        if server is not None:
+            server.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
