@@ -69,11 +69,12 @@ runs = Table(
     Column("note", JSON),  # host, pid, flow run id
 )
 
-# Rows per status of each campaign, kept by every write that changes a status (in its
-# transaction), so a cycle reads its counts without a GROUP BY over the whole campaign.
+# Rows per backend × status of each campaign, kept by every write that changes them (in its
+# transaction), so a cycle and its progress table read counts without a GROUP BY over the campaign.
 status_counts = Table(
     "status_counts", metadata,
     Column("campaign", String(200), primary_key=True),
+    Column("backend", String(200), primary_key=True),  # "" for rows without a backend (v3)
     Column("status", String(32), primary_key=True),
     Column("n", Integer, nullable=False),
 )
@@ -105,9 +106,21 @@ def _v2(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE run_accounts ADD COLUMN wants INTEGER"))
 
 
+def _v3(conn: Connection) -> None:
+    """status_counts per backend too: the table is made again and counted from the rows."""
+    from jobdb.sql.counts import recount
+
+    if "backend" in {c["name"] for c in inspect(conn).get_columns("status_counts")}:
+        return
+    status_counts.drop(conn)
+    status_counts.create(conn)
+    for name in conn.execute(select(campaigns.c.name)).scalars().all():
+        recount(conn, name)
+
+
 # Step i brings a database from version i to i + 1. Append; never edit a released step (`_v1`
 # creates the current tables, so later steps check before they alter).
-UPGRADES: List[Callable[[Connection], None]] = [_v1, _v2]
+UPGRADES: List[Callable[[Connection], None]] = [_v1, _v2, _v3]
 VERSION = len(UPGRADES)
 
 
