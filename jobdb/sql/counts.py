@@ -13,9 +13,8 @@ from typing import Dict, Iterable, Optional, Tuple
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from jobdb.sql.schema import jobs, status_counts
+from jobdb.sql.schema import NO_BACKEND, status_counts
 
-NO_BACKEND = ""  # rows no backend was chosen for yet (a key column cannot be NULL)
 Key = Tuple[Optional[str], str]  # (backend name or None, status)
 
 
@@ -46,17 +45,6 @@ def apply_deltas(conn, campaign: str, deltas: Dict[Tuple[str, str], int]) -> Non
     c = status_counts.c
     conn.execute(statement.on_conflict_do_update(index_elements=[c.campaign, c.backend, c.status],
                                                  set_={"n": c.n + statement.excluded.n}))
-
-
-def recount(conn, campaign: str) -> None:
-    """Counts from the rows themselves (a new campaign, or an upgrade that changes the table)."""
-    conn.execute(status_counts.delete().where(status_counts.c.campaign == campaign))
-    backend = func.coalesce(jobs.c.backend_name, NO_BACKEND)
-    counted = conn.execute(select(backend, jobs.c.status, func.count()).where(jobs.c.campaign == campaign)
-                           .group_by(backend, jobs.c.status)).all()
-    if counted:
-        conn.execute(status_counts.insert(), [{"campaign": campaign, "backend": b, "status": s, "n": int(n)}
-                                              for b, s, n in counted])
 
 
 def read_counts(conn, campaign: str) -> Dict[str, int]:
