@@ -82,7 +82,9 @@ def test_counts_follow_every_kind_of_write(postgres, tmp_path):
     store.lock.acquire("one")
     try:
         waiting = list(store.snapshot().waiting)
-        store.apply({r: {"status": "running", "backend_name": "a", "id": f"j{r}"} for r in waiting[:6]})
+        store.apply({r: {"status": "creating", "backend_name": "a", "job_marker": f"m{r}"} for r in waiting[:6]})
+        store.persist(force=True)
+        store.apply({r: {"status": "running", "id": f"j{r}"} for r in waiting[:6]})
         store.persist(force=True)
         store.apply({waiting[0]: {"status": "error", "error_message": "boom"},
                      waiting[1]: {"status": "running", "backend_name": "b"}})
