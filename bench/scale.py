@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scale.py [--rows 10000] [--db-rows 100000] [--json out.json]
                                      [--skip-flow] [--skip-db] [--no-download] [--root CHECKOUT]
+                                     [--store file|postgresql] [--store-url postgresql://…]
                                      [--profile FILE] [--without-job-events] [--without-tags]
 
 1. Flow: `--rows` rows over 2 simulated backends (fast jobs: queue 0.1 s, run 0.3 s, one 1 KiB
@@ -13,7 +14,9 @@
    `--root` runs another checkout's flow (e.g. `git worktree add /tmp/before <commit>`);
    diagnostics: `--profile` (cProfile of the flow thread), `--without-job-events` (the per-status
    Prefect events patched out, to see what they cost), `--without-tags` (task runs without the
-   openeo tags of flows/config/limits.py: what a tag with no limit costs).
+   openeo tags of flows/config/limits.py: what a tag with no limit costs). `--store postgresql`
+   runs the same rows as a PostgreSQL campaign (a private cluster like the tests', or `--store-url`)
+   instead of a Parquet file: the SQL store against the file store, side by side with two invocations.
 2. Job DB: `--db-rows` rows: load, select-by-status, apply_updates of 1 000 rows, persist, for
    Parquet and CSV (and one openeo-manager-style persist of one row, which rewrites the file).
 """
@@ -58,6 +61,9 @@ PHASES = [
     ("jobdb.store", "JobStore", "snapshot", "JobStore.snapshot"),
     ("jobdb.store", "JobStore", "apply", "JobStore.apply"),
     ("jobdb.store", "JobStore", "persist", "JobStore.persist"),
+    ("jobdb.sql.store", "SqlJobStore", "snapshot", "SqlJobStore.snapshot"),
+    ("jobdb.sql.store", "SqlJobStore", "apply", "SqlJobStore.apply"),
+    ("jobdb.sql.store", "SqlJobStore", "persist", "SqlJobStore.persist"),
     # cycle before the rebuild
     *[("flows.run_loop.cycle", None, name, name) for name in (
         "collect_starts", "collect_polls", "submit_polls", "reconcile", "claim_rows", "collect_finishers",
@@ -104,8 +110,16 @@ def child_flow(spec: Dict[str, Any], out: Path) -> None:
     workdir = Path(spec["workdir"])
     n = spec["rows"]
     db_path = workdir / "jobs.parquet"
-    JobDatabase.create(db_path, pd.DataFrame({"tile_id": [f"T{i:06d}" for i in range(n)],
-                                              "year": [2020 + i % 4 for i in range(n)]}))
+    rows = pd.DataFrame({"tile_id": [f"T{i:06d}" for i in range(n)], "year": [2020 + i % 4 for i in range(n)]})
+    store = {}
+    if spec.get("store_url"):
+        from jobdb.sql.campaign import SqlDatabase
+
+        SqlDatabase.open(spec["store_url"], create=True).create_campaign("bench", rows)
+        store = {"job_db": spec["store_url"], "campaign": "bench"}
+    else:
+        JobDatabase.create(db_path, rows)
+        store = {"job_db": str(db_path)}
     import importlib
 
     import flows.run_jobs as rj
@@ -134,7 +148,7 @@ def child_flow(spec: Dict[str, Any], out: Path) -> None:
         profiler.enable()
     t0 = time.time()
     try:
-        state = rj.run_jobs(job_db=str(db_path), backends=backends, start_job="flows.tiling.demo_callbacks:start_job",
+        state = rj.run_jobs(**store, backends=backends, start_job="flows.tiling.demo_callbacks:start_job",
                             max_start_workers=spec["start_workers"], poll_interval_seconds=1.0,
                             download_results=spec["download"], root_dir=str(workdir / "results"), return_state=True)
         t1 = time.time()
@@ -235,6 +249,7 @@ def run_flow_bench(args: argparse.Namespace) -> Dict[str, Any]:
     sims = [start_simulator(SimulatorConfig(**SIM)) for _ in range(2)]
     workdir = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.workdir))
     spec = {"rows": args.rows, "workdir": str(workdir), "password": sims[0].config.password, "root": args.root,
+            "store_url": args.store_url,
             "without_job_events": args.without_job_events, "without_tags": args.without_tags, "profile": args.profile,
             "start_workers": args.start_workers, "download": not args.no_download,
             "backends": [{"name": f"b{i}", "url": s.url, "parallel_jobs": args.parallel_jobs} for i, s in enumerate(sims)]}
@@ -246,7 +261,8 @@ def run_flow_bench(args: argparse.Namespace) -> Dict[str, Any]:
     env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(workdir / "spec.json"), str(out)]
-    print(f"[{time.strftime('%H:%M:%S')}] flow: {args.rows} rows, 2 backends × {args.parallel_jobs} slots, "
+    print(f"[{time.strftime('%H:%M:%S')}] flow ({'PostgreSQL campaign' if args.store_url else 'Parquet file'}): "
+          f"{args.rows} rows, 2 backends × {args.parallel_jobs} slots, "
           f"{args.start_workers} start workers, download={not args.no_download} ...", flush=True)
     log = open(workdir / "child.log", "wb")
     load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -289,13 +305,15 @@ def run_flow_bench(args: argparse.Namespace) -> Dict[str, Any]:
     wall = (result["call_end"] - result["call_start"]) if result.get("call_start") else None
     stats = result.get("stats") or {}
     elapsed = stats.get("elapsed_seconds")
-    save = (result.get("timings") or {}).get("JobDatabase.save", {})
+    timings = result.get("timings") or {}
+    save = timings.get("JobDatabase.save") or timings.get("SqlJobStore.persist") or {}
     requests: Dict[str, int] = defaultdict(int)
     for c in counters:
         for k, v in c["requests"].items():
             requests[k] += v
     summary = {
         "outcome": outcome, "rows": n, "parallel_jobs_per_backend": args.parallel_jobs,
+        "store": "postgresql" if args.store_url else "file",
         "load_before": load_before, "load_after": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "start_workers": args.start_workers, "download": not args.no_download,
         "process_wall_s": round(time.time() - t0, 1),
@@ -455,7 +473,25 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="diagnostic: the flow emits no Prefect event per job status change (patched out)")
     parser.add_argument("--without-tags", action="store_true",
                         help="diagnostic: task runs carry no tags (flows/config/limits.py task_tags patched out)")
+    parser.add_argument("--store", choices=("file", "postgresql"), default="file",
+                        help="the flow's job DB: a Parquet file, or a PostgreSQL campaign")
+    parser.add_argument("--store-url", help="with --store postgresql: an empty database to use (default: a private "
+                                            "cluster, started and stopped here)")
     args = parser.parse_args(argv)
+    cluster = None
+    if args.store == "postgresql" and not args.store_url and not args.skip_flow:
+        from tests.postgres import PostgresCluster, find_bin_dir
+
+        cluster = PostgresCluster(find_bin_dir()).start()
+        args.store_url = cluster.database("bench_scale")
+    try:
+        return bench(args)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def bench(args: argparse.Namespace) -> int:
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench-scale-")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -2,8 +2,10 @@
 
 Measures, for N rows (default 100 000):
 - load: file -> the store (`python -m jobdb copy` path for PostgreSQL; `JobStore.open` for a file);
-- one cycle that changes `--changed` rows (default 100): snapshot + apply + persist, median of
-  `--cycles` cycles, each cycle moving fresh rows waiting -> creating (what a cycle's intents do).
+- one cycle that changes `--changed` rows (default 100): snapshot + apply + persist + the progress
+  table's counts per backend, median of `--cycles` cycles, each cycle moving fresh rows
+  waiting -> creating (what a cycle's intents do): wall time, this process's CPU time (on a loaded
+  machine the wall time is mostly the wait for a core) and the SQL statements sent per cycle.
 
 PostgreSQL: a private cluster like the tests' (tests/postgres.py), or `--url` for your own.
 
@@ -35,16 +37,28 @@ def frame(rows: int) -> pd.DataFrame:
                          "west": [4.0 + (i % 300) * 0.01 for i in range(rows)]})
 
 
-def cycles(store, changed: int, count: int) -> list:
-    took = []
+def cycles(store, changed: int, count: int) -> tuple:
+    """Wall and CPU seconds of each cycle (CPU: this process only; on a loaded machine the wall
+    time mostly measures the wait for a core), and the SQL statements each sent."""
+    took, cpu, sent = [], [], []
+    engine = getattr(getattr(store, "db", None), "engine", None)
+    statements = [0]
+    if engine is not None:
+        from sqlalchemy import event
+
+        event.listen(engine, "before_cursor_execute", lambda *args: statements.__setitem__(0, statements[0] + 1))
     for _ in range(count):
-        t0 = time.perf_counter()
+        statements[0] = 0
+        t0, c0 = time.perf_counter(), time.process_time()
         snapshot = store.snapshot()
         rows = list(snapshot.waiting[:changed])
         store.apply({r: {"status": CREATING, "backend_name": "b", "job_marker": f"m{r}", "attempt": 1} for r in rows})
         store.persist(force=True)
+        store.status_by_backend()  # the progress table, once per poll interval in a run
         took.append(time.perf_counter() - t0)
-    return took
+        cpu.append(time.process_time() - c0)
+        sent.append(statements[0])
+    return took, cpu, sent
 
 
 def main() -> None:
@@ -63,6 +77,7 @@ def main() -> None:
 
         cluster = PostgresCluster(find_bin_dir()).start()
         url = cluster.database("bench")
+    load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     try:
         t0 = time.perf_counter()
         JobDatabase.create(tmp / "jobs.parquet", df)
@@ -82,9 +97,12 @@ def main() -> None:
         finally:
             sql_store.lock.release()
         print(f"{args.rows} rows, {args.changed} rows changed per cycle, median of {args.cycles} cycles")
-        print(f"{'store':<12} {'load s':>8} {'cycle ms (median)':>18} {'cycle ms (max)':>15}")
-        for name, load, took in (("file", file_load, file_cycles), ("postgresql", sql_load, sql_cycles)):
-            print(f"{name:<12} {load:>8.2f} {1000 * statistics.median(took):>18.1f} {1000 * max(took):>15.1f}")
+        print(f"load average before / after: {load_before} / {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+        print(f"{'store':<12} {'load s':>8} {'cycle ms (median)':>18} {'cycle ms (max)':>15} "
+              f"{'cycle CPU ms (median)':>22} {'statements':>11}")
+        for name, load, (took, cpu, sent) in (("file", file_load, file_cycles), ("postgresql", sql_load, sql_cycles)):
+            print(f"{name:<12} {load:>8.2f} {1000 * statistics.median(took):>18.1f} {1000 * max(took):>15.1f} "
+                  f"{1000 * statistics.median(cpu):>22.1f} {('-' if name == 'file' else max(sent)):>11}")
     finally:
         if cluster is not None:
             cluster.stop()

@@ -208,7 +208,8 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
     run.store.retry_failed_downloads()
     if run.hooks:
         run.store.retry_failed_hooks()  # a hook fixed since the last run runs again where it failed
-    results = RunResults(run.root_dir, run.store.dataframe, run.store.row, str(run.store.path), logger)
+    results = RunResults(run.root_dir, run.store.dataframe, run.store.row, run.store.name, logger,
+                         campaign=run.store.campaign)
     results.start()
     overrides = LimitOverrides(run.backends, run.limit_sources, params.poll_interval_seconds, logger,
                                on_rate=pace_starts(run.connections))

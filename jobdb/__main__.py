@@ -28,9 +28,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     cp.add_argument("--force", action="store_true", help="replace an existing destination file")
     stac = commands.add_parser("stac", aliases=["rebuild-collection"],
                                help="write the campaign's STAC collection anew from the job DB and its results")
-    stac.add_argument("job_db")
-    stac.add_argument("--root-dir", help="where the results are: a folder or an fsspec URL (default: beside the DB)")
-    stac.add_argument("--campaign", help="the collection id (default: the job DB's stem)")
+    stac.add_argument("job_db", help="a job DB file, or a SQL URL (postgresql://…, sqlite:///…)")
+    stac.add_argument("--root-dir", help="where the results are: a folder or an fsspec URL (default: beside "
+                                         "a DB file; ./CAMPAIGN/ for a SQL campaign)")
+    stac.add_argument("--campaign", help="a SQL job DB: the campaign (its name is the collection id; may be left "
+                                         "out when the database holds one); a file: the collection id "
+                                         "(default: the file's stem)")
     stac.add_argument("--json", action="store_true", help="print the outcome as JSON")
     args = parser.parse_args(argv)
     return copy_command(args) if args.command == "copy" else stac_command(args)

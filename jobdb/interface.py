@@ -22,6 +22,7 @@ class CampaignStore(Protocol):
     paths: JobDbPaths  # markers, artifact keys, maps, default results folder
     lock: Any  # acquire(flow_run_id, wait_seconds, on_wait) / release(): the file's lock, or the run's lease
     name: str  # what reports call it (a path, or the database without credentials + campaign)
+    campaign: Optional[str]  # the campaign's name in a SQL database (the STAC collection id); None for a file
     persist_count: int
     track_hooks: bool
     track_retries: bool

@@ -81,6 +81,8 @@ class Snapshot:
 class JobStore:
     """One job DB, opened for a run. Use `JobStore.open(path)`."""
 
+    campaign = None  # a file holds one campaign, named by the file (a SQL store names it)
+
     def __init__(self, db: JobDatabase, min_persist_interval: float = 1.0):
         self._db = db
         self.paths = JobDbPaths.of(db.path)

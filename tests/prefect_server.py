@@ -57,8 +57,11 @@ def stop(process: subprocess.Popen, timeout: float = 15) -> None:
 class PrefectServer:
     """`prefect server start` on a free loopback port with its own PREFECT_HOME."""
 
-    def __init__(self, home: Path, startup_timeout: float = 600):  # a bound for hangs (a loaded machine)
+    def __init__(self, home: Path, startup_timeout: float = 600,  # a bound for hangs (a loaded machine)
+                 database_url: Optional[str] = None):
+        """`database_url`: the server's own database (`postgresql+asyncpg://…`); SQLite in `home` by default."""
         self.home = home
+        self.database_url = database_url
         self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.log = open(home / "server.log", "wb")
@@ -73,11 +76,17 @@ class PrefectServer:
 
     def spawn(self, argv: List[str], log=None, api: bool = True, **env: str) -> subprocess.Popen:
         process = subprocess.Popen(
-            argv, cwd=ROOT, env=self.env(**env) if api else base_env(self.home, **{}),
+            argv, cwd=ROOT, env=self.env(**env) if api else self.server_env(),
             stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.processes.append(process)
         return process
+
+    def server_env(self) -> Dict[str, str]:
+        env = base_env(self.home)
+        if self.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
+        return env
 
     def wait_healthy(self, timeout: float) -> None:
         try:

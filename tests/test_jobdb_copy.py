@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import geopandas as gpd
 import openeo.extra.job_management as ojm
@@ -110,3 +110,36 @@ def test_openeo_job_database_interface(postgres, tmp_path):
     again = db.get_by_indices([1, 2])
     assert again.loc[1, "status"] == "queued" and again.loc[1, "cpu"] == "3 cpu-seconds"
     assert again.loc[2, "status"] == "not_started" and again.loc[2, "tile_id"] == "T2"
+
+
+def test_copy_to_and_from_s3_on_a_moto_server(postgres, tmp_path):
+    """`python -m jobdb copy` with s3:// on both sides (moto's standalone server; s3fs reads the
+    AWS_* variables); a job_db of s3:// is refused in one line that names the forms that work."""
+    from jobdb.interface import open_store
+    from jobdb.schema import JobDbError
+    from tests.s3_server import moto_s3, s3_client
+
+    url = postgres.database("copy_s3")
+    local = tmp_path / "in.geoparquet"
+    source = tiles()
+    ojm.create_job_db(local, source)
+    with moto_s3("campaigns") as s3:
+        client = s3_client(s3)
+        client.upload_file(str(local), "campaigns", "in/jobs.geoparquet")
+        done = jobdb_cli("copy", "s3://campaigns/in/jobs.geoparquet", url, "--campaign", "eu")
+        assert done.returncode == 0, done.stderr
+        for name in ("out/jobs.geoparquet", "out/jobs.csv"):
+            done = jobdb_cli("copy", url, f"s3://campaigns/{name}", "--campaign", "eu")
+            assert done.returncode == 0 and f"s3://campaigns/{name}" in done.stdout, done.stderr
+            client.download_file("campaigns", name, str(tmp_path / PurePosixPath(name).name))
+            back = ojm.get_job_db(tmp_path / PurePosixPath(name).name).read()
+            assert back["tile_id"].tolist() == source["tile_id"].tolist()
+            assert [g.equals_exact(s, 1e-9) for g, s in zip(back.geometry, source.geometry)] == [True] * 6
+        again = jobdb_cli("copy", url, "s3://campaigns/out/jobs.csv", "--campaign", "eu")
+        assert again.returncode == 2 and "already exists" in again.stderr and again.stderr.count("\n") == 1
+        keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="campaigns")["Contents"])
+        assert keys == ["in/jobs.geoparquet", "out/jobs.csv", "out/jobs.geoparquet"]  # no temporary left
+        with pytest.raises(JobDbError) as refused:  # the file exists, and still: it cannot be locked
+            open_store("s3://campaigns/in/jobs.geoparquet")
+    line = str(refused.value)
+    assert "\n" not in line and "postgresql://" in line and "sqlite:///" in line and "python -m jobdb copy" in line

@@ -20,18 +20,28 @@ def sqlite_campaign(tmp_path, rows: int, name: str = "eu") -> str:
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_sqlite_campaign_runs_to_the_end(sim, tmp_path):
-    url = sqlite_campaign(tmp_path, 12)
-    stats = run_jobs(job_db=url, campaign="eu", backends=[backend("a", sim, 3)],
+    """... and its STAC collection is named after the campaign, by the run and by `python -m jobdb stac`."""
+    import json
+
+    from tasks.results.rebuild import rebuild
+
+    url = sqlite_campaign(tmp_path, 12, name="eu.2024")
+    stats = run_jobs(job_db=url, campaign="eu.2024", backends=[backend("a", sim, 3)],
                      start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.3,
                      root_dir=str(tmp_path / "results"))
     assert stats["status"] == {"finished": 12}
-    df = SqlDatabase.open(url).export("eu")
+    df = SqlDatabase.open(url).export("eu.2024")
     assert (df["status"] == "finished").all()
     assert (df["results_status"] == "downloaded").all()
     assert df["id"].is_unique
     assert sim.counters()["jobs_total"] == 12
     assert max(sim.counters()["max_active_per_user"].values()) <= 3
     assert all((tmp_path / "results" / f"job_{j}").is_dir() for j in df["id"])
+    collection = json.loads((tmp_path / "results" / "collection.json").read_text())
+    assert collection["id"] == "eu.2024"  # not the stem of a path ("eu"), nor the database's name
+    again = rebuild(url, str(tmp_path / "results"))  # the only campaign in the database: no name needed
+    assert again["id"] == "eu.2024" and again["items"] == 12 and not again["missing"]
+    assert json.loads((tmp_path / "results" / "collection.json").read_text())["id"] == "eu.2024"
 
 
 def test_two_stores_never_hold_the_same_waiting_row(tmp_path):

@@ -17,9 +17,9 @@ from sqlalchemy.engine import Engine
 
 from jobdb.schema import JobDbError, JobDbExistsError, utc_now
 from jobdb.sql.engine import engine_for, redacted
-from jobdb.sql.counts import read_counts, recount
+from jobdb.sql.counts import read_counts, read_counts_by_backend
 from jobdb.sql.records import frame_to_rows, rows_to_frame
-from jobdb.sql.schema import campaigns, current_version, jobs, upgrade
+from jobdb.sql.schema import campaigns, current_version, jobs, recount, upgrade
 
 log = logging.getLogger(__name__)
 INSERT_CHUNK = 5000
@@ -109,3 +109,7 @@ class SqlDatabase:
     def counts(self, campaign: str) -> Dict[str, int]:
         with self.engine.connect() as conn:
             return read_counts(conn, campaign)
+
+    def counts_by_backend(self, campaign: str) -> Dict[str, Dict[str, int]]:
+        with self.engine.connect() as conn:
+            return read_counts_by_backend(conn, campaign)

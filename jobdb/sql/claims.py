@@ -135,11 +135,15 @@ class RunLease:
         def run():
             with self.db.engine.begin() as conn:
                 live_others = set(self.live_runs(conn)) - {self.run_id}
+                # The choice is a CTE joined by the UPDATE, not `row_index IN (subquery)`: PostgreSQL
+                # may rescan such a subquery per row, and with SKIP LOCKED each rescan picks other
+                # rows, so the LIMIT no longer bounds the claim (measured: 500 rows for a limit of 100).
                 chosen = (select(jobs.c.row_index)
                           .where(jobs.c.campaign == self.campaign, condition, self.claimable(live_others))
-                          .order_by(jobs.c.row_index).limit(limit).with_for_update(skip_locked=True))
+                          .order_by(jobs.c.row_index).limit(limit).with_for_update(skip_locked=True)
+                          .cte("chosen"))
                 statement = (update(jobs).where(jobs.c.campaign == self.campaign,
-                                                jobs.c.row_index.in_(chosen.scalar_subquery()))
+                                                jobs.c.row_index == chosen.c.row_index)
                              .values(owner=self.run_id).returning(*jobs.c))
                 return [dict(r) for r in conn.execute(statement).mappings()]
         return retrying(run, "claiming rows", log)

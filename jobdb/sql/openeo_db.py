@@ -64,12 +64,12 @@ class SqlJobDatabase(JobDatabaseInterface):
             changes = []
             for i, values in zip(rows, df.drop(columns=[GEOMETRY_COLUMN, "_row"], errors="ignore").to_dict("records")):
                 record = stored[i]
-                old = record["status"]
+                old = (record["backend_name"], record["status"])
                 record.update({k: v for k, v in values.items() if not _missing(v)})
                 new = table_values(record)
                 conn.execute(update(jobs).where(jobs.c.campaign == self.campaign, jobs.c.row_index == i)
                              .values({c: new[c] for c in (*FIXED_COLUMNS, "extra")}))
-                changes.append((old, new["status"]))
+                changes.append((old, (new["backend_name"], new["status"])))
             apply_deltas(conn, self.campaign, status_deltas(changes))
 
 

@@ -20,7 +20,7 @@ def retry_failed_rows(store) -> int:
     """Failed rows (error, start_failed, canceled) back to `not_started`, keeping their history:
     the job id joins `previous_job_ids`, the error becomes `previous_error`, `attempt` stays."""
     c = jobs.c
-    chosen = select(c.row_index, c.status, c.id, c.attempt, c.error_message, c.previous_job_ids).where(
+    chosen = select(c.row_index, c.status, c.backend_name, c.id, c.attempt, c.error_message, c.previous_job_ids).where(
         c.campaign == store.campaign, c.status.in_(sorted(FAILED)), store.lock.claimable())
     if store.db.engine.dialect.name == "postgresql":
         chosen = chosen.with_for_update(skip_locked=True)
@@ -33,7 +33,8 @@ def retry_failed_rows(store) -> int:
             values = [_retried(r) for r in rows]
             conn.execute(update(jobs).where(c.campaign == store.campaign, c.row_index == bindparam("_row"))
                          .values({name: bindparam(name) for name in values[0] if name != "_row"}), values)
-            apply_deltas(conn, store.campaign, status_deltas((r.status, NOT_STARTED) for r in rows))
+            apply_deltas(conn, store.campaign, status_deltas(
+                ((r.backend_name, r.status), (None, NOT_STARTED)) for r in rows))  # backend_name is reset
             return len(rows)
     return retrying(write, "putting failed rows back", log)
 

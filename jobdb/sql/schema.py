@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Callable, List
 
 from sqlalchemy import (
-    JSON, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text, inspect, select, text,
+    JSON, Column, Float, Index, Integer, LargeBinary, MetaData, String, Table, Text, func, inspect, select, text,
 )
 from sqlalchemy.engine import Connection
 
@@ -69,11 +69,14 @@ runs = Table(
     Column("note", JSON),  # host, pid, flow run id
 )
 
-# Rows per status of each campaign, kept by every write that changes a status (in its
-# transaction), so a cycle reads its counts without a GROUP BY over the whole campaign.
+NO_BACKEND = ""  # status_counts.backend of rows without a backend (a key column cannot be NULL)
+
+# Rows per backend × status of each campaign, kept by every write that changes them (in its
+# transaction), so a cycle and its progress table read counts without a GROUP BY over the campaign.
 status_counts = Table(
     "status_counts", metadata,
     Column("campaign", String(200), primary_key=True),
+    Column("backend", String(200), primary_key=True),  # "" for rows without a backend (v3)
     Column("status", String(32), primary_key=True),
     Column("n", Integer, nullable=False),
 )
@@ -105,9 +108,30 @@ def _v2(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE run_accounts ADD COLUMN wants INTEGER"))
 
 
+def _v3(conn: Connection) -> None:
+    """status_counts per backend too: the table is made again and counted from the rows."""
+    if "backend" in {c["name"] for c in inspect(conn).get_columns("status_counts")}:
+        return
+    status_counts.drop(conn)
+    status_counts.create(conn)
+    for name in conn.execute(select(campaigns.c.name)).scalars().all():
+        recount(conn, name)
+
+
+def recount(conn, campaign: str) -> None:
+    """Counts from the rows themselves (a new campaign, or an upgrade that changes the table)."""
+    conn.execute(status_counts.delete().where(status_counts.c.campaign == campaign))
+    backend = func.coalesce(jobs.c.backend_name, NO_BACKEND)
+    counted = conn.execute(select(backend, jobs.c.status, func.count()).where(jobs.c.campaign == campaign)
+                           .group_by(backend, jobs.c.status)).all()
+    if counted:
+        conn.execute(status_counts.insert(), [{"campaign": campaign, "backend": b, "status": s, "n": int(n)}
+                                              for b, s, n in counted])
+
+
 # Step i brings a database from version i to i + 1. Append; never edit a released step (`_v1`
 # creates the current tables, so later steps check before they alter).
-UPGRADES: List[Callable[[Connection], None]] = [_v1, _v2]
+UPGRADES: List[Callable[[Connection], None]] = [_v1, _v2, _v3]
 VERSION = len(UPGRADES)
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 import pandas as pd
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import select, update
 
 from jobdb.paths import JobDbPaths
 from jobdb.schema import JobDbError
+from jobdb.sql.batch import write_held_rows
 from jobdb.sql.campaign import SqlDatabase
 from jobdb.sql.claims import RunLease
 from jobdb.sql.counts import apply_deltas, status_deltas
@@ -33,6 +34,11 @@ from jobdb.store import Snapshot, row_label
 
 log = logging.getLogger(__name__)
 WAITING_BATCH = 20  # waiting rows a run holds at most (more are claimed as these start)
+
+
+def default_results_root(campaign: str) -> Path:
+    """Where a SQL campaign's results go without `root_dir`: ./<campaign>/ in the working directory."""
+    return Path.cwd() / campaign
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ class SqlJobStore:
         info = db.info(campaign)
         self.total = info.rows
         self._has_geometry = "geometry" in info.columns
-        root = Path(results_root or Path.cwd() / campaign).resolve()
+        root = Path(results_root or default_results_root(campaign)).resolve()
         self.paths = CampaignPaths(root / campaign, db.marker_prefix(campaign))
         self.name = f"{db.name}#{campaign}"
         self.lock = RunLease(db, campaign, run_id or uuid.uuid4().hex[:16])
@@ -75,7 +81,7 @@ class SqlJobStore:
         self.accounts: Dict[str, str] = {}  # backend name -> account identity (for counting slots)
         self.lost: set = set()  # rows another run adopted from this one (its lease had ended)
         self._rows: Dict[int, Dict[str, Any]] = {}
-        self._stored_status: Dict[int, str] = {}  # each held row's status as the database has it
+        self._stored: Dict[int, tuple] = {}  # each held row's (backend, status) as the database has it
         self._dirty: set = set()
         self._last_persist = 0.0
         self._next_adopt = 0.0
@@ -127,7 +133,7 @@ class SqlJobStore:
             if i in self._rows:
                 continue
             self._rows[i] = record_of(db_row)
-            self._stored_status[i] = db_row["status"]
+            self._stored[i] = (db_row["backend_name"], db_row["status"])
             if db_row["status"] != NOT_STARTED:
                 log.info("job store: row %s (%s) adopted from an ended run", i, db_row["status"])
             backend = db_row.get("backend_name")
@@ -159,16 +165,8 @@ class SqlJobStore:
         return row_label(self, i)
 
     def status_by_backend(self) -> Dict[str, Dict[str, int]]:
-        query = (select(func.coalesce(jobs.c.backend_name, "(none)"), jobs.c.status, func.count())
-                 .where(jobs.c.campaign == self.campaign).group_by(jobs.c.backend_name, jobs.c.status))
-
-        def read():
-            with self.db.engine.connect() as conn:
-                return list(conn.execute(query))
-        out: Dict[str, Dict[str, int]] = {}
-        for backend, status, n in retrying(read, "counting rows", log):
-            out.setdefault(str(backend), {})[str(status)] = out.get(str(backend), {}).get(str(status), 0) + int(n)
-        return out
+        """Rows per backend and status, from the counts the writes keep (one small query)."""
+        return retrying(lambda: self.db.counts_by_backend(self.campaign), "counting rows", log)
 
     def dataframe(self) -> pd.DataFrame:
         """The whole campaign (reports, maps): a full read, so never on the cycle's path."""
@@ -217,34 +215,27 @@ class SqlJobStore:
             values["account"] = self.accounts.get(record.get("backend_name")) if record.get("backend_name") else None
             values["owner"] = self.run_id if needs_work(record, rules) else None
             params.append({**values, "b_row": i})
-        statement = (update(jobs).where(jobs.c.campaign == self.campaign, jobs.c.row_index == bindparam("b_row"),
-                                        jobs.c.owner == self.run_id)
-                     .values({c: bindparam(c) for c in (*FIXED_COLUMNS, "extra", "account", "owner")}))
+        columns = (*FIXED_COLUMNS, "extra", "account", "owner")
 
-        def write() -> set:
+        def write() -> set:  # two statements, whatever the number of rows (jobdb/sql/batch.py)
             with self.db.engine.begin() as conn:
-                held = set(conn.execute(select(jobs.c.row_index).where(
-                    jobs.c.campaign == self.campaign, jobs.c.owner == self.run_id, jobs.c.row_index.in_(dirty)
-                ).with_for_update()).scalars())
-                mine = [p for p in params if p["b_row"] in held]
-                if mine:
-                    conn.execute(statement, mine)
-                    apply_deltas(conn, self.campaign, status_deltas(
-                        (self._stored_status[p["b_row"]], p["status"]) for p in mine))
+                held = write_held_rows(conn, self.campaign, self.run_id, params, columns)
+                apply_deltas(conn, self.campaign, status_deltas(
+                    (self._stored[p["b_row"]], (p["backend_name"], p["status"])) for p in params if p["b_row"] in held))
                 return held
         held = retrying(write, "writing rows", log)
         for i in dirty:
             if i in held:
-                self._stored_status[i] = self._rows[i]["status"]
+                self._stored[i] = (self._rows[i].get("backend_name"), self._rows[i]["status"])
             if i not in held:
                 self.lost.add(i)
                 self._rows.pop(i, None)
-                self._stored_status.pop(i, None)
+                self._stored.pop(i, None)
                 log.warning("job store: row %s was adopted by another run (this run's lease had ended); "
                             "leaving it to that run", i)
             elif not needs_work(self._rows[i], rules):
                 self._rows.pop(i)
-                self._stored_status.pop(i, None)
+                self._stored.pop(i, None)
         self._dirty.clear()
         self._last_persist = time.monotonic()
         self.persist_count += 1

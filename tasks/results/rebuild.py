@@ -111,13 +111,28 @@ def downloaded_jobs(df, footprints: Footprints) -> Dict[str, Dict[str, Any]]:
     return {str(values["id"]): footprints.of(int(i), values) for i, values in done.to_dict("index").items()}
 
 
+def campaign_rows(job_db: str, campaign: Optional[str]):
+    """(the campaign's rows, its name, its default results root) for a job DB file or a SQL URL.
+    A SQL campaign's name is the collection id (a file has none: its stem is)."""
+    from jobdb.location import is_sql
+
+    if is_sql(job_db):
+        from jobdb.sql.campaign import SqlDatabase
+        from jobdb.sql.store import default_results_root
+
+        db = SqlDatabase.open(job_db)
+        name = db.resolve_campaign(campaign)
+        return db.export(name), name, str(default_results_root(name))
+    from jobdb import JobDbPaths, load_job_db
+
+    return load_job_db(job_db).df, campaign, str(JobDbPaths.of(job_db).default_results_root)
+
+
 def rebuild(job_db: str, root_dir: Optional[str] = None, campaign: Optional[str] = None,
             parquet_min_items: int = PARQUET_MIN_ITEMS) -> Dict[str, Any]:
     """Write the collection of a campaign anew from its job DB and results; returns what was done."""
-    from jobdb import JobDbPaths, load_job_db
-
-    df = load_job_db(job_db).df
-    root = ResultsRoot(root_dir or JobDbPaths.of(job_db).default_results_root)
+    df, campaign, default_root = campaign_rows(job_db, campaign)
+    root = ResultsRoot(root_dir or default_root)
     footprints = Footprints(df, str(job_db), campaign)
     collection = CampaignCollection(footprints.collection_id, description_of(footprints.collection_id, footprints.job_db))
     jobs = downloaded_jobs(df, footprints)
