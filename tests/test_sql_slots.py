@@ -22,9 +22,13 @@ def campaign(url: str, name: str, rows: int = 10) -> None:
 
 
 def start(store, rows, status="running"):
-    store.apply({r: {"status": status, "backend_name": "b", "id": f"{store.campaign}-{r}", "job_marker": f"m{r}"}
-                 for r in rows})
+    """Rows to `status` through the moves the stores allow (not_started -> creating -> status)."""
+    waiting = [r for r in rows if store.value(r, "status") == "not_started"]
+    store.apply({r: {"status": "creating", "backend_name": "b", "job_marker": f"m{r}"} for r in waiting})
     store.persist(force=True)
+    if status != "creating":
+        store.apply({r: {"status": status, "id": f"{store.campaign}-{r}"} for r in rows})
+        store.persist(force=True)
 
 
 def test_other_runs_and_campaigns_count_until_their_jobs_end(postgres, tmp_path, lease):
