@@ -82,16 +82,20 @@ def test_a_run_reads_at_a_glance(tmp_path):
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         return {r.name: r for r in runs if r.state is not None and r.state.is_final()}
 
+    # T005's callback runs in a `start-…` task (created for a free slot) or a `create-…` one (ahead of it)
+    broken = {"start-T005-2021@good", "create-T005-2021@good"}
+
     def all_recorded():
         runs = task_runs()
         names = set(runs)
-        wanted = ({"start-T005-2021@good", "download-T000-2020", "download-T001-2021", "download-T002-2022",
+        wanted = ({"download-T000-2020", "download-T001-2021", "download-T002-2022",
                    "error-logs-T003-2023", "error-logs-T004-2020"})
-        return runs if wanted <= names else None
+        return runs if wanted <= names and broken & names else None
 
     runs = wait_for("every task run recorded, named by tile", all_recorded)
-    assert runs["start-T005-2021@good"].state.is_failed()
-    assert "KeyError" in runs["start-T005-2021@good"].state.message
+    failed_callback = runs[next(iter(broken & set(runs)))]
+    assert failed_callback.state.is_failed()
+    assert "KeyError" in failed_callback.state.message
     assert runs["start-T000-2020@good"].state.is_completed()
     assert not [name for name in runs if any(job_id in name for job_id in df["id"].dropna())], "named by job id"
 

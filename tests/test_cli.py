@@ -189,7 +189,7 @@ def test_exit_codes(prefect_harness, sim, tmp_path, capsys, outcome, code):
     out, err = capsys.readouterr()
     if outcome in ("completed", "failed", "cancelled"):
         assert out.startswith("3 rows in 1.5 s: 2 finished, 1 error")
-        assert "row 2 (T002 2022) job j-3 on a: error: out of memory" in out
+        assert "row 2 (T002-2022) job j-3 on a: error: out of memory" in out
         assert re.search(rf"^job DB: +{re.escape(str(db))}$", out, flags=re.M), out
     if outcome == "failed":
         assert "run failed: 1 of 3 rows failed" in err
