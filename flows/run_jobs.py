@@ -51,7 +51,7 @@ from flows.config.setup import (
 )
 from flows.report.tile_map import write_tile_map
 from jobdb import JobDbError, JobDbLocked
-from jobdb.status import FAILED, HOLDS_SLOT, POSTPROCESS_FAILED
+from jobdb.status import CREATED, FAILED, HOLDS_SLOT, POSTPROCESS_FAILED
 from jobdb.interface import CampaignStore, open_store
 from jobdb.location import is_sql
 from tasks.connections import ManagedConnection, connection_key, register_connection, unregister_connection
@@ -299,8 +299,10 @@ def final_state(run: PreparedRun, end: CycleEnd, stats: Dict[str, Any], threshol
     retry = " (rerun with --retry-failed / retry_failed=True to retry them)" if failed else ""
     if end.reason == "interrupted":
         outcome = RunOutcome.INTERRUPTED
-        message = (f"interrupted: {active} jobs still running on backends; run the same command again to resume "
-                   f"({stats['rows']} rows: {summary})")
+        ahead = counts.get(CREATED, 0)  # created ahead of a free slot: on the backend, not running
+        waiting = f", {ahead} created and not started" if ahead else ""
+        message = (f"interrupted: {active - ahead} jobs still running on backends{waiting}; run the same command "
+                   f"again to resume ({stats['rows']} rows: {summary})")
     elif failed > threshold * worked:
         outcome = RunOutcome.FAILED
         hooks = f", {stats['hook_failures']} of them in a hook" if stats.get("hook_failures") else ""

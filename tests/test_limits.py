@@ -163,7 +163,8 @@ def test_lowering_and_raising_parallel_jobs_while_the_campaign_runs(tmp_path):
 
     def run():
         try:
-            result["state"] = run_jobs(job_db=str(db), backends=[backend(name, sim, 3)],
+            # create_ahead=0: every created job holds its slot, so "active" is what the limit bounds
+            result["state"] = run_jobs(job_db=str(db), backends=[{**backend(name, sim, 3), "create_ahead": 0}],
                                        start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.3,
                                        return_state=True)
         except BaseException as exc:  # noqa: BLE001 - reported below
