@@ -59,8 +59,10 @@ def env_for(root: Path, home: Path, api_url: Optional[str], password: str) -> Di
 def active(db: Path) -> int:
     import pandas as pd
 
+    from jobdb.status import QUEUED, RUNNING
+
     try:
-        return int(pd.read_parquet(db)["status"].isin(["queued", "running"]).sum())
+        return int(pd.read_parquet(db)["status"].isin([QUEUED, RUNNING]).sum())
     except (OSError, ValueError):
         return 0
 
