@@ -290,3 +290,19 @@ def started_provider(access_token_ttl: float = 45.0) -> Iterator[OidcProvider]:
         yield provider
     finally:
         provider.stop()
+
+
+PUBLIC_CLIENT = "openeo-public"  # the backend's default client for device code / refresh token logins
+
+
+def started_oidc_simulator(provider: OidcProvider):
+    """A simulator that trusts `provider` (no basic auth), with a confidential client `robot` and the
+    public default client; yields it and stops it."""
+    from simulator import SimulatorConfig, start_simulator
+
+    provider.add_client("robot", "robot-secret", ("client_credentials",))
+    provider.add_client(PUBLIC_CLIENT, None, ("refresh_token", DEVICE_GRANT))
+    sim = start_simulator(SimulatorConfig(queue_time=0.1, run_time=0.3, oidc_issuer=provider.issuer,
+                                          oidc_default_client_id=PUBLIC_CLIENT, basic_auth=False))
+    yield sim
+    sim.stop()

@@ -10,11 +10,9 @@ from tasks.accounts import account_dir, account_id, origin, state_dir
 from tasks.accounts.identity import STATE_DIR_ENV
 from flows.config.params import BackendConfig
 from flows.config.setup import connect_backend
-from simulator import SimulatorConfig, start_simulator
 from tests.flow_helpers import backend
-from tests.oidc_provider import DEVICE_GRANT, started_provider
+from tests.oidc_provider import PUBLIC_CLIENT, started_oidc_simulator, started_provider
 
-PUBLIC_CLIENT = "openeo-public"
 
 
 def test_origin_is_host_and_port_without_path_scheme_or_default_port():
@@ -58,12 +56,7 @@ def provider():
 
 @pytest.fixture(scope="module")
 def oidc_sim(provider):
-    provider.add_client("robot", "robot-secret", ("client_credentials",))
-    provider.add_client(PUBLIC_CLIENT, None, ("refresh_token", DEVICE_GRANT))
-    sim = start_simulator(SimulatorConfig(queue_time=0.1, run_time=0.3, oidc_issuer=provider.issuer,
-                                          oidc_default_client_id=PUBLIC_CLIENT, basic_auth=False))
-    yield sim
-    sim.stop()
+    yield from started_oidc_simulator(provider)
 
 
 def test_two_oidc_users_of_one_client_are_two_accounts(oidc_sim, provider, monkeypatch):

@@ -19,12 +19,10 @@ from flows.config.blocks import OpenEOBackend
 from flows.config.login import login_once_hint
 from flows.config.params import BackendConfig, SetupError
 from flows.config.setup import connect_backend
-from simulator import SimulatorConfig, start_simulator
-from tests.oidc_provider import DEVICE_GRANT, started_provider
+from tests.oidc_provider import DEVICE_GRANT, PUBLIC_CLIENT, started_oidc_simulator, started_provider
 from tests.test_bad_input import expect_setup_failure
 from tests.flow_helpers import make_db
 
-PUBLIC_CLIENT = "openeo-public"
 
 
 class _Terminal(io.StringIO):
@@ -39,12 +37,7 @@ def provider():
 
 @pytest.fixture
 def oidc_sim(provider):
-    provider.add_client("robot", "robot-secret", ("client_credentials",))
-    provider.add_client(PUBLIC_CLIENT, None, ("refresh_token", DEVICE_GRANT))
-    sim = start_simulator(SimulatorConfig(queue_time=0.1, run_time=0.3, oidc_issuer=provider.issuer,
-                                          oidc_default_client_id=PUBLIC_CLIENT, basic_auth=False))
-    yield sim
-    sim.stop()
+    yield from started_oidc_simulator(provider)
 
 
 @pytest.fixture
