@@ -236,6 +236,11 @@ class JobStore:
         self.persist_count += 1
         return True
 
+    def persist_due_at(self) -> Optional[float]:
+        """When (time.monotonic) a throttled write of unsaved changes falls due; None if all is saved.
+        The run loop wakes for it, so a long poll interval never leaves job ids only in memory."""
+        return self._last_persist + self.min_persist_interval if self._dirty else None
+
     def _status_of(self, i: int) -> Optional[str]:
         status = self._db.df["status"]
         return str(status.iat[i]) if isinstance(i, (int, np.integer)) and 0 <= i < len(status) else None

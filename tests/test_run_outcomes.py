@@ -207,7 +207,6 @@ def test_sigterm_to_a_flow_run_process_stops_it_cleanly_in_seconds(tmp_path):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-@pytest.mark.xfail(strict=False, reason="failed once on main after the create-ahead merge (issue 21), not yet diagnosed: see the closing note of 2026-11-30")
 def test_cancel_in_the_prefect_ui_stops_a_run_no_worker_watches_in_seconds(tmp_path):
     """Cancel in the UI sets the flow run Cancelling through the API. A process worker then sends
     SIGTERM (the test above); a CLI or script run notices by itself and stops as for Ctrl-C."""
@@ -337,7 +336,6 @@ def test_outcome_bad_input_exit_2_failed_before_any_job(tmp_path):
 
 
 @pytest.mark.usefixtures("prefect_harness")
-@pytest.mark.xfail(strict=False, reason="failed once on main after the create-ahead merge (issue 21), not yet diagnosed: see the closing note of 2026-11-30")
 def test_outcome_work_left_exit_3_time_up_and_credits_used_up(tmp_path):
     slow = start_simulator(fast_config(queue_time=0.2, run_time=30.0))
     broke = start_simulator(fast_config(credits=2.0))
@@ -354,7 +352,11 @@ def test_outcome_work_left_exit_3_time_up_and_credits_used_up(tmp_path):
         assert main(cli(db2, broke)[3:]) == RunOutcome.WORK_LEFT.exit_code == 3
         state = latest_flow_run().state
         assert state.type.value == "COMPLETED" and state.name == "Incomplete" and "rows left" in state.message
-        assert (pd.read_parquet(db2)["status"] == "not_started").sum() == 3
+        # 2 jobs used the credits; the 3 rows left never ran: untried, or created ahead (the job
+        # exists, never started, costs nothing) and started by the next run once credits are back
+        statuses = pd.read_parquet(db2)["status"]
+        assert statuses.isin(["not_started", "created"]).sum() == 3, statuses.tolist()
+        assert broke.counters()["jobs_total"] - (statuses == "created").sum() == 2
     finally:
         slow.stop()
         broke.stop()

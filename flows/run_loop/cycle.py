@@ -198,6 +198,9 @@ class Cycle:
             wait = min(wait, min(upcoming))
         if self.options.deadline is not None:
             wait = min(wait, self.options.deadline - now)
+        persist_due = self.store.persist_due_at()  # outcomes (job ids) applied since the last write
+        if persist_due is not None:
+            wait = min(wait, persist_due - now)
         return max(0.05, wait)
 
     # --- deciding -------------------------------------------------------------------------

@@ -202,6 +202,10 @@ class SqlJobStore:
             self._rows[int(row)].update(values)
             self._dirty.add(int(row))
 
+    def persist_due_at(self) -> Optional[float]:
+        """When (time.monotonic) a throttled write of the changed rows falls due; None if none changed."""
+        return self._last_persist + self.min_persist_interval if self._dirty else None
+
     def persist(self, force: bool = False) -> bool:
         """Write the changed rows (throttled unless `force`); give back rows with no work left."""
         if not self._dirty or (not force and time.monotonic() - self._last_persist < self.min_persist_interval):
