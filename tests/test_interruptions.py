@@ -105,6 +105,7 @@ def flow_run_states_in(home: Path) -> List[str]:
         return [state for (state,) in db.execute("SELECT state_type FROM flow_run ORDER BY created DESC LIMIT 50")]
 
 
+@pytest.mark.slow  # 115 s; in the default run: test_run_outcomes.py::test_ctrl_c_in_the_cli_with_a_10_min_poll_exits_130_long_before_the_poll and test_create_ahead.py (SIGINT, then the rerun completes)
 def test_ctrl_c_in_the_cli_exits_in_seconds_and_the_rerun_completes(tmp_path, prefect_home):
     """Embedded mode (no PREFECT_API_URL): SIGINT to the CLI's process group as a terminal sends
     it. The run stops starting, records Cancelled, exits 130 (within the 60 s bound for a hang; how
@@ -212,6 +213,7 @@ def test_a_second_run_on_the_same_db_refuses_then_waits_when_asked(tmp_path):
     assert counters["jobs_total"] == 8 and counters["duplicate_titles"] == {}
 
 
+@pytest.mark.slow  # 59 s; in the default run: test_cli.py::test_a_run_with_failures_exits_1
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_run_whose_rows_all_fail_ends_failed_and_the_cli_exits_non_zero(tmp_path):
     from prefect.settings import PREFECT_API_URL
@@ -302,6 +304,7 @@ def _outage_run(tmp_path, home: Path, outage_seconds: float) -> None:
         sim.stop()
 
 
+@pytest.mark.slow  # 141 s; in the default run: test_the_cli_run_survives_its_prefect_server_being_killed
 def test_prefect_server_outage_of_ten_seconds(tmp_path, prefect_home):
     _outage_run(tmp_path, prefect_home, 10.0)
 

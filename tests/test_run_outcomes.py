@@ -241,7 +241,10 @@ def test_cancel_in_the_prefect_ui_stops_a_run_no_worker_watches_in_seconds(tmp_p
     assert pd.read_parquet(db)["status"].isin(["queued", "running"]).sum() == 2
 
 
-@pytest.mark.parametrize("left_in_the_note, recorded", [(None, "CRASHED"), ("Cancelled", "CANCELLED")])
+@pytest.mark.parametrize("left_in_the_note, recorded", [
+    (None, "CRASHED"),
+    pytest.param("Cancelled", "CANCELLED", marks=pytest.mark.slow),  # 54 s; the same take-over as the case above
+])
 @pytest.mark.usefixtures("prefect_harness")
 def test_a_run_taking_over_from_a_dead_owner_records_its_end(tmp_path, left_in_the_note, recorded):
     """A SIGKILLed run stays Running in Prefect; the next run of its DB marks it Crashed. A run

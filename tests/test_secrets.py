@@ -176,6 +176,7 @@ def test_complete_download_and_resume_skips_done_assets(tmp_path, results_server
 OIDC_TTL = 30.0  # the run below lasts longer: every backend's token expires at least once
 
 
+@pytest.mark.slow  # 86 s (tokens must expire mid-run); in the default run: test_faults.py::test_expired_tokens_are_renewed and test_no_secret_anywhere_and_bearer_only_to_own_origin
 @pytest.mark.usefixtures("prefect_harness")
 def test_oidc_tokens_renewed_mid_run_and_never_leak(tmp_path, tmp_path_factory, caplog, monkeypatch):
     import io
