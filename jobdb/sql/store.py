@@ -28,12 +28,13 @@ from jobdb.sql.counts import read_counts
 from jobdb.sql.engine import retrying
 from jobdb.sql.records import check_rows_known, decode_geometry, record_of, table_values
 from jobdb.sql.schema import FIXED_COLUMNS, jobs
-from jobdb.sql.view import HeldView, WorkRules, needs_work, needs_work_sql
+from jobdb.sql.view import HeldView, WorkRules, adoptable_sql, needs_work
 from jobdb.status import FINISHED, NOT_STARTED, RESULTS_FAILED, STATUSES, TERMINAL, check_transitions
 from jobdb.store import Snapshot, row_label
 
 log = logging.getLogger(__name__)
-WAITING_BATCH = 20  # waiting rows a run holds at most (more are claimed as these start)
+WAITING_BATCH = 20  # waiting rows a run holds at least room for (run_jobs raises it to its slots + created ahead)
+ADOPT_BATCH = 1000  # rows of ended runs adopted at most per claim
 
 
 def default_results_root(campaign: str) -> Path:
@@ -135,7 +136,10 @@ class SqlJobStore:
             everything_ended = sum(n for s, n in counts.items() if s in TERMINAL) == self.total
             adopt = time.monotonic() >= self._next_adopt or everything_ended
             if adopt:
-                claimed += self.lock.claim_in(conn, (jobs.c.status != NOT_STARTED) & needs_work_sql(self.rules), 1000)
+                adopted: List[Mapping[str, Any]] = []
+                for where in adoptable_sql(self.rules):
+                    adopted += self.lock.claim_in(conn, where, ADOPT_BATCH - len(adopted))
+                claimed += adopted
             return counts, claimed, adopt
 
     def _take(self, claimed: List[Mapping[str, Any]]) -> None:

@@ -1,17 +1,17 @@
 """The scheduler's Snapshot from the rows a run holds (plain records), and which rows need work.
 
-`needs_work` (python, for a record) and `needs_work_sql` (a WHERE clause) are the same rule: a
-row needs a run while it is not terminal, or ended with results or error logs, a hook or a
+`needs_work` (python, for a record) and `adoptable_sql` (WHERE clauses, for rows not waiting) are
+the same rule: a row needs a run while it is not terminal, or ended with results or error logs, a hook or a
 resubmission still to do. A row that needs no work is given back (no owner) after it is written.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-from sqlalchemy import and_, func, or_
+from sqlalchemy import and_, func, or_, text
 
-from jobdb.sql.schema import jobs
+from jobdb.sql.schema import WORK_LEFT, jobs
 from jobdb.status import CREATED, CREATING, ERROR, FINISHED, HOLDS_SLOT, NOT_STARTED, POLLED, START_FAILED, TERMINAL
 from jobdb.store import FailedRow, PolledJob, Snapshot
 
@@ -36,21 +36,25 @@ def needs_work(r: Mapping[str, Any], rules: WorkRules) -> bool:
     return rules.max_attempts > 1 and status in (ERROR, START_FAILED) and (r.get("attempt") or 1) < rules.max_attempts
 
 
-def needs_work_sql(rules: WorkRules):
+def adoptable_sql(rules: WorkRules) -> List[Any]:
+    """SQL: rows a run may adopt from ended runs — not waiting, and `needs_work` — as the WHERE
+    clauses whose OR it is, each claimed by its own statement: each starts with a partial index's
+    WHERE (schema.WORK_LEFT), so a claim reads that index in row order, never the campaign (with
+    one OR, PostgreSQL walked the primary key through every row: 0.4 s at 100 000 rows)."""
     c = jobs.c
     has_job = and_(c.id.isnot(None), c.backend_name.isnot(None))
     ended = [ERROR, FINISHED] if rules.downloads else [ERROR]
-    clauses = [c.status.notin_(sorted(TERMINAL)),
-               and_(has_job, c.results_status.is_(None), c.status.in_(ended))]
+    clauses = [text(WORK_LEFT["in_flight"]),
+               and_(text(WORK_LEFT["results_pending"]), has_job, c.status.in_(ended))]
     if rules.hooks:
-        clauses.append(and_(has_job, c.status.in_([FINISHED, ERROR]), c.postprocess_status.is_(None)))
+        clauses.append(and_(text(WORK_LEFT["hook_pending"]), has_job))
     if rules.max_attempts > 1:
         clauses.append(and_(c.status.in_([ERROR, START_FAILED]), func.coalesce(c.attempt, 1) < rules.max_attempts))
-    return or_(*clauses)
+    return clauses
 
 
-PARTS = ("pinned", "creating", "to_start", "polled", "to_download", "to_save_logs", "hook_pending", "failed",
-         "attempts", "earlier_jobs")  # the Snapshot's per-row mappings
+# The Snapshot's per-row mappings (row -> entry); "waiting" and "holding" are kept beside them.
+PARTS = tuple(f.name for f in fields(Snapshot) if f.name not in ("rows", "counts", "waiting", "holding"))
 
 
 def row_parts(i: int, r: Mapping[str, Any], track_hooks: bool, track_retries: bool) -> Dict[str, Any]:
