@@ -41,19 +41,22 @@ def frame(rows: int) -> pd.DataFrame:
 
 
 def server_cpu(postmaster: Optional[int]) -> float:
-    """CPU seconds (user + system) of a PostgreSQL cluster's processes so far: the postmaster's
-    children (one backend per connection); 0 without a private cluster."""
+    """CPU seconds (user + system) of a PostgreSQL cluster's processes so far: the postmaster, its
+    live children (one backend per connection) and the children that ended (the postmaster's
+    cutime + cstime); 0 without a private cluster."""
     if postmaster is None:
         return 0.0
-    total = 0.0
+    ticks = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # the process ended meanwhile
         if int(fields[1]) == postmaster:  # ppid
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-    return total
+            ticks += int(fields[11]) + int(fields[12])  # utime + stime
+        elif stat.parent.name == str(postmaster):
+            ticks += sum(int(f) for f in fields[11:15])  # its own, and its ended children's
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def cycles(store, changed: int, count: int, postmaster: Optional[int] = None) -> tuple:
