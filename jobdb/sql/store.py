@@ -115,7 +115,8 @@ class SqlJobStore:
     # --- reads --------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         """The held rows' snapshot and the campaign's counts; tops the waiting batch up and adopts
-        rows of ended runs in the same transaction as the counts (one connection, one commit)."""
+        rows of ended runs on the same connection (on PostgreSQL each statement commits on its own:
+        no BEGIN/COMMIT round trips; the counts were never read in the claims' transaction)."""
         if self.lock.is_held:
             self._view.refresh(self._rows, self.track_hooks, self.track_retries)
             self._counts, claimed, adopted = retrying(self._count_and_claim, "claiming rows", log)
