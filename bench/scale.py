@@ -259,6 +259,7 @@ def run_flow_bench(args: argparse.Namespace) -> Dict[str, Any]:
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_HOME", str(DEFAULT_PREFECT_HOME))
     env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # 20 s fails on a loaded machine
     Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(workdir / "spec.json"), str(out)]
     print(f"[{time.strftime('%H:%M:%S')}] flow ({'PostgreSQL campaign' if args.store_url else 'Parquet file'}): "

@@ -273,6 +273,10 @@ def account_slots(run: PreparedRun, run_key: str, flow_run_id: Optional[str]):
     if is_sql(run.store.name):
         from jobdb.sql.slots import SqlAccountSlots
 
+        # Waiting rows enough for every slot and every job created ahead at once: a run starts at most
+        # as many jobs per cycle as it holds waiting rows (the ramp-up, and the refill as jobs end).
+        run.store.waiting_batch = max(run.store.waiting_batch, sum(
+            b.parallel_jobs + b.jobs_created_ahead for b in run.backends.values()))
         return SqlAccountSlots(run.store, accounts, limits=limits)
     return AccountSlots(accounts, run_key, note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)},
                         limits=limits)

@@ -144,3 +144,25 @@ def test_a_run_after_a_dead_one_knows_it_and_clears_its_record(tmp_path):
         assert (after.lock.previous_holder or {}).get("flow_run_id") == "dead-flow-run"
     finally:
         after.lock.release()
+
+
+def test_a_sql_run_holds_waiting_rows_for_every_slot_and_every_job_created_ahead(tmp_path):
+    """A run starts at most as many jobs per cycle as it holds waiting rows: with 30 + 40 slots and
+    10 + 40 jobs created ahead it holds 120 at once, not a fixed batch of 20 (the ramp-up took
+    one cycle per 20 jobs)."""
+    from types import SimpleNamespace
+
+    from flows.config.params import BackendSettings
+    from flows.run_jobs import account_slots
+
+    url = sqlite_campaign(tmp_path, 300)
+    store = open_store(url, "eu", str(tmp_path))
+    run = SimpleNamespace(store=store, connections={n: SimpleNamespace(account=f"{n}~u") for n in "ab"},
+                          backends={"a": BackendSettings(url="http://a.test", parallel_jobs=30, create_ahead=10),
+                                    "b": BackendSettings(url="http://b.test", parallel_jobs=40)})
+    account_slots(run, "key", None)
+    store.lock.acquire("one")
+    try:
+        assert len(store.snapshot().waiting) == 30 + 10 + 40 + 40
+    finally:
+        store.lock.release()

@@ -1,45 +1,64 @@
-"""A cycle's row writes as one statement per batch, whatever the number of rows.
+"""A cycle's row writes and the counts they change, in one statement whatever the number of rows.
 
-PostgreSQL: `UPDATE jobs SET … FROM (VALUES (…), (…)) AS v(…) WHERE row = v.row AND owner = this run
-RETURNING row` — one round trip that both writes the rows this run still holds and says which they
-were (a row another run adopted meanwhile matches no owner and is left alone). SQLite (one machine,
-writers serialized by BEGIN IMMEDIATE): read the held rows, then one executemany.
+PostgreSQL: one statement, one round trip —
+`WITH written AS (UPDATE jobs SET … FROM json_to_recordset(:rows) AS v(…) WHERE row = v.row AND
+owner = this run RETURNING …) INSERT INTO status_counts … ON CONFLICT … ; SELECT row FROM written`:
+it writes the rows this run still holds (a row another run adopted meanwhile matches no owner and
+is left alone), moves their counts from the (backend, status) each had to the one it has, and says
+which rows it wrote. The rows travel as one JSON parameter, so the statement's text is the same for
+every batch (SQLAlchemy compiles it once; psycopg prepares it after a few cycles), no batch comes
+near PostgreSQL's 65 535 bound values, and nothing is escaped value by value in Python.
+SQLite (one machine, writers serialized by BEGIN IMMEDIATE): read the held rows, one executemany,
+then the counts (jobdb/sql/counts.py).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence, Set
+import json
+from functools import lru_cache
+from typing import Any, Dict, List, Mapping, Sequence, Set, Tuple
 
-from sqlalchemy import Integer, bindparam, cast, column, select, update, values
+from sqlalchemy import bindparam, select, text, update
+from sqlalchemy.dialects import postgresql
 
-from jobdb.sql.schema import jobs
-
-CHUNK_ROWS = 1000  # rows per statement: ~20 bound values each stays far below PostgreSQL's 65 535
+from jobdb.sql.counts import Key, apply_deltas, status_deltas
+from jobdb.sql.schema import NO_BACKEND, jobs
 
 
 def write_held_rows(conn, campaign: str, run_id: str, params: Sequence[Mapping[str, Any]],
-                    columns: Sequence[str]) -> Set[int]:
-    """Write `params` (dicts of `columns` plus `b_row`) to the rows `run_id` holds; returns those rows."""
+                    columns: Sequence[str], stored: Mapping[int, Key]) -> Set[int]:
+    """Write `params` (dicts of `columns` plus `b_row`) to the rows `run_id` holds, and move their
+    counts from `stored` (row -> (backend, status) as the database has it); returns the rows written."""
     if not params:
         return set()
     if conn.engine.dialect.name == "postgresql":
-        held: Set[int] = set()
-        for start in range(0, len(params), CHUNK_ROWS):
-            held |= _update_from_values(conn, campaign, run_id, params[start:start + CHUNK_ROWS], columns)
-        return held
-    return _update_many(conn, campaign, run_id, params, columns)
+        rows = [{**p, "old_backend": stored[p["b_row"]][0], "old_status": stored[p["b_row"]][1]} for p in params]
+        return set(conn.execute(_postgresql_statement(tuple(columns)),
+                                {"rows": json.dumps(rows), "campaign": campaign, "run_id": run_id}).scalars())
+    held = _update_many(conn, campaign, run_id, params, columns)
+    apply_deltas(conn, campaign, status_deltas(
+        (stored[p["b_row"]], (p["backend_name"], p["status"])) for p in params if p["b_row"] in held))
+    return held
 
 
-def _update_from_values(conn, campaign: str, run_id: str, params: Sequence[Mapping[str, Any]],
-                        columns: Sequence[str]) -> Set[int]:
-    # Every VALUES column carries the table column's type, and the SET casts to it: a column that is
-    # NULL in every row of the batch would otherwise reach PostgreSQL as text.
-    rows = values(column("b_row", Integer), *(column(c, jobs.c[c].type) for c in columns), name="v")
-    rows = rows.data([(p["b_row"], *(p[c] for c in columns)) for p in params])
-    statement = (update(jobs)
-                 .where(jobs.c.campaign == campaign, jobs.c.row_index == rows.c.b_row, jobs.c.owner == run_id)
-                 .values({c: cast(rows.c[c], jobs.c[c].type) for c in columns})
-                 .returning(jobs.c.row_index))
-    return set(conn.execute(statement).scalars())
+@lru_cache(maxsize=8)
+def _postgresql_statement(columns: Tuple[str, ...]):
+    dialect = postgresql.dialect()
+    types = ", ".join(f"{c} {jobs.c[c].type.compile(dialect=dialect)}" for c in columns)
+    assigned = ", ".join(f"{c} = v.{c}" for c in columns)
+    # The counts move as status_deltas (jobdb/sql/counts.py) moves them: -1 where a written row was,
+    # +1 where it is; keys in a fixed order, so two writers never wait on each other in a cycle.
+    return text(
+        f"WITH written AS (UPDATE jobs SET {assigned} "
+        f"FROM json_to_recordset(CAST(:rows AS JSON)) AS v(b_row INTEGER, old_backend TEXT, old_status TEXT, {types}) "
+        "WHERE jobs.campaign = :campaign AND jobs.row_index = v.b_row AND jobs.owner = :run_id "
+        "RETURNING jobs.row_index, v.old_backend, v.old_status, jobs.backend_name, jobs.status), "
+        "moved AS (SELECT COALESCE(old_backend, :none) AS backend, old_status AS status, -1 AS n FROM written "
+        "UNION ALL SELECT COALESCE(backend_name, :none), status, 1 FROM written), "
+        "counted AS (INSERT INTO status_counts (campaign, backend, status, n) "
+        "SELECT :campaign, backend, status, SUM(n) FROM moved GROUP BY backend, status HAVING SUM(n) <> 0 "
+        "ORDER BY backend, status "
+        "ON CONFLICT (campaign, backend, status) DO UPDATE SET n = status_counts.n + excluded.n) "
+        "SELECT row_index FROM written").bindparams(none=NO_BACKEND)
 
 
 def _update_many(conn, campaign: str, run_id: str, params: Sequence[Mapping[str, Any]],

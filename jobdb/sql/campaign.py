@@ -7,16 +7,17 @@ them, so checking a run's input never changes a database.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
 from jobdb.schema import JobDbError, JobDbExistsError, utc_now
-from jobdb.sql.engine import engine_for, redacted
+from jobdb.sql.engine import autocommit, engine_for, redacted
 from jobdb.sql.counts import read_counts, read_counts_by_backend
 from jobdb.sql.records import frame_to_rows, rows_to_frame
 from jobdb.sql.schema import campaigns, current_version, jobs, recount, upgrade
@@ -33,10 +34,21 @@ class CampaignInfo:
     crs: Optional[str]
 
 
+def copy_rows(conn, rows: List[Dict]) -> None:
+    """New rows into `jobs` by PostgreSQL's COPY, in the caller's transaction: ~10× faster than
+    INSERTs for a campaign of 100 000 rows (one stream, no statement per row)."""
+    names = [c.name for c in jobs.columns]
+    with conn.connection.driver_connection.cursor() as cursor:
+        with cursor.copy(f"COPY jobs ({', '.join(names)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([json.dumps(row[n]) if n == "extra" and row[n] is not None else row[n] for n in names])
+
+
 class SqlDatabase:
     def __init__(self, url: str, engine: Engine):
         self.url = url
         self.engine = engine
+        self.autocommit = autocommit(engine)  # one-statement units of work (jobdb/sql/engine.py)
         self.name = redacted(url)
 
     @classmethod
@@ -94,9 +106,17 @@ class SqlDatabase:
                 raise JobDbExistsError(f"{self.name}: campaign {campaign!r} already exists")
             conn.execute(campaigns.insert().values(name=campaign, rows=len(rows), columns=columns,
                                                    geometry_crs=crs, created_at=utc_now()))
-            for start in range(0, len(rows), INSERT_CHUNK):
-                conn.execute(jobs.insert(), rows[start:start + INSERT_CHUNK])
+            if conn.engine.dialect.name == "postgresql":
+                copy_rows(conn, rows)
+            else:
+                for start in range(0, len(rows), INSERT_CHUNK):
+                    conn.execute(jobs.insert(), rows[start:start + INSERT_CHUNK])
             recount(conn, campaign)
+        if self.engine.dialect.name == "postgresql":
+            # Statistics for the new rows now, not when autovacuum gets to them: the claims' plans
+            # (index scans in row order) depend on them from the first cycle on.
+            with self.engine.begin() as conn:
+                conn.execute(text("ANALYZE jobs"))
         return CampaignInfo(campaign, len(rows), columns, crs)
 
     def export(self, campaign: str) -> pd.DataFrame:
@@ -107,9 +127,9 @@ class SqlDatabase:
             return rows_to_frame(result.mappings(), info.columns, info.crs)
 
     def counts(self, campaign: str) -> Dict[str, int]:
-        with self.engine.connect() as conn:
+        with self.autocommit.connect() as conn:
             return read_counts(conn, campaign)
 
     def counts_by_backend(self, campaign: str) -> Dict[str, Dict[str, int]]:
-        with self.engine.connect() as conn:
+        with self.autocommit.connect() as conn:
             return read_counts_by_backend(conn, campaign)

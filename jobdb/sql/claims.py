@@ -119,34 +119,39 @@ class RunLease:
         return exists().where(runs.c.run_id == jobs.c.owner,
                               runs.c.heartbeat_at > db_now(self.db.engine) - self.lease)
 
-    def claimable(self, live_others=None):
-        """SQL: nobody holds the row, or a run whose lease ended. With `live_others` (the ids of the
-        other live runs, read in the same transaction) no per-row lookup of `runs` is needed."""
-        if live_others is None:
+    def claimable(self, live_runs=None):
+        """SQL: nobody holds the row, or a run whose lease ended. With `live_runs` (a subquery of the
+        live runs' ids) no per-row lookup of `runs` is needed."""
+        if live_runs is None:
             return or_(jobs.c.owner.is_(None), and_(jobs.c.owner != self.run_id, ~self.live_owner()))
-        held = and_(jobs.c.owner != self.run_id, jobs.c.owner.notin_(sorted(live_others))) if live_others \
-            else jobs.c.owner != self.run_id
-        return or_(jobs.c.owner.is_(None), held)
+        return or_(jobs.c.owner.is_(None), and_(jobs.c.owner != self.run_id, jobs.c.owner.notin_(live_runs)))
 
     def claim(self, condition, limit: int) -> List[Mapping[str, Any]]:
         """Claim up to `limit` claimable rows matching `condition`, lowest rows first; returns them."""
         if limit <= 0:
             return []
+
         def run():
             with self.db.engine.begin() as conn:
-                live_others = set(self.live_runs(conn)) - {self.run_id}
-                # The choice is a CTE joined by the UPDATE, not `row_index IN (subquery)`: PostgreSQL
-                # may rescan such a subquery per row, and with SKIP LOCKED each rescan picks other
-                # rows, so the LIMIT no longer bounds the claim (measured: 500 rows for a limit of 100).
-                chosen = (select(jobs.c.row_index)
-                          .where(jobs.c.campaign == self.campaign, condition, self.claimable(live_others))
-                          .order_by(jobs.c.row_index).limit(limit).with_for_update(skip_locked=True)
-                          .cte("chosen"))
-                statement = (update(jobs).where(jobs.c.campaign == self.campaign,
-                                                jobs.c.row_index == chosen.c.row_index)
-                             .values(owner=self.run_id).returning(*jobs.c))
-                return [dict(r) for r in conn.execute(statement).mappings()]
+                return self.claim_in(conn, condition, limit)
         return retrying(run, "claiming rows", log)
+
+    def claim_in(self, conn, condition, limit: int) -> List[Dict[str, Any]]:
+        """`claim` inside the caller's transaction (one statement; the caller retries)."""
+        if limit <= 0:
+            return []
+        # The other live runs are an uncorrelated subquery: PostgreSQL reads `runs` once (a hashed
+        # subplan), not once per row. The choice is a CTE joined by the UPDATE, not `row_index IN
+        # (subquery)`: PostgreSQL may rescan such a subquery per row, and with SKIP LOCKED each rescan
+        # picks other rows, so the LIMIT no longer bounds the claim (measured: 500 rows for a limit of 100).
+        live = select(runs.c.run_id).where(runs.c.heartbeat_at > db_now(self.db.engine) - self.lease)
+        chosen = (select(jobs.c.row_index)
+                  .where(jobs.c.campaign == self.campaign, condition, self.claimable(live))
+                  .order_by(jobs.c.row_index).limit(limit).with_for_update(skip_locked=True)
+                  .cte("chosen"))
+        statement = (update(jobs).where(jobs.c.campaign == self.campaign, jobs.c.row_index == chosen.c.row_index)
+                     .values(owner=self.run_id).returning(*jobs.c))
+        return [dict(r) for r in conn.execute(statement).mappings()]
 
     def live_runs(self, conn) -> Dict[str, float]:
         rows = conn.execute(select(runs.c.run_id, runs.c.heartbeat_at)

@@ -57,17 +57,29 @@ def frame_to_rows(df: pd.DataFrame, campaign: str, source: str) -> Tuple[List[Di
         geometry = [None if g is None else bytes(shapely.to_wkb(g)) for g in values]
     extra_columns = [c for c in columns if c not in FIXED_COLUMNS and c != GEOMETRY_COLUMN]
     plain = pd.DataFrame(df).drop(columns=[GEOMETRY_COLUMN], errors="ignore")
-    fixed = {c: plain[c].tolist() if c in plain.columns else [None] * len(df) for c in FIXED_COLUMNS}
-    extras = plain[extra_columns].to_dict("records") if extra_columns else [{}] * len(df)
+    fixed = {c: safe_column(plain[c]) if c in plain.columns else [None] * len(df) for c in FIXED_COLUMNS}
+    fixed["attempt"] = [None if v is None else int(v) for v in fixed["attempt"]]
+    extras = {c: safe_column(plain[c]) for c in extra_columns}
     rows = []
     for i in range(len(df)):
-        row = {c: json_safe(fixed[c][i]) for c in FIXED_COLUMNS}
-        if row["attempt"] is not None:
-            row["attempt"] = int(row["attempt"])
+        row = {c: fixed[c][i] for c in FIXED_COLUMNS}
         row.update(campaign=campaign, row_index=i, geometry=geometry[i],
-                   extra={k: json_safe(v) for k, v in extras[i].items()}, account=None, owner=None)
+                   extra={c: extras[c][i] for c in extra_columns}, account=None, owner=None)
         rows.append(row)
     return rows, columns, crs
+
+
+def safe_column(series: pd.Series) -> List[Any]:
+    """`json_safe` of every value of a column; whole columns of plain numbers, or of nothing, at once."""
+    if not isinstance(series.dtype, np.dtype):  # pandas' own dtypes (Int64, string, ...): pd.NA inside
+        return [json_safe(v) for v in series.tolist()]
+    if series.dtype.kind in "iub":
+        return series.tolist()  # python ints / bools: nothing to convert, nothing missing
+    if series.dtype.kind == "f":
+        return [None if v != v else v for v in series.tolist()]  # NaN -> None
+    if series.isna().all():
+        return [None] * len(series)
+    return [json_safe(v) for v in series.tolist()]
 
 
 def record_of(db_row: Mapping[str, Any]) -> Dict[str, Any]:

@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import pandas as pd
 from sqlalchemy import select, update
@@ -24,16 +24,17 @@ from jobdb.schema import JobDbError
 from jobdb.sql.batch import write_held_rows
 from jobdb.sql.campaign import SqlDatabase
 from jobdb.sql.claims import RunLease
-from jobdb.sql.counts import apply_deltas, status_deltas
+from jobdb.sql.counts import read_counts
 from jobdb.sql.engine import retrying
 from jobdb.sql.records import check_rows_known, decode_geometry, record_of, table_values
 from jobdb.sql.schema import FIXED_COLUMNS, jobs
-from jobdb.sql.view import WorkRules, needs_work, needs_work_sql, snapshot_of
+from jobdb.sql.view import HeldView, WorkRules, adoptable_sql, needs_work
 from jobdb.status import FINISHED, NOT_STARTED, RESULTS_FAILED, STATUSES, TERMINAL, check_transitions
 from jobdb.store import Snapshot, row_label
 
 log = logging.getLogger(__name__)
-WAITING_BATCH = 20  # waiting rows a run holds at most (more are claimed as these start)
+WAITING_BATCH = 20  # waiting rows a run holds at least room for (run_jobs raises it to its slots + created ahead)
+ADOPT_BATCH = 1000  # rows of ended runs adopted at most per claim
 
 
 def default_results_root(campaign: str) -> Path:
@@ -83,6 +84,7 @@ class SqlJobStore:
         self._rows: Dict[int, Dict[str, Any]] = {}
         self._stored: Dict[int, tuple] = {}  # each held row's (backend, status) as the database has it
         self._dirty: set = set()
+        self._view = HeldView()  # the snapshot of the held rows, kept as they change
         self._last_persist = 0.0
         self._next_adopt = 0.0
         self._counts: Dict[str, int] = {}
@@ -112,20 +114,34 @@ class SqlJobStore:
 
     # --- reads --------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        self._counts = retrying(lambda: self.db.counts(self.campaign), "counting rows", log)
+        """The held rows' snapshot and the campaign's counts; tops the waiting batch up and adopts
+        rows of ended runs on the same connection (on PostgreSQL each statement commits on its own:
+        no BEGIN/COMMIT round trips; the counts were never read in the claims' transaction)."""
         if self.lock.is_held:
-            self._claim_more()
-        return snapshot_of(self._rows, self._counts, self.total, self.track_hooks, self.track_retries)
+            self._view.refresh(self._rows, self.track_hooks, self.track_retries)
+            self._counts, claimed, adopted = retrying(self._count_and_claim, "claiming rows", log)
+            if adopted:
+                self._next_adopt = time.monotonic() + min(5.0, self.lock.lease / 4)
+            self._take(claimed)
+        else:
+            self._counts = retrying(lambda: self.db.counts(self.campaign), "counting rows", log)
+        return self._view.snapshot(self._rows, self._counts, self.total, self.track_hooks, self.track_retries)
 
-    def _claim_more(self) -> None:
-        waiting_held = sum(1 for r in self._rows.values() if r["status"] == NOT_STARTED)
-        if waiting_held < self.waiting_batch and self._counts.get(NOT_STARTED, 0) > waiting_held:
-            self._take(self.lock.claim(jobs.c.status == NOT_STARTED, self.waiting_batch - waiting_held))
-        now = time.monotonic()
-        everything_ended = sum(n for s, n in self._counts.items() if s in TERMINAL) == self.total
-        if now >= self._next_adopt or everything_ended:
-            self._next_adopt = now + min(5.0, self.lock.lease / 4)
-            self._take(self.lock.claim((jobs.c.status != NOT_STARTED) & needs_work_sql(self.rules), 1000))
+    def _count_and_claim(self) -> Tuple[Dict[str, int], List[Mapping[str, Any]], bool]:
+        with self.db.autocommit.begin() as conn:  # each claim is one statement: none waits for another
+            counts = read_counts(conn, self.campaign)
+            claimed: List[Mapping[str, Any]] = []
+            waiting_held = self._view.waiting_count
+            if waiting_held < self.waiting_batch and counts.get(NOT_STARTED, 0) > waiting_held:
+                claimed += self.lock.claim_in(conn, jobs.c.status == NOT_STARTED, self.waiting_batch - waiting_held)
+            everything_ended = sum(n for s, n in counts.items() if s in TERMINAL) == self.total
+            adopt = time.monotonic() >= self._next_adopt or everything_ended
+            if adopt:
+                adopted: List[Mapping[str, Any]] = []
+                for where in adoptable_sql(self.rules):
+                    adopted += self.lock.claim_in(conn, where, ADOPT_BATCH - len(adopted))
+                claimed += adopted
+            return counts, claimed, adopt
 
     def _take(self, claimed: List[Mapping[str, Any]]) -> None:
         for db_row in claimed:
@@ -133,6 +149,7 @@ class SqlJobStore:
             if i in self._rows:
                 continue
             self._rows[i] = record_of(db_row)
+            self._view.touch(i)
             self._stored[i] = (db_row["backend_name"], db_row["status"])
             if db_row["status"] != NOT_STARTED:
                 log.info("job store: row %s (%s) adopted from an ended run", i, db_row["status"])
@@ -200,6 +217,7 @@ class SqlJobStore:
                 log.warning("job store: row %s is held by another run; update %s not applied", row, dict(values))
                 continue
             self._rows[int(row)].update(values)
+            self._view.touch(int(row))
             self._dirty.add(int(row))
 
     def persist_due_at(self) -> Optional[float]:
@@ -221,14 +239,12 @@ class SqlJobStore:
             params.append({**values, "b_row": i})
         columns = (*FIXED_COLUMNS, "extra", "account", "owner")
 
-        def write() -> set:  # two statements, whatever the number of rows (jobdb/sql/batch.py)
-            with self.db.engine.begin() as conn:
-                held = write_held_rows(conn, self.campaign, self.run_id, params, columns)
-                apply_deltas(conn, self.campaign, status_deltas(
-                    (self._stored[p["b_row"]], (p["backend_name"], p["status"])) for p in params if p["b_row"] in held))
-                return held
+        def write() -> set:  # rows and counts: one statement on PostgreSQL, whatever the number of rows
+            with self.db.autocommit.begin() as conn:
+                return write_held_rows(conn, self.campaign, self.run_id, params, columns, self._stored)
         held = retrying(write, "writing rows", log)
         for i in dirty:
+            self._view.touch(i)
             if i in held:
                 self._stored[i] = (self._rows[i].get("backend_name"), self._rows[i]["status"])
             if i not in held:
