@@ -37,7 +37,6 @@ PHASES = ["create", "start", "poll", "download"]
 ASSET_SIZE = 1 << 20  # 1 MiB x 2 assets
 
 
-@pytest.mark.slow  # 82 s; in the default run: test_killed_while_starting_in_embedded_mode_then_resumed and test_run_jobs.py::test_killed_run_resumes_without_duplicates
 def test_killed_in_every_phase_then_resumed(tmp_path, prefect_harness):
     """The command line against the session's Prefect server, SIGKILLed once in each phase."""
     _killed_then_resumed(tmp_path, tmp_path / "prefect-home", PHASES, rounds_per_phase=1, embedded=False)

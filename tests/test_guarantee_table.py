@@ -92,7 +92,7 @@ def test_the_check_sees_slow_marks():
     rows = table_rows("| guarantee | test |\n|---|---|\n"
                       "| interruption: x | `tests/test_interruptions.py::test_prefect_server_outage_of_forty_seconds` |\n"
                       "| interruption: y | `tests/test_interruptions.py::test_prefect_server_outage_of_forty_seconds`, "
-                      "`tests/test_interruptions.py::test_prefect_server_outage_of_ten_seconds` |\n")
+                      "`tests/test_interruptions.py::test_the_cli_run_survives_its_prefect_server_being_killed` |\n")
     assert guarantees_only_slow_tests_check(rows) == ["interruption: x"]
 
 

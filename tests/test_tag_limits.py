@@ -150,7 +150,6 @@ def server_processes(home: Path) -> List[int]:
     return found
 
 
-@pytest.mark.slow  # three Prefect server starts (230 s at load 20); in the default run: test_a_tag_limit_of_one_allows_one_start_task_at_once
 @pytest.mark.timeout(900)  # three Prefect server starts, one on a fresh database: minutes on loaded cores
 def test_the_cli_servers_leases_survive_a_kill_and_a_restart(tmp_path):
     """Fast half: after SIGKILL + server restart the slot is still taken *and its lease is still
