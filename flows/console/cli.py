@@ -194,6 +194,18 @@ PREFECT_QUEUE_SECONDS = 2.0
 _flow_called = False  # `run` ran the flow: exit_process may skip the interpreter's teardown
 
 
+def run_jobs_flow() -> Callable[..., Any]:
+    """The run-jobs flow, imported on this thread once the warm-up import (`start_prefect_early`)
+    has ended: two threads importing Prefect at once can meet its circular imports half done
+    ("Failed to initialize plugins: cannot import name 'SettingsContext' from partially
+    initialized module 'prefect.context'", seen once in a demo under load)."""
+    if _import_thread is not None:
+        _import_thread.join()
+    from flows.run_jobs import run_jobs
+
+    return run_jobs
+
+
 def _import_flow() -> None:
     try:
         import flows.run_jobs  # noqa: F401 - warms the import; `run` imports it again (at once)
@@ -231,7 +243,7 @@ def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argpar
     from jobdb import JobDbLocked
 
     if flow is None:
-        from flows.run_jobs import run_jobs as flow
+        flow = run_jobs_flow()
     configure_terminal(verbose=args.verbose)
     if not args.no_live and prefect_console().is_terminal:
         use_live_display()
@@ -302,7 +314,7 @@ def run_demo(output_dir: Path, args: argparse.Namespace, flow: Optional[Callable
     """Two simulated backends, a small tile grid x 2 years, the real flow; prints a report."""
     server = start_prefect_early(flow)  # boots while the simulators and the grid are made
     try:
-        from flows.console.demo import demo_parameters, start_demo_backends
+        from flows.console.demo import accepted_parameters, demo_parameters, start_demo_backends
 
         job_db, config, sim_a, sim_b = start_demo_backends(output_dir)
     except BaseException:
@@ -310,7 +322,10 @@ def run_demo(output_dir: Path, args: argparse.Namespace, flow: Optional[Callable
             server.stop()
         raise
     with sim_a, sim_b:
-        return run(flow, demo_parameters(job_db, config, (sim_a, sim_b), flow), args, server)
+        params = demo_parameters(job_db, config, (sim_a, sim_b))  # while the flow's import warms up
+        flow = run_jobs_flow() if flow is None else flow
+        accepted = accepted_parameters(flow)  # the demo passes the newer ones only when the flow has them
+        return run(flow, {k: v for k, v in params.items() if k in accepted}, args, server)
 
 
 if __name__ == "__main__":

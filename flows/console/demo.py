@@ -10,7 +10,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 
 def start_demo_backends(output_dir: Path) -> Tuple[Path, Any, Any, Any]:
@@ -23,7 +23,7 @@ def start_demo_backends(output_dir: Path) -> Tuple[Path, Any, Any, Any]:
     return job_db, config, start_simulator(config), start_simulator(config)
 
 
-def demo_parameters(job_db: Path, config: Any, sims: Sequence[Any], flow: Optional[Callable[..., Any]]) -> Dict[str, Any]:
+def demo_parameters(job_db: Path, config: Any, sims: Sequence[Any]) -> Dict[str, Any]:
     """Write the demo's job DB and return the flow's parameters for the two running simulators."""
     from flows.tiling.grid import make_tile_grid
     from jobdb import JobDatabase
@@ -45,7 +45,6 @@ def demo_parameters(job_db: Path, config: Any, sims: Sequence[Any], flow: Option
         poll_interval_seconds=1.0,
         failure_threshold=0.5,  # the simulator fails 10 % of jobs on purpose
     )
-    params = {k: v for k, v in params.items() if k in accepted_parameters(flow)}
     print(f"Demo: {len(tiles)} jobs on 2 simulated backends (sim-a {sim_a.url}, sim-b {sim_b.url}); "
           f"about 10 % of jobs fail on purpose", file=sys.stderr)
     return params
@@ -65,8 +64,6 @@ def clean_demo_output(output_dir: Path, job_db: Path) -> None:
             shutil.rmtree(folder)
 
 
-def accepted_parameters(flow: Optional[Callable[..., Any]]) -> set:
-    """Names of the flow's parameters (the demo passes the newer ones only when the flow has them)."""
-    if flow is None:
-        from flows.run_jobs import run_jobs as flow
+def accepted_parameters(flow: Callable[..., Any]) -> set:
+    """Names of the flow's parameters."""
     return set(inspect.signature(getattr(flow, "fn", flow)).parameters)
