@@ -2,6 +2,9 @@
 read with `ast` (module level and inside functions alike: a lazy import is still a circle).
 
     python -m tests.test_import_graph        # prints every circle found, exit 1 if any
+
+It also checks the layers: jobdb/ (the lowest) imports nothing from tasks/ or flows/, and
+simulator/ (a stand-in backend) nothing from the project.
 """
 from __future__ import annotations
 
