@@ -105,7 +105,8 @@ class JobDbLock:
         if self._lock.is_locked:
             try:
                 if leave_note:
-                    self.paths.lock_holder.write_text(json.dumps({**(self.holder() or {}), **leave_note}))
+                    write_atomic(self.paths.lock_holder, json.dumps({**(self.holder() or {}), **leave_note}),
+                                 durable=False)
                 else:
                     self.paths.lock_holder.unlink(missing_ok=True)
             except OSError:
