@@ -133,34 +133,12 @@ def start_prefect_early(flow: Optional[Callable[..., Any]]):
     if flow is None:
         _import_thread = threading.Thread(target=_import_flow, name="import-flow", daemon=True)
         _import_thread.start()
+    from flows.console.local_server import LocalServer, api_url_configured
+
     if api_url_configured():
         return None
-    from flows.console.local_server import LocalServer
 
     return LocalServer()
-
-
-def api_url_configured() -> bool:
-    """Whether PREFECT_API_URL names a server, without importing Prefect when it is not imported yet
-    (environment, then the active profile of profiles.toml; `prefect_api` asks Prefect itself later)."""
-    if "prefect.settings" in sys.modules:
-        from prefect.settings import PREFECT_API_URL
-
-        return bool(PREFECT_API_URL.value())
-    if os.environ.get("PREFECT_API_URL"):
-        return True
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10: Prefect itself will tell (`prefect_api`)
-        return False
-    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
-    try:
-        profiles = tomllib.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
-    return bool(profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
 
 
 _import_thread = None  # the flow's import warming up (start_prefect_early), if any
