@@ -129,16 +129,14 @@ def start_prefect_early(flow: Optional[Callable[..., Any]]):
     demo's set-up instead of following them. Returns the `LocalServer`, or None."""
     import threading
 
+    from flows.console.local_server import LocalServer, api_url_configured
+
+    own_server = not api_url_configured()  # asked before the import starts: no Prefect import beside it
     global _import_thread
     if flow is None:
         _import_thread = threading.Thread(target=_import_flow, name="import-flow", daemon=True)
         _import_thread.start()
-    from flows.console.local_server import LocalServer, api_url_configured
-
-    if api_url_configured():
-        return None
-
-    return LocalServer()
+    return LocalServer() if own_server else None
 
 
 _import_thread = None  # the flow's import warming up (start_prefect_early), if any
@@ -174,9 +172,10 @@ _flow_called = False  # `run` ran the flow: exit_process may skip the interprete
 
 def run_jobs_flow() -> Callable[..., Any]:
     """The run-jobs flow, imported on this thread once the warm-up import (`start_prefect_early`)
-    has ended: two threads importing Prefect at once can meet its circular imports half done
-    ("Failed to initialize plugins: cannot import name 'SettingsContext' from partially
-    initialized module 'prefect.context'", seen once in a demo under load)."""
+    has ended. Until then this thread imports nothing of Prefect: two threads importing Prefect at
+    once can meet its circular imports half done ("Failed to initialize plugins: cannot import
+    name 'SettingsContext' from partially initialized module 'prefect.context'", printed by 2 of
+    4 demos under load)."""
     if _import_thread is not None:
         _import_thread.join()
     from flows.run_jobs import run_jobs
@@ -216,12 +215,12 @@ def bad_input(exc: BaseException, debug: bool) -> int:
 def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argparse.Namespace, server=None) -> int:
     """Run the flow in this process (against its own local Prefect server, `server` if started
     already), then report."""
+    if flow is None:
+        flow = run_jobs_flow()  # first: the imports below import Prefect too
     from flows.config.params import SetupError
     from flows.console.progress_display import prefect_console, stop_live_display, use_live_display
     from jobdb import JobDbLocked
 
-    if flow is None:
-        flow = run_jobs_flow()
     configure_terminal(verbose=args.verbose)
     if not args.no_live and prefect_console().is_terminal:
         use_live_display()
