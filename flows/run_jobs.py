@@ -41,7 +41,7 @@ from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError,
 from flows.config.run_parameters import RunParameters, takes_run_parameters
 from flows.console.progress_display import current_display
 from flows.report.reporting import ProgressReport, failed_rows, merge_request_counts, publish_final_artifacts
-from flows.rules.scheduler import BackendPolicy
+from flows.rules.plan import BackendPolicy
 from flows.config.setup import (
     check_process_parameters,
     check_row_backends,
@@ -54,7 +54,8 @@ from jobdb import JobDbError, JobDbLocked
 from jobdb.status import CREATED, FAILED, HOLDS_SLOT, POSTPROCESS_FAILED
 from jobdb.interface import CampaignStore, open_store
 from jobdb.location import is_sql
-from tasks.connections import ManagedConnection, connection_key, register_connection, unregister_connection
+from tasks.connection_registry import connection_key, register_connection, unregister_connection
+from tasks.connections import ManagedConnection
 from tasks.callables import load_hook
 from tasks.health import describe_change
 

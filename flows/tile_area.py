@@ -6,7 +6,6 @@ The job DB's columns are documented in README.md ("Job DB from an area of intere
 """
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -19,6 +18,7 @@ from pydantic import Field
 from flows.tiling.aoi import PARQUET_SUFFIXES, BBox, TilingError, load_aoi
 from flows.tiling.grid import ColumnValue, make_tile_grid, tile_id
 from jobdb import JobDbPaths
+from jobdb.atomic import atomic_path
 
 __all__ = ["BBox", "TilingError", "load_aoi", "make_tile_grid", "tile_area", "tile_id", "write_job_db"]
 
@@ -54,12 +54,9 @@ def write_job_db(gdf: gpd.GeoDataFrame, job_db: Union[str, Path], *, on_exists: 
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():  # overwrite: write aside then rename, so readers never see a missing/half file
-        tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}{path.suffix}")
-        try:
+        # the temp name keeps the suffix: it tells JobDatabase.create the format
+        with atomic_path(path, temp=path.with_name(f".{path.stem}.{uuid.uuid4().hex}{path.suffix}")) as tmp:
             _create_db(tmp, gdf)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     else:
         _create_db(path, gdf)
     return True

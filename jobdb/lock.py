@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Optional
 
 from filelock import FileLock, Timeout
 
+from jobdb.atomic import write_atomic
 from jobdb.paths import JobDbPaths
 from jobdb.schema import utc_now
 
@@ -93,10 +94,8 @@ class JobDbLock:
         self.previous_holder = self.holder()
         note = {"host": socket.gethostname(), "pid": os.getpid(), "flow_run_id": flow_run_id, "since": utc_now(),
                 "acquired_monotonic": time.monotonic()}
-        tmp = self.paths.lock_holder.with_name(self.paths.lock_holder.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(note))
-            os.replace(tmp, self.paths.lock_holder)
+            write_atomic(self.paths.lock_holder, json.dumps(note), durable=False)
         except OSError:
             pass  # the note is a courtesy; the lock itself is what protects the DB
 
@@ -106,7 +105,8 @@ class JobDbLock:
         if self._lock.is_locked:
             try:
                 if leave_note:
-                    self.paths.lock_holder.write_text(json.dumps({**(self.holder() or {}), **leave_note}))
+                    write_atomic(self.paths.lock_holder, json.dumps({**(self.holder() or {}), **leave_note}),
+                                 durable=False)
                 else:
                     self.paths.lock_holder.unlink(missing_ok=True)
             except OSError:

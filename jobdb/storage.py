@@ -6,8 +6,8 @@ Formats follow openeo's CsvJobDatabase/ParquetJobDatabase so files stay readable
 - Parquet: `to_parquet(index=False)`; a GeoDataFrame is written as GeoParquet (`geo` metadata,
   CRS kept) and detected on read through that metadata, like openeo does.
 
-Writes go to a temp file `.<name>.<pid>.tmp` in the same directory, are fsync'ed, then
-`os.replace`d onto the target, so a reader (or a crash) only ever sees a complete old or new file.
+Writes go through jobdb/atomic.py: a temp file `.<name>.<pid>.tmp` in the same directory, fsync'ed,
+then `os.replace`d onto the target, so a reader (or a crash) only ever sees a complete old or new file.
 A process killed mid-write may leave its temp file behind; it never matches a db extension, so it
 is never mistaken for the db. `remove_stale_temp_files` deletes those whose writer pid is gone.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from jobdb.atomic import atomic_path
 from jobdb.schema import GEOMETRY_COLUMN, JobDbError, check_unique_columns, dtype_mapping, format_rows
 
 CSV_SUFFIXES = frozenset({".csv"})
@@ -135,50 +136,20 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise JobDbError(f"{path}: unreadable Parquet job database: {e}") from e
 
 
-def temp_path_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def write_db_atomic(path: Path, df: pd.DataFrame) -> None:
-    """Write the whole frame to `path` atomically (temp file + fsync + os.replace)."""
+    """Write the whole frame to `path` atomically (jobdb/atomic.py: temp file + fsync + os.replace)."""
     fmt = db_format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with _write_lock:
-        tmp = temp_path_for(path)
         try:
-            if fmt == "csv":
-                _to_csv_frame(df).to_csv(tmp, index=False)
-            else:
-                df.to_parquet(tmp, index=False)
-            _fsync_path(tmp)
-            os.replace(tmp, path)
-        except BaseException as e:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-            if isinstance(e, Exception) and not isinstance(e, JobDbError):
-                raise JobDbError(f"{path}: writing job database failed: {e}") from e
-            raise
-    # Make the rename itself durable (best effort: not every platform can fsync a directory).
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def _fsync_path(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            with atomic_path(path) as tmp:
+                if fmt == "csv":
+                    _to_csv_frame(df).to_csv(tmp, index=False)
+                else:
+                    df.to_parquet(tmp, index=False)
+        except Exception as e:
+            if isinstance(e, JobDbError):
+                raise
+            raise JobDbError(f"{path}: writing job database failed: {e}") from e
 
 
 def _to_csv_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -194,7 +165,7 @@ def _to_csv_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-_TMP_RE_TEMPLATE = r"^\.{name}\.(\d+)\.tmp$"
+_TMP_RE_TEMPLATE = r"^\.{name}\.(\d+)\.tmp$"  # the names of jobdb.atomic.temp_path_for
 
 
 def remove_stale_temp_files(path: Path) -> list[Path]:

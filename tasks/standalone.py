@@ -1,7 +1,7 @@
 """Tasks that work alone: given a backend instead of a registry key, a task connects itself.
 
 Inside a run-jobs flow, tasks get a registry key and find the run's live connection
-(tasks/connections.py). Called from any other flow (or a script) they may instead be given the
+(tasks/connection_registry.py). Called from any other flow (or a script) they may instead be given the
 backend itself, as prefect-dbt's tasks are given their credentials block: an `OpenEOBackend`
 block (flows/config/blocks.py), or a backend config (`BackendConfig`, or its dict). The task then
 connects and logs in once per process and backend, and later tasks of that process reuse the
@@ -14,7 +14,8 @@ import json
 import threading
 from typing import Any, Callable, Dict, Union
 
-from tasks.connections import RUN_KEY_SEPARATOR, ManagedConnection, connection_provider_for, get_connection
+from tasks.connection_registry import RUN_KEY_SEPARATOR, connection_provider_for, get_connection
+from tasks.connections import ManagedConnection
 
 # A registry key, an OpenEOBackend block, a BackendConfig or its dict.
 ConnectionSource = Union[str, Any]

@@ -1,4 +1,4 @@
-"""Two flow runs on one account share it fairly (tasks/accounts/fairness.py), read from the simulator
+"""Two flow runs on one account share it fairly (jobdb/fair_shares.py), read from the simulator
 over HTTP: the run that comes second gets slots while the first still has rows to start, and
 together they never exceed the account's `parallel_jobs`."""
 from __future__ import annotations

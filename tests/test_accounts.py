@@ -80,9 +80,9 @@ def test_client_credentials_name_the_client_and_never_the_secret(oidc_sim, monke
     assert "secret" not in connection.account
 
 
-# --- fair shares of an account's slots (tasks/accounts/fairness.py, tasks/accounts/slots.py) -------------------
-from tasks.accounts import waiting as waiting_module  # noqa: E402
-from tasks.accounts.fairness import fair_shares, others_with_reservations  # noqa: E402
+# --- fair shares of an account's slots (jobdb/fair_shares.py, tasks/accounts/slots.py) -------------------
+from jobdb import slot_waiting as waiting_module  # noqa: E402
+from jobdb.fair_shares import fair_shares, others_with_reservations  # noqa: E402
 from tasks.accounts.slots import AccountSlots  # noqa: E402
 
 ACCOUNT = "127.0.0.1:9~alice"
@@ -216,7 +216,8 @@ def test_waiting_for_slots_names_the_holders_once_then_at_most_every_minute(tmp_
 
 
 def test_a_run_wants_what_it_holds_plus_the_rows_it_could_start_there():
-    from flows.rules.scheduler import BackendPolicy, Situation, slots_wanted
+    from flows.rules.plan import BackendPolicy, Situation
+    from flows.rules.starts import slots_wanted
     from jobdb.store import Snapshot
 
     snapshot = Snapshot(rows=9, waiting=(0, 1, 2, 3, 4), pinned={0: "b", 1: "c"}, holding={"b": 2, "c": 1})

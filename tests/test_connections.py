@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.connections import (
-    ManagedConnection,
+from tasks.connection_registry import (
     connection_key,
     connection_provider_for,
     get_connection,
     register_connection,
     unregister_connection,
 )
+from tasks.connections import ManagedConnection
 from tests.test_simulator import make_sim  # noqa: F401 - fixture
 
 

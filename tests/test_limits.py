@@ -12,7 +12,8 @@ import pytest
 
 from flows.config.limits import BadOverride, LimitOverrides, parse_override, task_tags, variable_name
 from flows.config.params import BackendConfig
-from flows.rules.scheduler import BackendPolicy, InFlight, Situation, plan_cycle
+from flows.rules.plan import BackendPolicy, InFlight, Situation
+from flows.rules.scheduler import plan_cycle
 from jobdb.store import JobStore
 from simulator import start_simulator
 from tasks.accounts.identity import account_id

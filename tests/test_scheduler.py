@@ -4,14 +4,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from flows.run_loop.dispatcher import finish_batch_size, start_batch_size
+from flows.rules.plan import BackendPolicy, InFlight, Situation, StartOrder
 from flows.rules.scheduler import (
-    BackendPolicy,
-    InFlight,
-    Situation,
-    StartOrder,
-    free_slots,
-    occupied,
-    pipeline,
     plan_cycle,
     plan_finishes,
     plan_hooks,
@@ -19,8 +13,8 @@ from flows.rules.scheduler import (
     plan_polls,
     plan_reconciles,
     plan_resubmits,
-    plan_starts,
 )
+from flows.rules.starts import free_slots, occupied, pipeline, plan_starts
 from jobdb.store import FailedRow, PolledJob, Snapshot
 
 

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from flows.run_jobs import run_jobs
-from tasks.connections import ManagedConnection, register_connection, unregister_connection
+from tasks.connection_registry import register_connection, unregister_connection
+from tasks.connections import ManagedConnection
 from tasks.download import IncompleteDownload, UnsafeAssetName, fetch_job_results, safe_asset_path
 from tests.flow_helpers import assert_results_complete, backend, fast_config, make_db
 from simulator import start_simulator

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import flows.console.cli as cli
+from flows.console.demo import clean_demo_output
 from simulator import start_simulator
 from tests.flow_helpers import PASSWORD_ENV, fast_config, make_db
 from tests.test_interruptions import processes_with_env
@@ -63,5 +64,5 @@ def test_each_demo_starts_from_a_clean_output_folder(tmp_path):
     (out / "job_j-old1" / "result.tif").write_bytes(b"x")
     for name in ("jobs.parquet", "jobs_map.png", "jobs_map.html", "notes.txt"):
         (out / name).write_text("old")
-    cli.clean_demo_output(out, out / "jobs.parquet")
+    clean_demo_output(out, out / "jobs.parquet")
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # the user's own file stays

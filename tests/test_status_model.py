@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from flows.rules.bookkeeping import RowNow, effects_of
-from flows.rules.scheduler import BackendPolicy, InFlight, Situation, plan_cycle
+from flows.rules.plan import BackendPolicy, InFlight, Situation
+from flows.rules.scheduler import plan_cycle
 from jobdb import JobDatabase, JobDbError
 from jobdb import status as st
 from jobdb.interface import open_store

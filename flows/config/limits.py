@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from flows.config.params import BackendConfig
-from flows.rules.scheduler import BackendPolicy
+from flows.rules.plan import BackendPolicy
 
 # How long a run waits at its start for the first read of the overrides, so that a campaign
 # resumed while an operator holds a backend at 0 starts nothing there (the API is up: it just

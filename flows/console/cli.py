@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from flows.console.flags import FLAGS, add_flow_flags, flow_parameters
+from flows.console.terminal import configure_terminal, end_of_run_report
 from flows.run_loop.outcomes import RunOutcome
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -128,38 +129,14 @@ def start_prefect_early(flow: Optional[Callable[..., Any]]):
     demo's set-up instead of following them. Returns the `LocalServer`, or None."""
     import threading
 
+    from flows.console.local_server import LocalServer, api_url_configured
+
+    own_server = not api_url_configured()  # asked before the import starts: no Prefect import beside it
     global _import_thread
     if flow is None:
         _import_thread = threading.Thread(target=_import_flow, name="import-flow", daemon=True)
         _import_thread.start()
-    if api_url_configured():
-        return None
-    from flows.console.local_server import LocalServer
-
-    return LocalServer()
-
-
-def api_url_configured() -> bool:
-    """Whether PREFECT_API_URL names a server, without importing Prefect when it is not imported yet
-    (environment, then the active profile of profiles.toml; `prefect_api` asks Prefect itself later)."""
-    if "prefect.settings" in sys.modules:
-        from prefect.settings import PREFECT_API_URL
-
-        return bool(PREFECT_API_URL.value())
-    if os.environ.get("PREFECT_API_URL"):
-        return True
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10: Prefect itself will tell (`prefect_api`)
-        return False
-    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
-    try:
-        profiles = tomllib.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
-    return bool(profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
+    return LocalServer() if own_server else None
 
 
 _import_thread = None  # the flow's import warming up (start_prefect_early), if any
@@ -191,6 +168,19 @@ def exit_process(code: int) -> None:
 # The CLI sends the run's last queued log lines and events for at most this long before it exits.
 PREFECT_QUEUE_SECONDS = 2.0
 _flow_called = False  # `run` ran the flow: exit_process may skip the interpreter's teardown
+
+
+def run_jobs_flow() -> Callable[..., Any]:
+    """The run-jobs flow, imported on this thread once the warm-up import (`start_prefect_early`)
+    has ended. Until then this thread imports nothing of Prefect: two threads importing Prefect at
+    once can meet its circular imports half done ("Failed to initialize plugins: cannot import
+    name 'SettingsContext' from partially initialized module 'prefect.context'", printed by 2 of
+    4 demos under load)."""
+    if _import_thread is not None:
+        _import_thread.join()
+    from flows.run_jobs import run_jobs
+
+    return run_jobs
 
 
 def _import_flow() -> None:
@@ -225,12 +215,12 @@ def bad_input(exc: BaseException, debug: bool) -> int:
 def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argparse.Namespace, server=None) -> int:
     """Run the flow in this process (against its own local Prefect server, `server` if started
     already), then report."""
+    if flow is None:
+        flow = run_jobs_flow()  # first: the imports below import Prefect too
     from flows.config.params import SetupError
     from flows.console.progress_display import prefect_console, stop_live_display, use_live_display
     from jobdb import JobDbLocked
 
-    if flow is None:
-        from flows.run_jobs import run_jobs as flow
     configure_terminal(verbose=args.verbose)
     if not args.no_live and prefect_console().is_terminal:
         use_live_display()
@@ -297,110 +287,22 @@ def prefect_api(server=None) -> Iterator[None]:
             send_queued_prefect_calls(timeout=PREFECT_QUEUE_SECONDS)
 
 
-def end_of_run_report(stats: Dict[str, Any], params: Dict[str, Any]) -> str:
-    from flows.report.reporting import failed_rows, format_run_report, run_paths
-    from jobdb import JobDatabase
-
-    from jobdb.location import is_sql
-
-    if is_sql(params["job_db"]):  # the run's own statistics carry the first failures; no file to read
-        failures = stats.get("failures") or []
-        paths = {"results": f"{params.get('root_dir') or './' + str(stats.get('campaign', ''))}/job_<id>/",
-                 "job DB": stats["job_db"]}
-        if stats.get("tile_map"):
-            paths.update({f"map ({k})": v for k, v in stats["tile_map"].items()})
-        return format_run_report(stats, failures, paths)
-    failures = failed_rows(JobDatabase.open(params["job_db"]).df)
-    paths = run_paths(params["job_db"], stats.get("results") or params.get("root_dir"), stats.get("tile_map"),
-                      stats.get("collection"))
-    return format_run_report(stats, failures, paths)
-
-
-def configure_terminal(verbose: bool) -> None:
-    """Keep Prefect's per-task-run lines ("Task run 'x' - Finished in state Completed()") off the
-    terminal unless --verbose. They come from the `prefect.task_runs` logger, which also feeds
-    the Prefect API; a filter on the console handler alone keeps them in the UI."""
-    if verbose:
-        return
-    for handler in logging.getLogger().handlers:
-        if type(handler).__name__ == "PrefectConsoleHandler":
-            handler.addFilter(quiet_task_runs)
-
-
-def quiet_task_runs(record: logging.LogRecord) -> bool:
-    """Task-run lines below WARNING, `Finished in state Failed(...)` (a failed start task run: the
-    cycle already printed that row's line with its reason) and task-run tracebacks (a raising hook
-    printed one per retry: 30 rows, 698 lines): the flow prints one line per failure, the Prefect UI
-    keeps the rest."""
-    if record.name != "prefect.task_runs":
-        return True
-    return record.levelno >= logging.WARNING and not record.exc_info \
-        and not str(record.msg).startswith("Finished in state") \
-        and "Traceback (most recent call last)" not in record.getMessage()
-
-
 def run_demo(output_dir: Path, args: argparse.Namespace, flow: Optional[Callable[..., Any]]) -> int:
     """Two simulated backends, a small tile grid x 2 years, the real flow; prints a report."""
     server = start_prefect_early(flow)  # boots while the simulators and the grid are made
     try:
-        from flows.tiling.grid import make_tile_grid
-        from jobdb import JobDatabase
-        from simulator import SimulatorConfig, start_simulator
+        from flows.console.demo import accepted_parameters, demo_parameters, start_demo_backends
 
-        job_db = output_dir / "jobs.parquet"
-        clean_demo_output(output_dir, job_db)
-        config = SimulatorConfig(queue_time=0.5, run_time=2.0, run_time_jitter=1.0, p_error=0.1, seed=1)
-        sim_a, sim_b = start_simulator(config), start_simulator(config)
+        job_db, config, sim_a, sim_b = start_demo_backends(output_dir)
     except BaseException:
         if server is not None:
             server.stop()
         raise
     with sim_a, sim_b:
-        tiles = make_tile_grid(
-            {"west": 5.0, "south": 51.0, "east": 5.25, "north": 51.1}, tile_size=10_000, years=[2023, 2024]
-        )
-        JobDatabase.create(job_db, tiles)
-        os.environ.setdefault("DEMO_OPENEO_PASSWORD", config.password)
-        auth = {"type": "basic", "username": "demo", "password_env": "DEMO_OPENEO_PASSWORD"}
-        params = dict(
-            job_db=str(job_db),
-            backends=[
-                {"name": "sim-a", "url": sim_a.url, "parallel_jobs": 3, "auth": auth},
-                {"name": "sim-b", "url": sim_b.url, "parallel_jobs": 3, "auth": auth},
-            ],
-            start_job="flows.tiling.example_callbacks:composite_over_tile_bbox",
-            poll_interval_seconds=1.0,
-            failure_threshold=0.5,  # the simulator fails 10 % of jobs on purpose
-        )
-        params = {k: v for k, v in params.items() if k in accepted_parameters(flow)}
-        print(f"Demo: {len(tiles)} jobs on 2 simulated backends (sim-a {sim_a.url}, sim-b {sim_b.url}); "
-              f"about 10 % of jobs fail on purpose", file=sys.stderr)
-        return run(flow, params, args, server)
-
-
-def clean_demo_output(output_dir: Path, job_db: Path) -> None:
-    """What an earlier demo left in `output_dir` (its job DB, maps and job_<id>/ result folders),
-    so each demo starts afresh; nothing else in the folder is touched."""
-    import shutil
-
-    from jobdb import JobDbPaths
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    paths = JobDbPaths.of(job_db)
-    for leftover in (job_db, paths.map_png, paths.map_html):
-        leftover.unlink(missing_ok=True)
-    for folder in output_dir.glob("job_*"):
-        if folder.is_dir():
-            shutil.rmtree(folder)
-
-
-def accepted_parameters(flow: Optional[Callable[..., Any]]) -> set:
-    """Names of the flow's parameters (the demo passes the newer ones only when the flow has them)."""
-    import inspect
-
-    if flow is None:
-        from flows.run_jobs import run_jobs as flow
-    return set(inspect.signature(getattr(flow, "fn", flow)).parameters)
+        params = demo_parameters(job_db, config, (sim_a, sim_b))  # while the flow's import warms up
+        flow = run_jobs_flow() if flow is None else flow
+        accepted = accepted_parameters(flow)  # the demo passes the newer ones only when the flow has them
+        return run(flow, {k: v for k, v in params.items() if k in accepted}, args, server)
 
 
 if __name__ == "__main__":

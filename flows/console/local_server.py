@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Iterator, Optional
 
 # A stopping server gets this long to finish its work (its event persister's last batch) before
@@ -151,6 +152,29 @@ def _watch(port: int) -> int:
 def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     return _watch(int(argv[0]))
+
+
+def api_url_configured() -> bool:
+    """Whether PREFECT_API_URL names a server, without importing Prefect when it is not imported yet
+    (environment, then the active profile of profiles.toml; `prefect_api` asks Prefect itself later)."""
+    if "prefect.settings" in sys.modules:
+        from prefect.settings import PREFECT_API_URL
+
+        return bool(PREFECT_API_URL.value())
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: Prefect itself will tell (`prefect_api`)
+        return False
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+    return bool(profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import pandas as pd
 
 from tasks.results.storage import ResultsRoot, is_remote
 from jobdb import JobDbPaths
+from jobdb.atomic import atomic_path
 from jobdb.status import (
     CANCELED, CREATED, CREATING, ERROR, FINISHED, NOT_STARTED, QUEUED, QUEUED_FOR_START, RUNNING, SKIPPED,
     START_FAILED,
@@ -203,9 +204,8 @@ def draw_png(tiles, path: Path, title: str = "") -> Path:
     crs = f" ({tiles.crs.to_string()})" if tiles.crs is not None else ""
     figure.suptitle(f"{title}: {len(overview)} tiles, {len(tiles)} rows{crs}", fontsize=11)
     figure.tight_layout(rect=(0, 0, 1 - 2.0 / figure.get_figwidth(), 0.97))
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png")
-    tmp.replace(path)
+    with atomic_path(path, durable=False) as tmp:  # drawn anew by every run: no disk flush needed
+        figure.savefig(tmp, format="png")
     return path
 
 
@@ -281,9 +281,8 @@ def write_html(tiles, path: Path, title: str = "") -> Path:
     ).add_to(fmap)
     folium.LayerControl().add_to(fmap)
     fmap.get_root().html.add_child(folium.Element(offline_svg_block(overview, STATUS_COLOURS, title)))
-    tmp = path.with_name(f".{path.name}.tmp")
-    fmap.save(str(tmp))
-    tmp.replace(path)
+    with atomic_path(path, durable=False) as tmp:
+        fmap.save(str(tmp))
     return path
 
 

@@ -1,21 +1,13 @@
 """The pure scheduler: from a snapshot of the job DB and what is in flight, decide what to do next.
 
 No Prefect, no HTTP, no clock of its own: every input is a value, so every decision is
-unit-tested in milliseconds (tests/test_scheduler.py). The dispatcher carries the plan out.
+unit-tested in milliseconds (tests/test_scheduler.py). The dispatcher carries the plan out;
+what the scheduler reads and returns is in flows/rules/plan.py.
 
 Decisions per cycle:
-- starts and creates, separate steps (a slow create never holds a start worker): jobs
-  `created` earlier are started into the free slots of their backend (`parallel_jobs` minus the
-  jobs this run has started there minus the slots other live runs hold on the same account);
-  waiting rows are created for the free slots no created job fills (created and started by one
-  task on a create worker), plus up to `create_ahead` more per backend, created only, ready for
-  the next slot that frees (issue 21). A created job does not count
-  against `parallel_jobs` while it waits within `create_ahead`; with `create_ahead=0` (backends
-  that count created jobs against a limit) every created job holds a slot, as before. A row that
-  names a backend waits for it, the others go where most jobs are wanted. Rows handed back by a
-  task are held for a while. Nothing is created or started while the run is stopping (a bounded
-  pass whose time is up still starts the jobs it created: nothing new), or on a backend that
-  refused for good (402), and nothing is created ahead while other live runs share the account.
+- starts and creates (flows/rules/starts.py): jobs created earlier are started into the free
+  slots of their backend, waiting rows are created for the free slots no created job fills, plus
+  up to `create_ahead` more per backend, ready for the next slot that frees.
 - intents: the DB updates persisted *before* any task is submitted (status `creating` + a
   marker, or `queued_for_start`), so a crash never loses track of a job being created.
 - polls: one per backend with jobs to follow, when a poll is due and the last one returned;
@@ -25,211 +17,13 @@ Decisions per cycle:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from flows.rules.plan import FinishOrder, HookOrder, InFlight, Plan, PollOrder, ReconcileOrder, Situation
+from flows.rules.starts import plan_starts
 from jobdb.store import Snapshot
-from jobdb.status import (
-    CREATING, FINISHED, HOOK_DONE, HOOK_ERROR, NOT_STARTED, QUEUED_FOR_START, RESULTS_DOWNLOADED, RUNNING,
-    START_FAILED,
-)
-
-
-@dataclass(frozen=True)
-class BackendPolicy:
-    parallel_jobs: int
-    max_parallel_starts: Optional[int] = None  # start tasks of this backend in flight at once
-    accepting: bool = True  # False once the account refused for good (no credits)
-    create_ahead: int = 0  # jobs kept created, not started, ready for the next free slot
-
-
-@dataclass(frozen=True)
-class InFlight:
-    """Work submitted and not yet answered."""
-
-    starting: FrozenSet[int] = frozenset()  # rows in create or start tasks
-    starts_per_backend: Mapping[str, int] = field(default_factory=dict)  # create + start tasks in flight
-    polling: FrozenSet[str] = frozenset()  # backends with a poll task out
-    reconciling: FrozenSet[str] = frozenset()
-    finishing: FrozenSet[int] = frozenset()  # rows in download / error-log tasks
-    hooking: FrozenSet[int] = frozenset()  # rows in post-processing hook tasks
-    in_start_tasks: FrozenSet[int] = frozenset()  # rows a start task has (created there for a free slot, too)
-
-
-@dataclass(frozen=True)
-class Situation:
-    """Everything besides the snapshot that a decision depends on."""
-
-    backends: Mapping[str, BackendPolicy]
-    now: float  # monotonic seconds, compared with `holds`
-    holds: Mapping[int, float] = field(default_factory=dict)  # row -> not before
-    others_holding: Mapping[str, int] = field(default_factory=dict)  # slots other live runs hold
-    starting_allowed: bool = True  # False while the run is stopping (Ctrl-C)
-    creating_allowed: bool = True  # False once the time is up: jobs created for a slot are still started
-    poll_due: bool = False
-    poll_backends: Optional[FrozenSet[str]] = None  # the backends worth a poll (flows/rules/polling.py); None: all
-    download: bool = True
-    cancel_after: Optional[float] = None  # seconds a job may run
-    utc_now: Optional[datetime] = None
-    pinned: FrozenSet[int] = frozenset()  # rows whose backend the user chose
-    hooks: FrozenSet[str] = frozenset()  # "done" / "error": which post-processing hooks are configured
-    max_attempts: int = 1  # jobs a row may use (resubmission after error)
-
-
-@dataclass(frozen=True)
-class StartOrder:
-    """Create a job for a waiting row (`marker` set), and start it at once if it has a free slot
-    (`then_start`; a job created ahead has none yet), or start one created earlier (`job_id` set)."""
-
-    row: int
-    backend: str
-    marker: Optional[str]  # None for a job created earlier (job_id set)
-    job_id: Optional[str] = None
-    then_start: bool = True
-
-    @property
-    def creates(self) -> bool:
-        return self.job_id is None
-
-
-@dataclass(frozen=True)
-class PollOrder:
-    backend: str
-    jobs: Mapping[int, Tuple[str, str]]  # row -> (job id, status we know)
-    cancel: Tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ReconcileOrder:
-    backend: str
-    markers: Mapping[str, int]  # marker -> row
-
-
-@dataclass(frozen=True)
-class FinishOrder:
-    row: int
-    backend: str
-    job_id: str
-    download: bool  # True: download results; False: save error logs
-
-
-@dataclass(frozen=True)
-class HookOrder:
-    row: int
-    backend: str
-    job_id: str
-    kind: str  # "done" or "error"
-
-
-@dataclass(frozen=True)
-class Plan:
-    intents: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # persist before submitting
-    starts: Tuple[StartOrder, ...] = ()
-    polls: Tuple[PollOrder, ...] = ()
-    reconciles: Tuple[ReconcileOrder, ...] = ()
-    finishes: Tuple[FinishOrder, ...] = ()
-    hooks: Tuple[HookOrder, ...] = ()
-    updates: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # plain fixes (no task needed)
-
-
-def free_slots(situation: Situation, holding: Mapping[str, int]) -> Dict[str, int]:
-    """Free job slots per backend for this run."""
-    return {
-        name: max(0, policy.parallel_jobs - int(holding.get(name, 0)) - int(situation.others_holding.get(name, 0)))
-        for name, policy in situation.backends.items()
-    }
-
-
-def start_capacity(situation: Situation, in_flight: InFlight) -> Dict[str, int]:
-    """How many more create/start tasks each backend may have in flight (None = unbounded -> large)."""
-    capacity = {}
-    for name, policy in situation.backends.items():
-        if not situation.starting_allowed or not policy.accepting or policy.parallel_jobs <= 0:
-            capacity[name] = 0  # parallel_jobs 0 (an operator's override): no start at all, not even of created jobs
-        elif policy.max_parallel_starts is None:
-            capacity[name] = 1 << 30
-        else:
-            capacity[name] = max(0, policy.max_parallel_starts - int(in_flight.starts_per_backend.get(name, 0)))
-    return capacity
-
-
-def pipeline(snapshot: Snapshot, in_flight: InFlight) -> Dict[str, int]:
-    """Per backend, the jobs created (or being created) ahead, not started and not about to be:
-    they count in `snapshot.holding` but run nothing yet. A row created for a free slot (its
-    start task starts it next) holds its slot."""
-    count: Dict[str, int] = {}
-    for row, (backend, _) in list(snapshot.to_start.items()) + list(snapshot.creating.items()):
-        if backend and row not in in_flight.in_start_tasks:
-            count[backend] = count.get(backend, 0) + 1
-    return count
-
-
-def occupied(holding: Mapping[str, int], ready: Mapping[str, int], backends: Mapping[str, BackendPolicy]) -> Dict[str, int]:
-    """The slots a run takes on each backend: its started jobs, plus the created (or being created)
-    jobs beyond what `create_ahead` lets wait for free (all of them with create_ahead=0)."""
-    taken = {}
-    for name in set(holding) | set(ready):
-        ahead = backends[name].create_ahead if name in backends else 0
-        started = int(holding.get(name, 0)) - int(ready.get(name, 0))
-        taken[name] = started + max(0, int(ready.get(name, 0)) - ahead)
-    return taken
-
-
-def plan_starts(
-    snapshot: Snapshot, situation: Situation, in_flight: InFlight, marker_for: Callable[[int, int], str]
-) -> Tuple[Dict[int, Dict[str, Any]], List[StartOrder]]:
-    capacity = start_capacity(situation, in_flight)
-    busy = in_flight.starting
-
-    def free_to_go(row: int) -> bool:
-        return row not in busy and situation.holds.get(row, 0.0) <= situation.now
-
-    ready = pipeline(snapshot, in_flight)
-    started = {name: int(n) - ready.get(name, 0) for name, n in snapshot.holding.items()}
-    slots = free_slots(situation, started)
-    intents: Dict[int, Dict[str, Any]] = {}
-    orders: List[StartOrder] = []
-    for row, (backend, job_id) in snapshot.to_start.items():  # created earlier: into the free slots first
-        if capacity.get(backend, 0) > 0 and slots.get(backend, 0) > 0 and free_to_go(row):
-            capacity[backend] -= 1
-            slots[backend] -= 1
-            ready[backend] -= 1
-            intents[row] = {"status": QUEUED_FOR_START}
-            orders.append(StartOrder(row, backend, None, job_id))
-    # Jobs to create: for the free slots no created job fills (created and started in one task),
-    # plus `create_ahead` ready ones (created only) — none ahead while other live runs share the
-    # account: its next free slot may be theirs.
-    for_slots, ahead = {}, {}
-    for name, policy in situation.backends.items():
-        waiting_jobs = ready.get(name, 0)  # created ones take the next free slots first
-        allowed = 0 if situation.others_holding.get(name) else policy.create_ahead
-        for_slots[name] = min(capacity[name], max(0, slots[name] - waiting_jobs))
-        ahead[name] = min(capacity[name] - for_slots[name], max(0, allowed - max(0, waiting_jobs - slots[name])))
-    wanted = {name: for_slots[name] + ahead[name] for name in for_slots}
-    if not situation.creating_allowed or sum(wanted.values()) == 0:
-        return intents, orders
-    for row in snapshot.waiting:
-        if not free_to_go(row):
-            continue
-        pinned = snapshot.pinned.get(row)
-        if pinned is not None:
-            backend = pinned if wanted.get(pinned, 0) > 0 else None
-        else:
-            backend = max(wanted, key=lambda name: wanted[name])
-            backend = backend if wanted[backend] > 0 else None
-        if backend is None:
-            continue
-        wanted[backend] -= 1
-        attempt = snapshot.attempts.get(row, 0) + 1
-        marker = marker_for(row, attempt)
-        intents[row] = {"status": CREATING, "backend_name": backend, "job_marker": marker, "attempt": attempt}
-        then_start = for_slots[backend] > 0
-        for_slots[backend] -= 1 if then_start else 0
-        orders.append(StartOrder(row, backend, marker, then_start=then_start))
-        if sum(wanted.values()) == 0:
-            break
-    return intents, orders
+from jobdb.status import FINISHED, HOOK_DONE, HOOK_ERROR, NOT_STARTED, RESULTS_DOWNLOADED, RUNNING, START_FAILED
 
 
 def plan_polls(snapshot: Snapshot, situation: Situation, in_flight: InFlight) -> List[PollOrder]:
@@ -373,16 +167,3 @@ def overdue(running_since: Optional[str], limit_seconds: Optional[float], now: O
     if since.tzinfo is None:
         since = since.replace(tzinfo=timezone.utc)
     return (now - since).total_seconds() > limit_seconds
-
-
-def slots_wanted(snapshot: Snapshot, situation: Situation) -> Dict[str, int]:
-    """Per backend, the job slots this run could use now: the rows holding one there, plus the
-    waiting rows it could start there (recorded in the account's ledger for fair shares)."""
-    anywhere = len(snapshot.waiting) - len(snapshot.pinned)
-    wanted = {}
-    for name, policy in situation.backends.items():
-        waiting = 0
-        if situation.starting_allowed and policy.accepting:
-            waiting = anywhere + sum(1 for backend in snapshot.pinned.values() if backend == name)
-        wanted[name] = int(snapshot.holding.get(name, 0)) + waiting
-    return wanted

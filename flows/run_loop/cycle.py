@@ -21,7 +21,9 @@ from tasks.accounts.slots import JobSlots
 from flows.rules.bookkeeping import FailureStreaks, RowNow, effects_of
 from flows.run_loop.dispatcher import Dispatcher
 from flows.run_loop.interrupts import StopSignal
-from flows.rules.scheduler import BackendPolicy, Plan, Situation, occupied, pipeline, plan_cycle, slots_wanted
+from flows.rules.plan import BackendPolicy, Plan, Situation
+from flows.rules.scheduler import plan_cycle
+from flows.rules.starts import occupied, pipeline, slots_wanted
 from flows.rules.polling import PollClock
 from jobdb.status import (
     CREATED, ERROR, FAILED, FINISHED, POSTPROCESS_FAILED, QUEUED, RUNNING, START_FAILED, TERMINAL,

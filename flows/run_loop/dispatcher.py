@@ -20,7 +20,7 @@ from prefect import tags as prefect_tags
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.rules.scheduler import FinishOrder, HookOrder, InFlight, PollOrder, ReconcileOrder, StartOrder
+from flows.rules.plan import FinishOrder, HookOrder, InFlight, PollOrder, ReconcileOrder, StartOrder
 from tasks.download import download_results, save_error_logs
 from tasks.hooks import run_hook
 from tasks.outcome import Outcome, Step, close_inbox, open_inbox, request_stop

@@ -10,8 +10,8 @@ decision — all in one transaction. What others hold is counted from rows, neve
 - active rows of a run whose lease ended (or of no run) still hold their slots: their jobs run on
   the backend until someone sees them end.
 Each run also records what it *wants* (holding + rows it could start); a claim counts each other
-live run as holding at least its fair share (tasks/accounts/fairness.py), as the flock ledger does,
-and a run waiting for slots other runs hold names them (tasks/accounts/waiting.py).
+live run as holding at least its fair share (jobdb/fair_shares.py), as the flock ledger does,
+and a run waiting for slots other runs hold names them (jobdb/slot_waiting.py).
 `StoreStartSchedule` hands out `max_starts_per_minute` turns from the account's row the same way.
 """
 from __future__ import annotations
@@ -23,12 +23,12 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple, TypeVar
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from jobdb.fair_shares import others_with_reservations
+from jobdb.slot_waiting import Holder, WaitingNotices
 from jobdb.sql.engine import db_now, retrying
 from jobdb.sql.schema import accounts, jobs, run_accounts, runs
 from jobdb.sql.store import SqlJobStore
 from jobdb.status import HOLDS_SLOT
-from tasks.accounts.fairness import others_with_reservations
-from tasks.accounts.waiting import Holder, WaitingNotices
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,7 +99,7 @@ class SqlAccountSlots:
         return self.notices.by_backend(self.accounts)
 
     def waiting_notices(self) -> List[str]:
-        """Lines to log since the last call (tasks/accounts/waiting.py)."""
+        """Lines to log since the last call (jobdb/slot_waiting.py)."""
         return self.notices.take_lines()
 
     def others(self) -> Dict[str, int]:

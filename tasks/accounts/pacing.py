@@ -21,7 +21,6 @@ token bucket of burst 1: it also satisfies any bucket of the same rate with a la
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import weakref
@@ -30,6 +29,7 @@ from typing import Dict, Optional
 
 from filelock import FileLock
 
+from jobdb.atomic import write_atomic
 from tasks.accounts.identity import account_dir
 
 # Turns a little wider than 60/N s: requests that leave exactly on the server's rate arrive
@@ -76,9 +76,7 @@ class StartSchedule:
             return 0.0  # no file yet, or one a crash left unreadable: no turn is taken
 
     def _write(self, next_free: float) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"next_free": next_free}))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps({"next_free": next_free}), durable=False)  # one write per start: no disk flush
 
 
 class AccountPacer:

@@ -7,7 +7,7 @@ default `~/.local/state/openeo-prefect-jobs`). Every run that uses the account k
   wants (holding + rows it could start), and who it is (flow run, job DB or campaign, pid, host).
 A run claims slots under the account's ledger lock: it counts what the *live* runs hold (a run
 whose `.alive` lock can be taken is dead: its entry is deleted) plus their unused fair share
-(tasks/accounts/fairness.py), decides, writes its own counts, and lets go. The kernel drops a dead
+(jobdb/fair_shares.py), decides, writes its own counts, and lets go. The kernel drops a dead
 process's flocks at once, so slots of a killed run come back at the next claim — there is no
 lease to expire, no server to repair, nothing a Prefect restart can strand. Slots of jobs still
 running on the backend stay counted by the run that owns their rows (a resumed run of the same
@@ -30,9 +30,10 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Protocol, 
 
 from filelock import FileLock, Timeout
 
-from tasks.accounts.fairness import others_with_reservations
+from jobdb.atomic import write_atomic
+from jobdb.fair_shares import others_with_reservations
+from jobdb.slot_waiting import Holder, WaitingNotices
 from tasks.accounts.identity import account_dir
-from tasks.accounts.waiting import Holder, WaitingNotices
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,7 +58,7 @@ class AccountSlots:
 
     `accounts`: backend name -> account identity (`ManagedConnection.account`); two names of one
     account share its ledger, whatever a run calls the backend. `limits`: backend name ->
-    `parallel_jobs`, for fair shares (tasks/accounts/fairness.py); without it, first come first served."""
+    `parallel_jobs`, for fair shares (jobdb/fair_shares.py); without it, first come first served."""
 
     def __init__(self, accounts: Mapping[str, str], run_id: str, note: Optional[dict] = None,
                  state_dir: Optional[Path] = None, limits: Optional[Mapping[str, int]] = None):
@@ -88,7 +89,7 @@ class AccountSlots:
 
         `wants`: per backend name, the slots this run could use now (its holding plus the rows it
         could start). It is recorded for the other runs' claims, and `others` includes each other
-        live run's unused fair share of the account (tasks/accounts/fairness.py)."""
+        live run's unused fair share of the account (jobdb/fair_shares.py)."""
         wanted = self._per_account(wants or {})
         with self._ledger_locks():
             self.holders = {key: self._read_others(folder) for key, folder in self.dirs.items()}
@@ -110,7 +111,7 @@ class AccountSlots:
 
     def waiting_notices(self) -> List[str]:
         """Lines to log since the last call: an account whose slots other runs hold while this run
-        has rows to start — when it starts waiting, then at most every minute (tasks/accounts/waiting.py)."""
+        has rows to start — when it starts waiting, then at most every minute (jobdb/slot_waiting.py)."""
         return self.notices.take_lines()
 
     def others(self) -> Dict[str, int]:
@@ -155,9 +156,8 @@ class AccountSlots:
         if self._written.get(key) == (holding, wants):
             return
         path = self.dirs[key] / f"{self.run_id}{ENTRY}"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({**self._note, "run_id": self.run_id, "holding": holding, "wants": wants}))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({**self._note, "run_id": self.run_id, "holding": holding, "wants": wants}),
+                     durable=False)  # rewritten every cycle; a lost entry is rewritten by the next
         self._written[key] = (holding, wants)
 
     def _read_others(self, folder: Path) -> List[Holder]:

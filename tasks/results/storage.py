@@ -3,8 +3,8 @@
 Every write either lands whole under its final name or not at all, so a result cut off by a
 kill never looks finished:
 
-- local folders (a plain path or `file://`): as before, a `.<name>.part` file beside the target,
-  fsynced, then `os.replace` (atomic on one file system);
+- local folders (a plain path or `file://`): a `.<name>.part` file beside the target, fsynced,
+  then `os.replace` (atomic on one file system; jobdb/atomic.py);
 - object storage (`s3://`, `gs://`, ...): small files (JSON) in one PUT, which a store applies
   whole or not at all; streamed assets through fsspec's non-autocommitting file: on S3 a
   multipart upload of the *final* key, parts sent as they fill (memory stays at one part), and
@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import fsspec
+
+from jobdb.atomic import atomic_path, write_atomic
 
 # Parts of a streamed upload (S3 needs >= 5 MiB per part but the last).
 UPLOAD_PART_SIZE = 8 << 20
@@ -144,13 +146,7 @@ class ResultsRoot:
             self.fs.pipe_file(self.path(relative), data)
             return
         target = Path(self.path(relative))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.part")  # a killed writer's leftover is truncated here
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        write_atomic(target, data, temp=_part_file(target))
 
     def write_json(self, relative: str, document: Any, indent: Optional[int] = 2) -> None:
         self.write_bytes(relative, json.dumps(document, indent=indent).encode())
@@ -181,21 +177,13 @@ class ResultsRoot:
 
     @staticmethod
     def _write_stream_local(target: Path, chunks: Iterable[bytes], verify: Callable[[int], None]) -> int:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.part")
         written = 0
-        try:
+        with atomic_path(target, temp=_part_file(target)) as tmp:
             with open(tmp, "wb") as f:
                 for chunk in chunks:
                     f.write(chunk)
                     written += len(chunk)
-                f.flush()
-                os.fsync(f.fileno())
             verify(written)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, target)
         return written
 
     def remove(self, relative: str) -> None:
@@ -215,6 +203,11 @@ class ResultsRoot:
         for upload_key, upload_id in uploads:
             self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload_key, UploadId=upload_id)
         return len(uploads)
+
+
+def _part_file(target: Path) -> Path:
+    """The temp file of a local write: one fixed name, so a killed writer's leftover is overwritten by the next."""
+    return target.with_name(f".{target.name}.part")
 
 
 def _protocols(fs) -> Tuple[str, ...]:

@@ -1,5 +1,7 @@
 """Fair shares of one account's job slots among the live runs that use it (pure; no I/O).
 
+Shared by every slot store: the flock ledger (tasks/accounts/slots.py) and the SQL store (jobdb/sql/slots.py).
+
 Every live run records how many slots it *wants*: the slots its rows hold plus the rows it could
 start now, at most `parallel_jobs`. The account's `parallel_jobs` are split max-min fairly
 among the wants, one slot at a time round robin: a run that wants less than an equal split
