@@ -8,7 +8,10 @@ Each mode runs 4 rows on one simulated backend (`parallel_jobs=2`, jobs that run
 waits until 2 jobs run, then stops the run the way that mode is stopped, with a poll interval of
 `--poll` seconds (the stop must not wait for it). Printed per mode, in seconds after the signal:
 `line` the first `stopping:` line on stderr, `ended` the run released its job DB (persisted, lock
-gone), `exit` the process is gone. The target (issue 16) is exit <= 3 s.
+gone), `exit` the process is gone; and `CPU s`, the CPU seconds the stopping process and its
+descendants (a CLI's or a script's Prefect server) spent from the signal to its exit: what a loaded
+machine multiplies (wall ~ CPU x load / cores, roughly). The target
+(issue 16) is exit <= 3 s.
 
 Modes:
   cli          `python -m flows.run_jobs ...` as users get it (its own Prefect server), Ctrl-C to its
@@ -68,7 +71,7 @@ def active(db: Path) -> int:
 
 
 def one_stop(mode: str, root: Path, work: Path, poll: float, api_url: Optional[str], home: Path,
-             spy: bool = False) -> Dict[str, float]:
+             spy: bool = False, profile: Optional[Path] = None) -> Dict[str, float]:
     from jobdb import JobDbPaths
     from simulator import start_simulator
     from tests.flow_helpers import fast_config, make_db
@@ -110,7 +113,11 @@ def one_stop(mode: str, root: Path, work: Path, poll: float, api_url: Optional[s
                 if child.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"{mode}: no 2 jobs running (exit {child.poll()}):\n{''.join(tail)}")
                 time.sleep(0.1)  # a bench watching another process's file; not a test
+            cpu_before = cpu_seconds(child.pid)
             t0[0] = time.monotonic()
+            trace = profile / f"{mode}-{len(list(profile.glob(mode + '-*.json')))}.json" if profile else None
+            recorder = record_profile(child.pid, trace) \
+                if profile else None
             if mode in ("cli", "cli-server", "script"):
                 os.killpg(child.pid, signal.SIGINT)
             elif mode == "sigterm":
@@ -118,16 +125,24 @@ def one_stop(mode: str, root: Path, work: Path, poll: float, api_url: Optional[s
             else:
                 cancel(api_url, json.loads(lock_note.read_text())["flow_run_id"])
             spied = 0.0
-            while child.poll() is None and time.monotonic() - t0[0] < poll + 120:
+            usage = None
+            while usage is None and time.monotonic() - t0[0] < poll + 120:
+                usage = reap(child)
+                if usage is not None:
+                    break
                 if "ended" not in times and run_ended(lock_note):
                     times["ended"] = time.monotonic() - t0[0]
                 if spy and time.monotonic() - spied > 0.5:
                     spied = time.monotonic()
                     dump_stacks(child.pid, spied - t0[0], work / f"{mode}.stacks")
                 time.sleep(0.02)  # a bench watching another process; not a test
-            if child.poll() is None:
+            if usage is None:
                 raise SystemExit(f"{mode}: no exit {poll + 120:.0f} s after the stop:\n{''.join(tail)}")
             times["exit"] = time.monotonic() - t0[0]
+            times["cpu"] = usage.ru_utime + usage.ru_stime - cpu_before
+            if recorder is not None:
+                recorder.wait(30)
+                print(main_thread_timeline(trace, child.pid), flush=True)
             times.setdefault("ended", times["exit"])
             reader.join(10)
             if child.returncode != 130:
@@ -140,6 +155,92 @@ def one_stop(mode: str, root: Path, work: Path, poll: float, api_url: Optional[s
     return times
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds so far of the process and its descendants (its Prefect server, if any): the same
+    processes whose CPU its exit status reports (wait4) once it has reaped them."""
+    import psutil
+
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in [process] + process.children(recursive=True):
+        try:
+            times = each.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def reap(child: subprocess.Popen):
+    """The child's resource usage once it has exited (its whole CPU time), else None."""
+    pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+    if pid == 0:
+        return None
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return usage
+
+
+def py_spy() -> str:
+    beside = Path(sys.executable).with_name("py-spy")  # installed in the venv, maybe not on PATH
+    return str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
+
+
+def record_profile(pid: int, into: Path) -> subprocess.Popen:
+    """--profile: py-spy samples every thread of the stopping process (idle ones too) until it exits,
+    as a Chrome trace (open it in https://ui.perfetto.dev; `main_thread_timeline` prints the gist)."""
+    into.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([py_spy(), "record", "--pid", str(pid), "--format", "chrometrace",
+                             "--rate", "100", "--idle", "--threads", "--nonblocking", "-o", str(into)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+OWN_CODE = ("flows/", "tasks/", "jobdb/", "script.py")
+
+
+def main_thread_timeline(trace: Path, pid: int, shortest: float = 0.05) -> str:
+    """Where the main thread was, from the signal (about: py-spy's start) to the exit, as spans of
+    at least `shortest` seconds: the innermost frame of the project's own code, then the innermost
+    frame below it (`-` where Python ran no frame: the interpreter's own teardown)."""
+    try:
+        events = json.loads(trace.read_text())
+    except (OSError, ValueError) as exc:
+        return f"  (no profile: {exc})"
+    stack: List[dict] = []
+    spans: List[list] = []  # [start s, end s, label]
+
+    def label() -> str:
+        frames = [f"{e['name']} ({e['args']['filename'].split('site-packages/')[-1]}:{e['args']['line']})"
+                  for e in stack[1:]]
+        own = [i for i, e in enumerate(stack[1:]) if any(part in e["args"]["filename"] for part in OWN_CODE)]
+        if not frames:
+            return "-"
+        head = frames[own[-1]] if own else frames[0]
+        return head if not own or own[-1] == len(frames) - 1 else f"{head} > {frames[-1]}"
+
+    main = [e for e in events if e.get("ph") in ("B", "E") and e.get("tid") is not None]
+    main_tid = next((e["tid"] for e in main if e["name"].startswith(f"thread ({pid})")), None)
+    for event in (e for e in main if e["tid"] == main_tid):
+        now = event["ts"] / 1e6
+        if spans and spans[-1][1] is None:
+            spans[-1][1] = now
+        if event["ph"] == "B":
+            stack.append(event)
+        elif stack:
+            stack.pop()
+        if stack:
+            spans.append([now, None, label()])
+    merged: List[list] = []
+    for start, end, what in spans:
+        if end is None:
+            continue
+        if merged and merged[-1][2] == what:
+            merged[-1][1] = end
+        else:
+            merged.append([start, end, what])
+    lines = [f"  {start:6.2f}-{end:6.2f} s  {what}" for start, end, what in merged if end - start >= shortest]
+    return f"  main thread of {trace.name}:\n" + "\n".join(lines)
+
+
 def run_ended(lock_note: Path) -> bool:
     """The run persisted and released its job DB (a run whose API went with it leaves its end in the note)."""
     try:
@@ -150,7 +251,7 @@ def run_ended(lock_note: Path) -> bool:
 
 def dump_stacks(pid: int, at: float, into: Path) -> None:
     """--spy: every thread's stack now (py-spy, when installed), to see where a slow stop spends its time."""
-    done = subprocess.run([shutil.which("py-spy") or "py-spy", "dump", "--pid", str(pid)], capture_output=True,
+    done = subprocess.run([py_spy(), "dump", "--pid", str(pid)], capture_output=True,
                           text=True)
     with into.open("a") as out:
         out.write(f"===== {at:.2f} s after the stop\n{done.stdout}{done.stderr}\n")
@@ -177,6 +278,8 @@ def main() -> int:
     parser.add_argument("--modes", nargs="*", choices=MODES, default=list(MODES))
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--poll", type=float, default=60.0, help="the runs' poll interval (seconds)")
+    parser.add_argument("--profile", metavar="DIR", help="diagnostics: py-spy record of the stopping process from "
+                        "the signal to its exit, every thread, collapsed stacks into DIR/<mode>-<n>.txt")
     parser.add_argument("--spy", metavar="DIR", help="diagnostics: py-spy dumps of the stopping process every 0.5 s, "
                         "into DIR/<mode>.stacks (pip install py-spy)")
     args = parser.parse_args()
@@ -184,7 +287,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_stops_"))
     server = None
     print(f"checkout {root}; poll interval {args.poll:.0f} s; load {os.getloadavg()[0]:.1f}")
-    print(f"{'mode':<11} {'stopping: line':>16} {'run ended':>16} {'exit':>16}  exit codes")
+    print(f"{'mode':<11} {'stopping: line':>16} {'run ended':>16} {'exit':>16} {'CPU s':>16}  exit codes")
     try:
         if set(args.modes) & {"cli-server", "sigterm", "cancel"}:
             from tests.prefect_server import PrefectServer
@@ -193,10 +296,12 @@ def main() -> int:
             server = PrefectServer(work / "server-home")
         for mode in args.modes:
             home = work / "home"  # one for the runs without a server: only the first one migrates it
-            results = [one_stop(mode, root, work, args.poll, server and server.api_url, home, bool(args.spy))
+            results = [one_stop(mode, root, work, args.poll, server and server.api_url, home, bool(args.spy),
+                                Path(args.profile) if args.profile else None)
                        for _ in range(args.runs)]
             print(f"{mode:<11} {spread([r['line'] for r in results if 'line' in r]):>16} "
-                  f"{spread([r['ended'] for r in results]):>16} {spread([r['exit'] for r in results]):>16}  "
+                  f"{spread([r['ended'] for r in results]):>16} {spread([r['exit'] for r in results]):>16} "
+                  f"{spread([r['cpu'] for r in results]):>16}  "
                   f"{sorted({r['code'] for r in results})}", flush=True)
         print(f"load {os.getloadavg()[0]:.1f}")
         if args.spy:

@@ -31,7 +31,8 @@ from flows.run_loop.background import BackgroundPublisher
 from flows.config.blocks import resolve_backend
 from flows.config.limits import FIRST_READ_SECONDS, LimitOverrides, campaign_tags, pace_starts, tag_flow_run, task_tags
 from flows.run_loop.cycle import Cycle, CycleEnd, CycleOptions
-from flows.run_loop.interrupts import StopSignal, catch_interrupts, exit_without_final_collection, watch_for_cancel
+from flows.run_loop.interrupts import (StopSignal, catch_interrupts, exit_without_final_collection, heartbeat_stopper,
+                                      watch_for_cancel)
 from flows.run_loop.outcomes import RunOutcome
 from flows.run_loop.owners import (ApiGoneAware, api_went_with_the_stop, fail_fast_without_api, record_unrecorded_end,
                                    settle_previous_owner)
@@ -183,6 +184,7 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
         publisher.submit("progress", lambda: progress.result().update(by_backend, snapshot.rows, elapsed, down, limits))
 
     stop = StopSignal()
+    stop.wakers.append(heartbeat_stopper(flow_run_id))  # Prefect joins its heartbeat thread at the end: up to 1 s
     end_cancel_watch = watch_for_cancel(stop, flow_run_id)
     max_attempts, max_start_workers = params.max_attempts, params.max_start_workers
     options = CycleOptions(

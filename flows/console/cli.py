@@ -186,8 +186,22 @@ def run_jobs_flow() -> Callable[..., Any]:
 def _import_flow() -> None:
     try:
         import flows.run_jobs  # noqa: F401 - warms the import; `run` imports it again (at once)
+
+        warm_prefect_client()
     except Exception:  # noqa: BLE001 - `run` imports it again and reports what went wrong
         pass
+
+
+def warm_prefect_client() -> None:
+    """What Prefect's engine does lazily on its way to the flow run, done here while the server
+    boots: it imports FastAPI to serialize the parameters and builds pydantic's validators of the
+    API's models on their first answer (3 + 3 s at load 30 between the server's first answer and
+    the flow's start, bench/startup.py). Public pydantic API; the models are Prefect's client schemas."""
+    import fastapi.encoders  # noqa: F401 - prefect.flows.Flow.serialize_parameters
+    from prefect.client.schemas.objects import Flow, FlowRun, State, TaskRun
+
+    for model in (Flow, FlowRun, TaskRun, State):
+        model.model_rebuild()
 
 
 def skipped(exc: BaseException) -> int:

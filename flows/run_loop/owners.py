@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import urllib.request
 from typing import Any, Dict, Optional
 
 import httpx
@@ -76,7 +77,9 @@ def api_went_with_the_stop(timeout: float = 1.0) -> bool:
         from prefect.client.orchestration import get_client
 
         url = str(get_client(sync_client=True).api_url).rstrip("/")
-        return httpx.get(f"{url}/health", timeout=timeout).status_code != 200
+        # urllib, not httpx.get: a plain HTTP request, without building an SSL context (~50 ms of CPU)
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as answer:
+            return answer.status != 200
     except Exception:  # noqa: BLE001 - not there
         return True
 
