@@ -59,6 +59,7 @@ from tasks.connection_registry import connection_key, register_connection, unreg
 from tasks.connections import ManagedConnection
 from tasks.callables import load_hook
 from tasks.health import describe_change
+from tasks.retry_policy import unanswered_create_grace
 
 # Polls, reconciles, downloads and error logs run on the flow's task runner with this many threads.
 FLOW_TASK_WORKERS = 8
@@ -206,7 +207,8 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
         events.changed(new, run.store.value(row, "id"), run.store.value(row, "backend_name") or "", row,
                        run.store.label(row), reason)
 
-    policies = {n: BackendPolicy(b.parallel_jobs, b.max_parallel_starts, create_ahead=b.jobs_created_ahead)
+    policies = {n: BackendPolicy(b.parallel_jobs, b.max_parallel_starts, create_ahead=b.jobs_created_ahead,
+                                 create_grace=unanswered_create_grace(run.connections[n].default_timeout))
                 for n, b in run.backends.items()}
     run.store.retry_failed_downloads()
     if run.hooks:

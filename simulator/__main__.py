@@ -32,6 +32,10 @@ control endpoints (never faulted, no login; change a running simulator from a te
   GET   /_sim/counters   requests per route, jobs per status, faults injected, peak active jobs, ...
   POST  /_sim/reset      forget all jobs and counters (logins stay valid)
   POST  /_sim/outage     {"seconds": 30}: every API request answers 503 for that long
+  GET   /_sim/gates      requests held per route
+  POST  /_sim/gates      {"close": ["POST /jobs"]} holds every new request of those 'METHOD /template'
+                         routes until {"open": ["POST /jobs"]} ({"open": []}: all): a held create
+                         makes its job when let go, after the client may have timed out
 example:
   curl -X POST -d '{"seconds": 30}' http://127.0.0.1:8123/_sim/outage
 """

@@ -85,6 +85,8 @@ def routes(site: Site, workers: ThreadPoolExecutor) -> List[Route]:
     add("GET", "/_sim/counters", discovery.counters, api=False, auth=False, control=True)
     add("POST", "/_sim/reset", discovery.reset, api=False, auth=False, control=True)
     add("POST", "/_sim/outage", discovery.outage, api=False, auth=False, control=True)
+    add("GET", "/_sim/gates", discovery.gates, api=False, auth=False, control=True)
+    add("POST", "/_sim/gates", discovery.gates, api=False, auth=False, control=True)
     return table
 
 

@@ -91,3 +91,17 @@ def outage(site: Site, req: Request) -> Response:
     seconds = float(req.json().get("seconds", 0))
     site.state.configure(outage_until=time.time() + seconds)
     return JSONResponse({"outage_until": site.state.config.outage_until})
+
+
+def gates(site: Site, req: Request) -> Response:
+    """`{"close": [routes]}` / `{"open": [routes]}` (an empty list: all) on POST; the held requests
+    per route either way. E.g. close "POST /jobs": creates are held (the client may time out) and
+    each creates its job when the gate opens, as a backend that answered too late."""
+    gates = site.state.gates
+    if req.method == "POST":
+        body = req.json() or {}
+        if "close" in body:
+            gates.close(*body["close"])
+        if "open" in body:
+            gates.open(*body["open"])
+    return JSONResponse({"held": gates.held()})

@@ -19,7 +19,7 @@ class Gates:
         self._cond = threading.Condition()
         self._closed: Set[str] = set()
         self._held: Counter = Counter()  # requests waiting at a closed gate, per 'METHOD /template'
-        self._draining = 0  # requests that were held and are being handled now
+        self._draining: Counter = Counter()  # requests that were held and are being handled now, per route
 
     def close(self, *routes: str) -> None:
         """Hold every new request on these 'METHOD /template' routes (e.g. 'POST /jobs/{id}/results')."""
@@ -55,13 +55,13 @@ class Gates:
                         self._cond.wait()
                 finally:
                     self._held[route] -= 1
-                    self._draining += 1
+                    self._draining[route] += 1
         try:
             yield
         finally:
             if held:
                 with self._cond:
-                    self._draining -= 1
+                    self._draining[route] -= 1
                     self._cond.notify_all()
 
     def wait_held(self, routes: Iterable[str], timeout: float, count: int = 1) -> Optional[str]:
@@ -78,11 +78,17 @@ class Gates:
                     return None
                 self._cond.wait(left)
 
-    def wait_drained(self, timeout: float) -> bool:
-        """Wait until no request is held and every released one was handled (after `open`)."""
+    def wait_drained(self, timeout: float, routes: Optional[Iterable[str]] = None) -> bool:
+        """Wait until no request is held and every released one was handled (after `open`), on
+        `routes` only if given (another route's gate may stay closed meanwhile)."""
         deadline = time.monotonic() + timeout
+        chosen = None if routes is None else set(routes)
+
+        def busy() -> bool:
+            return any(n for route, n in (self._held + self._draining).items() if chosen is None or route in chosen)
+
         with self._cond:
-            while any(self._held.values()) or self._draining:
+            while busy():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False

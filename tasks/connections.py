@@ -21,7 +21,7 @@ import urllib3
 from openeo.rest import OpenEoApiError, OpenEoApiPlainError
 from openeo.rest.auth.auth import BearerAuth
 
-from tasks.faults import Backoff
+from tasks.faults import AnswerLost, Backoff, answer_lost
 from tasks.health import BackendHealth, ReportingRetry
 from tasks.accounts.pacing import AccountPacer
 from tasks.retry_policy import IDEMPOTENT_METHODS, RUN, SETUP, BudgetRetry, parse_retry_after
@@ -57,6 +57,7 @@ class _CallContext(threading.local):
     marker: Optional[str] = None
     started_job_ids: Optional[List[str]] = None
     created_job_ids: Optional[List[str]] = None
+    unanswered_creates: Optional[List[str]] = None  # POST /jobs sent without an answer (why, each)
     auth_used: object = None  # the auth of this thread's last request (to renew an expired token once)
 
 
@@ -141,7 +142,9 @@ class ManagedConnection(openeo.Connection):
 
     - tags `POST /jobs` with the calling task's row marker (exactly-once creation),
     - records which jobs the calling thread created and started (so a job started by the
-      user's callback is not started twice, without an extra status request),
+      user's callback is not started twice, without an extra status request), and each
+      `POST /jobs` that went out without an answer (its outcome is unknown: after one, the
+      context sends no other `POST /jobs`, even when the callback would retry it),
     - counts requests per method + route,
     - renews basic-auth tokens the way openeo renews OIDC ones (on 401/403 TokenInvalid), and
       renews any token once when many threads find it expired at the same time,
@@ -170,7 +173,11 @@ class ManagedConnection(openeo.Connection):
 
     def request(self, method: str, path: str, *args, **kwargs):
         route = _route_template(path)
-        if method.upper() == "POST" and route == "/jobs" and self._context.marker:
+        creates = method.upper() == "POST" and route == "/jobs"
+        unanswered = self._context.unanswered_creates if creates else None
+        if unanswered:
+            raise AnswerLost(f"not creating another job: an earlier POST /jobs got no answer ({unanswered[-1]})")
+        if creates and self._context.marker:
             body = dict(kwargs.get("json") or {})
             title = body.get("title") or ""
             tag = marker_tag(self._context.marker)
@@ -182,9 +189,11 @@ class ManagedConnection(openeo.Connection):
         _LAST_429.retry_after = None
         try:
             response = super().request(method, path, *args, **kwargs)
-        except (OpenEoApiError, OpenEoApiPlainError) as exc:
-            if exc.http_status_code == 429:
+        except Exception as exc:
+            if isinstance(exc, (OpenEoApiError, OpenEoApiPlainError)) and exc.http_status_code == 429:
                 exc.retry_after = _LAST_429.retry_after
+            if unanswered is not None and answer_lost(exc):
+                unanswered.append(f"{type(exc).__name__}: {exc}")
             raise
         if method.upper() == "POST" and response.status_code < 300:
             if route == "/jobs/{id}/results" and self._context.started_job_ids is not None:
@@ -251,17 +260,20 @@ class _Tracking:
         self._marker = marker
         self.started_job_ids: List[str] = []
         self.created_job_ids: List[str] = []
+        self.unanswered_creates: List[str] = []
 
     def __enter__(self) -> "_Tracking":
         self._context.marker = self._marker
         self._context.started_job_ids = self.started_job_ids
         self._context.created_job_ids = self.created_job_ids
+        self._context.unanswered_creates = self.unanswered_creates
         return self
 
     def __exit__(self, *exc) -> None:
         self._context.marker = None
         self._context.started_job_ids = None
         self._context.created_job_ids = None
+        self._context.unanswered_creates = None
 
 
 def _route_template(path: str) -> str:

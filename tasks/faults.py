@@ -10,6 +10,7 @@ import random
 from typing import Optional
 
 import requests
+from urllib3.exceptions import ConnectTimeoutError
 from openeo.rest import OpenEoApiError, OpenEoApiPlainError
 
 from tasks.retry_policy import parse_retry_after
@@ -29,6 +30,13 @@ class RateLimited(OpenEOTaskError):
 
 class BackendUnavailable(OpenEOTaskError):
     """5xx or connection error: the backend may or may not have processed the request."""
+
+
+class AnswerLost(BackendUnavailable):
+    """The request went out and no answer came back (a read timeout, the connection cut after
+    sending, a gateway's 504): the backend may have processed it, or may still be processing it.
+    For a `POST /jobs` the outcome is unknown: never create again before looking the job up after
+    a grace period (tasks/retry_policy.py, UNANSWERED_CREATE_GRACE_TIMEOUTS)."""
 
 
 class JobLimitReached(OpenEOTaskError):
@@ -52,6 +60,33 @@ CANNOT_PAY_CODES = frozenset({"PaymentRequired", "InsufficientCredits", "Insuffi
                               "CreditsExhausted"})
 
 
+def answer_lost(exc: BaseException) -> bool:
+    """Whether a failed request was sent and got no answer (its outcome is unknown), rather than
+    never sent or refused before processing (safe to send again).
+
+    Unknown: a read timeout, a connection reset or aborted once the connection was made (requests'
+    ConnectionError around urllib3's ProtocolError), a 504 (a gateway gave up waiting for the
+    backend, which may still be working on it). Safe: a connection refused or not made in time
+    (urllib3's NewConnectionError / ConnectTimeoutError, also at the end of its retries), a TLS
+    handshake that failed, any answer the backend gave itself (429, 500, 502, 503: a 502 after the
+    work is done is found by looking the job up at once). A connection error of another kind counts
+    as unknown: waiting costs a grace period, a wrong guess a duplicate job.
+    """
+    if isinstance(exc, (requests.ConnectTimeout, requests.exceptions.SSLError)):
+        return False
+    if isinstance(exc, requests.Timeout):  # ReadTimeout
+        return True
+    if isinstance(exc, requests.ConnectionError):
+        reason = exc.args[0] if exc.args else None
+        reason = getattr(reason, "reason", None) or reason  # urllib3's MaxRetryError: its last failure
+        return not isinstance(reason, ConnectTimeoutError)  # NewConnectionError is one
+    if isinstance(exc, (OpenEoApiError, OpenEoApiPlainError)):
+        return exc.http_status_code == 504
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return exc.response.status_code == 504
+    return False
+
+
 def classify(exc: BaseException) -> BaseException:
     """Map an exception raised by the openeo client or requests to one of our failure kinds.
 
@@ -59,6 +94,8 @@ def classify(exc: BaseException) -> BaseException:
     """
     if isinstance(exc, OpenEOTaskError):
         return exc
+    if answer_lost(exc):
+        return AnswerLost(f"sent, no answer: {exc}")
     if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
         return BackendUnavailable(f"connection failed: {exc}")
     if isinstance(exc, (OpenEoApiError, OpenEoApiPlainError)):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Optional, Sequence
+from typing import Collection, Dict, List, Optional, Sequence
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -93,13 +93,16 @@ def _poll(connection, backend: str, active: Dict[str, str], cancel: Sequence[str
 @task(name="find-marked-jobs", task_run_name="reconcile-{backend}", retries=0,  # made again at the next cycle
       cache_policy=NO_CACHE)
 def find_marked_jobs(
-    backend: str, connection_key: ConnectionSource, markers: Dict[str, int], inbox: Optional[str] = None
+    backend: str, connection_key: ConnectionSource, markers: Dict[str, int], inbox: Optional[str] = None,
+    unsettled: Collection[int] = (),
 ) -> Outcome:
     """The jobs on `backend` whose title carries one of `markers` ({marker: row}).
 
-    Used after a crash: a row recorded as `creating` may or may not have its job on the
-    backend; one listing answers that for all such rows, so nothing is created twice.
-    Outcome rows: {row: {"job": listing entry or None}}.
+    Used for rows recorded as `creating` with no task on them (a crash, a POST without an answer):
+    such a row may or may not have its job on the backend; one listing answers that for all of
+    them, so nothing is created twice. Outcome rows: {row: {"job": listing entry or None}}; a row
+    in `unsettled` whose job is not found also gets `"may_still_come": True` (a POST of it may
+    still be under way: not a reason to create another yet).
     """
     tags = {marker_tag(m): m for m in markers}
     found: Dict[str, dict] = {}
@@ -110,4 +113,8 @@ def find_marked_jobs(
                 found[marker] = job
         if len(found) == len(tags):
             break
-    return deliver(inbox, Outcome(Step.RECONCILE, backend, {row: {"job": found.get(m)} for m, row in markers.items()}))
+    rows = {row: {"job": found.get(m)} for m, row in markers.items()}
+    for row, fact in rows.items():
+        if fact["job"] is None and row in unsettled:
+            fact["may_still_come"] = True
+    return deliver(inbox, Outcome(Step.RECONCILE, backend, rows))

@@ -11,6 +11,7 @@ download, a user's hook). `worst_case_seconds()` bounds the time one request can
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -66,6 +67,31 @@ SETUP = RequestPolicy("setup", attempts=3, timeout=30.0, backoff_base=0.5, max_w
 # the row back to the flow.
 POST_DEADLINE_SECONDS = 600.0
 POST_MAX_WAIT = 60.0
+# A `POST /jobs` that went out and got no answer (a read timeout, a connection cut after sending:
+# tasks/faults.answer_lost) has an unknown outcome: the backend may still be working on it, and
+# create the job after we looked for it. Such a row stays `creating` and is not created again
+# before this many request timeouts (of the run's connection) have passed since the run last knew
+# a POST of it could be under way: by then a held POST has completed (its job is found by marker
+# and adopted) or the backend gave it up (a proxy abandons a request after about one timeout, an
+# application server's worker timeout is of the same order). Looking the job up earlier is allowed
+# (a job found is adopted at once); only giving the row back waits (flows/rules/scheduler.py).
+UNANSWERED_CREATE_GRACE_TIMEOUTS = 3
+# The run's request timeout (`RUN.timeout`), for a backend that answers more slowly, and for tests
+# that must see a held request time out within seconds.
+REQUEST_TIMEOUT_ENV = "OPENEO_JOBS_REQUEST_TIMEOUT_SECONDS"
+
+
+def request_timeout() -> float:
+    """Seconds a run's request waits to connect, and between two bytes of the answer."""
+    try:
+        return max(0.1, float(os.environ.get(REQUEST_TIMEOUT_ENV) or RUN.timeout))
+    except ValueError:
+        return RUN.timeout
+
+
+def unanswered_create_grace(timeout: float) -> float:
+    """Seconds a row whose `POST /jobs` may still be under way waits before it is created again."""
+    return UNANSWERED_CREATE_GRACE_TIMEOUTS * timeout
 # A whole download (or error-log save) of one job: tried again after these waits when it broke
 # off midway (a stream cut, a size mismatch: no request failure the layer above could resend).
 DOWNLOAD_RETRY_DELAYS = (2.0, 10.0)

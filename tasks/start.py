@@ -9,6 +9,9 @@ and a batch when thousands do. Every row gets its own answer in the outcome (`Ou
   {"status": "not_started", "handed_back": why}     nothing created (rate limit, job limit, deadline)
   {"status": "not_started", "refused": why}         the account cannot pay (402): stop starting there
   {"status": "skipped"} / {"status": "start_failed", "error_message": why}
+  {"status": "creating", "unanswered": why}        POST /jobs sent, no answer: the backend may still create
+                                                    the job; the row stays `creating` and is looked up by
+                                                    marker, created again only after a grace period
   {"crashed": why}                                  unknown whether a job exists: reconcile by marker
 """
 from __future__ import annotations
@@ -28,7 +31,7 @@ from tasks.openeo_calls import find_job_by_marker, is_refused_for_good, start_jo
 from tasks.outcome import Outcome, Step, deliver, pause
 from tasks.retry_policy import POST_DEADLINE_SECONDS
 from tasks.standalone import ConnectionSource, connection_for, provider_for
-from jobdb.status import CREATED, NOT_STARTED, QUEUED, SKIPPED, START_FAILED
+from jobdb.status import CREATED, CREATING, NOT_STARTED, QUEUED, SKIPPED, START_FAILED
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +133,11 @@ def start_one(
     deadline = time.monotonic() + deadline_seconds
     connection = connection_for(connection_key, backend)
     job_id = row.get("job_id")
-    if job_id is None:
-        created = _create(row, backend, connection_key, creator, deadline, inbox)
+    if job_id is None:  # created here first: what create-job answers, unless it is only `created`
+        created = create_one(row, backend, connection_key, creator, deadline_seconds, inbox)
         if created["status"] != CREATED:
             return created
         job_id = created["id"]
-        if created.get("started_by_callback"):
-            return {"status": QUEUED, "id": job_id, "start_time": utc_now(), "error_message": None}
     try:
         status = start_job_carefully(connection, job_id, deadline, sleep=lambda s: not pause(inbox, s))
     except Exception as exc:  # noqa: BLE001 - classified: a refusal for this job only, or for the account
@@ -170,6 +171,14 @@ def _create(
             # The job exists even if the callback failed after creating it (e.g. on its own start).
             job_id = tracking.created_job_ids[-1]
             return {"status": CREATED, "id": job_id, "started_by_callback": job_id in tracking.started_job_ids}
+        if tracking.unanswered_creates:
+            # Sent, no answer: the backend may still be working on it and create the job after any
+            # look we take now. Creating again here could make a second job; the flow looks the job
+            # up by marker and creates again only after a grace period (flows/rules/reconcile.py).
+            why = tracking.unanswered_creates[-1]
+            log.warning("creating job for row %s: POST /jobs got no answer (%s); its job is looked up by marker, "
+                        "not created again for now", row["_row"], why)
+            return {"status": CREATING, "unanswered": why}
         if error is None:
             if job is None:
                 return {"status": SKIPPED, "error_message": None}

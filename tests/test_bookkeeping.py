@@ -52,6 +52,17 @@ def test_reconcile_adopts_found_jobs_and_gives_back_the_rest():
     assert effects.updates[1]["status"] == "not_started"
 
 
+def test_a_job_not_found_that_may_still_come_leaves_the_row_creating():
+    outcome = Outcome(Step.RECONCILE, "a", {0: {"job": None, "may_still_come": True}, 1: {"job": None},
+                                            2: {"job": {"id": "j2", "status": "created"}, "may_still_come": True}})
+    effects = bk.effects_of(outcome, now_of({0: "creating", 1: "creating", 2: "creating"}))
+    assert 0 not in effects.updates  # its POST may still create the job: not created again yet
+    assert effects.updates[1]["status"] == "not_started" and effects.updates[2] == {"status": "created", "id": "j2"}
+    unanswered = bk.effects_of(Outcome(Step.CREATE, "a", {0: {"status": "creating", "unanswered": "ReadTimeout"}}),
+                               now_of({0: "creating"}))
+    assert unanswered.updates == {} and unanswered.warnings
+
+
 def test_download_and_error_log_outcomes():
     down = bk.effects_of(Outcome(Step.DOWNLOAD, "a", {0: {"assets": 1}, 1: {"error": "x"}}), now_of({}))
     assert down.updates == {0: {"results_status": "downloaded", "results_error": None},

@@ -18,6 +18,7 @@ from tasks.accounts import account_id
 from tasks.accounts.slots import AccountSlots
 from flows.run_jobs import run_jobs
 from simulator import start_simulator
+from tasks.retry_policy import REQUEST_TIMEOUT_ENV
 from tests.crash_helpers import check_recovered, kill_rounds, table
 from tests.flow_helpers import backend, fast_config, make_db
 from tests.test_interruptions import processes_with_env
@@ -34,29 +35,36 @@ def wait_until_gone(home, timeout: float = 60.0):
 
 
 PHASES = ["create", "start", "poll", "download"]
+CRASH_REQUEST_TIMEOUT = "5"  # seconds: the grace before a create is made again is 3 x 5 s
 ASSET_SIZE = 1 << 20  # 1 MiB x 2 assets
 
 
-def test_killed_in_every_phase_then_resumed(tmp_path, prefect_harness):
+def test_killed_in_every_phase_then_resumed(tmp_path, prefect_harness, monkeypatch):
     """The command line against the session's Prefect server, SIGKILLed once in each phase."""
-    _killed_then_resumed(tmp_path, tmp_path / "prefect-home", PHASES, rounds_per_phase=1, embedded=False)
+    _killed_then_resumed(tmp_path, tmp_path / "prefect-home", PHASES, rounds_per_phase=1, embedded=False,
+                         monkeypatch=monkeypatch)
 
 
-def test_killed_while_starting_in_embedded_mode_then_resumed(tmp_path, prefect_harness, prefect_home):
+def test_killed_while_starting_in_embedded_mode_then_resumed(tmp_path, prefect_harness, prefect_home, monkeypatch):
     """The fast version of the one below: one SIGKILL of the command line in its default embedded
     mode, while a start is in flight: no process outlives it (its watchdog stops its server)."""
-    _killed_then_resumed(tmp_path, prefect_home, ["start"], rounds_per_phase=1, embedded=True)
+    _killed_then_resumed(tmp_path, prefect_home, ["start"], rounds_per_phase=1, embedded=True, monkeypatch=monkeypatch)
 
 
 @pytest.mark.slow
-def test_killed_twice_in_every_phase_in_embedded_mode_then_resumed(tmp_path, prefect_harness, prefect_home):
+def test_killed_twice_in_every_phase_in_embedded_mode_then_resumed(tmp_path, prefect_harness, prefect_home,
+                                                                   monkeypatch):
     """The command line in the default embedded mode, one PREFECT_HOME for every round: each
     SIGKILL also takes the CLI's Prefect server down (its watchdog sees the CLI go)."""
-    _killed_then_resumed(tmp_path, prefect_home, PHASES, rounds_per_phase=2, embedded=True)
+    _killed_then_resumed(tmp_path, prefect_home, PHASES, rounds_per_phase=2, embedded=True, monkeypatch=monkeypatch)
 
 
-def _killed_then_resumed(tmp_path, home, phases, rounds_per_phase: int, embedded: bool):
+def _killed_then_resumed(tmp_path, home, phases, rounds_per_phase: int, embedded: bool, monkeypatch):
     from prefect.settings import PREFECT_API_URL
+
+    # A killed run's `creating` rows whose job is not found wait a few request timeouts before they
+    # are created again (its POST may still be under way): short timeouts keep that wait short here.
+    monkeypatch.setenv(REQUEST_TIMEOUT_ENV, CRASH_REQUEST_TIMEOUT)
 
     kills = rounds_per_phase * len(phases)
     rows = 6 * kills  # work left for every round: each starts a few jobs at most before its kill

@@ -1,10 +1,11 @@
 """The scheduler's decisions and the dispatcher's batching, as pure functions: no Prefect, no HTTP."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 from flows.run_loop.dispatcher import finish_batch_size, start_batch_size
-from flows.rules.plan import BackendPolicy, InFlight, Situation, StartOrder
+from flows.rules.plan import BackendPolicy, InFlight, ReconcileOrder, Situation, StartOrder
 from flows.rules.scheduler import (
     plan_cycle,
     plan_finishes,
@@ -106,6 +107,23 @@ def test_rows_left_creating_are_looked_up_by_marker_or_given_back():
     orders, updates = plan_reconciles(snap, situation(), InFlight(starting=frozenset({2})))
     assert [(o.backend, dict(o.markers)) for o in orders] == [("a", {"db-r0": 0})]
     assert updates == {1: {"status": "not_started", "job_marker": None}}
+
+
+def test_a_row_whose_create_may_still_be_under_way_is_given_back_only_after_the_grace():
+    """Idle `creating` rows (no answer to their POST, a crashed task, a dead run): looked up at once
+    (a job found is adopted), but a row whose job is not found stays `creating` until `create_grace`
+    has passed since this run first saw it idle; the cycle wakes then."""
+    snap = Snapshot(rows=2, creating={0: ("a", "db-r0"), 1: ("a", "db-r1")})
+    grace = {"a": BackendPolicy(2, create_grace=30.0)}
+    first = situation(backends=grace, now=100.0, creating_idle_since={0: 100.0, 1: 60.0})
+    orders, _ = plan_reconciles(snap, first, InFlight())
+    assert [(dict(o.markers), o.unsettled) for o in orders] == [({"db-r0": 0, "db-r1": 1}, frozenset({0}))]
+    looked = replace(first, creating_looked_up=frozenset({0, 1}))
+    assert plan_reconciles(snap, looked, InFlight())[0] == [ReconcileOrder("a", {"db-r1": 1})]  # row 1 settled
+    assert plan_cycle(snap, replace(looked, now=110.0), InFlight(reconciling=frozenset({"a"})), marker
+                      ).reconcile_due_at == 130.0
+    due = plan_reconciles(snap, replace(looked, now=130.0), InFlight())[0]
+    assert due == [ReconcileOrder("a", {"db-r0": 0, "db-r1": 1})]
 
 
 def test_finished_jobs_are_downloaded_once_and_failed_ones_get_their_logs():

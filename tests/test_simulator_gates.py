@@ -66,3 +66,27 @@ def test_many_held_requests_do_not_starve_other_routes():
         assert sim.counters()["jobs_total"] == held_count
     finally:
         sim.stop()
+
+
+def test_a_create_held_over_http_times_out_in_the_client_then_makes_its_job():
+    """`/_sim/gates` (for a simulator run as `python -m simulator`): a POST /jobs held past the
+    client's timeout gets no answer, and still creates its job when the gate opens."""
+    import pytest
+    import requests
+
+    sim = start_simulator(SimulatorConfig())
+    try:
+        control = f"{sim.url.rstrip('/')}/_sim/gates"
+        connection = openeo.connect(sim.url).authenticate_basic("alice", "secret")
+        assert requests.post(control, json={"close": ["POST /jobs"]}, timeout=10).json() == {"held": {}}
+        cube = connection.load_collection("SENTINEL2_L2A")
+        connection.default_timeout = 0.5
+        with pytest.raises(requests.ReadTimeout):
+            connection.create_job(cube, title="late")
+        assert requests.get(control, timeout=10).json() == {"held": {"POST /jobs": 1}}
+        assert sim.counters()["jobs_total"] == 0
+        requests.post(control, json={"open": []}, timeout=10)
+        assert sim.gates.wait_drained(30, ["POST /jobs"])
+        assert [j["title"] for j in sim.jobs()] == ["late"]
+    finally:
+        sim.stop()

@@ -16,7 +16,7 @@ from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError
 from tasks.connections import IDEMPOTENT_RETRY, SETUP_RETRY, ManagedConnection, make_session, use_pacing
 from tasks.accounts.identity import account_id
 from tasks.callables import resolve
-from tasks.retry_policy import RUN, SETUP
+from tasks.retry_policy import SETUP, request_timeout
 from tasks.accounts.pacing import pacer_for
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def connect_backend(backend: BackendConfig, pool_size: int = 32) -> ManagedConne
                                     getattr(auth, "username", None))
     pacer = pacer_for(connection.account, backend.max_starts_per_minute, backend.max_concurrent_requests)
     use_pacing(connection, pacer, IDEMPOTENT_RETRY, pool_size)  # and patient retries for the run itself
-    connection.default_timeout = RUN.timeout
+    connection.default_timeout = request_timeout()
     return connection
 
 

@@ -100,6 +100,10 @@ def _start(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> 
         if "crashed" in fact:  # the row stays `creating`: the scheduler looks its job up by marker
             effects.warnings.append(f"start of row {row} crashed ({fact['crashed']}); looking for its job")
             continue
+        if "unanswered" in fact:  # stays `creating`: looked up by marker, created again only after a grace
+            effects.warnings.append(f"row {row}: POST /jobs got no answer ({fact['unanswered']}); the backend may "
+                                    "still create its job: looking for it by marker before creating another")
+            continue
         if fact.get("refused"):
             effects.refused = str(fact["refused"])
         if fact.get("handed_back"):
@@ -146,6 +150,8 @@ def _reconcile(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects)
         if current.status != CREATING:
             continue
         job = fact.get("job")
+        if job is None and fact.get("may_still_come"):
+            continue  # a POST of it may still be under way: stays `creating` (flows/rules/reconcile.py)
         if job is None:
             effects.updates[row] = _given_back(row, current.pinned)
             effects.changes.append((row, CREATING, NOT_STARTED))

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, FrozenSet, Mapping, Optional, Tuple
 
+from tasks.retry_policy import RUN, unanswered_create_grace
+
 
 @dataclass(frozen=True)
 class BackendPolicy:
@@ -18,6 +20,8 @@ class BackendPolicy:
     max_parallel_starts: Optional[int] = None  # start tasks of this backend in flight at once
     accepting: bool = True  # False once the account refused for good (no credits)
     create_ahead: int = 0  # jobs kept created, not started, ready for the next free slot
+    # seconds before a `creating` row whose job was not found is created again (flows/rules/reconcile.py)
+    create_grace: float = unanswered_create_grace(RUN.timeout)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,9 @@ class Situation:
     pinned: FrozenSet[int] = frozenset()  # rows whose backend the user chose
     hooks: FrozenSet[str] = frozenset()  # "done" / "error": which post-processing hooks are configured
     max_attempts: int = 1  # jobs a row may use (resubmission after error)
+    # `creating` rows no task of this run works on: since when (monotonic), and those looked up since
+    creating_idle_since: Mapping[int, float] = field(default_factory=dict)
+    creating_looked_up: FrozenSet[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,8 @@ class PollOrder:
 class ReconcileOrder:
     backend: str
     markers: Mapping[str, int]  # marker -> row
+    # rows whose grace has not passed: a job not found may still come, so they stay `creating`
+    unsettled: FrozenSet[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -107,3 +116,4 @@ class Plan:
     finishes: Tuple[FinishOrder, ...] = ()
     hooks: Tuple[HookOrder, ...] = ()
     updates: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)  # plain fixes (no task needed)
+    reconcile_due_at: Optional[float] = None  # when (monotonic) a `creating` row may be given back next

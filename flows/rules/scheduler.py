@@ -12,7 +12,9 @@ Decisions per cycle:
   marker, or `queued_for_start`), so a crash never loses track of a job being created.
 - polls: one per backend with jobs to follow, when a poll is due and the last one returned;
   jobs running longer than `cancel_after` are canceled by that poll.
-- reconciles: rows left in `creating` (a crash, a crashed task) are looked up by marker.
+- reconciles: rows left in `creating` (a POST /jobs without an answer, a crashed task, a dead run)
+  are looked up by marker; one whose job is not found is given back only after a grace period
+  (flows/rules/reconcile.py).
 - finishes: finished jobs whose results are not downloaded, failed jobs whose logs are not saved.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from flows.rules.plan import FinishOrder, HookOrder, InFlight, Plan, PollOrder, ReconcileOrder, Situation
+from flows.rules.reconcile import next_settle_at, plan_reconciles
 from flows.rules.starts import plan_starts
 from jobdb.store import Snapshot
 from jobdb.status import FINISHED, HOOK_DONE, HOOK_ERROR, NOT_STARTED, RESULTS_DOWNLOADED, RUNNING, START_FAILED
@@ -40,23 +43,6 @@ def plan_polls(snapshot: Snapshot, situation: Situation, in_flight: InFlight) ->
     wanted = situation.poll_backends
     return [PollOrder(name, jobs, tuple(cancel.get(name, ()))) for name, jobs in by_backend.items()
             if name not in in_flight.polling and (wanted is None or name in wanted)]
-
-
-def plan_reconciles(
-    snapshot: Snapshot, situation: Situation, in_flight: InFlight
-) -> Tuple[List[ReconcileOrder], Dict[int, Dict[str, Any]]]:
-    """Rows left in `creating` by a crash: find their job by marker, or give them back."""
-    orders: Dict[str, Dict[str, int]] = {}
-    updates: Dict[int, Dict[str, Any]] = {}
-    for row, (backend, marker) in snapshot.creating.items():
-        if row in in_flight.starting:
-            continue
-        if backend in situation.backends and marker:
-            if backend not in in_flight.reconciling:
-                orders.setdefault(backend, {})[marker] = row
-        else:  # no marker or a backend this run does not know: nothing can have been created by us
-            updates[row] = {"status": NOT_STARTED, "job_marker": None}
-    return [ReconcileOrder(name, markers) for name, markers in orders.items()], updates
 
 
 def plan_finishes(snapshot: Snapshot, situation: Situation, in_flight: InFlight) -> List[FinishOrder]:
@@ -153,6 +139,7 @@ def plan_cycle(
         finishes=tuple(plan_finishes(snapshot, situation, in_flight)),
         hooks=tuple(plan_hooks(snapshot, situation, in_flight)),
         updates=updates,
+        reconcile_due_at=next_settle_at(snapshot, situation, in_flight),
     )
 
 

@@ -22,6 +22,7 @@ from flows.rules.bookkeeping import FailureStreaks, RowNow, effects_of
 from flows.run_loop.dispatcher import Dispatcher
 from flows.run_loop.interrupts import StopSignal
 from flows.rules.plan import BackendPolicy, Plan, Situation
+from flows.rules.reconcile import IdleCreating
 from flows.rules.scheduler import plan_cycle
 from flows.rules.starts import occupied, pipeline, slots_wanted
 from flows.rules.polling import PollClock
@@ -86,6 +87,7 @@ class Cycle:
         self.on_downloaded = on_downloaded or (lambda items: None)  # STAC item summaries, once stored
         self.limits = limits or (lambda configured: configured)  # the operator's overrides (flows/config/limits.py)
         self.holds: Dict[int, float] = {}
+        self.idle_creating = IdleCreating()  # `creating` rows without a task: the grace before a new create
         self.metadata: Dict[int, Mapping[str, Any]] = {}
         self.refused: Dict[str, str] = {}
         self.streaks = FailureStreaks(options.max_consecutive_failures)
@@ -124,6 +126,7 @@ class Cycle:
             self.pinned.update(snapshot.pinned)  # a SQL store hands out waiting rows a batch at a time
             followed = self._followed(snapshot)
             poll_backends = frozenset() if stopping else self.polls.due(now, followed)
+            self.idle_creating.update(snapshot.creating, self.dispatcher.in_flight().starting, now)
             situation = Situation(
                 backends={n: replace(p, accepting=p.accepting and n not in self.refused and n not in self.streaks.tripped)
                           for n, p in self.limits(self.policies).items()},
@@ -133,7 +136,8 @@ class Cycle:
                 poll_backends=poll_backends,
                 download=self.options.download, cancel_after=self.options.cancel_after,
                 utc_now=datetime.now(timezone.utc), hooks=self.options.hooks, max_attempts=self.options.max_attempts,
-                pinned=frozenset(self.pinned),
+                pinned=frozenset(self.pinned), creating_idle_since=dict(self.idle_creating.since),
+                creating_looked_up=frozenset(self.idle_creating.looked_up),
             )
             plan = self.decide(snapshot, situation)
             self.store.apply(plan.updates)
@@ -157,7 +161,8 @@ class Cycle:
                 continue
             if self._done(plan, snapshot):
                 break
-            timeout = self._wait_time(now, min(next_progress, self.polls.next_wake(followed)))
+            wake = min(next_progress, self.polls.next_wake(followed), plan.reconcile_due_at or next_progress)
+            timeout = self._wait_time(now, wake)
         self.store.persist(force=True)
         self.on_progress(self.store.snapshot())
         still_failed = {row for row in self.failed if self.store.value(row, "status") in FAILED
@@ -235,6 +240,7 @@ class Cycle:
         if not stopping:
             for order in plan.reconciles:
                 self.dispatcher.submit_reconcile(order)
+            self.idle_creating.sent(plan.reconciles)
             for order in plan.polls:
                 self.dispatcher.submit_poll(order)
             self.dispatcher.submit_finishes(plan.finishes, self.metadata)

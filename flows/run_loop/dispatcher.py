@@ -147,7 +147,7 @@ class Dispatcher:
 
     def submit_reconcile(self, order: ReconcileOrder) -> None:
         self._track(Step.RECONCILE, order.backend, order.markers.values(), lambda inbox: find_marked_jobs.submit(
-            order.backend, self.connection_keys[order.backend], dict(order.markers), inbox))
+            order.backend, self.connection_keys[order.backend], dict(order.markers), inbox, sorted(order.unsettled)))
         self.counters["reconcile_tasks"] += 1
 
     def submit_finishes(self, orders: Sequence[FinishOrder], metadata: Mapping[int, Mapping[str, Any]]) -> None:
