@@ -15,6 +15,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 # Job-slot ledgers of this test session and start turns (accounts/), shared with the runs it starts.
 os.environ.setdefault("OPENEO_JOBS_STATE_DIR", tempfile.mkdtemp(prefix="openeo-jobs-state-"))
+# A row left `creating` by a killed run is created again only after a grace of 3 request timeouts
+# (tasks/retry_policy.py: its POST may still be held by the backend). With the default 60 s, every
+# kill-and-resume test would wait 3 min for its unsent intents; 20 s (a 60 s grace) is still far
+# above what a loopback simulator takes on a loaded machine, and a timeout only costs a retry.
+os.environ.setdefault("OPENEO_JOBS_REQUEST_TIMEOUT_SECONDS", "20")
 
 import pytest
 
