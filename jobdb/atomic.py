@@ -63,7 +63,10 @@ def write_atomic(target: Union[str, Path], data: Union[bytes, str], *, durable: 
 
 
 def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    # O_NONBLOCK: a regular file ignores it; a FIFO in the temp file's place (what a test puts
+    # there to stop a writer mid-document) would block this open until some writer came, and
+    # its fsync fails at once instead (EINVAL), so the write fails as a broken disk would.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
         os.fsync(fd)
     finally:

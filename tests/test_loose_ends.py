@@ -51,7 +51,7 @@ def test_start_and_poll_tasks_run_alone_from_another_flow_given_only_a_backend_c
     from flows.config.params import BackendConfig
     from flows.tiling.demo_callbacks import start_job
     from jobdb.status import BACKEND_STATUSES, QUEUED
-    from tasks import connections
+    from tasks import connection_registry
     from tasks.poll import poll_backend
     from tasks.start import start_jobs
 
@@ -65,7 +65,7 @@ def test_start_and_poll_tasks_run_alone_from_another_flow_given_only_a_backend_c
         polled = poll_backend(backend="solo", connection_key=config.model_dump(), jobs={0: [job_id, QUEUED]})
         return started, polled, job_id
 
-    assert not connections._REGISTRY.connections  # nothing registered: the tasks must connect themselves
+    assert not connection_registry._REGISTRY.connections  # nothing registered: the tasks must connect themselves
     started, polled, job_id = somebody_elses_flow()
     assert started.rows[0]["status"] == QUEUED and job_id
     assert polled.backend == "solo" and polled.crashed is None

@@ -149,12 +149,20 @@ def test_sigkill_while_writing_the_collection_then_resume(tmp_path, prefect_harn
         while not collection.exists():  # the run's first write (before any job ends)
             assert child.poll() is None and time.monotonic() < deadline, "no collection written"
             time.sleep(0.02)  # watching another process's file
-        os.mkfifo(partial)
-        reader = os.open(partial, os.O_RDONLY | os.O_NONBLOCK)
-        capacity = fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)
-        assert capacity == 4096
         while not blocked_writing(child.pid, partial):  # the writer is stuck in the middle of a document
             assert child.poll() is None and time.monotonic() < deadline, "the writer never blocked mid-document"
+            if not partial.exists():
+                # A document smaller than the pipe goes through; its fsync then fails on the FIFO
+                # and the writer removes its temp file (jobdb/atomic.py): put another FIFO there.
+                try:
+                    os.mkfifo(partial)
+                except FileExistsError:  # the writer's next temp file came first: wait for its end
+                    continue
+                if reader is not None:
+                    os.close(reader)
+                reader = os.open(partial, os.O_RDONLY | os.O_NONBLOCK)
+                capacity = fcntl.fcntl(reader, fcntl.F_SETPIPE_SZ, 4096)
+                assert capacity == 4096
             time.sleep(0.02)
     finally:
         child.send_signal(signal.SIGKILL)
