@@ -14,7 +14,7 @@ from typing import List
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request as HttpRequest
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -43,11 +43,17 @@ class Endpoint:
             self.workers, guarded, self.site, req, self.handler, self.auth, self.control)
         state = self.site.state
         state.count_request(f"{req.method} {self.template} {response.status_code}")
+        if in_flight is not None and not isinstance(response, StreamingResponse):
+            # A whole answer is done once made: leave before sending it. Leaving after the send
+            # raced the client, which may send its next request the moment the answer arrives,
+            # before this coroutine resumed (a 429 for a client that kept to the cap).
+            state.quotas.leave(in_flight)
+            in_flight = None
         try:
             await response(scope, receive, send)
         finally:
             if in_flight is not None:
-                # Held until the body is written: a streamed asset stays "in flight" while it streams.
+                # A streamed asset stays "in flight" while it streams.
                 state.quotas.leave(in_flight)
 
 
