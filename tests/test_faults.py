@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional
 import pandas as pd
 import pytest
 
-import flows.run_loop.cycle as cycle_module
+import flows.run_loop.applying as applying_module
 import flows.run_jobs as run_jobs_module
 from flows.run_jobs import run_jobs
 from jobdb import TERMINAL_STATUSES
@@ -140,7 +140,7 @@ def test_tokens_renewed_proactively(tmp_path, monkeypatch):
 
 def test_concurrent_job_limit_sends_rows_back_to_wait(tmp_path, monkeypatch):
     """The backend allows 2 active jobs while we think 4: refused starts wait, never `start_failed`."""
-    monkeypatch.setattr(cycle_module, "RETRY_HOLD_SECONDS", 0.5)
+    monkeypatch.setattr(applying_module, "RETRY_HOLD_SECONDS", 0.5)
     run = run_scenario("400 ConcurrentJobLimit (2 allowed, 4 slots)", tmp_path,
                        [dict(max_queued_per_user=2, run_time=0.5)], rows=8)
     counters = run["counters"][0]

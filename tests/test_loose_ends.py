@@ -26,7 +26,7 @@ def test_a_run_whose_cycle_raises_still_sends_its_queued_events(sim, tmp_path, m
         order.append(event["event"])
 
     def cycle_that_raises(self):
-        self.on_change(0, CREATING, START_FAILED)
+        self.book.on_change(0, CREATING, START_FAILED)
         assert sending.wait(300)  # the publisher took the event up (after the progress artifact)
         raise RuntimeError("the cycle broke")
 

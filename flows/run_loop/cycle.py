@@ -3,6 +3,7 @@
 Prepare sequentially, execute in parallel, bookkeep sequentially: only this loop touches the
 store; tasks get plain values and answer with outcomes. The loop never waits on the Prefect API:
 outcomes come through an in-process inbox, progress artifacts go out on a background thread.
+Applying the outcomes (and remembering holds, refusals, failure streaks) is `applying.OutcomeBook`.
 
 Stopping: when the run is told to stop (Ctrl-C / SIGTERM) or its time is up (`deadline`), it
 starts nothing new, tells waiting tasks to give their rows back, waits for in-flight work (at
@@ -18,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional
 
 from tasks.accounts.slots import JobSlots
-from flows.rules.bookkeeping import FailureStreaks, RowNow, effects_of
+from flows.run_loop.applying import OutcomeBook
 from flows.run_loop.dispatcher import Dispatcher
 from flows.run_loop.interrupts import StopSignal
 from flows.rules.plan import BackendPolicy, Plan, Situation
@@ -26,15 +27,10 @@ from flows.rules.reconcile import IdleCreating
 from flows.rules.scheduler import plan_cycle
 from flows.rules.starts import occupied, pipeline, slots_wanted
 from flows.rules.polling import PollClock
-from jobdb.status import (
-    CREATED, ERROR, FAILED, FINISHED, POSTPROCESS_FAILED, QUEUED, RUNNING, START_FAILED, TERMINAL,
-)
+from jobdb.status import CREATED
 from jobdb.interface import CampaignStore
 from jobdb.store import Snapshot
-from tasks.outcome import Outcome, Step
-
-# After a row was handed back (rate limit, job limit), wait this long before trying it again.
-RETRY_HOLD_SECONDS = 5.0
+from tasks.outcome import Outcome
 
 
 @dataclass(frozen=True)
@@ -83,23 +79,16 @@ class Cycle:
         self.slots = slots
         self.stop = stop or StopSignal()
         self.on_progress = on_progress or (lambda snapshot: None)
-        self.on_change = on_change or (lambda row, old, new: None)
-        self.on_downloaded = on_downloaded or (lambda items: None)  # STAC item summaries, once stored
         self.limits = limits or (lambda configured: configured)  # the operator's overrides (flows/config/limits.py)
-        self.holds: Dict[int, float] = {}
         self.idle_creating = IdleCreating()  # `creating` rows without a task: the grace before a new create
-        self.metadata: Dict[int, Mapping[str, Any]] = {}
-        self.refused: Dict[str, str] = {}
-        self.streaks = FailureStreaks(options.max_consecutive_failures)
-        self.worked: set = set()
-        self.failed: set = set()
         self.stop.wakers.append(dispatcher.wake)  # a stop wakes the wait for outcomes at once
-        self._errors_untold: Dict[int, str] = {}  # row -> status before `error`, until its logs are in
-        self._pending: Dict[int, Dict[str, Any]] = {}  # updates of the outcomes being applied (row_now reads them)
         self.pinned = set(store.snapshot().pinned)
         self._ledger_holding: Optional[Dict[str, int]] = None
         self.cycles = 0
         self.polls = PollClock(options.poll_interval, every_interval=options.cancel_after is not None)
+        self.book = OutcomeBook(store, self.polls, logger, self.pinned, options.max_consecutive_failures,
+                                on_change=on_change or (lambda row, old, new: None),
+                                on_downloaded=on_downloaded or (lambda items: None))
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> CycleEnd:
@@ -128,10 +117,11 @@ class Cycle:
             poll_backends = frozenset() if stopping else self.polls.due(now, followed)
             self.idle_creating.update(snapshot.creating, self.dispatcher.in_flight().starting, now)
             situation = Situation(
-                backends={n: replace(p, accepting=p.accepting and n not in self.refused and n not in self.streaks.tripped)
+                backends={n: replace(p, accepting=p.accepting and n not in self.book.refused
+                                     and n not in self.book.streaks.tripped)
                           for n, p in self.limits(self.policies).items()},
                 # a bounded pass whose time is up still starts the jobs it created (nothing new)
-                now=now, holds=self.holds, starting_allowed=not stopping or reason == "time_up",
+                now=now, holds=self.book.holds, starting_allowed=not stopping or reason == "time_up",
                 creating_allowed=not stopping, poll_due=bool(poll_backends),
                 poll_backends=poll_backends,
                 download=self.options.download, cancel_after=self.options.cancel_after,
@@ -165,10 +155,8 @@ class Cycle:
             timeout = self._wait_time(now, wake)
         self.store.persist(force=True)
         self.on_progress(self.store.snapshot())
-        still_failed = {row for row in self.failed if self.store.value(row, "status") in FAILED
-                        or self.store.value(row, "postprocess_status") == POSTPROCESS_FAILED}
-        return CycleEnd(reason, all_started_at, dict(self.refused), self.cycles, dict(self.streaks.tripped),
-                        frozenset(self.worked), frozenset(still_failed))
+        return CycleEnd(reason, all_started_at, dict(self.book.refused), self.cycles, dict(self.book.streaks.tripped),
+                        frozenset(self.book.worked), frozenset(self.book.still_failed()))
 
     def _time_up(self, now: float) -> bool:
         return self.options.deadline is not None and now >= self.options.deadline
@@ -182,7 +170,7 @@ class Cycle:
             return False
         if snapshot.all_terminal:
             return True
-        stopped = set(self.refused) | set(self.streaks.tripped)
+        stopped = set(self.book.refused) | set(self.book.streaks.tripped)
         if set(self.policies) - stopped:
             return False
         stuck = sum(1 for backend, _ in snapshot.to_start.values() if backend in stopped)  # created, unpaid
@@ -200,7 +188,7 @@ class Cycle:
 
     def _wait_time(self, now: float, next_poll: float) -> float:
         wait = next_poll - now
-        upcoming = [until - now for until in self.holds.values() if until > now]
+        upcoming = [until - now for until in self.book.holds.values() if until > now]
         if upcoming:
             wait = min(wait, min(upcoming))
         if self.options.deadline is not None:
@@ -243,84 +231,9 @@ class Cycle:
             self.idle_creating.sent(plan.reconciles)
             for order in plan.polls:
                 self.dispatcher.submit_poll(order)
-            self.dispatcher.submit_finishes(plan.finishes, self.metadata)
+            self.dispatcher.submit_finishes(plan.finishes, self.book.metadata)
             self.dispatcher.submit_hooks(plan.hooks)
         self.dispatcher.submit_starts(plan.starts)
 
-    # --- applying outcomes ----------------------------------------------------------------
-    def row_now(self, row: int) -> RowNow:
-        pending = self._pending.get(row, {})
-        status = pending.get("status", self.store.value(row, "status"))
-        started = pending.get("running_start_time", self.store.value(row, "running_start_time"))
-        return RowNow(status, started, row in self.pinned)
-
     def apply(self, outcomes: List[Outcome]) -> None:
-        """Apply what the tasks reported: all of a cycle's updates in one store update (10k-row
-        runs: one per outcome was thousands of DataFrame writes), later outcomes seeing earlier ones."""
-        now = time.monotonic()
-        self.holds = {row: until for row, until in self.holds.items() if until > now}
-        self._pending = {}
-        changes: List[tuple] = []
-        downloaded: Dict[int, Mapping[str, Any]] = {}
-        for outcome in outcomes:
-            effects = effects_of(outcome, self.row_now)
-            downloaded.update(effects.items)
-            for row, update in effects.updates.items():
-                self._pending.setdefault(row, {}).update(update)
-            for row in effects.hold:
-                self.holds[row] = now + RETRY_HOLD_SECONDS
-            self.metadata.update(effects.metadata)
-            if outcome.step in (Step.DOWNLOAD, Step.ERROR_LOGS):
-                for row in outcome.rows:
-                    self.metadata.pop(row, None)
-            for message in effects.warnings:
-                self.logger.warning(message)
-            if effects.refused and outcome.backend not in self.refused:
-                self.refused[outcome.backend] = effects.refused
-                self.logger.warning("backend %s refused new jobs for good (%s): starting no more jobs there in "
-                                    "this run; running jobs are still followed and downloaded",
-                                    outcome.backend, effects.refused)
-            for kind, error in effects.attempts:
-                halted = self.streaks.record(outcome.backend, kind, error)
-                if halted:
-                    self.logger.warning(
-                        "backend %s: %s; starting no more jobs there in this run (running jobs are still followed). "
-                        "Fix the cause, then run again: add --retry-failed (retry_failed=True) to retry the failed "
-                        "rows; the rows not tried stay not_started", outcome.backend, halted)
-            for row, update in effects.updates.items():
-                if update.get("postprocess_status"):
-                    self.worked.add(row)
-                    if update["postprocess_status"] == POSTPROCESS_FAILED:
-                        self.failed.add(row)
-            for row, _old, new in effects.changes:
-                if new in (QUEUED, RUNNING) and outcome.step in (Step.CREATE, Step.START):
-                    self.polls.job_started(row, now)
-                elif new in TERMINAL and outcome.step is Step.POLL:
-                    self.polls.job_ended(outcome.backend, row, finished=new == FINISHED)
-                if new in TERMINAL:
-                    self.worked.add(row)
-                if new in FAILED:
-                    self.failed.add(row)
-            changes.extend((row, old, new, outcome) for row, old, new in effects.changes)
-        pending, self._pending = self._pending, {}
-        self.store.apply(pending)
-        if downloaded:
-            self.on_downloaded(downloaded)
-        for row, old, new, outcome in changes:  # told once the rows' new values (ids, errors) are stored
-            if new == ERROR and outcome.step is Step.POLL:
-                self._errors_untold[row] = old  # told with its reason once its error logs are in
-            else:
-                self._tell(row, outcome.backend, old, new)
-        for outcome in outcomes:
-            if outcome.step is Step.ERROR_LOGS:
-                for row in outcome.rows:
-                    self._tell(row, outcome.backend, self._errors_untold.pop(row, RUNNING), ERROR)
-
-    def _tell(self, row: int, backend: str, old: str, new: str) -> None:
-        """One readable line (and event) per status change: `job j-1 (row 3, cdse): running -> error: <reason>`."""
-        self.on_change(row, old, new)
-        reason = self.store.value(row, "error_message") if new in (START_FAILED, ERROR) else None
-        log = self.logger.warning if new in FAILED else self.logger.info
-        job_id = self.store.value(row, "id")
-        who = f"job {job_id} (row {row}, {backend})" if job_id else f"row {row} ({backend}, no job)"
-        log("%s: %s -> %s%s", who, old, new, f": {reason}" if reason else "")
+        self.book.apply(outcomes)  # flows/run_loop/applying.py
