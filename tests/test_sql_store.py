@@ -153,7 +153,7 @@ def test_a_sql_run_holds_waiting_rows_for_every_slot_and_every_job_created_ahead
     from types import SimpleNamespace
 
     from flows.config.params import BackendSettings
-    from flows.run_jobs import account_slots
+    from flows.run_loop.account_sharing import account_slots
 
     url = sqlite_campaign(tmp_path, 300)
     store = open_store(url, "eu", str(tmp_path))

@@ -1,0 +1,44 @@
+"""What a run shares with the other runs of the same accounts: job slots and start turns.
+
+Through the database for a SQL job DB (runs on any machine), through the flock ledger on this
+machine (tasks/accounts/slots.py) for a file job DB.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from flows.config.prepare import PreparedRun
+from jobdb.location import is_sql
+from tasks.accounts.slots import AccountSlots
+
+
+def create_workers(backends, max_start_workers: int) -> int:
+    """Create tasks at once: the slots to fill follow the backends, so `max_start_workers` per
+    backend, or its `max_concurrent_requests` where that is lower (more would only wait)."""
+    return sum(min(max_start_workers, b.max_concurrent_requests or max_start_workers) for b in backends)
+
+
+def account_slots(run: PreparedRun, run_key: str, flow_run_id: Optional[str]):
+    """Job slots shared with the other runs of the same accounts: through the database for a SQL
+    job DB (runs on any machine), through the flock ledger on this machine for a file."""
+    accounts = {name: connection.account for name, connection in run.connections.items()}
+    limits = {name: backend.parallel_jobs for name, backend in run.backends.items()}
+    if is_sql(run.store.name):
+        from jobdb.sql.slots import SqlAccountSlots
+
+        # Waiting rows enough for every slot and every job created ahead at once: a run starts at most
+        # as many jobs per cycle as it holds waiting rows (the ramp-up, and the refill as jobs end).
+        run.store.waiting_batch = max(run.store.waiting_batch, sum(
+            b.parallel_jobs + b.jobs_created_ahead for b in run.backends.values()))
+        return SqlAccountSlots(run.store, accounts, limits=limits)
+    return AccountSlots(accounts, run_key, note={"flow_run_id": flow_run_id, "job_db": str(run.store.path)},
+                        limits=limits)
+
+
+def share_start_turns(run: PreparedRun) -> Callable[[], None]:
+    """For a SQL job DB, `max_starts_per_minute` turns come from the database while this run runs."""
+    if not is_sql(run.store.name):
+        return lambda: None
+    from jobdb.sql.slots import share_start_turns as from_the_store
+
+    return from_the_store(run.store, run.connections.values())
