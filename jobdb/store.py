@@ -6,7 +6,6 @@ at most once per `min_persist_interval` (intents are persisted at once with `for
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
@@ -17,6 +16,7 @@ import pandas as pd
 from jobdb.database import JobDatabase, _plain
 from jobdb.lock import JobDbLock
 from jobdb.paths import JobDbPaths
+from jobdb.persist_throttle import PersistThrottle
 from jobdb.status import (
     CREATED, CREATING, ERROR, FAILED, FINISHED, HOLDS_SLOT, NOT_STARTED, POLLED, POSTPROCESS_FAILED,
     RESULTS_FAILED, START_FAILED, TERMINAL, check_transitions,
@@ -87,10 +87,8 @@ class JobStore:
         self._db = db
         self.paths = JobDbPaths.of(db.path)
         self.lock = JobDbLock(db.path)
-        self.min_persist_interval = min_persist_interval
         self._dirty = False
-        self._last_persist = 0.0
-        self.persist_count = 0
+        self._throttle = PersistThrottle(min_persist_interval)
         # What the snapshot also reports, when the run needs it (hooks configured, max_attempts > 1).
         self.track_hooks = False
         self.track_retries = False
@@ -103,6 +101,10 @@ class JobStore:
     def open(cls, job_db: str | Path, min_persist_interval: float = 1.0) -> "JobStore":
         """Load and validate (raises JobDbError); nothing is written."""
         return cls(JobDatabase.open(job_db), min_persist_interval)
+
+    @property
+    def persist_count(self) -> int:
+        return self._throttle.writes
 
     @property
     def path(self) -> Path:
@@ -228,18 +230,17 @@ class JobStore:
 
     def persist(self, force: bool = False) -> bool:
         """Write the DB atomically if it changed (throttled unless `force`). True if written."""
-        if not self._dirty or (not force and time.monotonic() - self._last_persist < self.min_persist_interval):
+        if not self._throttle.due(self._dirty, force):
             return False
         self._db.save()
         self._dirty = False
-        self._last_persist = time.monotonic()
-        self.persist_count += 1
+        self._throttle.wrote()
         return True
 
     def persist_due_at(self) -> Optional[float]:
         """When (time.monotonic) a throttled write of unsaved changes falls due; None if all is saved.
         The run loop wakes for it, so a long poll interval never leaves job ids only in memory."""
-        return self._last_persist + self.min_persist_interval if self._dirty else None
+        return self._throttle.due_at(self._dirty)
 
     def _status_of(self, i: int) -> Optional[str]:
         status = self._db.df["status"]

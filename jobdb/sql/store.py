@@ -20,6 +20,7 @@ import pandas as pd
 from sqlalchemy import select, update
 
 from jobdb.paths import JobDbPaths
+from jobdb.persist_throttle import PersistThrottle
 from jobdb.schema import JobDbError
 from jobdb.sql.batch import write_held_rows
 from jobdb.sql.campaign import SqlDatabase
@@ -72,8 +73,7 @@ class SqlJobStore:
         self.paths = CampaignPaths(root / campaign, db.marker_prefix(campaign))
         self.name = f"{db.name}#{campaign}"
         self.lock = RunLease(db, campaign, run_id or uuid.uuid4().hex[:16])
-        self.min_persist_interval = min_persist_interval
-        self.persist_count = 0
+        self._throttle = PersistThrottle(min_persist_interval)
         self.track_hooks = False
         self.track_retries = False
         self.track_downloads = True
@@ -85,9 +85,12 @@ class SqlJobStore:
         self._stored: Dict[int, tuple] = {}  # each held row's (backend, status) as the database has it
         self._dirty: set = set()
         self._view = HeldView()  # the snapshot of the held rows, kept as they change
-        self._last_persist = 0.0
         self._next_adopt = 0.0
         self._counts: Dict[str, int] = {}
+
+    @property
+    def persist_count(self) -> int:
+        return self._throttle.writes
 
     @classmethod
     def open(cls, url: str, campaign: Optional[str], results_root: Optional[Path] = None) -> "SqlJobStore":
@@ -222,11 +225,11 @@ class SqlJobStore:
 
     def persist_due_at(self) -> Optional[float]:
         """When (time.monotonic) a throttled write of the changed rows falls due; None if none changed."""
-        return self._last_persist + self.min_persist_interval if self._dirty else None
+        return self._throttle.due_at(bool(self._dirty))
 
     def persist(self, force: bool = False) -> bool:
         """Write the changed rows (throttled unless `force`); give back rows with no work left."""
-        if not self._dirty or (not force and time.monotonic() - self._last_persist < self.min_persist_interval):
+        if not self._throttle.due(bool(self._dirty), force):
             return False
         dirty = sorted(self._dirty)
         rules = self.rules
@@ -257,8 +260,7 @@ class SqlJobStore:
                 self._rows.pop(i)
                 self._stored.pop(i, None)
         self._dirty.clear()
-        self._last_persist = time.monotonic()
-        self.persist_count += 1
+        self._throttle.wrote()
         return True
 
     def retry_failed_downloads(self) -> int:
