@@ -34,6 +34,13 @@ def sim():
     sim.stop()
 
 
+@pytest.fixture
+def password(sim, monkeypatch):
+    """The simulator's password in the env var the `--backend` flags name, for this test only (a test
+    run alone, or after others, sees the same environment)."""
+    monkeypatch.setenv(PASSWORD_ENV, sim.config.password)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -98,8 +105,7 @@ def bad_input_cases(sim, tmp_path: Path):
     ]
 
 
-def test_bad_input_one_line_exit_2_fast(sim, tmp_path):
-    os.environ[PASSWORD_ENV] = sim.config.password
+def test_bad_input_one_line_exit_2_fast(sim, password, tmp_path):
     slowest = 0.0
     for argv, flag, words, db in bad_input_cases(sim, tmp_path):
         before = sha256(db) if db else None
@@ -179,10 +185,9 @@ def scripted_flow():
 
 
 @pytest.mark.parametrize("outcome, code", [("completed", 0), ("failed", 1), ("interrupt", 130), ("cancelled", 130), ("setup", 2)])
-def test_exit_codes(prefect_harness, sim, tmp_path, capsys, outcome, code):
+def test_exit_codes(prefect_harness, sim, password, tmp_path, capsys, outcome, code):
     db = make_db(tmp_path / "jobs.parquet", 3, status=["finished", "finished", "error"],
                  id=["j-1", "j-2", "j-3"], error_message=[None, None, "out of memory"], backend_name="a")
-    os.environ[PASSWORD_ENV] = sim.config.password
     OUTCOME["next"] = outcome
     argv = ["--job-db", str(db), "--backend", backend_flag(sim), "--start-job", CALLBACK]
     assert main(argv, flow=scripted_flow()) == code
@@ -201,7 +206,7 @@ def test_exit_codes(prefect_harness, sim, tmp_path, capsys, outcome, code):
         assert err.strip().splitlines()[-1] == "error: --backend: backend 'a' went away"
 
 
-def test_json_prints_the_full_stats(prefect_harness, sim, tmp_path, capsys):
+def test_json_prints_the_full_stats(prefect_harness, sim, password, tmp_path, capsys):
     db = make_db(tmp_path / "jobs.parquet", 3, status="finished", backend_name="a")
     OUTCOME["next"] = "completed"
     argv = ["--job-db", str(db), "--backend", backend_flag(sim), "--start-job", CALLBACK, "--json"]
@@ -210,7 +215,7 @@ def test_json_prints_the_full_stats(prefect_harness, sim, tmp_path, capsys):
     assert stats["status"] == {"finished": 2, "error": 1} and stats["job_db"] == str(db)
 
 
-def test_real_run_report_and_map(prefect_harness, sim, tmp_path, capsys):
+def test_real_run_report_and_map(prefect_harness, sim, password, tmp_path, capsys):
     """The real flow through the command line: exit 0, the report says where results, map and DB are."""
     from flows.tile_area import tile_area
     from jobdb import JobDbPaths
@@ -218,7 +223,6 @@ def test_real_run_report_and_map(prefect_harness, sim, tmp_path, capsys):
     db = tmp_path / "grid.parquet"
     tile_area(aoi={"west": 4.0, "south": 50.5, "east": 4.04, "north": 50.52}, tile_size=2_000, job_db=str(db),
               years=[2024])
-    os.environ[PASSWORD_ENV] = sim.config.password
     argv = ["--job-db", str(db), "--backend", backend_flag(sim), "--start-job", CALLBACK, "--poll-interval", "0.3"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -228,12 +232,12 @@ def test_real_run_report_and_map(prefect_harness, sim, tmp_path, capsys):
     assert paths.map_png.exists() and paths.map_html.exists()
 
 
-def test_a_run_with_failures_exits_1(prefect_harness, tmp_path, capsys):
+def test_a_run_with_failures_exits_1(prefect_harness, tmp_path, capsys, monkeypatch):
     if "failure_threshold" not in inspect.signature(run_jobs.fn).parameters:
         pytest.skip("needs run_jobs(failure_threshold=...): the flow-side part of issue 12")
     with start_simulator(fast_config(p_error=1.0)) as failing:
         db = make_db(tmp_path / "jobs.parquet", 4)
-        os.environ[PASSWORD_ENV] = failing.config.password
+        monkeypatch.setenv(PASSWORD_ENV, failing.config.password)
         argv = ["--job-db", str(db), "--backend", backend_flag(failing), "--start-job", CALLBACK.replace(
             "example_callbacks:composite_over_tile_bbox", "demo_callbacks:start_job"), "--poll-interval", "0.3"]
         assert main(argv) == 1
