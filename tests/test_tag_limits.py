@@ -22,7 +22,7 @@ from simulator import start_simulator
 from tests.flow_helpers import PASSWORD_ENV, backend, fast_config, make_db, most_at_once, recorded_task_runs
 
 ROOT = Path(__file__).resolve().parents[1]
-# A fresh PREFECT_HOME migrates its database first: ~10 s idle, 90 s seen on these 2 cores at load 15.
+# A bound for a server start on loaded cores (its database comes migrated: `prefect_home` in conftest.py).
 SERVER_START_TIMEOUT = 240.0
 LEASE_SECONDS = 60  # what Prefect 3.9.1's task engine asks for a tagged task run (no setting changes it)
 
@@ -66,7 +66,7 @@ def test_a_tag_limit_of_one_allows_one_start_task_at_once(tmp_path):
 
 # --- the CLI's own server: leases on disk -----------------------------------------------------
 @contextlib.contextmanager
-def prefect_home(home: Path) -> Iterator[None]:
+def cli_server_env(home: Path) -> Iterator[None]:
     """The CLI's own server (flows/console/local_server.py) on `home`, as the CLI would start it."""
     saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS")}
     os.environ["PREFECT_HOME"] = str(home)
@@ -150,13 +150,13 @@ def server_processes(home: Path) -> List[int]:
     return found
 
 
-@pytest.mark.timeout(900)  # three Prefect server starts, one on a fresh database: minutes on loaded cores
-def test_the_cli_servers_leases_survive_a_kill_and_a_restart(tmp_path):
+@pytest.mark.timeout(900)  # three Prefect server starts: minutes on loaded cores
+def test_the_cli_servers_leases_survive_a_kill_and_a_restart(tmp_path, prefect_home):
     """Fast half: after SIGKILL + server restart the slot is still taken *and its lease is still
     known, expiring within the lease time* — so the server's repossessor will free it (the slow
     test waits for that). With leases in memory the restart forgets the lease and keeps the slot."""
-    home, tag = tmp_path / "prefect-home", "openeo-backend:a"
-    with prefect_home(home):
+    home, tag = prefect_home, "openeo-backend:a"  # its database migrated once per session (conftest.py)
+    with cli_server_env(home):
         killed_run_holding_the_slot(tmp_path, home, tag)
         (lease,) = lease_files(home)  # on disk after the server stopped, where its repossessor looks
         expiration = datetime.fromisoformat(json.loads(lease.read_text())["expiration"])
@@ -171,9 +171,9 @@ def test_the_cli_servers_leases_survive_a_kill_and_a_restart(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_killed_runs_tag_slot_comes_back_after_the_lease_time(tmp_path):
-    home, tag = tmp_path / "prefect-home", "openeo-backend:a"
-    with prefect_home(home):
+def test_a_killed_runs_tag_slot_comes_back_after_the_lease_time(tmp_path, prefect_home):
+    home, tag = prefect_home, "openeo-backend:a"
+    with cli_server_env(home):
         killed_run_holding_the_slot(tmp_path, home, tag)
         t0 = time.monotonic()
         with local_prefect_server(SERVER_START_TIMEOUT) as api_url:
