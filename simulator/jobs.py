@@ -55,6 +55,7 @@ class Job:
     created: float = 0.0  # epoch
     updated: float = 0.0  # epoch
     # Monotonic timestamps for the lifecycle.
+    created_at: Optional[float] = None
     queued_at: Optional[float] = None
     eligible_at: Optional[float] = None
     started_at: Optional[float] = None
@@ -202,7 +203,7 @@ class JobBook:
                 title=body.get("title"), description=body.get("description"), plan=body.get("plan"),
                 budget=body.get("budget"),
                 extra={k: v for k, v in body.items() if k not in ("process", "title", "description", "plan", "budget")},
-                created=self.wall(now), updated=self.wall(now),
+                created=self.wall(now), updated=self.wall(now), created_at=now,
             )
             self.log(job, "info", "Job created.", now)
             self.jobs[job.id] = job

@@ -160,10 +160,13 @@ class Simulator:
                 for c in list(server.server_state.connections) if getattr(c, "transport", None) is not None]
 
     def jobs(self) -> List[Dict[str, Any]]:
-        """Every job as the backend sees it now: id, user, title, status."""
+        """Every job as the backend sees it now: id, user, title, status, and when (time.monotonic) it
+        was created, started running and ended (None: not yet): a test reads overlaps from these, exact
+        whatever the load, instead of sampling the listing."""
         with self.state.lock:
             self.state.advance()
-            return [{"id": j.id, "user": j.user, "title": j.title, "status": j.status}
+            return [{"id": j.id, "user": j.user, "title": j.title, "status": j.status, "created_at": j.created_at,
+                     "started_at": j.started_at, "ended_at": j.ended_at}
                     for j in self.state.jobs.values()]
 
     @property
