@@ -309,11 +309,12 @@ def test_outcome_failed_exit_1_a_failing_hook_counts_and_its_rerun_with_a_fixed_
         assert len(hook_lines) == 4, broken.stderr[-3000:]
         assert "4 of 4 rows failed in this run, 4 of them in a hook" in broken.stderr
         assert (pd.read_parquet(db)["postprocess_status"] == "failed").all()
-        fixed = subprocess.run(cli(db, sim, "--on-job-done", "tests.example_hooks:mark_done"),
-                               env=env, capture_output=True, text=True, timeout=300)
+        # the rerun is the flow's own doing: in this process (one Python start fewer than a second CLI)
+        fixed = run_jobs(job_db=str(db), backends=[backend("a", sim, 2)], start_job=CALLBACK, poll_interval_seconds=0.3,
+                         on_job_done="tests.example_hooks:mark_done", return_state=True)
     finally:
         sim.stop()
-    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert fixed.is_completed() and RunOutcome.of_state(fixed) is RunOutcome.DONE, fixed.message
     df = pd.read_parquet(db)
     assert (df["postprocess_status"] == "done").all()
     assert all((tmp_path / f"job_{job_id}" / "postprocessed.txt").exists() for job_id in df["id"])
