@@ -168,8 +168,9 @@ def test_ctrl_c_in_the_cli_exits_in_seconds_and_the_rerun_completes(tmp_path, pr
 def test_a_second_run_on_the_same_db_refuses_then_waits_when_asked(tmp_path):
     # The first run's starts are held in the simulator (its gate) until the second run has been
     # refused and the third is past its connect: the first run holds the DB then, however slow the
-    # machine (jobs of 4 s, 3 waves, still to run once the gate opens).
-    sim = start_simulator(fast_config(queue_time=0.2, run_time=4.0))
+    # machine (3 waves of jobs still to run once the gate opens; the gate, not their length, makes
+    # the third run wait).
+    sim = start_simulator(fast_config(queue_time=0.2, run_time=1.0))
     sim.gates.close("POST /jobs/{id}/results")
     db = make_db(tmp_path / "jobs.parquet", 8)
     kwargs = dict(job_db=str(db), backends=[backend("a", sim, 3)], start_job="flows.tiling.demo_callbacks:start_job",

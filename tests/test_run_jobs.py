@@ -201,16 +201,18 @@ def test_many_waiting_rows_start_in_batches(tmp_path):
     """Far more free slots than start workers: rows start in batch task runs, each exactly once."""
     (sim,) = started_simulators(1)
     try:
-        db = make_db(tmp_path / "jobs.parquet", 40)
-        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 40)], start_job="flows.tiling.demo_callbacks:start_job",
+        # 16 rows > START_BATCH_FACTOR x 2 workers, all waiting in the first cycle: batches of 8
+        # (flows/run_loop/dispatcher.py: start_batch_size)
+        db = make_db(tmp_path / "jobs.parquet", 16)
+        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 16)], start_job="flows.tiling.demo_callbacks:start_job",
                          max_start_workers=2, poll_interval_seconds=0.5)
     finally:
         sim.stop()
-    assert stats["status"] == {"finished": 40}
-    assert stats["start_tasks"] < 40
+    assert stats["status"] == {"finished": 16}
+    assert stats["start_tasks"] < 16
     counters = sim.counters()
-    assert counters["jobs_total"] == 40 and counters["duplicate_titles"] == {}
-    assert counters["requests"].get("POST /jobs/{id}/results 202") == 40
+    assert counters["jobs_total"] == 16 and counters["duplicate_titles"] == {}
+    assert counters["requests"].get("POST /jobs/{id}/results 202") == 16
     assert_results_complete(tmp_path, pd.read_parquet(db), asset_size=2048)
 
 
