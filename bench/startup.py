@@ -51,17 +51,34 @@ def first_job(root: Path, home: Path, work: Path) -> Dict[str, float]:
         t0 = time.monotonic()
         process = subprocess.Popen(command, cwd=root, env=cli_env(root, home), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
-        created = None
+        created, cpu = None, {}
         while process.poll() is None and created is None:
             if any(k.startswith("POST /jobs") and "results" not in k for k in sim.counters()["requests"]):
                 created = time.monotonic() - t0
+                cpu = cpu_seconds(process.pid)
             else:
                 time.sleep(0.02)  # a bench polling another process; not a test
         _, err = process.communicate(timeout=300)
         total = time.monotonic() - t0
     if process.returncode != 0 or created is None:
         raise SystemExit(f"run failed ({process.returncode}): {err[-2000:]}")
-    return {"first_job": created, "total": total}
+    return {"first_job": created, "total": total, **cpu}
+
+
+def cpu_seconds(pid: int) -> Dict[str, float]:
+    """CPU seconds (user + system) so far of the CLI's own process and of its descendants (the
+    watchdog and the Prefect server): what wall time hides on a loaded machine."""
+    import psutil
+
+    def used(process: "psutil.Process") -> float:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            return 0.0
+        return times.user + times.system
+
+    cli = psutil.Process(pid)
+    return {"cpu_cli": used(cli), "cpu_server": sum(used(child) for child in cli.children(recursive=True))}
 
 
 def demo(root: Path, home: Path, work: Path) -> float:
@@ -110,6 +127,8 @@ def main() -> int:
             runs = [first_job(root, home, work) for _ in range(args.runs)]
             print(f"warm: command -> first job created {spread([r['first_job'] for r in runs])}; "
                   f"whole 8-row run {spread([r['total'] for r in runs])}")
+            print(f"warm: CPU until the first job: CLI process {spread([r['cpu_cli'] for r in runs])}; "
+                  f"its server (watchdog + server) {spread([r['cpu_server'] for r in runs])}")
             demos = [demo(root, home, work) for _ in range(args.runs)]
             print(f"warm: --demo wall {spread(demos)}")
         if "fresh" in args.only:

@@ -116,6 +116,20 @@ def test_a_run_reads_at_a_glance(tmp_path):
     (start_failed,) = [e for e in found if e.event == "openeo.job.start_failed"]
     assert "KeyError" in start_failed.payload["reason"] and start_failed.resource["openeo.tile"] == "T005-2021"
 
+    def status_lines():  # the run's log lines about status changes, as the UI shows them
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+        lines = [log.message for log in logs if " -> " in log.message]
+        return lines if any("start_failed" in line for line in lines) else None
+
+    lines = wait_for("the status lines in the run's logs", status_lines)
+    # a row without a job says so (not `job - (row 5, good)`); a row with one names its job id
+    assert any(line.startswith("row 5 (good, no job): ") and "-> start_failed: " in line for line in lines), lines
+    assert any(line.startswith(f"job {df['id'][3]} (row 3, bad): ") for line in lines), lines
+    assert not [line for line in lines if line.startswith(("job - ", "job None", "job nan"))], lines
+
     paths = JobDbPaths.of(db)
     table = read_artifact(paths.artifact_key("progress-table"))
     assert table is not None and table.type == "markdown"

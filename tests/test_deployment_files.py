@@ -71,3 +71,21 @@ def test_the_docker_example_runs_the_image_it_builds():
     assert variables["env"]["PGPASSFILE"] == mount  # the password comes from a mounted file
     text = (DOCKER / "prefect.yaml").read_text() + dockerfile
     assert not re.search(r"(?i)(password|secret|token)\s*[:=]\s*\S", text.replace("PGPASSFILE", ""))
+
+
+def test_the_docs_deployment_commands_are_complete():
+    """What a platform engineer copies from the docs works as written: every `deployment run` of
+    run-jobs gives a `start_job` (there is no default callback), the README names every deployment
+    of deployments/prefect.yaml, and a server on another port is told `PREFECT_UI_API_URL`."""
+    readme, commands = (ROOT / "README.md").read_text(), (ROOT / "deployments" / "README.md").read_text()
+    given = {d["name"]: set(d.get("parameters") or {}) for path in FILES for d in load(path)["deployments"]}
+    runs = [(m.group(1), m.group(0)) for text in (readme, commands)
+            for m in re.finditer(r"prefect deployment run 'run-jobs/([^']+)'(?:[^`\n]|\n(?!\n|#))*", text)]
+    assert runs
+    for name, run in runs:  # parameters given: the callback too, unless the deployment's own parameters have it
+        assert " -p " not in run or "start_job=" in run or given[name] & {"start_job", "process"}, run
+    assert any("start_job=" in run for _, run in runs)
+    names = [d["name"] for d in load(ROOT / "deployments" / "prefect.yaml")["deployments"]]
+    section = readme[readme.index("## Deployments and backend blocks"):]
+    assert all(f"`{name}`" in section for name in names), [n for n in names if f"`{name}`" not in section]
+    assert re.search(r"--port \d+.*\n?.*PREFECT_UI_API_URL=http://127\.0\.0\.1:\d+/api", commands)

@@ -22,9 +22,9 @@ def test_offline_bad_input_starts_no_server_and_backend_checks_overlap_its_start
     started = []
     original = cli.start_prefect_early
 
-    def recording(flow):
+    def recording(flow, server=None):
         started.append(flow)
-        return original(flow)
+        return original(flow, server)
 
     monkeypatch.setattr(cli, "start_prefect_early", recording)
     with start_simulator(fast_config()) as sim:
@@ -56,6 +56,24 @@ def test_a_server_started_early_is_gone_when_the_backend_check_refuses(tmp_path)
     assert done.returncode == 2 and done.stderr.startswith("error: --backend: backend 'a': authentication"), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert processes_with_env("PREFECT_HOME", str(home)) == []  # no server or watchdog outlived the command
+
+
+def test_offline_bad_input_leaves_no_server_database_and_no_process(tmp_path):
+    """The server's interpreter warms up from the command's first moment, but input refused offline
+    never lets it serve: no Prefect database is made in PREFECT_HOME, and no process outlives the
+    command (flows/console/local_server.py: `--when-told`)."""
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PYTHONPATH=str(ROOT))
+    db = make_db(tmp_path / "jobs.parquet", 2)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), "--start-job", "no_such_module:start_job",
+         "--backend", "a=http://127.0.0.1:9,user=alice,password_env=NOPE"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith("error: --"), done.stderr
+    assert processes_with_env("PREFECT_HOME", str(home)) == []
+    assert not list(home.glob("*.db")), sorted(p.name for p in home.iterdir())  # no server ever opened its database
 
 
 def test_each_demo_starts_from_a_clean_output_folder(tmp_path):

@@ -89,17 +89,38 @@ def run_command_line() -> None:
 
 def main(argv: Optional[List[str]] = None, flow: Optional[Callable[..., Any]] = None) -> int:
     """The command line. `flow`: the run-jobs flow object (default: imported after the checks)."""
-    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    words = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in words
+    server = warm_up_server(words)  # first thing: its interpreter imports while this one checks the input
+    try:
+        return checked_run(argv, flow, server, debug)
+    finally:
+        if server is not None:
+            server.stop()  # unused (input refused) or already stopped by the run: the watchdog is gone
+
+
+def warm_up_server(words: List[str]):
+    """This run's Prefect server, warming up (flows/console/local_server.py: it imports and waits,
+    no port, no database, until `start_prefect_early` says start), unless PREFECT_API_URL names a
+    server or only the help is asked for."""
+    from flows.console.local_server import LocalServer, api_url_configured
+
+    if "-h" in words or "--help" in words or api_url_configured():
+        return None
+    return LocalServer(when_told=True)
+
+
+def checked_run(argv: Optional[List[str]], flow: Optional[Callable[..., Any]], warm_server, debug: bool) -> int:
     server = None
 
     def start_prefect() -> None:  # once the offline checks passed, while the backends are checked
         nonlocal server
-        server = start_prefect_early(flow)
+        server = start_prefect_early(flow, warm_server)
 
     try:
         args = build_parser().parse_args(argv)
         if args.demo:
-            return run_demo(Path(args.output_dir), args, flow)
+            return run_demo(Path(args.output_dir), args, flow, warm_server)
         params = flow_parameters(args)
         if not params.get("job_db") or not params.get("backends"):
             raise BadInput("--job-db and at least one --backend are required (or use --demo; see --help)")
@@ -120,23 +141,23 @@ def main(argv: Optional[List[str]] = None, flow: Optional[Callable[..., Any]] = 
         if type(exc).__name__ == "JobDbLocked":  # not bad input: another run owns the DB (jobdb.JobDbLocked)
             return skipped(exc)
         return bad_input(exc, debug)
-    return run(flow, params, args, server)
+    return run(flow, params, args, server if server is not None else warm_server)
 
 
-def start_prefect_early(flow: Optional[Callable[..., Any]]):
-    """Start this run's Prefect server (unless PREFECT_API_URL names one) and import the flow (and
-    with it Prefect) on a thread, both without waiting: they overlap the backend checks or the
-    demo's set-up instead of following them. Returns the `LocalServer`, or None."""
+def start_prefect_early(flow: Optional[Callable[..., Any]], server=None):
+    """Start this run's Prefect server (`server`, warmed up by `warm_up_server`; None when
+    PREFECT_API_URL names one) and import the flow (and with it Prefect) on a thread, both without
+    waiting: they overlap the backend checks or the demo's set-up instead of following them.
+    Returns the server, or None."""
     import threading
 
-    from flows.console.local_server import LocalServer, api_url_configured
-
-    own_server = not api_url_configured()  # asked before the import starts: no Prefect import beside it
     global _import_thread
+    if server is not None:
+        server.start()
     if flow is None:
         _import_thread = threading.Thread(target=_import_flow, name="import-flow", daemon=True)
         _import_thread.start()
-    return LocalServer() if own_server else None
+    return server
 
 
 _import_thread = None  # the flow's import warming up (start_prefect_early), if any
@@ -301,17 +322,12 @@ def prefect_api(server=None) -> Iterator[None]:
             send_queued_prefect_calls(timeout=PREFECT_QUEUE_SECONDS)
 
 
-def run_demo(output_dir: Path, args: argparse.Namespace, flow: Optional[Callable[..., Any]]) -> int:
+def run_demo(output_dir: Path, args: argparse.Namespace, flow: Optional[Callable[..., Any]], server=None) -> int:
     """Two simulated backends, a small tile grid x 2 years, the real flow; prints a report."""
-    server = start_prefect_early(flow)  # boots while the simulators and the grid are made
-    try:
-        from flows.console.demo import accepted_parameters, demo_parameters, start_demo_backends
+    start_prefect_early(flow, server)  # boots while the simulators and the grid are made (`main` stops it)
+    from flows.console.demo import accepted_parameters, demo_parameters, start_demo_backends
 
-        job_db, config, sim_a, sim_b = start_demo_backends(output_dir)
-    except BaseException:
-        if server is not None:
-            server.stop()
-        raise
+    job_db, config, sim_a, sim_b = start_demo_backends(output_dir)
     with sim_a, sim_b:
         params = demo_parameters(job_db, config, (sim_a, sim_b))  # while the flow's import warms up
         flow = run_jobs_flow() if flow is None else flow

@@ -8,7 +8,15 @@ in a new session: Ctrl-C reaches only the CLI, which winds down and records `Can
 watchdog restarts the server if it dies, and stops it as soon as the CLI's end of a pipe closes —
 on a normal exit, an exception or a SIGKILL alike.
 
-Run as `python -m flows.console.local_server PORT`: the watchdog itself (stdin = the pipe from the CLI).
+The server's start is mostly imports (bench/README.md, "Start-up of the command line"), so the
+CLI spawns the watchdog first thing (`LocalServer(when_told=True)`), before its own imports and
+checks: the watchdog's first server process imports Prefect's server modules and then waits,
+bound to no port and touching no database, until the CLI's input checks have passed and it says
+`start` (`LocalServer.start`); then it runs `prefect server start` in the warm interpreter. Input
+refused before that ends the warm-up unused: no server ever started.
+
+Run as `python -m flows.console.local_server PORT [--when-told]`: the watchdog itself (stdin = the
+pipe from the CLI); `python -m flows.console.local_server --serve-when-told PORT`: its first server.
 """
 from __future__ import annotations
 
@@ -74,19 +82,34 @@ def wait_until_healthy(api_url: str, process: subprocess.Popen, timeout: float, 
 class LocalServer:
     """The watchdog + server of one CLI run. Starting returns at once, so the CLI checks the
     backends and imports Prefect while the server boots (its ~4 s warm start was the larger part
-    of a run's fixed cost; bench/startup.py); `wait_until_up()` then waits for `/health`."""
+    of a run's fixed cost; bench/startup.py); `wait_until_up()` then waits for `/health`.
 
-    def __init__(self) -> None:
+    `when_told=True`: the server's interpreter imports its modules now but serves only after
+    `start()` (the CLI's checks passed); `stop()` before that ends it unused."""
+
+    def __init__(self, when_told: bool = False) -> None:
         self.port = free_port()
         env = server_env()
         self.watchdog = subprocess.Popen(
-            [sys.executable, "-m", "flows.console.local_server", str(self.port)],
+            [sys.executable, "-m", "flows.console.local_server", str(self.port)] + (["--when-told"] if when_told else []),
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, env=env,
         )
         self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.started = not when_told
+
+    def start(self) -> None:
+        """Let the warmed-up server serve (at once if it was started without `when_told`)."""
+        if not self.started:
+            self.started = True
+            try:
+                self.watchdog.stdin.write(START_LINE)
+                self.watchdog.stdin.flush()
+            except (BrokenPipeError, ValueError):  # the watchdog is gone: wait_until_up says so
+                pass
 
     def wait_until_up(self, timeout: float = STARTUP_TIMEOUT_SECONDS) -> str:
+        self.start()
         wait_until_healthy(self.api_url, self.watchdog, timeout, "the local Prefect server")
         return self.api_url
 
@@ -112,19 +135,54 @@ def local_prefect_server(timeout: float = STARTUP_TIMEOUT_SECONDS, server: Optio
         server.stop()
 
 
-def _watch(port: int) -> int:
+START_LINE = b"start\n"  # the CLI's word to a warmed-up server (`LocalServer.start`)
+# The modules `prefect server start` imports on its way to answering `/health` (python -X importtime
+# of a warm start): its CLI command, the API app, uvicorn, and the collections (prefect-aws) whose
+# blocks its start-up hashes to see whether they are registered already.
+SERVER_MODULES = ("prefect.cli.server", "prefect.cli._server_utils", "prefect.server.api.server", "uvicorn",
+                  "prefect.server.models.block_registration", "prefect.server.database", "aiosqlite")
+
+
+def _serve_when_told(port: int) -> int:
+    """A `prefect server start` that imports first and serves once told: warm-up without a server."""
+    import importlib
+
+    try:
+        for name in SERVER_MODULES:
+            importlib.import_module(name)
+        import prefect.plugins
+
+        prefect.plugins.load_prefect_collections()  # imports and registers them, as the server's start would
+    except ImportError:  # a warm-up only: the server's own start imports what it needs, or says what is missing
+        pass
+    if sys.stdin.readline().encode() != START_LINE:  # the CLI refused its input, or ended
+        return 0
+    from prefect.cli import app
+
+    sys.argv = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    app()  # the same command as `python -m prefect server start ...`, in this interpreter
+    return 0
+
+
+def _watch(port: int, when_told: bool = False) -> int:
     """Keep `prefect server start` up until stdin closes (the CLI ended), then stop it. A server
     that dies meanwhile (killed, crashed) is started again on the same port and database: the
-    run goes on without its API for those seconds and catches up."""
-    ended = threading.Event()
+    run goes on without its API for those seconds and catches up. `when_told`: the first server
+    imports its modules at once but serves only once the CLI writes `START_LINE`."""
+    ended, told, news = threading.Event(), threading.Event(), threading.Event()
 
     def wait_for_eof() -> None:
+        seen = b""
         try:
-            while os.read(sys.stdin.fileno(), 1024):  # blocks until the CLI closes the pipe or dies
-                pass
+            while chunk := os.read(sys.stdin.fileno(), 1024):  # blocks until the CLI closes the pipe or dies
+                seen += chunk
+                if START_LINE in seen:
+                    told.set()
+                    news.set()
         except OSError:
             pass
         ended.set()
+        news.set()
 
     # The UI in a browser calls the API at PREFECT_UI_API_URL, which defaults to port 4200, not --port.
     env = {**server_env(), "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
@@ -135,10 +193,26 @@ def _watch(port: int) -> int:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
         )
 
-    signal.signal(signal.SIGTERM, lambda *_: ended.set())
+    def start_when_told() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "flows.console.local_server", "--serve-when-told", str(port)],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+    def on_sigterm(*_) -> None:
+        ended.set()
+        news.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     threading.Thread(target=wait_for_eof, daemon=True).start()
-    server = start()
+    server = start_when_told() if when_told else start()
     try:
+        if when_told:
+            news.wait()
+            if told.is_set() and not ended.is_set():
+                try:
+                    server.stdin.write(START_LINE)
+                    server.stdin.close()
+                except OSError:  # it died warming up: the loop below starts a plain `prefect server start`
+                    pass
         while not ended.wait(1.0):
             if server.poll() is not None:
                 server = start()
@@ -154,7 +228,9 @@ def _watch(port: int) -> int:
 
 def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    return _watch(int(argv[0]))
+    if argv[0] == "--serve-when-told":
+        return _serve_when_told(int(argv[1]))
+    return _watch(int(argv[0]), when_told="--when-told" in argv[1:])
 
 
 def api_url_configured() -> bool:
