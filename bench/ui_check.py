@@ -5,6 +5,7 @@ against a local simulator, screenshot the flow run page with headless Chromium.
     # writes flow_run.png, runs.png, artifacts.png, flow_run_artifacts.png and summary.png (the
     # summary artifact: failures and the tile map, embedded as a data: image)
     python bench/ui_check.py --out /tmp/ui_check --mid-run   # + progress_mid_run.png, failed_run.png
+    python bench/ui_check.py --out /tmp/ui_check --only-mid-run --chromium-timeout 600   # only those two
     python bench/ui_check.py --out /tmp/ui_check --operator-limits
     # also: a Variable openeo-parallel-jobs-sim = 2 and a task run concurrency limit on
     # openeo-backend:sim (3) before the run; writes concurrency.png, concurrency_task_run.png,
@@ -29,6 +30,9 @@ sys.path.insert(0, str(ROOT))
 from jobdb.status import FINISHED  # noqa: E402
 
 
+CHROMIUM_TIMEOUT_SECONDS = 120.0  # --chromium-timeout: the UI's scripts took longer than 120 s at load 24
+
+
 def screenshot(url: str, out: Path, profile: Path, budget_ms: int = 20000) -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if not browser:
@@ -38,7 +42,7 @@ def screenshot(url: str, out: Path, profile: Path, budget_ms: int = 20000) -> No
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
          "--hide-scrollbars", "--window-size=1500,1100", f"--virtual-time-budget={budget_ms}",
          f"--screenshot={out}", url],
-        check=True, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        check=True, timeout=CHROMIUM_TIMEOUT_SECONDS, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
 
@@ -101,8 +105,13 @@ def main() -> int:
     parser.add_argument("--mid-run", action="store_true",
                         help="also progress_mid_run.png (the progress table artifact of a run going on) and "
                              "failed_run.png (the page of a run that ended Failed)")
+    parser.add_argument("--only-mid-run", action="store_true", help="only the two pages of --mid-run")
     parser.add_argument("--operator-limits", action="store_true", help="an override Variable and a tag limit too")
+    parser.add_argument("--chromium-timeout", type=float, default=CHROMIUM_TIMEOUT_SECONDS, metavar="SECONDS",
+                        help="per screenshot (a loaded machine renders the UI slowly)")
     args = parser.parse_args()
+    global CHROMIUM_TIMEOUT_SECONDS
+    CHROMIUM_TIMEOUT_SECONDS = args.chromium_timeout
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="ui_check_"))
@@ -126,6 +135,9 @@ def main() -> int:
         from tests.flow_helpers import backend, fast_config
 
         sim = start_simulator(fast_config(run_time=1.0, p_error=0.25))
+        if args.only_mid_run:
+            mid_run_and_failed_run(f"http://127.0.0.1:{server.port}", out, work, sim)
+            return 0
         from flows.run_jobs import run_jobs
         from flows.tile_area import tile_area
 

@@ -114,6 +114,13 @@ class LocalServer:
         return self.api_url
 
     def stop(self) -> None:
+        if not self.started:  # only warming up: no port, no database, nothing to wind down
+            if self.watchdog.poll() is None:  # not reaped yet: its process group is still ours to end
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.watchdog.pid, signal.SIGKILL)  # its session: the watchdog and its server's interpreter
+            self.watchdog.stdin.close()
+            self.watchdog.wait(5)
+            return
         if self.watchdog.stdin is not None and not self.watchdog.stdin.closed:
             self.watchdog.stdin.close()  # the watchdog stops the server
         try:
@@ -153,7 +160,12 @@ def _serve_when_told(port: int) -> int:
         import prefect.plugins
 
         prefect.plugins.load_prefect_collections()  # imports and registers them, as the server's start would
-    except ImportError:  # a warm-up only: the server's own start imports what it needs, or says what is missing
+        from prefect.server.api.server import create_app
+
+        # The API app, built as `prefect server start` builds it (no port, no database yet): Prefect
+        # caches it by the settings, so the command below takes this one (0.8 CPU-s under load).
+        create_app(final=True)
+    except Exception:  # noqa: BLE001 - a warm-up only: the server's own start does it again, or says what is wrong
         pass
     if sys.stdin.readline().encode() != START_LINE:  # the CLI refused its input, or ended
         return 0
