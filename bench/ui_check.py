@@ -100,6 +100,7 @@ def mid_run_and_failed_run(ui: str, out: Path, work: Path, sim) -> None:
 
 
 def main() -> int:
+    global CHROMIUM_TIMEOUT_SECONDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="/tmp/ui_check")
     parser.add_argument("--mid-run", action="store_true",
@@ -110,7 +111,6 @@ def main() -> int:
     parser.add_argument("--chromium-timeout", type=float, default=CHROMIUM_TIMEOUT_SECONDS, metavar="SECONDS",
                         help="per screenshot (a loaded machine renders the UI slowly)")
     args = parser.parse_args()
-    global CHROMIUM_TIMEOUT_SECONDS
     CHROMIUM_TIMEOUT_SECONDS = args.chromium_timeout
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
