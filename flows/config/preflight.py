@@ -14,12 +14,14 @@ from flows.config.params import BackendConfig, ProcessCreatorConfig, SetupError,
 from flows.config.run_parameters import RunParameters
 
 
-def preflight(parameters: Mapping[str, Any], connect: bool = True,
+def preflight(parameters: Mapping[str, Any], connect: bool = True, after_flags: Optional[Callable[[], None]] = None,
               before_connecting: Optional[Callable[[], None]] = None) -> RunParameters:
     """Validate the flow parameters (`RunParameters`, the flow's own), the job DB, its lock, the
     callback and (with `connect`) every inline backend's URL and credentials. Raises SetupError; changes nothing but the lock file.
     `before_connecting` is called once the offline checks passed (the CLI starts its Prefect
-    server there: bad input found offline costs no server, the backend checks overlap its start)."""
+    server there: bad input found offline costs no server, the backend checks overlap its start).
+    `after_flags` is called once the parameters themselves are valid, before the callback's import
+    and the job DB's read (the CLI's server warms up there: imports only, no server yet)."""
     inline = parameters.get("backends")
     for backend in inline if isinstance(inline, list) else ():  # each one first: its errors name it
         if not isinstance(backend, str):
@@ -27,6 +29,8 @@ def preflight(parameters: Mapping[str, Any], connect: bool = True,
     params = validate(RunParameters, parameters)
     backends = [b for b in params.backends if isinstance(b, BackendConfig)]
     check(lambda: check_unique_names(backends, at_least_one=False), "backends")
+    if after_flags is not None:
+        after_flags()
     if (params.start_job is None) == (params.process is None):
         raise SetupError("give exactly one of start_job (an import path) or process (a process-based creator)",
                          parameter="start_job")

@@ -89,38 +89,47 @@ def run_command_line() -> None:
 
 def main(argv: Optional[List[str]] = None, flow: Optional[Callable[..., Any]] = None) -> int:
     """The command line. `flow`: the run-jobs flow object (default: imported after the checks)."""
-    words = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in words
-    server = warm_up_server(words)  # first thing: its interpreter imports while this one checks the input
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    own = OwnServer()
     try:
-        return checked_run(argv, flow, server, debug)
+        return checked_run(argv, flow, own, debug)
     finally:
-        if server is not None:
-            server.stop()  # unused (input refused) or already stopped by the run: the watchdog is gone
+        own.stop()  # unused (input refused) or already stopped by the run: the watchdog is gone
 
 
-def warm_up_server(words: List[str]):
-    """This run's Prefect server, warming up (flows/console/local_server.py: it imports and waits,
-    no port, no database, until `start_prefect_early` says start), unless PREFECT_API_URL names a
-    server or only the help is asked for."""
-    from flows.console.local_server import LocalServer, api_url_configured
+class OwnServer:
+    """This run's own Prefect server (none when PREFECT_API_URL names one). It warms up
+    (flows/console/local_server.py: imports, no port, no database) once the flags are valid,
+    while the CLI imports the callback and reads the job DB, and serves once `start_prefect_early`
+    says so."""
 
-    if "-h" in words or "--help" in words or api_url_configured():
-        return None
-    return LocalServer(when_told=True)
+    def __init__(self) -> None:
+        self.server = None
+
+    def warm_up(self) -> None:
+        from flows.console.local_server import LocalServer, api_url_configured
+
+        if self.server is None and not api_url_configured():
+            self.server = LocalServer(when_told=True)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
 
 
-def checked_run(argv: Optional[List[str]], flow: Optional[Callable[..., Any]], warm_server, debug: bool) -> int:
+def checked_run(argv: Optional[List[str]], flow: Optional[Callable[..., Any]], own: OwnServer, debug: bool) -> int:
     server = None
 
     def start_prefect() -> None:  # once the offline checks passed, while the backends are checked
         nonlocal server
-        server = start_prefect_early(flow, warm_server)
+        own.warm_up()  # (warming up already, unless a check skipped that step)
+        server = start_prefect_early(flow, own.server)
 
     try:
         args = build_parser().parse_args(argv)
         if args.demo:
-            return run_demo(Path(args.output_dir), args, flow, warm_server)
+            own.warm_up()
+            return run_demo(Path(args.output_dir), args, flow, own.server)
         params = flow_parameters(args)
         if not params.get("job_db") or not params.get("backends"):
             raise BadInput("--job-db and at least one --backend are required (or use --demo; see --help)")
@@ -132,7 +141,8 @@ def checked_run(argv: Optional[List[str]], flow: Optional[Callable[..., Any]], w
         level = retries_log.level
         retries_log.setLevel(logging.ERROR)
         try:
-            preflight(params, before_connecting=start_prefect)
+            # flags valid: the server warms up while the callback is imported and the job DB read
+            preflight(params, after_flags=own.warm_up, before_connecting=start_prefect)
         finally:
             retries_log.setLevel(level)
     except Exception as exc:  # noqa: BLE001 - every problem found before the run is bad input
@@ -141,7 +151,7 @@ def checked_run(argv: Optional[List[str]], flow: Optional[Callable[..., Any]], w
         if type(exc).__name__ == "JobDbLocked":  # not bad input: another run owns the DB (jobdb.JobDbLocked)
             return skipped(exc)
         return bad_input(exc, debug)
-    return run(flow, params, args, server if server is not None else warm_server)
+    return run(flow, params, args, server if server is not None else own.server)
 
 
 def start_prefect_early(flow: Optional[Callable[..., Any]], server=None):
