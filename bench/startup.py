@@ -3,6 +3,7 @@
     python bench/startup.py                      # warm and fresh PREFECT_HOME, 2 runs each (~3-4 min)
     python bench/startup.py --runs 3 --only warm
     python bench/startup.py --root /tmp/before   # another checkout's CLI (git worktree add /tmp/before <commit>)
+    python bench/startup.py --alternate /tmp/before --runs 3   # before, this, before, this, ... (one load)
 
 "first job" = the simulator sees the first `POST /jobs` (the bench's own simulator, one backend,
 8 rows); the command is `python -m flows.run_jobs --job-db ... --backend ... --start-job ... --no-live`
@@ -100,6 +101,21 @@ def bad_input(root: Path, home: Path) -> float:
     return time.monotonic() - t0
 
 
+def alternate(roots: Dict[str, Path], runs: int, work: Path, warm_home=None) -> int:
+    for name, root in roots.items():
+        home = work / f"home-{name}"
+        if warm_home:
+            shutil.copytree(warm_home, home)
+        first_job(root, home, work)  # warms the home and the file cache
+    for _ in range(runs):
+        for name, root in roots.items():
+            load = os.getloadavg()[0]
+            r = first_job(root, work / f"home-{name}", work)
+            print(f"{name} ({root}): first job {r['first_job']:.1f} s, whole run {r['total']:.1f} s, CPU CLI "
+                  f"{r['cpu_cli']:.1f} s, server {r['cpu_server']:.1f} s (load {load:.1f})", flush=True)
+    return 0
+
+
 def spread(values: List[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.1f} s"
@@ -113,9 +129,16 @@ def main() -> int:
     parser.add_argument("--only", choices=("warm", "fresh"), nargs="*", default=["warm", "fresh"])
     parser.add_argument("--warm-home", metavar="DIR", help="a PREFECT_HOME used before (copied; default: warm one "
                         "with a first run, which on a loaded machine may outlast the CLI's server start timeout)")
+    parser.add_argument("--alternate", metavar="ROOT", help="only command -> first job, warm: runs of ROOT's and "
+                        "--root's CLI taken in turn, each on its own copy of one warm home (a moving load hits both)")
     args = parser.parse_args()
     root = Path(args.root).resolve()
     work = Path(tempfile.mkdtemp(prefix="bench_startup_"))
+    if args.alternate:
+        try:
+            return alternate({"other": Path(args.alternate).resolve(), "this": root}, args.runs, work, args.warm_home)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     print(f"checkout {root}; load {os.getloadavg()[0]:.1f}")
     try:
         print(f"bad input (exit 2): {bad_input(root, work / 'home-bad'):.1f} s")
