@@ -90,6 +90,8 @@ def run_command_line() -> None:
 def main(argv: Optional[List[str]] = None, flow: Optional[Callable[..., Any]] = None) -> int:
     """The command line. `flow`: the run-jobs flow object (default: imported after the checks)."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    from flows.console.local_server import OwnServer
+
     own = OwnServer()
     try:
         return checked_run(argv, flow, own, debug)
@@ -97,27 +99,7 @@ def main(argv: Optional[List[str]] = None, flow: Optional[Callable[..., Any]] = 
         own.stop()  # unused (input refused) or already stopped by the run: the watchdog is gone
 
 
-class OwnServer:
-    """This run's own Prefect server (none when PREFECT_API_URL names one). It warms up
-    (flows/console/local_server.py: imports, no port, no database) once the flags are valid,
-    while the CLI imports the callback and reads the job DB, and serves once `start_prefect_early`
-    says so."""
-
-    def __init__(self) -> None:
-        self.server = None
-
-    def warm_up(self) -> None:
-        from flows.console.local_server import LocalServer, api_url_configured
-
-        if self.server is None and not api_url_configured():
-            self.server = LocalServer(when_told=True)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-
-
-def checked_run(argv: Optional[List[str]], flow: Optional[Callable[..., Any]], own: OwnServer, debug: bool) -> int:
+def checked_run(argv: Optional[List[str]], flow: Optional[Callable[..., Any]], own, debug: bool) -> int:
     server = None
 
     def start_prefect() -> None:  # once the offline checks passed, while the backends are checked

@@ -130,6 +130,24 @@ class LocalServer:
             self.watchdog.wait(5)
 
 
+class OwnServer:
+    """The CLI run's own Prefect server (none when PREFECT_API_URL names one). It warms up
+    (`LocalServer(when_told=True)`: imports, no port, no database) once the flags are valid, while
+    the CLI imports the callback and reads the job DB, and serves once the CLI's
+    `start_prefect_early` (flows/console/cli.py) says so."""
+
+    def __init__(self) -> None:
+        self.server = None
+
+    def warm_up(self) -> None:
+        if self.server is None and not api_url_configured():
+            self.server = LocalServer(when_told=True)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
 @contextlib.contextmanager
 def local_prefect_server(timeout: float = STARTUP_TIMEOUT_SECONDS, server: Optional[LocalServer] = None
                          ) -> Iterator[str]:
