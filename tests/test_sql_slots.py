@@ -119,3 +119,82 @@ def test_runs_on_one_account_get_fair_shares_and_the_waiting_run_names_the_holde
     finally:
         first.lock.release()
         second.lock.release()
+
+
+def test_a_claim_reads_what_it_needs_in_one_statement(postgres, tmp_path):
+    """The claim's transaction: the lock of the account's row, one read (live runs, their notes
+    and records, active rows per account and owner), and this run's record only when it changed."""
+    from tests.test_sql_cycle_cost import statements
+
+    url = postgres.database("slots_statements")
+    campaign(url, "one")
+    store = open_store(url, "one", str(tmp_path))
+    store.lock.acquire("flow-run-one")
+    slots = SqlAccountSlots(store, {"b": "acct"}, limits={"b": 4})
+    try:
+        slots.claim(lambda others: (None, {"b": 2}), wants={"b": 5})  # the first claim makes the account's row
+        for holding, writes in ((2, 0), (3, 1)):
+            with statements(store.db.engine) as seen:
+                slots.claim(lambda others: (None, {"b": holding}), wants={"b": 5})
+            assert len(seen) == 2 + writes, seen
+            assert "FOR UPDATE" in seen[0] and "UNION ALL" in seen[1], seen
+            assert sum("INSERT INTO run_accounts" in s for s in seen) == writes, seen
+        assert SqlAccountSlots(open_store(url, "one", str(tmp_path)), {"b": "acct"}).others() == {"b": 3}
+    finally:
+        store.lock.release()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_run_waiting_for_slots_another_run_holds_starts_no_more_in_later_cycles(postgres, tmp_path):
+    """Two runs, two campaigns of one PostgreSQL database, one account (parallel_jobs 3). Run A
+    holds 2 slots with jobs that stay queued (the simulator runs none yet); run B takes the 1 slot
+    left and then waits, cycle after cycle: a cycle that skipped its claim while it could start
+    something would plan as if A held nothing and start 2 more. B's queued row is written by a
+    later cycle than its claim, in the same write as anything that cycle starts."""
+    import threading
+
+    from flows.run_jobs import run_jobs
+    from simulator import start_simulator
+    from tests.flow_helpers import backend, fast_config
+    from tests.test_interruptions import wait_for
+
+    url = postgres.database("slots_waiting_runs")
+    campaign(url, "a", rows=2)
+    campaign(url, "b", rows=6)
+    sim = start_simulator(fast_config(queue_time=0.1, run_time=0.3, max_running_per_user=0))
+    db = SqlDatabase.open(url)
+    errors, results = {}, {}
+
+    def statuses(name):
+        return db.export(name)["status"].value_counts().to_dict()
+
+    def run(name):
+        try:
+            results[name] = run_jobs(job_db=url, campaign=name, backends=[backend(f"sim-{name}", sim, 3)],
+                                     start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.3,
+                                     root_dir=str(tmp_path / name))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors[name] = exc
+
+    threads = {name: threading.Thread(target=run, args=(name,), daemon=True) for name in ("a", "b")}
+    try:
+        threads["a"].start()
+        wait_for(lambda: statuses("a").get("queued", 0) == 2 or errors, 600, "run A's 2 jobs queued")
+        threads["b"].start()
+        wait_for(lambda: statuses("b").get("queued", 0) >= 1 and not set(statuses("b"))
+                 & {"creating", "created", "queued_for_start"} or errors, 600, "run B to start its share and wait")
+        assert not errors, errors
+        assert statuses("b") == {"queued": 1, "not_started": 5}
+        assert sim.counters()["max_active_per_user"]["alice"] == 3
+        sim.configure(max_running_per_user=None)  # now the jobs run and both runs finish
+        for thread in threads.values():
+            thread.join(timeout=600)
+        assert not any(t.is_alive() for t in threads.values()), "flow runs did not end in time"
+    finally:
+        sim.configure(max_running_per_user=None)
+        sim.stop()
+    assert not errors, errors
+    assert statuses("a") == {"finished": 2} and statuses("b") == {"finished": 6}
+    counters = sim.counters()
+    assert counters["jobs_total"] == 8 and counters["duplicate_titles"] == {}
+    assert counters["max_active_per_user"]["alice"] == 3  # never more, for the whole of both runs

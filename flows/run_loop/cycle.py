@@ -202,14 +202,17 @@ class Cycle:
     def decide(self, snapshot: Snapshot, situation: Situation) -> Plan:
         in_flight = self.dispatcher.in_flight()
         marker = self.store.paths.row_marker  # (row, attempt) -> marker
-        # created jobs wait for a slot too (create ahead): starting them needs the other runs' figures
-        wants_slots = situation.starting_allowed and bool(snapshot.waiting or snapshot.to_start)
-        if self.slots is None or (not wants_slots and self._ledger_holding ==
+        # The plan as if no other run held a slot: other runs' slots only ever take starts away, so
+        # when even this plan starts nothing, the real one is this plan, and the ledger is left alone
+        # unless this run's holding changed (jobs ended: the other runs may use the slots).
+        alone = plan_cycle(snapshot, replace(situation, others_holding={}), in_flight, marker)
+        if self.slots is None or (not alone.starts and self._ledger_holding ==
                                   occupied(snapshot.holding, pipeline(snapshot, in_flight), situation.backends)):
-            return plan_cycle(snapshot, situation, in_flight, marker)
+            return alone
 
         def claim(others: Dict[str, int]):
-            plan = plan_cycle(snapshot, replace(situation, others_holding=others), in_flight, marker)
+            shared = any(others.values())
+            plan = plan_cycle(snapshot, replace(situation, others_holding=others), in_flight, marker) if shared else alone
             holding, ready = dict(snapshot.holding), pipeline(snapshot, in_flight)
             for order in plan.starts:
                 if order.creates:
