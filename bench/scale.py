@@ -60,6 +60,7 @@ PHASES = [
     ("flows.run_loop.cycle", "Cycle", "decide", "Cycle.decide (scheduler + ledger claim)"),
     ("flows.run_loop.cycle", None, "plan_cycle", "plan_cycle (scheduler)"),
     ("tasks.accounts.slots", "AccountSlots", "claim", "AccountSlots.claim"),
+    ("jobdb.sql.slots", "SqlAccountSlots", "claim", "SqlAccountSlots.claim"),
     ("flows.run_loop.cycle", "Cycle", "dispatch", "Cycle.dispatch (submit task runs)"),
     ("jobdb.store", "JobStore", "snapshot", "JobStore.snapshot"),
     ("jobdb.store", "JobStore", "apply", "JobStore.apply"),
