@@ -147,3 +147,12 @@ def most_at_once(intervals) -> int:
         running += step
         peak = max(peak, running)
     return peak
+
+
+def let_held_jobs_run_and_join(sim, threads: Dict[str, threading.Thread], timeout: float = 600) -> None:
+    """Lift the simulator's running cap that held the runs' jobs queued, then wait for every flow
+    run thread to end (a thread still alive after `timeout` is a run that never finished)."""
+    sim.configure(max_running_per_user=None)
+    for thread in threads.values():
+        thread.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads.values()), "flow runs did not end in time"

@@ -19,7 +19,7 @@ from flows.config.params import BackendConfig
 from flows.run_jobs import run_jobs
 from jobdb import JobDbPaths
 from simulator import start_simulator
-from tests.flow_helpers import backend, fast_config, make_db
+from tests.flow_helpers import backend, fast_config, let_held_jobs_run_and_join, make_db
 from tests.test_interruptions import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,10 +72,7 @@ def test_two_overlapping_runs_share_the_account_slots(tmp_path):
         print(f"\nboth runs active at once: A {len(active['A'])}, B {len(active['B'])} jobs")
         assert len(active["A"]) == 2 and len(active["B"]) == 1, active  # overlapped, B within the slot left
         assert sim.counters()["max_active_per_user"]["alice"] == 3
-        sim.configure(max_running_per_user=None)  # now let the jobs run and the runs finish
-        for thread in threads.values():
-            thread.join(timeout=600)
-        assert not any(t.is_alive() for t in threads.values()), "flow runs did not end in time"
+        let_held_jobs_run_and_join(sim, threads)  # now the jobs run and both runs finish
     finally:
         sim.configure(max_running_per_user=None)
         sim.stop()

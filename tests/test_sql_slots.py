@@ -155,7 +155,7 @@ def test_a_run_waiting_for_slots_another_run_holds_starts_no_more_in_later_cycle
 
     from flows.run_jobs import run_jobs
     from simulator import start_simulator
-    from tests.flow_helpers import backend, fast_config
+    from tests.flow_helpers import backend, fast_config, let_held_jobs_run_and_join
     from tests.test_interruptions import wait_for
 
     url = postgres.database("slots_waiting_runs")
@@ -187,10 +187,7 @@ def test_a_run_waiting_for_slots_another_run_holds_starts_no_more_in_later_cycle
         assert not errors, errors
         assert statuses("b") == {"queued": 1, "not_started": 5}
         assert sim.counters()["max_active_per_user"]["alice"] == 3
-        sim.configure(max_running_per_user=None)  # now the jobs run and both runs finish
-        for thread in threads.values():
-            thread.join(timeout=600)
-        assert not any(t.is_alive() for t in threads.values()), "flow runs did not end in time"
+        let_held_jobs_run_and_join(sim, threads)  # now the jobs run and both runs finish
     finally:
         sim.configure(max_running_per_user=None)
         sim.stop()
