@@ -316,11 +316,13 @@ def test_prefect_server_outage_of_forty_seconds(tmp_path, prefect_home):
 
 
 def server_pids(home: Path) -> List[int]:
-    """`prefect server start` processes using this PREFECT_HOME."""
+    """The CLI's Prefect server processes using this PREFECT_HOME: `prefect server start`, or the
+    warmed-up first server that runs it in its own interpreter (flows/console/local_server.py)."""
     pids = []
     for pid in processes_with_env("PREFECT_HOME", str(home)):
         try:
-            if b"server\0start" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"server\0start" in cmdline or b"--serve-when-told" in cmdline:
                 pids.append(pid)
         except OSError:
             continue

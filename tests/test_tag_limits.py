@@ -20,6 +20,7 @@ import pytest
 from flows.console.local_server import local_prefect_server
 from simulator import start_simulator
 from tests.flow_helpers import PASSWORD_ENV, backend, fast_config, make_db, most_at_once, recorded_task_runs
+from tests.test_interruptions import server_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 # A bound for a server start on loaded cores (its database comes migrated: `prefect_home` in conftest.py).
@@ -133,21 +134,7 @@ def killed_run_holding_the_slot(tmp_path: Path, home: Path, tag: str):
             child.kill()
             child.wait(30)
         sim.stop()
-    wait_for(lambda: not server_processes(home), "the killed run's server stopped", 60)
-
-
-def server_processes(home: Path) -> List[int]:
-    wanted = f"PREFECT_HOME={home}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if wanted in (entry / "environ").read_bytes().split(b"\0") and \
-                        b"server\0start" in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    wait_for(lambda: not server_pids(home), "the killed run's server stopped", 60)
 
 
 @pytest.mark.timeout(900)  # three Prefect server starts: minutes on loaded cores
