@@ -137,7 +137,7 @@ def checked_run(argv: Optional[List[str]], flow: Optional[Callable[..., Any]], o
 
 
 def start_prefect_early(flow: Optional[Callable[..., Any]], server=None):
-    """Start this run's Prefect server (`server`, warmed up by `warm_up_server`; None when
+    """Start this run's Prefect server (`server`, warmed up by `OwnServer.warm_up`; None when
     PREFECT_API_URL names one) and import the flow (and with it Prefect) on a thread, both without
     waiting: they overlap the backend checks or the demo's set-up instead of following them.
     Returns the server, or None."""
