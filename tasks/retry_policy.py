@@ -95,6 +95,12 @@ def unanswered_create_grace(timeout: float) -> float:
 # A whole download (or error-log save) of one job: tried again after these waits when it broke
 # off midway (a stream cut, a size mismatch: no request failure the layer above could resend).
 DOWNLOAD_RETRY_DELAYS = (2.0, 10.0)
+# A download (or error-log) task run that ended without answering: Prefect crashed it before or
+# around its body (e.g. `ConcurrencySlotAcquisitionError` when its server answered a tag-slot
+# request with an error under load). The job's results are still on the backend and a download is
+# safe to repeat, so the flow submits it again (after the run's retry hold) this many times before
+# the row's results are marked failed (a later run tries those again).
+FINISH_TASK_RESUBMITS = 3
 # A user's post-processing hook: user code, retried by Prefect (the task's retries).
 HOOK_RETRIES = 2
 HOOK_RETRY_DELAYS = [2, 10]

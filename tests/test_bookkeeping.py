@@ -71,6 +71,32 @@ def test_download_and_error_log_outcomes():
     assert logs.updates == {0: {"results_status": "logs_saved", "error_message": "no data"}}
 
 
+def test_a_crashed_download_is_made_again_after_a_hold_a_few_times_then_its_results_fail():
+    """Prefect may crash a download/error-log task run before its body (ConcurrencySlotAcquisitionError
+    when its server answers a tag-slot request with an error under load): the results are still on
+    the backend, so the row is held and downloaded again, not marked failed at once."""
+    from tasks.retry_policy import FINISH_TASK_RESUBMITS
+
+    for step in (Step.DOWNLOAD, Step.ERROR_LOGS):
+        crashed = Outcome(step, "a", {0: {"crashed": "ConcurrencySlotAcquisitionError"}}, crashed="x")
+        again = bk.effects_of(crashed, lambda row: bk.RowNow("finished", None, False, FINISH_TASK_RESUBMITS - 1))
+        assert again.updates == {} and again.hold == {0} and again.resubmitted == {0}
+        given_up = bk.effects_of(crashed, lambda row: bk.RowNow("finished", None, False, FINISH_TASK_RESUBMITS))
+        assert given_up.updates[0]["results_status"] == "failed" and given_up.hold == set()
+        assert "ConcurrencySlotAcquisitionError" in given_up.updates[0]["results_error"]
+
+
+def test_the_dispatcher_reports_a_download_task_that_ended_without_an_answer_as_crashed_not_failed():
+    from flows.run_loop.dispatcher import Dispatcher, Submission
+
+    for step in (Step.DOWNLOAD, Step.ERROR_LOGS):
+        outcome = Dispatcher._crashed(Submission(step, "a", (3, 4)))
+        assert outcome.rows == {3: {"crashed": "task ended without an answer"},
+                                4: {"crashed": "task ended without an answer"}}
+    hook = Dispatcher._crashed(Submission(Step.HOOK, "a", (5,)))  # user code that may have run in part
+    assert hook.rows == {5: {"error": "task ended without an answer"}}
+
+
 def test_markers_differ_per_db_and_attempt():
     a, b = JobDbPaths.of("/x/jobs.csv"), JobDbPaths.of("/y/jobs.csv")
     assert a.row_marker(7).endswith("-r7") and a.marker_prefix != b.marker_prefix

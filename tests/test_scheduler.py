@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from flows.run_loop.dispatcher import finish_batch_size, start_batch_size
 from flows.rules.plan import BackendPolicy, InFlight, ReconcileOrder, Situation, StartOrder
 from flows.rules.scheduler import (
+    finishes_held,
     plan_cycle,
     plan_finishes,
     plan_hooks,
@@ -132,6 +133,11 @@ def test_finished_jobs_are_downloaded_once_and_failed_ones_get_their_logs():
     assert [(o.row, o.download) for o in orders] == [(0, True), (2, False)]
     no_download = plan_finishes(snap, situation(download=False), InFlight())
     assert [(o.row, o.download) for o in no_download] == [(2, False)]
+    held = plan_finishes(snap, situation(holds={0: 105.0}), InFlight())  # its task crashed: made again later
+    assert [o.row for o in held] == [1, 2]
+    assert [o.row for o in plan_finishes(snap, situation(holds={0: 99.0}), InFlight())] == [0, 1, 2]
+    assert finishes_held(snap, {0: 105.0}) and finishes_held(snap, {2: 105.0})  # the run is not done yet
+    assert not finishes_held(snap, {7: 105.0}) and not finishes_held(Snapshot(rows=3), {0: 105.0})
 
 
 def test_a_whole_cycle_plans_everything_at_once():

@@ -16,6 +16,7 @@ from jobdb.status import (
     START_FAILED,
 )
 from tasks.outcome import Outcome, Step
+from tasks.retry_policy import FINISH_TASK_RESUBMITS
 
 USAGE_FIELDS = ("cpu", "memory", "duration", "network", "disk")
 
@@ -31,6 +32,7 @@ class Effects:
     # ("start" | "job", error or None for a success), in order: what FailureStreaks counts
     attempts: List[Tuple[str, Optional[str]]] = field(default_factory=list)
     items: Dict[int, Mapping[str, Any]] = field(default_factory=dict)  # STAC item summaries of downloaded jobs
+    resubmitted: Set[int] = field(default_factory=set)  # rows whose crashed download/log task is made again
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class RowNow:
     status: str
     running_start_time: Optional[str] = None
     pinned: bool = False  # the user chose its backend
+    finish_resubmits: int = 0  # times this run made a crashed download/error-log task of the row again
 
 
 def _present(value: Any) -> bool:
@@ -163,8 +166,27 @@ def _reconcile(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects)
         effects.changes.append((row, CREATING, status))
 
 
+def _unless_resubmitted(row: int, what: str, fact: Mapping[str, Any], now: Callable[[int], RowNow],
+                       effects: Effects) -> Optional[Mapping[str, Any]]:
+    """A download/error-log task that ended without answering (Prefect crashed it): the results are
+    still on the backend and the step is safe to repeat, so it is made again after a hold (None: skip
+    the row now), a few times; after that the crash counts as the step's error."""
+    if "crashed" not in fact:
+        return fact
+    if now(row).finish_resubmits < FINISH_TASK_RESUBMITS:
+        effects.hold.add(row)
+        effects.resubmitted.add(row)
+        effects.warnings.append(f"row {row}: the {what} task ended without an answer ({fact['crashed']}); "
+                                "trying again shortly")
+        return None
+    return {"error": fact["crashed"]}
+
+
 def _download(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> None:
     for row, fact in outcome.rows.items():
+        fact = _unless_resubmitted(row, "download", fact, now, effects)
+        if fact is None:
+            continue
         if fact.get("error"):
             effects.warnings.append(f"row {row}: results could not be downloaded: {fact['error']}")
             effects.updates[row] = {"results_status": RESULTS_FAILED, "results_error": fact["error"]}
@@ -176,6 +198,9 @@ def _download(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) 
 
 def _error_logs(outcome: Outcome, now: Callable[[int], RowNow], effects: Effects) -> None:
     for row, fact in outcome.rows.items():
+        fact = _unless_resubmitted(row, "error-log", fact, now, effects)
+        if fact is None:
+            continue
         if fact.get("error"):
             effects.warnings.append(f"row {row}: error logs could not be saved: {fact['error']}")
             effects.updates[row] = {"results_status": RESULTS_FAILED, "results_error": fact["error"]}

@@ -20,7 +20,7 @@ Decisions per cycle:
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from flows.rules.plan import FinishOrder, HookOrder, InFlight, Plan, PollOrder, ReconcileOrder, Situation
 from flows.rules.reconcile import next_settle_at, plan_reconciles
@@ -51,9 +51,15 @@ def plan_finishes(snapshot: Snapshot, situation: Situation, in_flight: InFlight)
         if download and not situation.download:
             continue
         for row, (backend, job_id) in rows.items():
-            if row not in in_flight.finishing and backend in situation.backends:
+            if row not in in_flight.finishing and backend in situation.backends \
+                    and situation.holds.get(row, 0.0) <= situation.now:  # a crashed task made again after a hold
                 orders.append(FinishOrder(row, backend, job_id, download))
     return orders
+
+
+def finishes_held(snapshot: Snapshot, holds: Mapping[int, float]) -> bool:
+    """Downloads or error logs wait for a retry (their task crashed): the run is not done yet."""
+    return any(row in holds for rows in (snapshot.to_download, snapshot.to_save_logs) for row in rows)
 
 
 def plan_hooks(snapshot: Snapshot, situation: Situation, in_flight: InFlight) -> List[HookOrder]:

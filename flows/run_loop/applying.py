@@ -50,12 +50,13 @@ class OutcomeBook:
         self.failed: Set[int] = set()
         self._errors_untold: Dict[int, str] = {}  # row -> status before `error`, until its logs are in
         self._pending: Dict[int, Dict[str, Any]] = {}  # updates of the outcomes being applied (row_now reads them)
+        self._finish_resubmits: Dict[int, int] = {}  # row -> crashed download/log tasks made again
 
     def row_now(self, row: int) -> RowNow:
         pending = self._pending.get(row, {})
         status = pending.get("status", self.store.value(row, "status"))
         started = pending.get("running_start_time", self.store.value(row, "running_start_time"))
-        return RowNow(status, started, row in self.pinned)
+        return RowNow(status, started, row in self.pinned, self._finish_resubmits.get(row, 0))
 
     def still_failed(self) -> Set[int]:
         """The rows this run saw fail (status or hook) that still are failed in the store."""
@@ -78,8 +79,10 @@ class OutcomeBook:
             for row in effects.hold:
                 self.holds[row] = now + RETRY_HOLD_SECONDS
             self.metadata.update(effects.metadata)
+            for row in effects.resubmitted:
+                self._finish_resubmits[row] = self._finish_resubmits.get(row, 0) + 1
             if outcome.step in (Step.DOWNLOAD, Step.ERROR_LOGS):
-                for row in outcome.rows:
+                for row in set(outcome.rows) - effects.resubmitted:  # a resubmitted download still needs them
                     self.metadata.pop(row, None)
             for message in effects.warnings:
                 self.logger.warning(message)

@@ -24,7 +24,7 @@ from flows.run_loop.dispatcher import Dispatcher
 from flows.run_loop.interrupts import StopSignal
 from flows.rules.plan import BackendPolicy, Plan, Situation
 from flows.rules.reconcile import IdleCreating
-from flows.rules.scheduler import plan_cycle
+from flows.rules.scheduler import finishes_held, plan_cycle
 from flows.rules.starts import occupied, pipeline, slots_wanted
 from flows.rules.polling import PollClock
 from jobdb.status import CREATED
@@ -167,6 +167,8 @@ class Cycle:
         An empty plan changed nothing, so this cycle's snapshot is still the DB's state."""
         if self.dispatcher.busy() or plan.intents or plan.updates or plan.starts or plan.reconciles \
                 or plan.finishes or plan.hooks:
+            return False
+        if finishes_held(snapshot, self.book.holds):
             return False
         if snapshot.all_terminal:
             return True

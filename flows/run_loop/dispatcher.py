@@ -220,9 +220,9 @@ class Dispatcher:
             message = (state.message if state is not None else None) or "task ended without an answer"
         except Exception as exc:  # noqa: BLE001 - the Prefect API may be down: the message is all we lose
             message = f"task ended without an answer ({type(exc).__name__})"
-        if record.step in (Step.CREATE, Step.START):
+        if record.step in (Step.CREATE, Step.START, Step.DOWNLOAD, Step.ERROR_LOGS):
             rows = {row: {"crashed": message} for row in record.rows}
-        elif record.step in (Step.DOWNLOAD, Step.ERROR_LOGS, Step.HOOK):
+        elif record.step is Step.HOOK:  # user code that may have run in part: failed, rerun by --retry-failed
             rows = {row: {"error": message} for row in record.rows}
         else:
             rows = {}
