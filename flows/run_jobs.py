@@ -26,6 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.config.limits import FIRST_READ_SECONDS, LimitOverrides, campaign_tags, pace_starts, tag_flow_run, task_tags
 from flows.config.prepare import PreparedRun, prepare
 from flows.config.run_parameters import RunParameters, takes_run_parameters
+from flows.config.setup import connection_pool_size
 from flows.console.progress_display import current_display
 from flows.report.reporting import ProgressReport, failed_rows, publish_final_artifacts
 from flows.report.tile_map import write_tile_map
@@ -73,7 +74,8 @@ def run_jobs(**parameters: Any) -> State:
     t0 = time.monotonic()
     run = prepare(params.job_db, params.backends, params.start_job, params.process, params.root_dir,
                   {"done": params.on_job_done, "error": params.on_job_error}, campaign=params.campaign,
-                  results_storage_block=params.results_storage_block)
+                  results_storage_block=params.results_storage_block,
+                  pool_size=connection_pool_size(params.max_start_workers, FLOW_TASK_WORKERS))
     flow_run_id = current_flow_run_id()
 
     def tell_waiting(exc: JobDbLocked) -> None:

@@ -9,7 +9,7 @@ import pytest
 from tasks.accounts import account_dir, account_id, origin, state_dir
 from tasks.accounts.identity import STATE_DIR_ENV
 from flows.config.params import BackendConfig
-from flows.config.setup import connect_backend
+from flows.config.setup import connect_backend, connection_pool_size
 from tests.flow_helpers import backend
 from tests.oidc_provider import PUBLIC_CLIENT, started_oidc_simulator, started_provider
 
@@ -47,6 +47,31 @@ def test_basic_users_path_or_not_one_account_each(sim):
     assert bob.account == f"{origin(sim.url)}~bob"
     assert alice_root.pacer is alice_api.pacer and bob.pacer is not alice_root.pacer  # pacing uses it too
     assert os.environ[STATE_DIR_ENV]  # conftest: the session's own state folder
+
+
+def test_a_run_s_threads_all_using_one_backend_at_once_discard_no_connection(sim, caplog):
+    """Each thread of a run that may use a backend at once (start and create workers, task workers)
+    has a pooled connection: with 20 start workers, 49 requests held at the backend at the same time
+    all go back to the pool, and urllib3 logs no "Connection pool is full" (10k-row runs logged it
+    hundreds of times with the pool of 32)."""
+    import concurrent.futures
+    import logging
+
+    threads = connection_pool_size(20, 8)
+    assert threads >= 2 * 20 + 8
+    connection = connect_backend(BackendConfig(**backend("pool", sim, user="alice")), threads)
+    caplog.set_level(logging.WARNING, logger="urllib3.connectionpool")
+    sim.gates.close("GET /jobs")
+    try:
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            listings = [pool.submit(connection.list_jobs) for _ in range(threads)]
+            assert sim.gates.wait_held(["GET /jobs"], timeout=60, count=threads) == "GET /jobs"
+            sim.gates.open()
+            for listing in listings:
+                listing.result(timeout=60)
+    finally:
+        sim.gates.open()
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
 
 
 @pytest.fixture(scope="module")

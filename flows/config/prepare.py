@@ -45,6 +45,7 @@ def prepare(
     hooks: Optional[Dict[str, Optional[str]]] = None,
     campaign: Optional[str] = None,
     results_storage_block: Optional[str] = None,
+    pool_size: int = 32,  # HTTP connections per backend (flows/config/setup.py: connection_pool_size)
 ) -> PreparedRun:
     """Validate everything and connect, before any job is created. Raises SetupError."""
     hooks = {kind: spec for kind, spec in (hooks or {}).items() if spec}
@@ -65,7 +66,7 @@ def prepare(
     except JobDbError as exc:
         raise SetupError(str(exc), parameter="campaign" if "campaign" in str(exc) else "job_db") from exc
     check_row_backends(store.named_backends(), {b.name for b in configs})
-    connections = {b.name: connect_backend(b) for b in configs}
+    connections = {b.name: connect_backend(b, pool_size) for b in configs}
     if process is not None:
         creator = make_process_creator(process)
         check_process_parameters(creator, process, next(iter(connections.values())), store.columns())
