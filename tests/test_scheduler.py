@@ -256,3 +256,15 @@ def test_once_the_time_is_up_created_jobs_still_start_and_nothing_is_created():
     snap = Snapshot(rows=4, waiting=(2, 3), to_start={0: ("a", "j0"), 1: ("a", "j1")}, holding={"a": 2})
     _, orders = plan_starts(snap, time_up, InFlight(), marker)
     assert [(o.row, o.creates) for o in orders] == [(0, False), (1, False)]
+
+
+def test_a_creating_row_being_looked_up_stays_idle_and_keeps_its_grace():
+    from flows.rules.reconcile import IdleCreating
+
+    idle = IdleCreating()
+    idle.update([0, 1], posting=(), now=10.0)
+    idle.sent([ReconcileOrder("a", {"db-r0": 0})])
+    idle.update([0, 1], posting=(1,), now=12.0)  # row 0 is being looked up, row 1 is in a create task
+    assert idle.since == {0: 10.0} and idle.looked_up == {0}
+    idle.update([0, 1], posting=(), now=14.0)  # row 0's lookup answered "no job": its grace goes on
+    assert idle.since == {0: 10.0, 1: 14.0} and idle.looked_up == {0}

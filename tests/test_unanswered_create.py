@@ -176,3 +176,45 @@ def test_a_dead_runs_create_still_held_is_adopted_by_the_resume_not_created_twic
     finally:
         sim.gates.open()
         sim.stop()
+
+
+def test_a_creating_row_whose_job_never_comes_is_given_back_once_its_grace_ends(prefect_harness, tmp_path,
+                                                                                 monkeypatch):
+    """A row left `creating` by a run that died before its POST went out (or whose create task
+    Prefect crashed before its body): its lookup by marker finds nothing, now and later. It is
+    looked up when first seen and once more when the grace (3 request timeouts, counted from the
+    first sight) has passed, then given back and created once; the run ends.
+
+    The first lookup is held at the backend until the run has gone through another cycle (row 1's
+    job was started and its poll is held too): rows being looked up used to count as busy there,
+    which restarted their grace and forgot the lookup, so such a row was looked up again and again
+    (a 10k-row run spun on 21 of them, ~9 listings a second, and never ended)."""
+    from jobdb.paths import JobDbPaths
+
+    monkeypatch.setenv(REQUEST_TIMEOUT_ENV, "2")  # grace 6 s
+    sim = start_simulator(fast_config())
+    try:
+        db = make_db(tmp_path / "jobs.parquet", 2)
+        df = pd.read_parquet(db)
+        df["status"] = df["status"].astype(object)
+        df.loc[0, ["status", "backend_name", "job_marker"]] = ["creating", "a", JobDbPaths.of(db).row_marker(0)]
+        df.to_parquet(db)
+        sim.gates.close(LISTING)
+        outcome: dict = {}
+        kwargs = {**_run_kwargs(db, sim), "backends": [{**backend("a", sim, parallel_jobs=2), "create_ahead": 0}]}
+        run = threading.Thread(target=lambda: outcome.update(stats=run_jobs(**kwargs)), daemon=True)
+        run.start()
+        # the lookup of row 0, then the poll of row 1's job: cycles went by while the lookup was out
+        seen_cycles = sim.gates.wait_held([LISTING], WAIT, count=2)
+        sim.gates.open()
+        run.join(WAIT)
+        assert seen_cycles == LISTING and not run.is_alive()
+        stats = outcome["stats"]
+        assert stats["status"] == {"finished": 2}, stats["status"]
+        assert stats["reconcile_tasks"] == 2, stats["reconcile_tasks"]  # at first sight, and after the grace
+        counters = sim.counters()
+        assert counters["jobs_total"] == 2 == pd.read_parquet(db)["id"].nunique()
+        assert counters["duplicate_titles"] == {}
+    finally:
+        sim.gates.open()
+        sim.stop()

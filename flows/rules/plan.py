@@ -35,6 +35,8 @@ class InFlight:
     finishing: FrozenSet[int] = frozenset()  # rows in download / error-log tasks
     hooking: FrozenSet[int] = frozenset()  # rows in post-processing hook tasks
     in_start_tasks: FrozenSet[int] = frozenset()  # rows a start task has (created there for a free slot, too)
+    # rows in create or start tasks: a POST of theirs may be under way (unlike rows only looked up)
+    posting: FrozenSet[int] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,8 @@ class Cycle:
             self.pinned.update(snapshot.pinned)  # a SQL store hands out waiting rows a batch at a time
             followed = self._followed(snapshot)
             poll_backends = frozenset() if stopping else self.polls.due(now, followed)
-            self.idle_creating.update(snapshot.creating, self.dispatcher.in_flight().starting, now)
+            # idle: no POST of this run under way (a row only being looked up stays idle: its grace goes on)
+            self.idle_creating.update(snapshot.creating, self.dispatcher.in_flight().posting, now)
             situation = Situation(
                 backends={n: replace(p, accepting=p.accepting and n not in self.book.refused
                                      and n not in self.book.streaks.tripped)

@@ -231,10 +231,12 @@ class Dispatcher:
     # --- state --------------------------------------------------------------------------
     def in_flight(self) -> InFlight:
         starting, finishing, polling, reconciling, hooking, in_start_tasks = set(), set(), set(), set(), set(), set()
+        posting: set = set()
         per_backend: Dict[str, int] = {}
         for record in self.pending.values():
             if record.step in (Step.CREATE, Step.START):
                 starting.update(record.rows)
+                posting.update(record.rows)
                 per_backend[record.backend] = per_backend.get(record.backend, 0) + 1
                 if record.step is Step.START:
                     in_start_tasks.update(record.rows)
@@ -249,7 +251,7 @@ class Dispatcher:
                 finishing.update(record.rows)
         return InFlight(frozenset(starting), per_backend, in_start_tasks=frozenset(in_start_tasks),
                         polling=frozenset(polling), reconciling=frozenset(reconciling),
-                        finishing=frozenset(finishing), hooking=frozenset(hooking))
+                        finishing=frozenset(finishing), hooking=frozenset(hooking), posting=frozenset(posting))
 
     def busy(self, steps: Optional[Iterable[Step]] = None) -> bool:
         wanted = set(steps) if steps is not None else None
