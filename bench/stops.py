@@ -3,6 +3,7 @@
     python bench/stops.py                                  # every mode, once (~3-6 min on a loaded machine)
     python bench/stops.py --modes cli script --runs 3 --poll 600
     python bench/stops.py --root /tmp/before               # another checkout (git worktree add /tmp/before <commit>)
+    python bench/stops.py --modes script --scale 2500 --active 400   # a big run: scale.py's shape (see below)
 
 Each mode runs 4 rows on one simulated backend (`parallel_jobs=2`, jobs that run for 10 min),
 waits until 2 jobs run, then stops the run the way that mode is stopped, with a poll interval of
@@ -12,6 +13,10 @@ gone), `exit` the process is gone; and `CPU s`, the CPU seconds the stopping pro
 descendants (a CLI's or a script's Prefect server) spent from the signal to its exit: what a loaded
 machine multiplies (wall ~ CPU x load / cores, roughly). The target
 (issue 16) is exit <= 3 s.
+
+`--scale ROWS` stops a big run instead, the shape of bench/scale.py: ROWS rows on 2 simulated
+backends x `--slots` (200) slots, 20 start workers, jobs of `--job-seconds` (30), results downloaded;
+the stop comes once `--active` jobs are queued or running (in the job DB).
 
 Modes:
   cli          `python -m flows.run_jobs ...` as users get it (its own Prefect server), Ctrl-C to its
@@ -27,6 +32,7 @@ Modes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -37,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -70,24 +77,43 @@ def active(db: Path) -> int:
         return 0
 
 
+@dataclass(frozen=True)
+class Shape:
+    """The run that is stopped: the small default, or a big one (`--scale`)."""
+
+    rows: int = 4
+    backends: int = 1
+    slots: int = 2
+    start_workers: int = 5
+    job_seconds: float = 600.0
+    active: int = 2  # the stop comes once this many jobs are queued or running
+
+
 def one_stop(mode: str, root: Path, work: Path, poll: float, api_url: Optional[str], home: Path,
-             spy: bool = False, profile: Optional[Path] = None) -> Dict[str, float]:
+             spy: bool = False, profile: Optional[Path] = None, shape: Shape = Shape()) -> Dict[str, float]:
     from jobdb import JobDbPaths
     from simulator import start_simulator
     from tests.flow_helpers import fast_config, make_db
 
     run_dir = work / f"{mode}-{time.monotonic_ns()}"
     run_dir.mkdir()
-    db = make_db(run_dir / "jobs.parquet", 4)
+    db = make_db(run_dir / "jobs.parquet", shape.rows)
     lock_note = JobDbPaths.of(db).lock_holder
-    with start_simulator(fast_config(queue_time=0.2, run_time=600.0)) as sim:
-        spec = f"a={sim.url},parallel_jobs=2,user=bench,password_env={PASSWORD_ENV}"
-        kwargs = dict(job_db=str(db), start_job=CALLBACK, poll_interval_seconds=poll,
-                      backends=[{"name": "a", "url": sim.url, "parallel_jobs": 2,
-                                 "auth": {"type": "basic", "username": "bench", "password_env": PASSWORD_ENV}}])
+    with contextlib.ExitStack() as stack:
+        sims = [stack.enter_context(start_simulator(fast_config(queue_time=0.2, run_time=shape.job_seconds)))
+                for _ in range(shape.backends)]
+        names = "abcdefgh"
+        specs = [f"{names[i]}={sim.url},parallel_jobs={shape.slots},user=bench,password_env={PASSWORD_ENV}"
+                 for i, sim in enumerate(sims)]
+        kwargs = dict(job_db=str(db), start_job=CALLBACK, poll_interval_seconds=poll, max_start_workers=shape.start_workers,
+                      backends=[{"name": names[i], "url": sim.url, "parallel_jobs": shape.slots,
+                                 "auth": {"type": "basic", "username": "bench", "password_env": PASSWORD_ENV}}
+                                for i, sim in enumerate(sims)])
+        sim = sims[0]
         if mode in ("cli", "cli-server"):
-            argv = [sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), "--backend", spec,
-                    "--start-job", CALLBACK, "--poll-interval", str(poll), "--no-live"]
+            argv = [sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), *[a for s in specs for a in ("--backend", s)],
+                    "--start-job", CALLBACK, "--poll-interval", str(poll), "--no-live",
+                    "--max-start-workers", str(shape.start_workers)]
         else:  # a user's script; for sigterm/cancel, what a worker's flow-run process runs
             (run_dir / "script.py").write_text(SCRIPT)
             argv = [sys.executable, str(run_dir / "script.py"), json.dumps(kwargs)]
@@ -109,9 +135,9 @@ def one_stop(mode: str, root: Path, work: Path, poll: float, api_url: Optional[s
         reader.start()
         try:
             deadline = time.monotonic() + 600
-            while active(db) < 2:
+            while active(db) < shape.active:
                 if child.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"{mode}: no 2 jobs running (exit {child.poll()}):\n{''.join(tail)}")
+                    raise SystemExit(f"{mode}: no {shape.active} jobs running (exit {child.poll()}):\n{''.join(tail)}")
                 time.sleep(0.1)  # a bench watching another process's file; not a test
             cpu_before = cpu_seconds(child.pid)
             t0[0] = time.monotonic()
@@ -282,7 +308,13 @@ def main() -> int:
                         "the signal to its exit, every thread, collapsed stacks into DIR/<mode>-<n>.txt")
     parser.add_argument("--spy", metavar="DIR", help="diagnostics: py-spy dumps of the stopping process every 0.5 s, "
                         "into DIR/<mode>.stacks (pip install py-spy)")
+    parser.add_argument("--scale", type=int, metavar="ROWS", help="stop a big run of ROWS rows on 2 backends (scale.py's shape)")
+    parser.add_argument("--slots", type=int, default=200, help="with --scale: job slots per backend")
+    parser.add_argument("--active", type=int, default=400, help="with --scale: stop once this many jobs are active")
+    parser.add_argument("--job-seconds", type=float, default=30.0, help="with --scale: how long each job runs")
     args = parser.parse_args()
+    shape = Shape(rows=args.scale, backends=2, slots=args.slots, start_workers=20, job_seconds=args.job_seconds,
+                  active=args.active) if args.scale else Shape()
     root = Path(args.root).resolve()
     work = Path(tempfile.mkdtemp(prefix="bench_stops_"))
     server = None
@@ -297,7 +329,7 @@ def main() -> int:
         for mode in args.modes:
             home = work / "home"  # one for the runs without a server: only the first one migrates it
             results = [one_stop(mode, root, work, args.poll, server and server.api_url, home, bool(args.spy),
-                                Path(args.profile) if args.profile else None)
+                                Path(args.profile) if args.profile else None, shape)
                        for _ in range(args.runs)]
             print(f"{mode:<11} {spread([r['line'] for r in results if 'line' in r]):>16} "
                   f"{spread([r['ended'] for r in results]):>16} {spread([r['exit'] for r in results]):>16} "

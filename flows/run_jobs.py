@@ -32,6 +32,7 @@ from flows.report.reporting import ProgressReport, failed_rows, publish_final_ar
 from flows.report.tile_map import write_tile_map
 from flows.rules.plan import BackendPolicy
 from flows.run_loop.account_sharing import account_slots, create_workers, share_start_turns
+from flows.run_loop.api_gone import api_went_with_the_stop, prefect_requests_refused, watch_api_after_stop
 from flows.run_loop.background import BackgroundPublisher
 from flows.run_loop.cycle import Cycle, CycleEnd, CycleOptions
 from flows.run_loop.dispatcher import Dispatcher
@@ -39,7 +40,7 @@ from flows.run_loop.ending import RunEnded, RunFailed, RunInterrupted, build_sta
 from flows.run_loop.events import JobEvents
 from flows.run_loop.interrupts import (StopSignal, catch_interrupts, exit_without_final_collection, heartbeat_stopper,
                                       watch_for_cancel)
-from flows.run_loop.owners import (ApiGoneAware, api_went_with_the_stop, fail_fast_without_api, record_unrecorded_end,
+from flows.run_loop.owners import (ApiGoneAware, fail_fast_without_api, record_unrecorded_end,
                                    settle_previous_owner)
 from jobdb import JobDbLocked
 from jobdb.status import FAILED
@@ -104,7 +105,7 @@ def run_jobs(**parameters: Any) -> State:
         state = final_state(run, end, stats, params.failure_threshold, logger)
         if end.reason == "interrupted":
             exit_without_final_collection()
-        api_gone = end.reason == "interrupted" and api_went_with_the_stop()
+        api_gone = end.reason == "interrupted" and (prefect_requests_refused() or api_went_with_the_stop())
         if api_gone:
             fail_fast_without_api(logger, state)
     finally:
@@ -149,6 +150,7 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
     stop = StopSignal()
     stop.wakers.append(heartbeat_stopper(flow_run_id))  # Prefect joins its heartbeat thread at the end: up to 1 s
     end_cancel_watch = watch_for_cancel(stop, flow_run_id)
+    end_api_watch = watch_api_after_stop(stop)  # a script's temporary server may go with the Ctrl-C
     max_attempts, max_start_workers = params.max_attempts, params.max_start_workers
     options = CycleOptions(
         poll_interval=params.poll_interval_seconds, download=params.download_results,
@@ -207,6 +209,7 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
     finally:
         overrides.close()
         end_cancel_watch()
+        end_api_watch()
         slots.close()
         restore_start_turns()
         results.close()

@@ -15,10 +15,11 @@ import logging
 import os
 import socket
 import threading
-import urllib.request
 from typing import Any, Dict, Optional
 
 import httpx
+
+from flows.run_loop.api_gone import allow_prefect_requests
 
 # Prefect states a dead owner's flow run may still show, and that we may correct.
 STALE_STATE_TYPES = frozenset({"RUNNING", "PENDING", "CANCELLING"})
@@ -62,26 +63,6 @@ def record_unrecorded_end(end: Any, flow_run_id: Optional[str]) -> Optional[Dict
         return None
     return {"unrecorded_end": "Cancelled", "host": socket.gethostname(), "pid": os.getpid(),
             "message": "interrupted; run the same command again to resume"}
-
-
-def api_went_with_the_stop(timeout: float = 1.0) -> bool:
-    """Whether the Prefect API this process talks to stopped with the run's interruption. Only
-    Prefect's temporary server can (it sits in a script's process group): with PREFECT_API_URL set
-    (the CLI's own server, a worker's, any `prefect server`) no request is made, each is one more
-    second of a stop on a loaded machine (bench/stops.py); else one quick health check, no retries."""
-    try:
-        from prefect.settings import PREFECT_API_URL
-
-        if PREFECT_API_URL.value():
-            return False
-        from prefect.client.orchestration import get_client
-
-        url = str(get_client(sync_client=True).api_url).rstrip("/")
-        # urllib, not httpx.get: a plain HTTP request, without building an SSL context (~50 ms of CPU)
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as answer:
-            return answer.status != 200
-    except Exception:  # noqa: BLE001 - not there
-        return True
 
 
 def fail_fast_without_api(logger: logging.Logger, state: Any) -> None:
@@ -142,6 +123,7 @@ class ApiGoneAware:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         _API_GONE.pop(threading.get_ident(), None)
+        allow_prefect_requests()  # refused after an earlier call's API went (flows/run_loop/api_gone.py)
         try:
             return super().__call__(*args, **kwargs)  # type: ignore[misc]
         except Exception:
