@@ -4,16 +4,22 @@
     python bench/startup.py --runs 3 --only warm
     python bench/startup.py --root /tmp/before   # another checkout's CLI (git worktree add /tmp/before <commit>)
     python bench/startup.py --alternate /tmp/before --runs 3   # before, this, before, this, ... (one load)
+    python bench/startup.py --only server --runs 3             # against a running `prefect server` (PREFECT_API_URL)
+    python bench/startup.py --only server --alternate /tmp/before --runs 3
 
 "first job" = the simulator sees the first `POST /jobs` (the bench's own simulator, one backend,
 8 rows); the command is `python -m flows.run_jobs --job-db ... --backend ... --start-job ... --no-live`
 with no `PREFECT_API_URL`, i.e. the CLI starts its own Prefect server as users get it. "warm": a
-PREFECT_HOME a run has used before (database migrated); "fresh": an empty one. Also prints the
+PREFECT_HOME a run has used before (database migrated); "fresh": an empty one; "server": a
+`prefect server start` the bench starts once beforehand, named to the CLI by `PREFECT_API_URL` (the
+production shape, or a local `prefect server start --background`), so the CLI starts no server of
+its own. Also prints the
 wall of one bad-input command (a wrong --poll-interval) and of the whole run. Loopback only.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -22,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,14 +36,16 @@ sys.path.insert(0, str(ROOT))
 from jobdb.status import NOT_STARTED  # noqa: E402
 
 
-def cli_env(root: Path, home: Path) -> Dict[str, str]:
+def cli_env(root: Path, home: Path, api_url: Optional[str] = None) -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(root),
                BENCH_OPENEO_PASSWORD="secret")
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
     return env
 
 
-def first_job(root: Path, home: Path, work: Path) -> Dict[str, float]:
+def first_job(root: Path, home: Path, work: Path, api_url: Optional[str] = None) -> Dict[str, float]:
     """Seconds from the command to the first POST /jobs, and to the command's exit."""
     from jobdb import JobDatabase
     from simulator import start_simulator
@@ -50,7 +58,7 @@ def first_job(root: Path, home: Path, work: Path) -> Dict[str, float]:
                    "--backend", f"sim={sim.url},parallel_jobs=4,user=bench,password_env=BENCH_OPENEO_PASSWORD",
                    "--start-job", "flows.tiling.demo_callbacks:start_job", "--poll-interval", "0.5"]
         t0 = time.monotonic()
-        process = subprocess.Popen(command, cwd=root, env=cli_env(root, home), stdout=subprocess.DEVNULL,
+        process = subprocess.Popen(command, cwd=root, env=cli_env(root, home, api_url), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)
         created, cpu = None, {}
         while process.poll() is None and created is None:
@@ -82,10 +90,10 @@ def cpu_seconds(pid: int) -> Dict[str, float]:
     return {"cpu_cli": used(cli), "cpu_server": sum(used(child) for child in cli.children(recursive=True))}
 
 
-def demo(root: Path, home: Path, work: Path) -> float:
+def demo(root: Path, home: Path, work: Path, api_url: Optional[str] = None) -> float:
     t0 = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "flows.run_jobs", "--demo", "--no-live", "--output-dir",
-                           str(work / "demo")], cwd=root, env=cli_env(root, home), capture_output=True, text=True,
+                           str(work / "demo")], cwd=root, env=cli_env(root, home, api_url), capture_output=True, text=True,
                           timeout=600)
     if done.returncode != 0:
         raise SystemExit(f"--demo failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -101,19 +109,38 @@ def bad_input(root: Path, home: Path) -> float:
     return time.monotonic() - t0
 
 
-def alternate(roots: Dict[str, Path], runs: int, work: Path, warm_home=None) -> int:
+def alternate(roots: Dict[str, Path], runs: int, work: Path, warm_home=None, api_url: Optional[str] = None,
+              demos: bool = False) -> int:
     for name, root in roots.items():
         home = work / f"home-{name}"
         if warm_home:
             shutil.copytree(warm_home, home)
-        first_job(root, home, work)  # warms the home and the file cache
+        first_job(root, home, work, api_url)  # warms the home and the file cache
     for _ in range(runs):
         for name, root in roots.items():
             load = os.getloadavg()[0]
-            r = first_job(root, work / f"home-{name}", work)
+            r = first_job(root, work / f"home-{name}", work, api_url)
             print(f"{name} ({root}): first job {r['first_job']:.1f} s, whole run {r['total']:.1f} s, CPU CLI "
                   f"{r['cpu_cli']:.1f} s, server {r['cpu_server']:.1f} s (load {load:.1f})", flush=True)
+            if demos:
+                load = os.getloadavg()[0]
+                print(f"{name} ({root}): --demo wall {demo(root, work / f'home-{name}', work, api_url):.1f} s "
+                      f"(load {load:.1f})", flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def running_prefect_server(work: Path) -> Iterator[str]:
+    """A `prefect server start` of its own (tests/prefect_server.py), up before any command is timed."""
+    from tests.prefect_server import PrefectServer
+
+    home = work / "server-home"
+    home.mkdir()
+    server = PrefectServer(home)
+    try:
+        yield server.api_url
+    finally:
+        server.close()
 
 
 def spread(values: List[float]) -> str:
@@ -126,17 +153,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(ROOT), help="checkout whose CLI is measured")
     parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--only", choices=("warm", "fresh"), nargs="*", default=["warm", "fresh"])
+    parser.add_argument("--only", choices=("warm", "fresh", "server"), nargs="*", default=["warm", "fresh"])
     parser.add_argument("--warm-home", metavar="DIR", help="a PREFECT_HOME used before (copied; default: warm one "
                         "with a first run, which on a loaded machine may outlast the CLI's server start timeout)")
     parser.add_argument("--alternate", metavar="ROOT", help="only command -> first job, warm: runs of ROOT's and "
-                        "--root's CLI taken in turn, each on its own copy of one warm home (a moving load hits both)")
+                        "--root's CLI taken in turn, each on its own copy of one warm home (a moving load hits both); "
+                        "with --only server: both against one running Prefect server, --demo walls too")
     args = parser.parse_args()
     root = Path(args.root).resolve()
     work = Path(tempfile.mkdtemp(prefix="bench_startup_"))
     if args.alternate:
         try:
-            return alternate({"other": Path(args.alternate).resolve(), "this": root}, args.runs, work, args.warm_home)
+            roots = {"other": Path(args.alternate).resolve(), "this": root}
+            if "server" in args.only:
+                with running_prefect_server(work) as api_url:
+                    return alternate(roots, args.runs, work, args.warm_home, api_url, demos=True)
+            return alternate(roots, args.runs, work, args.warm_home)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     print(f"checkout {root}; load {os.getloadavg()[0]:.1f}")
@@ -154,6 +186,16 @@ def main() -> int:
                   f"its server (watchdog + server) {spread([r['cpu_server'] for r in runs])}")
             demos = [demo(root, home, work) for _ in range(args.runs)]
             print(f"warm: --demo wall {spread(demos)}")
+        if "server" in args.only:
+            with running_prefect_server(work) as api_url:
+                home = work / "home-client"
+                first_job(root, home, work, api_url)  # the OS file cache; the server's first flow run
+                runs = [first_job(root, home, work, api_url) for _ in range(args.runs)]
+                print(f"server (PREFECT_API_URL set): command -> first job created "
+                      f"{spread([r['first_job'] for r in runs])}; whole 8-row run {spread([r['total'] for r in runs])}")
+                print(f"server: CPU until the first job: CLI process {spread([r['cpu_cli'] for r in runs])}")
+                demos = [demo(root, home, work, api_url) for _ in range(args.runs)]
+                print(f"server: --demo wall {spread(demos)}")
         if "fresh" in args.only:
             runs = [first_job(root, work / f"home-fresh-{i}", work) for i in range(args.runs)]
             print(f"fresh: command -> first job created {spread([r['first_job'] for r in runs])}; "

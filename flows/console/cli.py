@@ -50,6 +50,11 @@ def checked_run(argv: Optional[List[str]], flow: Optional[Callable[..., Any]], o
         own.warm_up()  # (warming up already, unless a check skipped that step)
         server = start_prefect_early(flow, own.server)
 
+    def flags_valid() -> None:  # next: the callback's import, the job DB's read, the backend checks
+        own.warm_up()
+        if own.server is None:  # PREFECT_API_URL names a server: nothing to warm up but the flow's import
+            import_flow_early(flow)
+
     try:
         args = build_parser().parse_args(argv)
         if args.demo:
@@ -66,8 +71,9 @@ def checked_run(argv: Optional[List[str]], flow: Optional[Callable[..., Any]], o
         level = retries_log.level
         retries_log.setLevel(logging.ERROR)
         try:
-            # flags valid: the server warms up while the callback is imported and the job DB read
-            preflight(params, after_flags=own.warm_up, before_connecting=start_prefect)
+            # flags valid: the server (or only the flow's import) warms up while the callback is
+            # imported and the job DB read
+            preflight(params, after_flags=flags_valid, before_connecting=start_prefect)
         finally:
             retries_log.setLevel(level)
     except Exception as exc:  # noqa: BLE001 - every problem found before the run is bad input
@@ -84,15 +90,20 @@ def start_prefect_early(flow: Optional[Callable[..., Any]], server=None):
     PREFECT_API_URL names one) and import the flow (and with it Prefect) on a thread, both without
     waiting: they overlap the backend checks or the demo's set-up instead of following them.
     Returns the server, or None."""
+    if server is not None:
+        server.start()
+    import_flow_early(flow)
+    return server
+
+
+def import_flow_early(flow: Optional[Callable[..., Any]]) -> None:
+    """Import the flow (and with it Prefect) on a thread, once (`run_jobs_flow` waits for it)."""
     import threading
 
     global _import_thread
-    if server is not None:
-        server.start()
-    if flow is None:
+    if flow is None and _import_thread is None:
         _import_thread = threading.Thread(target=_import_flow, name="import-flow", daemon=True)
         _import_thread.start()
-    return server
 
 
 _import_thread = None  # the flow's import warming up (start_prefect_early), if any
