@@ -20,6 +20,7 @@ import pytest
 
 from jobdb import JobDbPaths
 from simulator import start_simulator
+from tasks.retry_policy import REQUEST_TIMEOUT_ENV
 from tests.flow_helpers import backend, fast_config, make_db
 from tests.test_interruptions import processes_with_env, wait_for
 from tests.test_run_outcomes import CALLBACK, own_prefect_home_env
@@ -59,7 +60,7 @@ def temporary_server_pids(home: Path):
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_sigint_to_a_script_with_start_tasks_in_flight_exits_without_waiting_for_prefect_retries(
-        tmp_path, prefect_home):
+        tmp_path, prefect_home, monkeypatch):
     sim = start_simulator(fast_config())
     db = make_db(tmp_path / "jobs.parquet", ROWS)
     kwargs = dict(job_db=str(db), backends=[backend("a", sim, ROWS)], start_job=CALLBACK, max_start_workers=20,
@@ -109,6 +110,9 @@ def test_sigint_to_a_script_with_start_tasks_in_flight_exits_without_waiting_for
         # the session's Prefect server: a second temporary server would cost its start-up again)
         from flows.run_jobs import run_jobs
 
+        # the rows that never reached their POST are created again after the grace for an unanswered
+        # create, 3 request timeouts: 3 x 5 s here
+        monkeypatch.setenv(REQUEST_TIMEOUT_ENV, "5")
         stats = run_jobs(**kwargs)
         assert stats["status"].get("finished") == ROWS, stats["status"]
         df = pd.read_parquet(db)

@@ -16,7 +16,8 @@ until the next flow call of this process (`allow_prefect_requests`), so Prefect'
 not retry either.
 
 Mechanism: `httpx.Client.send` / `httpx.AsyncClient.send`, wrapped once, refuse for Prefect's client
-classes only. Prefect's retry loop calls the parent class's `send` it looked up when the request
+classes only, and so does the events client's websocket connect (`PrefectEventsClient._reconnect`);
+private Prefect API: if it changes, the stop is as slow as before, nothing worse. Prefect's retry loop calls the parent class's `send` it looked up when the request
 began, so the wrapper is installed when such a run starts, not at the stop; a loop already asleep
 in its back-off wakes to a refusal (the first back-off is ~2 s).
 """
@@ -154,6 +155,20 @@ def _install() -> None:
             return await async_send(self, request, *args, **kwargs)
 
         httpx.Client.send, httpx.AsyncClient.send = send, asend
+
+        # Events (task-run states, job events) go over a websocket: each one tries 11 connections, 1 s
+        # apart after the third, before the next queued one is tried.
+        from prefect.events.clients import PrefectEventsClient
+
+        reconnect = PrefectEventsClient._reconnect
+
+        @functools.wraps(reconnect)
+        async def refusing_reconnect(self):
+            if _refusing.is_set():
+                raise PrefectApiGone("the Prefect API stopped with this run")
+            return await reconnect(self)
+
+        PrefectEventsClient._reconnect = refusing_reconnect
 
 
 def _quiet_refusals(record: logging.LogRecord) -> bool:

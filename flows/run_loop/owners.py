@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional
 
 import httpx
 
-from flows.run_loop.api_gone import allow_prefect_requests
+from flows.run_loop.api_gone import allow_prefect_requests, refuse_prefect_requests
 
 # Prefect states a dead owner's flow run may still show, and that we may correct.
 STALE_STATE_TYPES = frozenset({"RUNNING", "PENDING", "CANCELLING"})
@@ -80,6 +80,7 @@ def fail_fast_without_api(logger: logging.Logger, state: Any) -> None:
     worse."""
     logger.warning("the Prefect API is gone (it stopped with this process?): the next run of this job DB records "
                    "this run's end")
+    refuse_prefect_requests()  # (already, when the watch of flows/run_loop/api_gone.py saw it go)
     _API_GONE[threading.get_ident()] = (state, state.data)  # the engine may replace state.data
     try:
         from prefect.context import SyncClientContext
@@ -158,11 +159,18 @@ def drop_queued_prefect_calls() -> None:
     stop waiting for them: it drains its queues at exit, each item trying to connect, with
     retries, for up to a minute. Private Prefect API (`_QueueServiceBase._instances`, `_queue`,
     `_done_event`), used only here and only once the API is gone; if it changes, the script
-    exits as slowly as before, nothing worse."""
+    exits as slowly as before, nothing worse.
+
+    Prefect's concurrency service is left running: its callers (task runs waiting for a tag's
+    slot) wait on each item's answer, and once the API is gone (`refuse_prefect_requests`) every
+    answer is a refusal, at once. Dropped or stopped, it left them waiting (bench/stops.py --scale:
+    the task runner's exit waited 16 s after the run's end)."""
     try:
-        from prefect._internal.concurrency.services import _QueueServiceBase
+        from prefect._internal.concurrency.services import FutureQueueService, _QueueServiceBase
 
         for service in list(_QueueServiceBase._instances.values()):
+            if isinstance(service, FutureQueueService):
+                continue
             with service._queue.mutex:
                 service._queue.queue.clear()
             if service._loop is not None and service._done_event is not None:
