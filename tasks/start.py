@@ -121,9 +121,10 @@ def create_one(
     created = _create(row, backend, connection_key, creator, time.monotonic() + deadline_seconds, inbox)
     if created["status"] != CREATED:
         return created
+    answered = time.time()  # when the job existed at the latest (the poll clock reads the backend's times by it)
     if created.get("started_by_callback"):
         return {"status": QUEUED, "id": created["id"], "start_time": utc_now(), "error_message": None}
-    return {"status": CREATED, "id": created["id"]}
+    return {"status": CREATED, "id": created["id"], "created_at": answered}
 
 
 def start_one(
@@ -133,11 +134,13 @@ def start_one(
     deadline = time.monotonic() + deadline_seconds
     connection = connection_for(connection_key, backend)
     job_id = row.get("job_id")
+    created_at = {}
     if job_id is None:  # created here first: what create-job answers, unless it is only `created`
         created = create_one(row, backend, connection_key, creator, deadline_seconds, inbox)
         if created["status"] != CREATED:
             return created
         job_id = created["id"]
+        created_at = {"created_at": created["created_at"]}
     try:
         status = start_job_carefully(connection, job_id, deadline, sleep=lambda s: not pause(inbox, s))
     except Exception as exc:  # noqa: BLE001 - classified: a refusal for this job only, or for the account
@@ -146,8 +149,9 @@ def start_one(
         log.warning("start of job %s (row %s) failed: %s", job_id, row["_row"], exc)
         return {"status": START_FAILED, "id": job_id, "error_message": f"start failed: {exc}"}
     if status == CREATED:
-        return {"status": CREATED, "id": job_id, "handed_back": "the backend did not start it yet"}
-    return {"status": status, "id": job_id, "start_time": utc_now(), "error_message": None}
+        return {"status": CREATED, "id": job_id, "handed_back": "the backend did not start it yet", **created_at}
+    return {"status": status, "id": job_id, "start_time": utc_now(), "error_message": None,
+            "started_at": time.time(), **created_at}
 
 
 def _create(

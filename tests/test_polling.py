@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
 
-from flows.rules.polling import WAVE_GAP_SHARE, PollClock
+import pytest
+
+from flows.rules.polling import EXPECTED_END_MARGIN, WAVE_GAP_SHARE, PollClock
 
 
 def test_freshly_started_jobs_earn_no_poll_until_an_interval_has_passed():
     clock = PollClock(interval=10.0)
     clock.job_started(0, now=100.0)
-    clock.job_started(1, now=102.0)
+    clock.job_started(1, now=104.0)  # beyond a wave gap (2.5 s) of the first: not waited for
     followed = {"a": [0, 1]}
     assert clock.due(105.0, followed) == frozenset()
     assert clock.next_wake(followed) == 110.0 and clock.due(110.0, followed) == {"a"}
@@ -25,12 +28,14 @@ def test_after_a_job_finished_polls_wait_for_the_expected_end_then_follow_the_in
     clock.job_started(2, now=101.0)
     followed = {"a": [1, 2]}
     assert clock.due(150.0, followed) == frozenset()  # every active job is fresh: nothing to see yet
-    assert clock.next_poll("a", [1, 2]) == 160.0 and clock.due(160.0, followed) == {"a"}
-    clock.poll_sent("a", 160.0)
-    # the wave's second job: not before a quarter interval after the last poll
-    assert clock.next_poll("a", [1, 2]) == 160.0 + WAVE_GAP_SHARE * 10.0
-    clock.poll_sent("a", 162.5)
-    assert clock.next_poll("a", [1, 2]) == 172.5  # both overdue now: every interval until seen ending
+    # a wave: the second job is expected within a quarter interval of the first: one listing for both
+    assert clock.next_poll("a", [1, 2]) == 161.0 and clock.due(160.0, followed) == frozenset()
+    assert clock.due(161.0, followed) == {"a"}
+    clock.poll_sent("a", 161.0)
+    assert clock.next_poll("a", [1, 2]) == 171.0  # both overdue now: every interval until seen ending
+    clock.job_started(3, now=162.0)  # a job expected before a quarter interval after the last poll
+    clock.poll_sent("a", 221.0)
+    assert clock.next_poll("a", [3]) == 221.0 + WAVE_GAP_SHARE * 10.0
 
 
 def test_jobs_this_run_did_not_start_and_cancel_after_keep_the_interval():
@@ -56,3 +61,43 @@ def test_errors_do_not_shorten_the_estimate():
     clock.poll_sent("a", 5.0)
     clock.job_ended("a", 0, finished=False)
     assert clock.estimate is None and 0 not in clock.started
+
+
+def backend_time(epoch: float, fraction: bool = True) -> str:
+    """An openEO job time as a backend writes it (RFC 3339, UTC)."""
+    moment = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if fraction else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def clock_with_one_job_seen_ending(metadata_for) -> PollClock:
+    """A job created (answered) at 1.0 and started at 3.0 on our clock, seen active by the poll
+    sent at 40 and ended by the one sent at 50 (answered 50.5); it ran 45 s after its create on
+    the backend, whose clock is 1000.25 s off ours."""
+    clock = PollClock(interval=10.0)
+    clock.job_created(0, answered_wall=clock.wall_offset + 1.0)
+    clock.job_started(0, now=3.0)
+    clock.poll_sent("a", 40.0)
+    clock.poll_sent("a", 50.0)
+    created_on_backend = clock.wall_offset + 1.0 - 1000.25 - 0.05  # answered 50 ms after the job existed
+    clock.job_ended("a", 0, finished=True, now=50.5, metadata=metadata_for(created_on_backend))
+    return clock
+
+
+def test_an_end_the_backend_times_to_the_sub_second_sharpens_the_estimate():
+    clock = clock_with_one_job_seen_ending(lambda created: {"created": backend_time(created),
+                                                            "updated": backend_time(created + 45.0)})
+    # start (3.0) to end on our clock (1.0 + 45 s, late by the create's answer), plus the margin;
+    # the polls alone only say "at most 47 s" (sent at 50)
+    assert clock.estimate == pytest.approx(1.0 + 45.0 - 3.0 + EXPECTED_END_MARGIN, abs=1e-3)
+
+
+@pytest.mark.parametrize("case", ["whole seconds", "ended before the poll that saw it active", "no times"])
+def test_backend_times_that_cannot_be_trusted_leave_the_polls_upper_bound(case):
+    def metadata(created):
+        if case == "whole seconds":
+            return {"created": backend_time(created, False), "updated": backend_time(created + 45.0, False)}
+        if case == "no times":
+            return {"status": "finished"}
+        return {"created": backend_time(created), "updated": backend_time(created + 30.0)}  # 31 < 40 on our clock
+
+    assert clock_with_one_job_seen_ending(metadata).estimate == 47.0  # sent at 50, started at 3

@@ -13,15 +13,28 @@ changed, not merely because a poll interval went by. A stingy backend counts eve
   cancels long runners (`cancel_after` needs the running jobs seen on time).
 - Jobs created and not started (created ahead) change only when this run starts them: they
   alone never earn a poll.
+- The estimate is sharper where the backend gives sub-second `created` / `updated` times of an
+  ended job (openEO's job metadata): how long it ran from its start to its end is then known to
+  the backend's own clock, not only "ended before the poll that saw it" (which carries the
+  first round's poll phase into every later round, up to an interval). It is used only between
+  what this run's own polls prove (active at the poll before, ended by the answer), plus
+  `EXPECTED_END_MARGIN`: a poll sent a little early sees nothing and costs an interval.
+- Jobs expected to end within `WAVE_GAP_SHARE` of an interval of the first one are listed
+  together, once the last of them is due: one listing per wave of jobs started together.
 
 The cycle owns one `PollClock` and tells it what happened; the clock only answers questions.
 """
 from __future__ import annotations
 
-from typing import Dict, FrozenSet, Iterable, Mapping, Optional
+import time
+from datetime import datetime
+from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional
 
-# Polls of one backend at most this share of the interval apart when jobs reach their expected end.
+# Polls of one backend at most this share of the interval apart when jobs reach their expected end;
+# expected ends this close to the first one wait for one listing together.
 WAVE_GAP_SHARE = 0.25
+# Seconds added to an end known from the backend's own times (its requests' answers jitter).
+EXPECTED_END_MARGIN = 0.1
 
 
 class PollClock:
@@ -29,23 +42,50 @@ class PollClock:
         self.interval = interval
         self.every_interval = every_interval  # poll on the interval whatever the jobs (cancel_after)
         self.started: Dict[int, float] = {}  # row -> monotonic time its start was confirmed
+        self.created: Dict[int, float] = {}  # row -> wall time its create was answered (tasks/start.py)
         self.sent: Dict[str, float] = {}  # backend -> when its last poll was sent
+        self.sent_before: Dict[str, float] = {}  # backend -> when the poll before it was sent
         self.estimate: Optional[float] = None  # seconds from start to end, from finished jobs
+        self.wall_offset = time.time() - time.monotonic()  # wall = monotonic + offset
 
     # --- what happened ------------------------------------------------------------------------
-    def job_started(self, row: int, now: float) -> None:
-        self.started[row] = now
+    def job_created(self, row: int, answered_wall: float) -> None:
+        self.created[row] = answered_wall
+
+    def job_started(self, row: int, now: float, answered_wall: Optional[float] = None) -> None:
+        """`answered_wall`: when the start request was answered (the task's clock), else `now`."""
+        self.started[row] = now if answered_wall is None else min(now, answered_wall - self.wall_offset)
 
     def poll_sent(self, backend: str, now: float) -> None:
+        if backend in self.sent:
+            self.sent_before[backend] = self.sent[backend]
         self.sent[backend] = now
 
-    def job_ended(self, backend: str, row: int, finished: bool) -> None:
-        """A poll of `backend` (sent at `sent[backend]`) saw the row's job end."""
+    def job_ended(self, backend: str, row: int, finished: bool, now: Optional[float] = None,
+                  metadata: Optional[Mapping[str, Any]] = None) -> None:
+        """A poll of `backend` (sent at `sent[backend]`, answered by `now`) saw the row's job end;
+        `metadata`: the ended job's description (its `created` and `updated` times)."""
         since = self.started.pop(row, None)
+        created = self.created.pop(row, None)
         seen = self.sent.get(backend)
         if finished and since is not None and seen is not None and seen > since:
             took = seen - since  # an upper bound: polling at it is late by a little, never early
+            exact = self._took_by_backend(created, metadata, since)
+            active_at = self.sent_before.get(backend, since) - since  # the poll before saw it active
+            if exact is not None and max(0.0, active_at) <= exact <= (now if now is not None else seen) - since:
+                took = exact
             self.estimate = took if self.estimate is None else min(self.estimate, took)
+
+    def _took_by_backend(self, created: Optional[float], metadata: Optional[Mapping[str, Any]],
+                         since: float) -> Optional[float]:
+        """Start (our clock) to end (the backend's `updated`, moved to our clock by its `created`
+        and our create's answer), plus the margin; None without sub-second times from the backend."""
+        if created is None or not metadata:
+            return None
+        began, ended = precise_time(metadata.get("created")), precise_time(metadata.get("updated"))
+        if began is None or ended is None or ended < began:
+            return None
+        return created + (ended - began) - self.wall_offset - since + EXPECTED_END_MARGIN
 
     # --- questions ------------------------------------------------------------------------------
     def expected_change(self, row: int) -> float:
@@ -63,13 +103,30 @@ class PollClock:
         """When `backend` is worth a poll next (inf: none of its jobs can change without us)."""
         last = self.sent.get(backend, float("-inf"))
         best = float("inf")
+        fresh = []
         for row in rows:
             change = self.expected_change(row)
-            if change > last:  # not seen since it can have changed: at once (a wave: one poll)
-                best = min(best, max(change, last + WAVE_GAP_SHARE * self.interval))
+            if change > last:  # not seen since it can have changed
+                fresh.append(change)
             else:  # overdue: every interval until it is seen ending
                 best = min(best, last + self.interval)
+        if fresh:  # at once, the jobs expected within a wave gap of the first with it: one listing
+            gap = WAVE_GAP_SHARE * self.interval
+            first = min(fresh)
+            wave = max(change for change in fresh if change <= first + gap)
+            best = min(best, max(wave, last + gap))
         return best
 
     def next_wake(self, followed: Mapping[str, Iterable[int]]) -> float:
         return min((self.next_poll(b, rows) for b, rows in followed.items()), default=float("inf"))
+
+
+def precise_time(value: Any) -> Optional[float]:
+    """An RFC 3339 time with a fraction of a second as epoch seconds; None otherwise (a whole
+    second is too coarse to poll by)."""
+    if not isinstance(value, str) or "." not in value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

@@ -104,10 +104,14 @@ class OutcomeBook:
                     if update["postprocess_status"] == POSTPROCESS_FAILED:
                         self.failed.add(row)
             for row, _old, new in effects.changes:
+                fact = outcome.rows.get(row) or {}
+                if fact.get("created_at") and outcome.step in (Step.CREATE, Step.START):
+                    self.polls.job_created(row, fact["created_at"])
                 if new in (QUEUED, RUNNING) and outcome.step in (Step.CREATE, Step.START):
-                    self.polls.job_started(row, now)
+                    self.polls.job_started(row, now, fact.get("started_at"))
                 elif new in TERMINAL and outcome.step is Step.POLL:
-                    self.polls.job_ended(outcome.backend, row, finished=new == FINISHED)
+                    self.polls.job_ended(outcome.backend, row, finished=new == FINISHED, now=now,
+                                         metadata=fact.get("metadata"))
                 if new in TERMINAL:
                     self.worked.add(row)
                 if new in FAILED:

@@ -152,7 +152,11 @@ class Cycle:
                 continue
             if self._done(plan, snapshot):
                 break
-            wake = min(next_progress, self.polls.next_wake(followed), plan.reconcile_due_at or next_progress)
+            # a backend whose poll is out wakes the loop with its answer (Prefect may start that task
+            # run seconds late under load: no spinning on its overdue time meanwhile)
+            polling = self.dispatcher.in_flight().polling
+            unpolled = {backend: rows for backend, rows in followed.items() if backend not in polling}
+            wake = min(next_progress, self.polls.next_wake(unpolled), plan.reconcile_due_at or next_progress)
             timeout = self._wait_time(now, wake)
         self.store.persist(force=True)
         self.on_progress(self.store.snapshot())
@@ -231,6 +235,10 @@ class Cycle:
         return plan
 
     def dispatch(self, plan: Plan, stopping: bool) -> None:
+        """Starts into free slots first, jobs created ahead last: each submission costs this
+        thread a Prefect call, and a freed slot's start is on the campaign's critical path."""
+        into_slots = tuple(order for order in plan.starts if order.then_start or not order.creates)
+        self.dispatcher.submit_starts(into_slots)
         if not stopping:
             for order in plan.reconciles:
                 self.dispatcher.submit_reconcile(order)
@@ -239,7 +247,7 @@ class Cycle:
                 self.dispatcher.submit_poll(order)
             self.dispatcher.submit_finishes(plan.finishes, self.book.metadata)
             self.dispatcher.submit_hooks(plan.hooks)
-        self.dispatcher.submit_starts(plan.starts)
+        self.dispatcher.submit_starts(tuple(order for order in plan.starts if order not in into_slots))
 
     def apply(self, outcomes: List[Outcome]) -> None:
         self.book.apply(outcomes)  # flows/run_loop/applying.py

@@ -34,7 +34,8 @@ START_BATCH_FACTOR = 4
 FINISH_BATCH_THRESHOLD = 8
 FINISH_BATCH_SIZE = 25
 # After the first outcome arrives, wait this long for others before the next cycle (10k rows:
-# a cycle per returning task meant thousands of cycles, each looking at the whole DB).
+# a cycle per returning task meant thousands of cycles, each looking at the whole DB). Not after
+# a poll that saw jobs change: their freed slots are decided on at once (issue 21).
 COALESCE_SECONDS = 0.1
 
 
@@ -108,12 +109,14 @@ class Dispatcher:
 
     def submit_starts(self, orders: Sequence[StartOrder]) -> None:
         """Creates and starts as separate task runs on their own workers, so a slow create never
-        holds a start worker. One task run per row, named after its tile; when many more rows wait
+        holds a start worker. What a free slot waits for goes first (each submission takes the
+        cycle's thread a Prefect call, and a pool runs its tasks in submission order): starts of
+        jobs created earlier, then creates for a free slot, then jobs created ahead. One task run per row, named after its tile; when many more rows wait
         than there are workers (thousands of rows, hundreds of slots), batches, about one per worker."""
-        kinds = (  # created ahead; created for a free slot and started in the same task; created earlier
-            (lambda o: o.creates and not o.then_start, Step.CREATE, create_jobs, self.create_runner, "create_tasks"),
-            (lambda o: o.creates and o.then_start, Step.START, start_jobs, self.create_runner, "start_tasks"),
+        kinds = (  # created earlier; created for a free slot and started in the same task; created ahead
             (lambda o: not o.creates, Step.START, start_jobs, self.start_runner, "start_tasks"),
+            (lambda o: o.creates and o.then_start, Step.START, start_jobs, self.create_runner, "start_tasks"),
+            (lambda o: o.creates and not o.then_start, Step.CREATE, create_jobs, self.create_runner, "create_tasks"),
         )
         for kind, step, task, runner, counter in kinds:
             mine = [o for o in orders if kind(o)]
@@ -187,7 +190,8 @@ class Dispatcher:
         except queue.Empty:
             return outcomes
         self._take(item, outcomes)
-        deadline = time.monotonic() + COALESCE_SECONDS
+        urgent = any(o.step is Step.POLL and o.rows for o in outcomes)
+        deadline = time.monotonic() + (0.0 if urgent else COALESCE_SECONDS)
         while True:
             try:
                 item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,64 @@
+"""Where a compare.py run's makespan goes: per slot round and after the last job (issue 21).
+
+    .venv/bin/python bench/timeline.py out.json [--scenario small] [--tool ours]
+
+Reads the job records compare.py stores per run (`job_timeline`: created, started, ended, in
+seconds after the first job was created, from the simulator's clock) and the time the tool's
+`run_jobs` returned. With P slots, the k-th start (k >= P, in start order) takes the slot the
+(k-P)-th end (in end order) freed; its **gap** is that start minus that end: the time a free
+slot sat idle, on the critical path of a slot round (the start request's own latency is not in
+it: a job counts as started when the backend accepted the start). The **tail** is the last end
+to the return of `run_jobs` (seeing the end, the downloads, the final persist and reports).
+The ideal has no gap and no tail.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from typing import Any, Dict, List
+
+
+def decompose(row: Dict[str, Any]) -> Dict[str, Any]:
+    jobs = [j for j in row["job_timeline"] if j[1] is not None and j[2] is not None]
+    p = row["p"]
+    starts = sorted(j[1] for j in jobs)
+    ends = sorted(j[2] for j in jobs)
+    gaps = [round(starts[k] - ends[k - p], 2) for k in range(p, len(starts))]
+    created_ahead = sum(1 for j in jobs if j[1] - j[0] > 1.0)  # created well before its start
+    tail = round(row["makespan_s"] - ends[-1], 2) if row.get("makespan_s") else None
+    first_start = round(starts[0], 2)
+    rounds = []  # per round of P starts: the median gap of the round
+    for first in range(0, len(gaps), p):
+        rounds.append(round(statistics.median(gaps[first:first + p]), 2))
+    return {"scenario": row["scenario"], "tool": row["tool"], "makespan": row.get("makespan_s"),
+            "ideal": row["ideal_makespan"], "first_start": first_start, "last_end": round(ends[-1], 2),
+            "gaps": gaps, "gap_sum_critical": round(sum(rounds), 2), "round_median_gaps": rounds,
+            "gap_median": round(statistics.median(gaps), 2) if gaps else None,
+            "gap_max": max(gaps) if gaps else None, "tail": tail, "created_ahead": created_ahead}
+
+
+def main(argv: List[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json", nargs="+")
+    parser.add_argument("--scenario")
+    parser.add_argument("--tool")
+    args = parser.parse_args(argv)
+    for path in args.json:
+        for row in json.load(open(path))["rows"]:
+            if (args.scenario and row["scenario"] != args.scenario) or (args.tool and row["tool"] != args.tool):
+                continue
+            if row.get("outcome") != "ok" or not row.get("job_timeline"):
+                continue
+            d = decompose(row)
+            print(f"{path} {d['scenario']}/{d['tool']}: makespan {d['makespan']} (ideal {d['ideal']}), "
+                  f"first start {d['first_start']}, last end {d['last_end']}, tail {d['tail']}; "
+                  f"slot gaps median {d['gap_median']} max {d['gap_max']}, per round {d['round_median_gaps']}; "
+                  f"created ahead {d['created_ahead']}")
+            print("    gaps:", d["gaps"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
