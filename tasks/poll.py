@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Collection, Dict, List, Optional, Sequence
 
 from prefect import task
@@ -11,7 +12,7 @@ from jobdb.status import BACKEND_ENDED, ERROR, from_backend
 from tasks.connections import marker_tag
 from tasks.faults import UnexpectedResponse, classify
 from tasks.openeo_calls import cancel_job, describe_job, is_api_error, iter_job_listing, statuses_from_listing
-from tasks.outcome import Outcome, Step, deliver
+from tasks.outcome import Outcome, Step, deliver, pause
 from tasks.standalone import ConnectionSource, connection_for
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,13 @@ def poll_backend(
     cancel: Sequence[str] = (),
     inbox: Optional[str] = None,
     token_max_age_seconds: Optional[float] = None,
+    not_before: Optional[float] = None,
 ) -> Outcome:
     """New statuses of the rows' jobs (`jobs`: {row: [job id, status we know]}).
+
+    `not_before` (epoch seconds): the listing is made then, not earlier (the flow submits a poll
+    a little ahead of its time, so Prefect's work before the body, a tag slot check among it, is
+    not added to it); a run that stops meanwhile gets an empty outcome at once, with no request.
 
     One `GET /jobs` listing (paged, stopping once every job is found) gives the statuses;
     `GET /jobs/{id}` is only made for jobs the listing lacks, and once for each job that
@@ -39,6 +45,9 @@ def poll_backend(
     token older than `token_max_age_seconds` is renewed first (off the flow's thread).
     Outcome rows: {row: {"status": ..., "metadata": {...} (terminal only), "error": ...}}.
     """
+    wait = 0.0 if not_before is None else not_before - time.time()
+    if wait > 0 and pause(inbox, wait):
+        return deliver(inbox, Outcome(Step.POLL, backend, {}))
     connection = connection_for(connection_key, backend)
     if token_max_age_seconds:
         connection.refresh_token_if_older(token_max_age_seconds)

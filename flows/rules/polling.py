@@ -21,6 +21,8 @@ changed, not merely because a poll interval went by. A stingy backend counts eve
   `EXPECTED_END_MARGIN`: a poll sent a little early sees nothing and costs an interval.
 - Jobs expected to end within `WAVE_GAP_SHARE` of an interval of the first one are listed
   together, once the last of them is due: one listing per wave of jobs started together.
+- A poll is submitted `lead` seconds before it is due and lists at its time (`poll_sent` takes
+  that time): when to list is unchanged, only Prefect's delay before the task body moves off it.
 
 The cycle owns one `PollClock` and tells it what happened; the clock only answers questions.
 """
@@ -35,6 +37,10 @@ from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional
 WAVE_GAP_SHARE = 0.25
 # Seconds added to an end known from the backend's own times (its requests' answers jitter).
 EXPECTED_END_MARGIN = 0.1
+# A poll's task run is submitted this long before its listing is due (at most an interval),
+# and waits in its body: Prefect's work before a task body (its tag slot check: 0.1 s idle,
+# seconds under load) is then done while the jobs still run, not after they ended.
+ARM_LEAD_SECONDS = 2.0
 
 
 class PollClock:
@@ -47,6 +53,11 @@ class PollClock:
         self.sent_before: Dict[str, float] = {}  # backend -> when the poll before it was sent
         self.estimate: Optional[float] = None  # seconds from start to end, from finished jobs
         self.wall_offset = time.time() - time.monotonic()  # wall = monotonic + offset
+
+    @property
+    def lead(self) -> float:
+        """How long before its time a poll is submitted."""
+        return min(ARM_LEAD_SECONDS, self.interval)
 
     # --- what happened ------------------------------------------------------------------------
     def job_created(self, row: int, answered_wall: float) -> None:

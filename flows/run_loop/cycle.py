@@ -114,7 +114,7 @@ class Cycle:
             snapshot = self.store.snapshot()
             self.pinned.update(snapshot.pinned)  # a SQL store hands out waiting rows a batch at a time
             followed = self._followed(snapshot)
-            poll_backends = frozenset() if stopping else self.polls.due(now, followed)
+            poll_backends = frozenset() if stopping else self.polls.due(now + self.polls.lead, followed)
             # idle: no POST of this run under way (a row only being looked up stays idle: its grace goes on)
             self.idle_creating.update(snapshot.creating, self.dispatcher.in_flight().posting, now)
             situation = Situation(
@@ -136,9 +136,12 @@ class Cycle:
             self.store.persist(force=bool(plan.intents or plan.updates))  # intents before any POST
             if self.store.lost:  # rows another run adopted (this run's lease had lapsed): not ours to start
                 plan = replace(plan, starts=tuple(s for s in plan.starts if s.row not in self.store.lost))
-            self.dispatch(plan, stopping)
-            for order in plan.polls:
-                self.polls.poll_sent(order.backend, now)
+            # each poll lists at its time (now, or within the lead: its task waits for it)
+            poll_at = {order.backend: max(now, self.polls.next_poll(order.backend, followed.get(order.backend, ())))
+                       for order in plan.polls}
+            self.dispatch(plan, stopping, poll_at)
+            for backend, at in poll_at.items():
+                self.polls.poll_sent(backend, at)
             if not stopping and now >= next_progress:
                 next_progress = now + self.options.poll_interval
                 self.on_progress(snapshot)  # as of this cycle's start: a poll interval is coarser anyway
@@ -156,7 +159,8 @@ class Cycle:
             # run seconds late under load: no spinning on its overdue time meanwhile)
             polling = self.dispatcher.in_flight().polling
             unpolled = {backend: rows for backend, rows in followed.items() if backend not in polling}
-            wake = min(next_progress, self.polls.next_wake(unpolled), plan.reconcile_due_at or next_progress)
+            wake = min(next_progress, self.polls.next_wake(unpolled) - self.polls.lead,
+                       plan.reconcile_due_at or next_progress)
             timeout = self._wait_time(now, wake)
         self.store.persist(force=True)
         self.on_progress(self.store.snapshot())
@@ -234,7 +238,7 @@ class Cycle:
             self.logger.info("%s", line)
         return plan
 
-    def dispatch(self, plan: Plan, stopping: bool) -> None:
+    def dispatch(self, plan: Plan, stopping: bool, poll_at: Optional[Mapping[str, float]] = None) -> None:
         """Starts into free slots first, jobs created ahead last: each submission costs this
         thread a Prefect call, and a freed slot's start is on the campaign's critical path."""
         into_slots = tuple(order for order in plan.starts if order.then_start or not order.creates)
@@ -244,7 +248,9 @@ class Cycle:
                 self.dispatcher.submit_reconcile(order)
             self.idle_creating.sent(plan.reconciles)
             for order in plan.polls:
-                self.dispatcher.submit_poll(order)
+                at = (poll_at or {}).get(order.backend, 0.0)
+                now = time.monotonic()
+                self.dispatcher.submit_poll(order, not_before=at + self.polls.wall_offset if at > now else None)
             self.dispatcher.submit_finishes(plan.finishes, self.book.metadata)
             self.dispatcher.submit_hooks(plan.hooks)
         self.dispatcher.submit_starts(tuple(order for order in plan.starts if order not in into_slots))

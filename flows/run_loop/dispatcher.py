@@ -141,11 +141,12 @@ class Dispatcher:
                                 creator=self.creator, label=label, inbox=inbox)))
                 self.counters[counter] += 1
 
-    def submit_poll(self, order: PollOrder) -> None:
+    def submit_poll(self, order: PollOrder, not_before: Optional[float] = None) -> None:
+        """`not_before` (epoch seconds): the task lists the jobs then, not earlier (submitted ahead)."""
         jobs = {row: [job_id, status] for row, (job_id, status) in order.jobs.items()}
         self._track(Step.POLL, order.backend, (), lambda inbox: poll_backend.submit(
             order.backend, self.connection_keys[order.backend], jobs, list(order.cancel), inbox,
-            self.token_max_age_seconds))
+            self.token_max_age_seconds, not_before))
         self.counters["poll_tasks"] += 1
 
     def submit_reconcile(self, order: ReconcileOrder) -> None:
