@@ -37,10 +37,10 @@ from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional
 WAVE_GAP_SHARE = 0.25
 # Seconds added to an end known from the backend's own times (its requests' answers jitter).
 EXPECTED_END_MARGIN = 0.1
-# A poll's task run is submitted this long before its listing is due (at most an interval),
-# and waits in its body: Prefect's work before a task body (its tag slot check: 0.1 s idle,
-# seconds under load) is then done while the jobs still run, not after they ended.
-ARM_LEAD_SECONDS = 2.0
+# A poll's task run is submitted this long before its listing is due, and waits in its body:
+# Prefect's work before a task body (its tag slot check: 0.1 s idle, 1-3 s at load 20) is then
+# done while the jobs still run, not after they ended.
+ARM_LEAD_SECONDS = 3.0
 
 
 class PollClock:
@@ -57,7 +57,7 @@ class PollClock:
     @property
     def lead(self) -> float:
         """How long before its time a poll is submitted."""
-        return min(ARM_LEAD_SECONDS, self.interval)
+        return ARM_LEAD_SECONDS
 
     # --- what happened ------------------------------------------------------------------------
     def job_created(self, row: int, answered_wall: float) -> None:
