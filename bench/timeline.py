@@ -9,7 +9,9 @@ seconds after the first job was created, from the simulator's clock) and the tim
 slot sat idle, on the critical path of a slot round (the start request's own latency is not in
 it: a job counts as started when the backend accepted the start). The **tail** is the last end
 to the return of `run_jobs` (seeing the end, the downloads, the final persist and reports).
-The ideal has no gap and no tail.
+The ideal has no gap and no tail. A run from `bench/trace.py` also has the flow's own events:
+then the tail is split at the last listing, the last download, the cycle's end, and the
+publisher's last Prefect calls.
 """
 from __future__ import annotations
 
@@ -32,7 +34,18 @@ def decompose(row: Dict[str, Any]) -> Dict[str, Any]:
     rounds = []  # per round of P starts: the median gap of the round
     for first in range(0, len(gaps), p):
         rounds.append(round(statistics.median(gaps[first:first + p]), 2))
-    return {"scenario": row["scenario"], "tool": row["tool"], "makespan": row.get("makespan_s"),
+    tail_steps = {}
+    events = row.get("events") or []
+    if events:
+        last_end = ends[-1]
+
+        def first(name, after):
+            return next((t for t, n, _ in events if n == name and t >= after), None)
+
+        tail_steps = {"last listing": first("poll>", last_end - 1.0), "downloads done": max(
+            (t for t, n, _ in events if n == "download<"), default=None), "cycle ended": first("cycle<", 0),
+            "publisher closing": first("publisher_close>", 0), "publisher closed": first("publisher_close<", 0)}
+    return {"tail_steps": tail_steps, "scenario": row["scenario"], "tool": row["tool"], "makespan": row.get("makespan_s"),
             "ideal": row["ideal_makespan"], "first_start": first_start, "last_end": round(ends[-1], 2),
             "gaps": gaps, "gap_sum_critical": round(sum(rounds), 2), "round_median_gaps": rounds,
             "gap_median": round(statistics.median(gaps), 2) if gaps else None,
@@ -57,6 +70,8 @@ def main(argv: List[str] = None) -> int:
                   f"slot gaps median {d['gap_median']} max {d['gap_max']}, per round {d['round_median_gaps']}; "
                   f"created ahead {d['created_ahead']}")
             print("    gaps:", d["gaps"])
+            if d["tail_steps"]:
+                print("    tail (s after the first create):", d["tail_steps"])
     return 0
 
 

@@ -91,6 +91,23 @@ def test_an_end_the_backend_times_to_the_sub_second_sharpens_the_estimate():
     assert clock.estimate == pytest.approx(1.0 + 45.0 - 3.0 + EXPECTED_END_MARGIN, abs=1e-3)
 
 
+def test_backend_times_count_by_the_largest_and_never_beyond_the_polls_bound():
+    clock = clock_with_one_job_seen_ending(lambda created: {"created": backend_time(created),
+                                                            "updated": backend_time(created + 45.0)})
+    clock.job_created(1, answered_wall=clock.wall_offset + 60.0)
+    clock.job_started(1, now=61.0)  # answered 0.3 s later than the first one's, relative to its job
+    clock.poll_sent("a", 100.0)
+    clock.poll_sent("a", 110.0)
+    created_on_backend = clock.wall_offset + 60.0 - 1000.25 - 0.05
+    clock.job_ended("a", 1, finished=True, now=110.2, metadata={"created": backend_time(created_on_backend),
+                                                                "updated": backend_time(created_on_backend + 45.3)})
+    assert clock.estimate == pytest.approx(44.3 + EXPECTED_END_MARGIN, abs=1e-3)  # the later of 43.1 and 44.3
+    clock.job_started(2, now=120.0)
+    clock.poll_sent("a", 160.0)  # a job that ran 40 s: the polls' bound (40) is below both
+    clock.job_ended("a", 2, finished=True, now=160.2)
+    assert clock.estimate == 40.0
+
+
 @pytest.mark.parametrize("case", ["whole seconds", "ended before the poll that saw it active", "no times"])
 def test_backend_times_that_cannot_be_trusted_leave_the_polls_upper_bound(case):
     def metadata(created):

@@ -18,7 +18,10 @@ changed, not merely because a poll interval went by. A stingy backend counts eve
   the backend's own clock, not only "ended before the poll that saw it" (which carries the
   first round's poll phase into every later round, up to an interval). It is used only between
   what this run's own polls prove (active at the poll before, ended by the answer), plus
-  `EXPECTED_END_MARGIN`: a poll sent a little early sees nothing and costs an interval.
+  `EXPECTED_END_MARGIN`: a poll sent a little early sees nothing and costs an interval. Such
+  times carry the jitter of our requests' answers, so the largest of them counts (the polls'
+  bounds, late by nature, count by the smallest), and never beyond the polls' bound: with jobs
+  of very different lengths the polls' bound decides, as without backend times.
 - Jobs expected to end within `WAVE_GAP_SHARE` of an interval of the first one are listed
   together, once the last of them is due: one listing per wave of jobs started together.
 - A poll is submitted `lead` seconds before it is due and lists at its time (`poll_sent` takes
@@ -52,6 +55,8 @@ class PollClock:
         self.sent: Dict[str, float] = {}  # backend -> when its last poll was sent
         self.sent_before: Dict[str, float] = {}  # backend -> when the poll before it was sent
         self.estimate: Optional[float] = None  # seconds from start to end, from finished jobs
+        self.upper: Optional[float] = None  # the smallest of the polls' bounds
+        self.exact: Optional[float] = None  # the largest of the ends known from backend times
         self.wall_offset = time.time() - time.monotonic()  # wall = monotonic + offset
 
     @property
@@ -81,11 +86,12 @@ class PollClock:
         seen = self.sent.get(backend)
         if finished and since is not None and seen is not None and seen > since:
             took = seen - since  # an upper bound: polling at it is late by a little, never early
+            self.upper = took if self.upper is None else min(self.upper, took)
             exact = self._took_by_backend(created, metadata, since)
             active_at = self.sent_before.get(backend, since) - since  # the poll before saw it active
             if exact is not None and max(0.0, active_at) <= exact <= (now if now is not None else seen) - since:
-                took = exact
-            self.estimate = took if self.estimate is None else min(self.estimate, took)
+                self.exact = exact if self.exact is None else max(self.exact, exact)
+            self.estimate = self.upper if self.exact is None else min(self.upper, self.exact)
 
     def _took_by_backend(self, created: Optional[float], metadata: Optional[Mapping[str, Any]],
                          since: float) -> Optional[float]:
