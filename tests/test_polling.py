@@ -33,6 +33,8 @@ def test_after_a_job_finished_polls_wait_for_the_expected_end_then_follow_the_in
     assert clock.due(161.0, followed) == {"a"}
     clock.poll_sent("a", 161.0)
     assert clock.next_poll("a", [1, 2]) == 171.0  # both overdue now: every interval until seen ending
+    clock.poll_answered("a", 164.0)  # answered late (a loaded machine): the interval counts from the answer
+    assert clock.next_poll("a", [1, 2]) == 174.0
     clock.job_started(3, now=162.0)  # a job expected before a quarter interval after the last poll
     clock.poll_sent("a", 221.0)
     assert clock.next_poll("a", [3]) == 221.0 + WAVE_GAP_SHARE * 10.0

@@ -26,6 +26,8 @@ changed, not merely because a poll interval went by. A stingy backend counts eve
   together, once the last of them is due: one listing per wave of jobs started together.
 - A poll is submitted `lead` seconds before it is due and lists at its time (`poll_sent` takes
   that time): when to list is unchanged, only Prefect's delay before the task body moves off it.
+  Jobs past their expected end are listed an interval after the last answer (not the last
+  listing), so a listing answered late under load is not followed by another at once.
 
 The cycle owns one `PollClock` and tells it what happened; the clock only answers questions.
 """
@@ -54,6 +56,7 @@ class PollClock:
         self.created: Dict[int, float] = {}  # row -> wall time its create was answered (tasks/start.py)
         self.sent: Dict[str, float] = {}  # backend -> when its last poll was sent
         self.sent_before: Dict[str, float] = {}  # backend -> when the poll before it was sent
+        self.answered: Dict[str, float] = {}  # backend -> when its last poll's answer was applied
         self.estimate: Optional[float] = None  # seconds from start to end, from finished jobs
         self.upper: Optional[float] = None  # the smallest of the polls' bounds
         self.exact: Optional[float] = None  # the largest of the ends known from backend times
@@ -76,6 +79,11 @@ class PollClock:
         if backend in self.sent:
             self.sent_before[backend] = self.sent[backend]
         self.sent[backend] = now
+
+    def poll_answered(self, backend: str, now: float) -> None:
+        """A poll's answer came: jobs past their expected end wait an interval from here (a listing
+        answered late under load is not followed by another at once)."""
+        self.answered[backend] = now
 
     def job_ended(self, backend: str, row: int, finished: bool, now: Optional[float] = None,
                   metadata: Optional[Mapping[str, Any]] = None) -> None:
@@ -125,8 +133,8 @@ class PollClock:
             change = self.expected_change(row)
             if change > last:  # not seen since it can have changed
                 fresh.append(change)
-            else:  # overdue: every interval until it is seen ending
-                best = min(best, last + self.interval)
+            else:  # overdue: every interval (from the last answer) until it is seen ending
+                best = min(best, max(last, self.answered.get(backend, last)) + self.interval)
         if fresh:  # at once, the jobs expected within a wave gap of the first with it: one listing
             gap = WAVE_GAP_SHARE * self.interval
             first = min(fresh)

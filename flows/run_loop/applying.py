@@ -72,6 +72,8 @@ class OutcomeBook:
         changes: List[tuple] = []
         downloaded: Dict[int, Mapping[str, Any]] = {}
         for outcome in outcomes:
+            if outcome.step is Step.POLL:
+                self.polls.poll_answered(outcome.backend, now)
             effects = effects_of(outcome, self.row_now)
             downloaded.update(effects.items)
             for row, update in effects.updates.items():
