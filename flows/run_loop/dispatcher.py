@@ -111,7 +111,8 @@ class Dispatcher:
         """Creates and starts as separate task runs on their own workers, so a slow create never
         holds a start worker. What a free slot waits for goes first (each submission takes the
         cycle's thread a Prefect call, and a pool runs its tasks in submission order): starts of
-        jobs created earlier, then creates for a free slot, then jobs created ahead. One task run per row, named after its tile; when many more rows wait
+        jobs created earlier, then creates for a free slot, then jobs created ahead. One task run
+        per row, named after its tile; when many more rows wait
         than there are workers (thousands of rows, hundreds of slots), batches, about one per worker."""
         kinds = (  # created earlier; created for a free slot and started in the same task; created ahead
             (lambda o: not o.creates, Step.START, start_jobs, self.start_runner, "start_tasks"),
