@@ -105,45 +105,71 @@ def bad_input_cases(sim, tmp_path: Path):
     ]
 
 
-def test_bad_input_one_line_exit_2_fast(sim, password, tmp_path):
-    slowest = 0.0
+def check_one_line_refusal(sim, argv, flag, words, db, code: int, out: str, err: str, before, posts_before) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2, (argv, err)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {flag}"), (argv, err)
+    assert all(word in lines[0] for word in words), (words, lines[0])
+    assert "Traceback" not in err and out == ""
+    assert db is None or sha256(db) == before, f"{db} changed"
+    assert sim.counters()["jobs_total"] == posts_before
+
+
+def test_bad_input_one_line_exit_2_fast(prefect_harness, sim, password, tmp_path, capsys):
+    """Every kind of bad input, through the command line's `main` in this process (19 Python starts
+    fewer than one command each; the real command's exit code, its one line and that it starts no
+    server: the test below and tests/test_startup.py). The session's Prefect API is configured,
+    so these calls warm no server up."""
     for argv, flag, words, db in bad_input_cases(sim, tmp_path):
         before = sha256(db) if db else None
         posts_before = sim.counters()["jobs_total"]
-        home = tmp_path / f"prefect-home-{posts_before}-{len(argv)}-{flag.strip('-')}"
-        done, elapsed = run_cli(*argv, env={"PREFECT_HOME": str(home)})
-        lines = done.stderr.strip().splitlines()
-        assert done.returncode == 2, (argv, done.stderr)
-        assert len(lines) == 1 and lines[0].startswith(f"error: {flag}"), (argv, done.stderr)
-        assert all(word in lines[0] for word in words), (words, lines[0])
-        assert "Traceback" not in done.stderr and done.stdout == ""
-        assert db is None or sha256(db) == before, f"{db} changed"
-        assert sim.counters()["jobs_total"] == posts_before
-        slowest = max(slowest, elapsed)
-        assert no_prefect_server_started(home), (argv, list(home.rglob("*")))  # refused before Prefect starts
+        code = main(argv)
+        out, err = capsys.readouterr()
+        check_one_line_refusal(sim, argv, flag, words, db, code, out, err, before, posts_before)
     assert not list(tmp_path.glob("job_*"))
-    print(f"slowest bad-input case: {slowest:.1f} s")
 
 
-def test_wrong_password_and_locked_db(sim, tmp_path):
+def test_bad_input_through_the_real_command_exits_2_in_one_line_before_any_server(sim, password, tmp_path):
+    """The real command (its own Prefect server, warming up from its first moment): a callback that
+    cannot be imported is refused with exit code 2 in one line, the DB unchanged, no job created,
+    and no Prefect server ever served (no database under its PREFECT_HOME)."""
     db = make_db(tmp_path / "jobs.parquet", 3)
-    done, _ = run_cli("--job-db", str(db), "--backend", backend_flag(sim), "--start-job", CALLBACK,
-                      env={PASSWORD_ENV: "definitely-wrong"})
-    assert done.returncode == 2 and done.stderr.startswith("error: --backend: backend 'a': authentication (basic)")
+    argv = ["--job-db", str(db), "--backend", backend_flag(sim), "--start-job", "mycb.jobs:start_job"]
+    before, posts_before = sha256(db), sim.counters()["jobs_total"]
     home = tmp_path / "prefect-home"
+    done, elapsed = run_cli(*argv, env={"PREFECT_HOME": str(home)})
+    check_one_line_refusal(sim, argv, "--start-job", ["mycb", "cannot be imported"], db, done.returncode,
+                           done.stdout, done.stderr, before, posts_before)
+    assert no_prefect_server_started(home), list(home.rglob("*"))  # refused before Prefect starts
+    assert not list(tmp_path.glob("job_*"))
+    print(f"bad input refused by the command in {elapsed:.1f} s")
+
+
+def test_wrong_password_and_locked_db(prefect_harness, sim, tmp_path, capsys, monkeypatch):
+    """In this process (`main`): the skipped exit (75) comes from the lock's own check, which a
+    lock held by this process (another open file) trips like one held by another run."""
+    db = make_db(tmp_path / "jobs.parquet", 3)
+    argv = ["--job-db", str(db), "--backend", backend_flag(sim), "--start-job", CALLBACK]
+    monkeypatch.setenv(PASSWORD_ENV, "definitely-wrong")
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --backend: backend 'a': authentication (basic)"), err
+    monkeypatch.setenv(PASSWORD_ENV, sim.config.password)
+    before = sha256(db)
     with JobDbLock(db):  # another live run holds the DB: skipped (75), not bad input
-        done, _ = run_cli("--job-db", str(db), "--backend", backend_flag(sim), "--start-job", CALLBACK,
-                          env={PASSWORD_ENV: sim.config.password, "PREFECT_HOME": str(home)})
-    assert done.returncode == 75 and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert done.stderr.startswith("skipped: job DB") and f"pid {os.getpid()}" in done.stderr
-    assert "--wait-for-lock" in done.stderr and no_prefect_server_started(home)
+        code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 75 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("skipped: job DB") and f"pid {os.getpid()}" in err
+    assert "--wait-for-lock" in err and sha256(db) == before and sim.counters()["jobs_total"] == 0
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    done, _ = run_cli("--job-db", str(tmp_path / "nope.csv"), "--backend", "a=http://127.0.0.1:1",
-                      "--start-job", CALLBACK, "--debug")
-    assert done.returncode == 2 and "Traceback" in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("error: --job-db:")
+def test_debug_shows_the_traceback(prefect_harness, tmp_path, capsys):
+    code = main(["--job-db", str(tmp_path / "nope.csv"), "--backend", "a=http://127.0.0.1:1",
+                 "--start-job", CALLBACK, "--debug"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" in err
+    assert err.strip().splitlines()[-1].startswith("error: --job-db:")
 
 
 def test_help_shows_every_option_with_help_defaults_and_examples():
