@@ -5,11 +5,9 @@ blocks, from the CLI's `--backend` too; bad auth input fails before any job is c
 from __future__ import annotations
 
 import io
-import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from openeo.rest.auth.config import RefreshTokenStore
@@ -151,15 +149,20 @@ def test_cli_backend_options_for_every_auth_type():
     ("max_starts_per_minute=-12", ["--backend", "max_starts_per_minute", "greater than 0"]),
     ("max_concurrent_requests=0", ["--backend", "max_concurrent_requests"]),
 ])
-def test_cli_bad_backend_is_one_line_before_anything(tmp_path, option, words):
+def test_cli_bad_backend_is_one_line_before_anything(tmp_path, capsys, option, words):
+    """Through the command line's `main` in this process: a bad `--backend` is refused while the
+    flags are read, before any server warms up (the real command's exit code and one line:
+    tests/test_cli.py::test_bad_input_through_the_real_command_exits_2_in_one_line_before_any_server)."""
+    from flows.console.cli import main
+
     db = make_db(tmp_path / "jobs.csv", 2)
     before = db.read_bytes()
-    run = subprocess.run([sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), "--start-job",
-                          "flows.tiling.demo_callbacks:start_job", "--backend", f"a=http://127.0.0.1:9,{option}"],
-                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
-    assert run.returncode == 2
-    error_lines = [line for line in run.stderr.splitlines() if "error:" in line]
-    assert len(error_lines) == 1, run.stderr
+    code = main(["--job-db", str(db), "--start-job", "flows.tiling.demo_callbacks:start_job",
+                 "--backend", f"a=http://127.0.0.1:9,{option}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    error_lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and len(err.strip().splitlines()) == 1, err
     for word in words:
         assert word in error_lines[0]
     assert db.read_bytes() == before
