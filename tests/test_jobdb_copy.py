@@ -19,8 +19,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def jobdb_cli(*args: str) -> subprocess.CompletedProcess:
+    """The real command, in its own Python (once per test: the rest call `jobdb_main`)."""
     return subprocess.run([sys.executable, "-m", "jobdb", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+
+
+def jobdb_main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The command's `main` in this process (what `python -m jobdb` calls), its output as a
+    finished process's: one Python start fewer for each call."""
+    from jobdb.__main__ import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["python", "-m", "jobdb", *args], code, out, err)
 
 
 def tiles(n: int = 6) -> gpd.GeoDataFrame:
@@ -33,7 +45,7 @@ def tiles(n: int = 6) -> gpd.GeoDataFrame:
     return df
 
 
-def test_csv_to_postgres_and_back_to_csv_parquet_geoparquet(postgres, tmp_path):
+def test_csv_to_postgres_and_back_to_csv_parquet_geoparquet(postgres, tmp_path, capsys):
     url = postgres.database("copy_round_trip")
     source = tiles()
     csv = tmp_path / "in.csv"
@@ -43,7 +55,7 @@ def test_csv_to_postgres_and_back_to_csv_parquet_geoparquet(postgres, tmp_path):
     assert "copied 6 rows" in done.stdout
     written = pd.read_csv(csv)
     for name in ("out.csv", "out.parquet"):
-        done = jobdb_cli("copy", url, str(tmp_path / name), "--campaign", "eu")
+        done = jobdb_main(capsys, "copy", url, str(tmp_path / name), "--campaign", "eu")
         assert done.returncode == 0, done.stderr
         back = ojm.get_job_db(tmp_path / name).read()
         assert list(back.columns)[:len(written.columns)] == list(written.columns)
@@ -118,9 +130,10 @@ def test_openeo_job_database_interface(postgres, tmp_path):
     assert again.loc[2, "status"] == "not_started" and again.loc[2, "tile_id"] == "T2"
 
 
-def test_copy_to_and_from_s3_on_a_moto_server(postgres, tmp_path):
+def test_copy_to_and_from_s3_on_a_moto_server(postgres, tmp_path, capsys):
     """`python -m jobdb copy` with s3:// on both sides (moto's standalone server; s3fs reads the
-    AWS_* variables); a job_db of s3:// is refused in one line that names the forms that work."""
+    AWS_* variables: the first copy is the real command in its own Python, given them by its
+    environment); a job_db of s3:// is refused in one line that names the forms that work."""
     from jobdb.interface import open_store
     from jobdb.schema import JobDbError
     from tests.s3_server import moto_s3, s3_client
@@ -135,13 +148,13 @@ def test_copy_to_and_from_s3_on_a_moto_server(postgres, tmp_path):
         done = jobdb_cli("copy", "s3://campaigns/in/jobs.geoparquet", url, "--campaign", "eu")
         assert done.returncode == 0, done.stderr
         for name in ("out/jobs.geoparquet", "out/jobs.csv"):
-            done = jobdb_cli("copy", url, f"s3://campaigns/{name}", "--campaign", "eu")
+            done = jobdb_main(capsys, "copy", url, f"s3://campaigns/{name}", "--campaign", "eu")
             assert done.returncode == 0 and f"s3://campaigns/{name}" in done.stdout, done.stderr
             client.download_file("campaigns", name, str(tmp_path / PurePosixPath(name).name))
             back = ojm.get_job_db(tmp_path / PurePosixPath(name).name).read()
             assert back["tile_id"].tolist() == source["tile_id"].tolist()
             assert [g.equals_exact(s, 1e-9) for g, s in zip(back.geometry, source.geometry)] == [True] * 6
-        again = jobdb_cli("copy", url, "s3://campaigns/out/jobs.csv", "--campaign", "eu")
+        again = jobdb_main(capsys, "copy", url, "s3://campaigns/out/jobs.csv", "--campaign", "eu")
         assert again.returncode == 2 and "already exists" in again.stderr and again.stderr.count("\n") == 1
         keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="campaigns")["Contents"])
         assert keys == ["in/jobs.geoparquet", "out/jobs.csv", "out/jobs.geoparquet"]  # no temporary left
