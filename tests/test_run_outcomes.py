@@ -321,15 +321,19 @@ def test_outcome_failed_exit_1_a_failing_hook_counts_and_its_rerun_with_a_fixed_
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_outcome_bad_input_exit_2_failed_before_any_job(tmp_path):
+def test_outcome_bad_input_exit_2_failed_before_any_job(tmp_path, capsys, monkeypatch):
+    """The command line through its `main` in this process (the real command's exit code 2:
+    tests/test_cli.py::test_bad_input_through_the_real_command_exits_2_in_one_line_before_any_server)."""
+    from flows.console.cli import main
+
     sim = start_simulator(fast_config())
     try:
         db = make_db(tmp_path / "jobs.parquet", 3)
-        done = subprocess.run(cli(db, sim, "--max-consecutive-failures", "-1"),
-                              env=harness_env(**{PASSWORD_ENV: sim.config.password}), capture_output=True, text=True,
-                              timeout=600)
-        assert done.returncode == RunOutcome.BAD_INPUT.exit_code == 2
-        assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "--max-consecutive-failures" in done.stderr
+        monkeypatch.setenv(PASSWORD_ENV, sim.config.password)
+        code = main(cli(db, sim, "--max-consecutive-failures", "-1")[3:])
+        err = capsys.readouterr().err
+        assert code == RunOutcome.BAD_INPUT.exit_code == 2
+        assert err.strip().splitlines() == [err.strip()] and "--max-consecutive-failures" in err
         # the flow itself (a deployment run): Failed, nothing created
         state = run_jobs(job_db=str(db), backends=[backend("a", sim, 2)], start_job="no_such_module:start_job",
                          return_state=True)

@@ -75,30 +75,21 @@ def test_missing_campaign_is_named(tmp_path):
         open_store(url, "nope")
 
 
-def test_cli_refuses_bad_job_db_urls_before_anything(tmp_path, sim, capsys):
-    """One line, exit 2, before Prefect starts or any job is created (the first case through the
-    real command; the others call its `main` in this process: one Python start instead of three)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def test_cli_refuses_bad_job_db_urls_before_anything(prefect_harness, tmp_path, sim, capsys):
+    """One line, exit 2, before any job is created, through the command line's `main` in this
+    process (the session's Prefect API configured: no server warms up). The real command's exit
+    code and one line: tests/test_cli.py::test_bad_input_through_the_real_command_exits_2_in_one_line_before_any_server."""
     from flows.console.cli import main
 
-    root = Path(__file__).resolve().parents[1]
     url = sqlite_campaign(tmp_path, 3)
     spec = f"a={sim.url},parallel_jobs=2"
-    for k, (job_db, extra, needle) in enumerate((
+    for job_db, extra, needle in (
         ("s3://bucket/campaign/jobs.parquet", [], "unsupported job database s3://"),
         ("postgresql://nobody@127.0.0.1:1/none", [], "cannot open the job database"),
         (url, ["--campaign", "nope"], "--campaign: "),
-    )):
+    ):
         argv = ["--job-db", job_db, "--backend", spec, "--start-job", "flows.tiling.demo_callbacks:start_job", *extra]
-        if k == 0:
-            done = subprocess.run([sys.executable, "-m", "flows.run_jobs", *argv], cwd=root, capture_output=True,
-                                  text=True, timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(root)})
-            code, err = done.returncode, done.stderr
-        else:
-            code, err = main(argv), capsys.readouterr().err
+        code, err = main(argv), capsys.readouterr().err
         assert code == 2, err
         lines = [line for line in err.splitlines() if line.strip()]
         assert len(lines) == 1 and needle in lines[0], err
