@@ -101,43 +101,50 @@ def wait_for(condition, what: str, timeout: float) -> None:
 
 
 def killed_run_holding_the_slot(tmp_path: Path, home: Path, tag: str):
-    """A CLI run (own server) SIGKILLed while one of its start tasks holds the tag limit's only slot."""
+    """A CLI run SIGKILLed while one of its start tasks holds the tag limit's only slot, on the
+    server the CLI starts for itself (`LocalServer`, its leases on disk), started here so that the
+    tag limit is made on it before the run (one server start fewer than a server for the limit and
+    another for the run). Its server then stops as when its CLI dies: the pipe to its watchdog
+    closes."""
     sim = start_simulator(fast_config(queue_time=0.1, run_time=0.5, start_latency=30.0))
-    with local_prefect_server(SERVER_START_TIMEOUT) as api_url:
-        created: List[int] = []
-
-        def create_limit() -> bool:  # a fresh server answers 503 for a while after /health is 200
-            created.append(httpx.post(f"{api_url}/concurrency_limits/", json={"tag": tag, "concurrency_limit": 1},
-                                      timeout=30).status_code)
-            return created[-1] < 500
-
-        wait_for(create_limit, "the tag limit created", 120)
-        assert created[-1] == 201, created
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PYTHONPATH=str(ROOT), PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               **{PASSWORD_ENV: sim.config.password})
-    db = make_db(tmp_path / "jobs.parquet", 3)
-    argv = [sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), "--backend",
-            f"a={sim.url},parallel_jobs=3,user=alice,password_env={PASSWORD_ENV}",
-            "--start-job", "flows.tiling.demo_callbacks:start_job", "--poll-interval", "0.3"]
-    child = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
     try:
-        # POST /jobs answered and the start request sleeping 30 s: a start task holds the slot
-        wait_for(lambda: sim.counters()["jobs_total"] >= 1 or child.poll() is not None, "a start task running", 240)
-        assert child.poll() is None, child.stderr.read()[-2000:]
-        assert lease_files(home), "the server keeps its leases in memory (flows/console/local_server.py: server_env)"
-        os.kill(child.pid, signal.SIGKILL)  # the run only: its watchdog then stops its server
-        child.wait(30)
+        with local_prefect_server(SERVER_START_TIMEOUT) as api_url:
+            created: List[int] = []
+
+            def create_limit() -> bool:  # a fresh server answers 503 for a while after /health is 200
+                created.append(httpx.post(f"{api_url}/concurrency_limits/", json={"tag": tag, "concurrency_limit": 1},
+                                          timeout=30).status_code)
+                return created[-1] < 500
+
+            wait_for(create_limit, "the tag limit created", 120)
+            assert created[-1] == 201, created
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+            env.update(PYTHONPATH=str(ROOT), PREFECT_HOME=str(home), PREFECT_API_URL=api_url,
+                       PREFECT_SERVER_ANALYTICS_ENABLED="false", **{PASSWORD_ENV: sim.config.password})
+            db = make_db(tmp_path / "jobs.parquet", 3)
+            argv = [sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), "--backend",
+                    f"a={sim.url},parallel_jobs=3,user=alice,password_env={PASSWORD_ENV}",
+                    "--start-job", "flows.tiling.demo_callbacks:start_job", "--poll-interval", "0.3"]
+            child = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+            try:
+                # POST /jobs answered and the start request sleeping 30 s: a start task holds the slot
+                wait_for(lambda: sim.counters()["jobs_total"] >= 1 or child.poll() is not None, "a start task running",
+                         240)
+                assert child.poll() is None, child.stderr.read()[-2000:]
+                assert lease_files(home), "the server keeps its leases in memory (flows/console/local_server.py: server_env)"
+                os.kill(child.pid, signal.SIGKILL)  # the run only
+                child.wait(30)
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait(30)
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(30)
         sim.stop()
     wait_for(lambda: not server_pids(home), "the killed run's server stopped", 60)
 
 
-@pytest.mark.timeout(900)  # three Prefect server starts: minutes on loaded cores
+@pytest.mark.timeout(900)  # two Prefect server starts: minutes on loaded cores
 def test_the_cli_servers_leases_survive_a_kill_and_a_restart(tmp_path, prefect_home):
     """Fast half: after SIGKILL + server restart the slot is still taken *and its lease is still
     known, expiring within the lease time* — so the server's repossessor will free it (the slow
