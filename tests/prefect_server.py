@@ -107,13 +107,3 @@ class PrefectServer:
         for process in reversed(self.processes):
             stop(process)
         self.log.close()
-
-
-class RunningServer(PrefectServer):
-    """Prefect CLI commands and workers (`cli`, `spawn`) against a server that runs already (the
-    session's `prefect_harness`), from their own PREFECT_HOME: one server start fewer."""
-
-    def __init__(self, home: Path, api_url: str):
-        self.home, self.database_url, self.api_url = home, None, api_url.rstrip("/")
-        self.log = open(home / "commands.log", "wb")
-        self.processes = []

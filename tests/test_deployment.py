@@ -1,5 +1,4 @@
-"""A real Prefect server (the session's), a process work pool, deployments from
-deployments/prefect.yaml, a worker.
+"""A real Prefect server, a process work pool, deployments from deployments/prefect.yaml, a worker.
 
 Proves the deployment configuration works from this checkout, that `prefect deployment run -p`
 takes JSON values, and that a flow run started that way drives jobs to the end and can be
@@ -15,34 +14,18 @@ import pandas as pd
 import pytest
 
 from tests.flow_helpers import PASSWORD_ENV, assert_results_complete, fast_config, make_db
-from tests.prefect_server import PREFECT, ROOT, UUID_RE, RunningServer
+from tests.prefect_server import PREFECT, ROOT, UUID_RE, PrefectServer
 
 pytestmark = pytest.mark.integration
 
 
-POOL = "openeo-pool"  # deployments/prefect.yaml's
-
-
 @pytest.fixture
-def server(prefect_harness, tmp_path):
-    """The session's Prefect server, for this test's pool, deployments and worker (they are gone
-    afterwards, with the runs their schedules made: the server is the other tests' too)."""
-    from prefect.client.orchestration import SyncPrefectClient
-    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
-    from prefect.settings import PREFECT_API_URL
-
-    home = tmp_path / "prefect-home"
-    home.mkdir()
-    server = RunningServer(home, PREFECT_API_URL.value())
+def server(prefect_home):
+    server = PrefectServer(prefect_home)
     try:
         yield server
     finally:
-        server.close()  # the worker first
-        with SyncPrefectClient(server.api_url) as client:
-            pool = WorkPoolFilter(name=WorkPoolFilterName(any_=[POOL]))
-            for deployment in client.read_deployments(work_pool_filter=pool):
-                client.delete_deployment(deployment.id)  # (and its scheduled runs)
-            client.delete_work_pool(POOL)
+        server.close()
 
 
 @pytest.fixture
@@ -87,11 +70,7 @@ def test_deploy_worker_run(server, sim, tmp_path):
     (user_code / "mycallbacks").mkdir(parents=True)
     (user_code / "mycallbacks" / "__init__.py").write_text("")
     (user_code / "mycallbacks" / "jobs.py").write_text(USER_CALLBACK)
-    from prefect.client.orchestration import SyncPrefectClient
-    from prefect.client.schemas.actions import WorkPoolCreate
-
-    with SyncPrefectClient(server.api_url) as client:  # (the command `prefect work-pool create` calls this)
-        client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
+    server.cli("work-pool", "create", "openeo-pool", "--type", "process")
     out = server.cli("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
     assert "run-jobs/on-demand" in out and "run-jobs/nightly" in out and "tile-area/tile-area" in out, out
     assert_form_describes_every_parameter(server.api_url, "run-jobs/on-demand")
@@ -100,7 +79,7 @@ def test_deploy_worker_run(server, sim, tmp_path):
     try:
         server.spawn(
             [PREFECT,  # the prefect of this Python (a venv need not be on PATH)
-             "worker", "start", "--pool", POOL, "--type", "process"],
+             "worker", "start", "--pool", "openeo-pool", "--type", "process"],
             log=worker_log,
             OPENEO_JOBS_HOME=str(ROOT),
             PREFECT_WORKER_QUERY_SECONDS="1",
@@ -114,13 +93,9 @@ def test_deploy_worker_run(server, sim, tmp_path):
         run_parameters = ["-p", f"job_db={db}", "-p", f"backends={json.dumps(backends)}",
                           "-p", "poll_interval_seconds=0.5"]
         # No start_job (the deployment has no default): the run fails at once, saying what is missing.
-        # (Started through the API, as the UI's Run button does: the command line's -p is the run below.)
         initial = db.read_bytes()
-        with SyncPrefectClient(server.api_url) as client:
-            deployment = client.read_deployment_by_name("run-jobs/on-demand")
-            unset_id = client.create_flow_run_from_deployment(
-                deployment.id, parameters={"job_db": str(db), "backends": backends, "poll_interval_seconds": 0.5}).id
-        unset = wait_for_final_state(server.api_url, unset_id, timeout=600)  # bound for hangs
+        out = server.cli("deployment", "run", "run-jobs/on-demand", *run_parameters)
+        unset = wait_for_final_state(server.api_url, UUID_RE.search(out).group(0), timeout=600)  # bound for hangs
         after_unset, jobs_after_unset = db.read_bytes(), sim.counters()["jobs_total"]
         out = server.cli("deployment", "run", "run-jobs/on-demand", *run_parameters,
                          "-p", "start_job=mycallbacks.jobs:start_job")
