@@ -98,6 +98,37 @@ def test_item_takes_time_projection_and_geometry_from_the_results():
     assert pystac.Collection.from_dict(document).extent.temporal.intervals[0][0].month == 3
 
 
+def test_items_parquet_holds_the_items_with_a_footprint_and_a_campaign_without_any_gets_none(tmp_path):
+    """GeoParquet needs a geometry per row: a job DB without geometry (items with `geometry: null`)
+    made stac-geoparquet raise at every run's end (seen in the 10 000-row bench)."""
+    import pyarrow.parquet as pq
+
+    from tasks.results.collection import ITEMS_PARQUET
+    from tasks.results.rebuild import export_parquet
+    from tasks.results.storage import ResultsRoot
+
+    def stored_item(root, job_id, geometry):
+        footprint = {"geometry": geometry, "bbox": [5, 51, 5, 51] if geometry else None, "row": {"year": 2020},
+                     "provenance": {"openeo:job_id": job_id}}
+        item = build_item(job_id, "c", footprint, {}, {"b.tif": {"size": 10}}, {"b.tif": "./b.tif"})
+        href = f"job_{job_id}/job_{job_id}_item.json"
+        root.write_bytes(href, json.dumps(item).encode())
+        return summary(item, href)
+
+    root = ResultsRoot(tmp_path / "results")
+    mixed = CampaignCollection("c", "d")
+    mixed.add(stored_item(root, "j-1", {"type": "Point", "coordinates": [5, 51]}))
+    mixed.add(stored_item(root, "j-2", None))
+    assert export_parquet(root, mixed, min_items=1) and mixed.parquet
+    assert pq.read_table(tmp_path / "results" / ITEMS_PARQUET).column("id").to_pylist() == ["j-1"]
+
+    bare_root = ResultsRoot(tmp_path / "bare")
+    bare = CampaignCollection("c", "d")
+    bare.add(stored_item(bare_root, "j-3", None))
+    assert not export_parquet(bare_root, bare, min_items=1) and not bare.parquet
+    assert not (tmp_path / "bare" / ITEMS_PARQUET).exists()
+
+
 WRITE_SYSCALL = {"x86_64": "1", "aarch64": "64"}
 
 

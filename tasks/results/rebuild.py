@@ -76,7 +76,10 @@ def complete(root: ResultsRoot, collection: CampaignCollection, footprints: Mapp
 
 
 def export_parquet(root: ResultsRoot, collection: CampaignCollection, min_items: int = PARQUET_MIN_ITEMS) -> bool:
-    """`items.parquet` beside the collection (asset hrefs made absolute), once it has `min_items` items."""
+    """`items.parquet` beside the collection (asset hrefs made absolute), once it has `min_items` items.
+    It holds the items with a footprint: GeoParquet needs a geometry per row (stac-geoparquet fails on
+    a null one), and an item without one cannot be found by place anyway (collection.json lists all).
+    No item with a footprint (a job DB without geometry): no file."""
     if len(collection) < min_items:
         return False
     import stac_geoparquet.arrow as sga
@@ -85,12 +88,16 @@ def export_parquet(root: ResultsRoot, collection: CampaignCollection, min_items:
     items = []
     for relative, raw in data.items():
         item = json.loads(raw)
+        if not item.get("geometry"):
+            continue
         folder = relative.rsplit("/", 1)[0]
         for asset in item.get("assets", {}).values():
             if str(asset.get("href", "")).startswith("./"):
                 asset["href"] = root.url_of(f"{folder}/{asset['href'][2:]}")
         item["links"] = []
         items.append(item)
+    if not items:
+        return False
     fd, tmp = tempfile.mkstemp(suffix=".parquet")
     os.close(fd)
     try:
