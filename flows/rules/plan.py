@@ -77,6 +77,11 @@ class StartOrder:
     def creates(self) -> bool:
         return self.job_id is None
 
+    @property
+    def ahead(self) -> bool:
+        """A job created ahead of a free slot: it waits, so its create goes after every start."""
+        return self.creates and not self.then_start
+
 
 @dataclass(frozen=True)
 class PollOrder:

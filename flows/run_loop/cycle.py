@@ -241,8 +241,7 @@ class Cycle:
     def dispatch(self, plan: Plan, stopping: bool, poll_at: Optional[Mapping[str, float]] = None) -> None:
         """Starts into free slots first, jobs created ahead last: each submission costs this
         thread a Prefect call, and a freed slot's start is on the campaign's critical path."""
-        into_slots = tuple(order for order in plan.starts if order.then_start or not order.creates)
-        self.dispatcher.submit_starts(into_slots)
+        self.dispatcher.submit_starts(tuple(order for order in plan.starts if not order.ahead))
         if not stopping:
             for order in plan.reconciles:
                 self.dispatcher.submit_reconcile(order)
@@ -253,7 +252,7 @@ class Cycle:
                 self.dispatcher.submit_poll(order, not_before=at + self.polls.wall_offset if at > now else None)
             self.dispatcher.submit_finishes(plan.finishes, self.book.metadata)
             self.dispatcher.submit_hooks(plan.hooks)
-        self.dispatcher.submit_starts(tuple(order for order in plan.starts if order not in into_slots))
+        self.dispatcher.submit_starts(tuple(order for order in plan.starts if order.ahead))
 
     def apply(self, outcomes: List[Outcome]) -> None:
         self.book.apply(outcomes)  # flows/run_loop/applying.py

@@ -117,7 +117,7 @@ class Dispatcher:
         kinds = (  # created earlier; created for a free slot and started in the same task; created ahead
             (lambda o: not o.creates, Step.START, start_jobs, self.start_runner, "start_tasks"),
             (lambda o: o.creates and o.then_start, Step.START, start_jobs, self.create_runner, "start_tasks"),
-            (lambda o: o.creates and not o.then_start, Step.CREATE, create_jobs, self.create_runner, "create_tasks"),
+            (lambda o: o.ahead, Step.CREATE, create_jobs, self.create_runner, "create_tasks"),
         )
         for kind, step, task, runner, counter in kinds:
             mine = [o for o in orders if kind(o)]
