@@ -110,6 +110,29 @@ def test_backend_times_count_by_the_largest_and_never_beyond_the_polls_bound():
     assert clock.estimate == 40.0
 
 
+def test_a_first_wave_that_queued_long_does_not_delay_the_polls_of_later_quick_jobs():
+    """Jobs polled at their expected end can only confirm it: without the backend's times of the
+    latest ends, a first job that waited 300 s in the backend's queue would make every later one
+    wait 300 s for its poll, however quickly it ran."""
+    def ran(clock, row, created, started, seconds, seen):
+        clock.job_created(row, answered_wall=clock.wall_offset + created)
+        clock.job_started(row, now=started)
+        clock.poll_sent("a", created + seconds - 0.5)  # the poll before still saw it active
+        clock.poll_sent("a", seen)
+        on_backend = clock.wall_offset + created - 0.05
+        clock.job_ended("a", row, finished=True, now=seen + 0.2,
+                        metadata={"created": backend_time(on_backend), "updated": backend_time(on_backend + seconds)})
+
+    clock = PollClock(interval=10.0)
+    ran(clock, 0, created=0.0, started=1.0, seconds=300.0, seen=302.0)  # queued ~299 s, then ran
+    assert clock.estimate == pytest.approx(299.0 + EXPECTED_END_MARGIN, abs=1e-3)
+    # the next job, polled at that expected end, ran 2 s by the backend's times
+    ran(clock, 1, created=310.0, started=311.0, seconds=3.0, seen=311.0 + clock.estimate)
+    assert clock.estimate == pytest.approx(2.0 + EXPECTED_END_MARGIN, abs=1e-3)
+    clock.job_started(2, now=700.0)
+    assert clock.next_poll("a", [2]) == pytest.approx(702.0 + EXPECTED_END_MARGIN, abs=1e-3)
+
+
 @pytest.mark.parametrize("case", ["whole seconds", "ended before the poll that saw it active", "no times"])
 def test_backend_times_that_cannot_be_trusted_leave_the_polls_upper_bound(case):
     def metadata(created):

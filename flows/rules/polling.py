@@ -19,9 +19,12 @@ changed, not merely because a poll interval went by. A stingy backend counts eve
   first round's poll phase into every later round, up to an interval). It is used only between
   what this run's own polls prove (active at the poll before, ended by the answer), plus
   `EXPECTED_END_MARGIN`: a poll sent a little early sees nothing and costs an interval. Such
-  times carry the jitter of our requests' answers, so the largest of them counts (the polls'
-  bounds, late by nature, count by the smallest), and never beyond the polls' bound: with jobs
-  of very different lengths the polls' bound decides, as without backend times.
+  times carry the jitter of our requests' answers, so the largest of one answer's ends counts
+  (the polls' bounds, late by nature, count by the smallest), and never beyond the polls' bound:
+  with jobs of very different lengths the polls' bound decides, as without backend times. Only
+  the latest answer's ends count: jobs polled at their expected end can only confirm it, never
+  show it is too late, so a first wave that queued long on the backend (a busy backend, jobs
+  held behind a gate) would otherwise make every later wave wait as long for its poll.
 - Jobs expected to end within `WAVE_GAP_SHARE` of an interval of the first one are listed
   together, once the last of them is due: one listing per wave of jobs started together.
 - A poll is submitted `lead` seconds before it is due and lists at its time (`poll_sent` takes
@@ -59,7 +62,8 @@ class PollClock:
         self.answered: Dict[str, float] = {}  # backend -> when its last poll's answer was applied
         self.estimate: Optional[float] = None  # seconds from start to end, from finished jobs
         self.upper: Optional[float] = None  # the smallest of the polls' bounds
-        self.exact: Optional[float] = None  # the largest of the ends known from backend times
+        self.exact: Optional[float] = None  # the largest end known from backend times in the latest answer
+        self.exact_seen: Optional[float] = None  # when the poll whose answer gave `exact` was sent
         self.wall_offset = time.time() - time.monotonic()  # wall = monotonic + offset
 
     @property
@@ -98,7 +102,9 @@ class PollClock:
             exact = self._took_by_backend(created, metadata, since)
             active_at = self.sent_before.get(backend, since) - since  # the poll before saw it active
             if exact is not None and max(0.0, active_at) <= exact <= (now if now is not None else seen) - since:
-                self.exact = exact if self.exact is None else max(self.exact, exact)
+                same_answer = self.exact is not None and self.exact_seen == seen
+                self.exact = max(self.exact, exact) if same_answer else exact
+                self.exact_seen = seen
             self.estimate = self.upper if self.exact is None else min(self.upper, self.exact)
 
     def _took_by_backend(self, created: Optional[float], metadata: Optional[Mapping[str, Any]],
