@@ -26,6 +26,8 @@ class SimulatorConfig:
     run_time: float = knob(0.5, "seconds a job runs")
     run_time_jitter: float = knob(0.0, "uniform extra run time in [0, jitter] seconds")
     max_running_per_user: Optional[int] = knob(None, "jobs running at once per user; more wait queued (none = unlimited)")
+    runs_left: Optional[int] = knob(
+        None, "jobs that may still start running (any user), counted down as they start; more wait queued (none = no limit)")
     max_queued_per_user: Optional[int] = knob(
         None, "starting a job while this many are queued/running answers 400 ConcurrentJobLimit (none = off)")
 

@@ -129,7 +129,7 @@ class JobBook:
             finishing = [j for j in running if j.finish_at is not None and j.finish_at <= now]
             next_finish = min(finishing, key=lambda j: j.finish_at) if finishing else None
             head = queued[0] if queued and queued[0].eligible_at <= now else None
-            slot = cap is None or len(running) < cap
+            slot = (cap is None or len(running) < cap) and self.config.runs_left != 0
             if head is not None and slot:
                 start_at = max(head.eligible_at, t)
                 if next_finish is not None and next_finish.finish_at <= start_at:
@@ -147,6 +147,8 @@ class JobBook:
     def _start_running(self, job: Job, at: float, running: List[Job]) -> float:
         cfg, rng = self.config, self._rng()
         jitter = rng.uniform(0.0, cfg.run_time_jitter) if cfg.run_time_jitter > 0 else 0.0
+        if cfg.runs_left is not None:
+            cfg.runs_left -= 1  # a test lets exactly so many queued jobs run (tests/test_account_sharing.py)
         job.status = "running"
         job.started_at = at
         job.finish_at = at + cfg.run_time + jitter

@@ -44,8 +44,8 @@ def ledger(sim) -> List[dict]:
 
 @pytest.fixture
 def gated_sim():
-    """Jobs queue but do not run until the test opens the gate (`max_running_per_user=None`)."""
-    sim = start_simulator(fast_config(queue_time=0.1, run_time=1.0, max_running_per_user=0))
+    """Jobs queue but do not run until the test lets some (`runs_left=N`) or all (`None`) run."""
+    sim = start_simulator(fast_config(queue_time=0.1, run_time=1.0, runs_left=0))
     yield sim
     sim.stop()
 
@@ -55,7 +55,8 @@ def test_two_runs_on_one_account_both_progress_at_once(gated_sim, tmp_path, capl
     caplog.set_level(logging.INFO)
     sim = gated_sim
     t0 = time.monotonic()
-    dbs = {"a": make_db(tmp_path / "jobs_a.parquet", ROWS_A), "b": make_db(tmp_path / "jobs_b.parquet", ROWS_B)}
+    dbs = {"a": make_db(tmp_path / "jobs_a.parquet", ROWS_A),  # job titles "composite T000 2020", ...
+           "b": make_db(tmp_path / "jobs_b.parquet", ROWS_B, tile_id=[f"B{i:03d}" for i in range(ROWS_B)])}
     configs = {"a": backend("sim-a", sim, PARALLEL), "b": backend("sim-b", sim, PARALLEL)}
     errors: Dict[str, BaseException] = {}
 
@@ -74,7 +75,16 @@ def test_two_runs_on_one_account_both_progress_at_once(gated_sim, tmp_path, capl
     # B has asked for slots (its want is in the ledger) while A holds them all
     wait_for(lambda: any(e["holding"] == 0 and e["wants"] > 0 for e in ledger(sim)), "run B to ask for slots")
 
-    sim.configure(max_running_per_user=None)  # open the gate: jobs run and end, slots free up
+    # A's first jobs run and end, freeing slots; every later job stays queued (active) for now, so
+    # neither run can end a job before B has one: the overlap is an event, not a race that a B
+    # slowed by the machine (its create task started late) would lose
+    sim.configure(runs_left=PARALLEL)
+
+    def not_ended(prefix: str) -> bool:
+        return any(j["title"].startswith(f"composite {prefix}") and j["ended_at"] is None for j in sim.jobs())
+
+    wait_for(lambda: not_ended("B") and not_ended("T"), "a job of B created while one of A is active")
+    sim.configure(runs_left=None)  # everything runs
     for thread in threads.values():
         thread.join(timeout=600)  # a bound for hangs (a loaded machine)
     assert not any(t.is_alive() for t in threads.values()), "flow runs did not end in time"
