@@ -66,14 +66,24 @@ def migrated_prefect_db(tmp_path_factory) -> Path:
 
     A server on a fresh PREFECT_HOME first migrates its database: ~20 s of CPU (minutes on a loaded
     machine), paid again by every test that starts its own server. The migrations are Prefect's,
-    not what these tests prove, so each test copies this database instead (`prefect_home`).
+    not what these tests prove, so each test copies this database instead (`prefect_home`). With
+    pytest-xdist the session's workers share one template (made by the first that needs it).
     """
-    home = tmp_path_factory.mktemp("prefect-home-template")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    prefect = str(Path(sys.executable).with_name("prefect"))
-    subprocess.run([prefect, "server", "database", "upgrade", "-y"], env=env, check=True, capture_output=True,
-                   timeout=900)  # a bound for hangs (a loaded machine)
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one template for all of the session's workers
+        root = root.parent  # the session's temp folder, shared by its workers (pytest-xdist's recipe)
+    home = root / "prefect-home-template"
+    with FileLock(str(root / "prefect-home-template.lock")):
+        if not home.is_dir():
+            making = Path(tempfile.mkdtemp(prefix="prefect-home-making-", dir=root))
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+            env.update(PREFECT_HOME=str(making), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+            prefect = str(Path(sys.executable).with_name("prefect"))
+            subprocess.run([prefect, "server", "database", "upgrade", "-y"], env=env, check=True,
+                           capture_output=True, timeout=900)  # a bound for hangs (a loaded machine)
+            making.rename(home)  # complete or absent: a failed upgrade leaves no template to copy
     return home / "prefect.db"
 
 
