@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pandas as pd
 import pytest
@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from jobdb.sql.campaign import SqlDatabase
 from jobdb.sql.schema import jobs, runs
 from jobdb.status import HOLDS_SLOT
+from tasks.retry_policy import REQUEST_TIMEOUT_ENV
 from tests.flow_helpers import backend, fast_config
 from simulator import start_simulator
 
@@ -28,6 +29,10 @@ pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.timeout(90
 ROOT = Path(__file__).resolve().parents[1]
 LEASE_SECONDS = "4"  # short for tests; production default 60 s
 WAIT_LIMIT = 400.0  # each wait: a generous bound for a loaded machine, not a speed target
+# A killed run's `creating` rows whose job is not found are created again only after a grace of 3
+# request timeouts (its POST may still be under way): with the session's 20 s the survivors waited
+# 60 s for them; 5 s (as tests/test_crash_recovery.py) keeps that wait at 15 s.
+KILLED_RUN_REQUEST_TIMEOUT = "5"
 
 
 @pytest.fixture
@@ -42,7 +47,7 @@ def make_campaign(url: str, name: str, rows: int) -> None:
     SqlDatabase.open(url, create=True).create_campaign(name, df)
 
 
-def spawn_run(tmp_path: Path, tag: str, **kwargs) -> subprocess.Popen:
+def spawn_run(tmp_path: Path, tag: str, request_timeout: Optional[str] = None, **kwargs) -> subprocess.Popen:
     """A flow run in its own process, sharing nothing on disk with the others."""
     from prefect.settings import PREFECT_API_URL
 
@@ -53,6 +58,8 @@ def spawn_run(tmp_path: Path, tag: str, **kwargs) -> subprocess.Popen:
     env.update(HOME=str(home / "home"), TMPDIR=str(home / "tmp"), PREFECT_HOME=str(home / "prefect"),
                OPENEO_JOBS_STATE_DIR=str(home / "state"), PREFECT_API_URL=PREFECT_API_URL.value(),
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT), OPENEO_JOBS_LEASE_SECONDS=LEASE_SECONDS)
+    if request_timeout is not None:
+        env[REQUEST_TIMEOUT_ENV] = request_timeout
     kwargs = {"start_job": "flows.tiling.demo_callbacks:start_job", "poll_interval_seconds": 0.3,
               "root_dir": str(home / "results"), **kwargs}
     log = open(home / "run.log", "wb")
@@ -124,7 +131,8 @@ def test_three_runs_one_campaign_one_killed(postgres, slow_sim, tmp_path):
     make_campaign(url, "eu27", rows)
     db = SqlDatabase.open(url)
     config = backend("cdse", slow_sim, 3)
-    children = [spawn_run(tmp_path, str(k), job_db=url, campaign="eu27", backends=[config]) for k in range(3)]
+    children = [spawn_run(tmp_path, str(k), KILLED_RUN_REQUEST_TIMEOUT, job_db=url, campaign="eu27", backends=[config])
+                for k in range(3)]
 
     def first_holder():  # the slots are the account's, shared by all three: any run may get them first
         for child in children:
