@@ -34,6 +34,7 @@ from typing import Callable
 
 import httpx
 
+from flows.run_loop import slot_waits
 from flows.run_loop.interrupts import StopSignal
 
 # After the stop, until the run's end, the watch tries the temporary server's port this often. A
@@ -58,6 +59,7 @@ def prefect_requests_refused() -> bool:
 def allow_prefect_requests() -> None:
     """A new flow call: its Prefect API may be a new temporary server."""
     _refusing.clear()
+    slot_waits.api_refused(False)
     for handler in logging.getLogger("prefect").handlers:
         handler.removeFilter(_quiet_refusals)
 
@@ -65,6 +67,7 @@ def allow_prefect_requests() -> None:
 def refuse_prefect_requests() -> None:
     _install()
     _refusing.set()
+    slot_waits.api_refused(True)  # a slot request in its retry back-off whose task run left: cut short
     for handler in logging.getLogger("prefect").handlers:  # the task runs' tracebacks, one per refused call
         handler.addFilter(_quiet_refusals)
 

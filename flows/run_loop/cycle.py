@@ -106,6 +106,8 @@ class Cycle:
                 stopping_since = now
                 reason = "interrupted" if self.stop.event.is_set() else "time_up"
                 self.dispatcher.stop()
+                if reason == "interrupted":  # task runs still waiting for a tag's slot: not waited for
+                    self.dispatcher.abandon_waiting()
                 self.logger.warning("stopping: %s; starting no new jobs, waiting %s for running tasks",
                                     self.stop.reason or "time is up",
                                     f"at most {self.options.stop_grace_seconds:g} s"

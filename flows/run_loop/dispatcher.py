@@ -20,6 +20,7 @@ from prefect import tags as prefect_tags
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.run_loop import slot_waits
 from flows.rules.plan import FinishOrder, HookOrder, InFlight, PollOrder, ReconcileOrder, StartOrder
 from tasks.download import download_results, save_error_logs
 from tasks.hooks import run_hook
@@ -95,6 +96,7 @@ class Dispatcher:
         self.collection_id = collection_id
         self.tags = {backend: tuple(t) for backend, t in (tags or {}).items()}  # backend -> its task runs' tags
         self.pending: Dict[str, Submission] = {}
+        slot_waits.install()  # an interrupted run abandons its task runs still waiting for a tag's slot
         self.counters = {"create_tasks": 0, "start_tasks": 0, "poll_tasks": 0, "reconcile_tasks": 0, "download_tasks": 0,
                          "error_log_tasks": 0, "hook_tasks": 0, "crashed_tasks": 0}
 
@@ -213,6 +215,8 @@ class Dispatcher:
             outcomes.append(outcome)
             return
         del self.pending[submission_id]  # the task run has ended
+        if slot_waits.abandoned(_task_run_id(record.future)):  # at the stop, before its body: its rows are as the DB says
+            return
         if not record.answered or (record.step in (Step.CREATE, Step.START) and record.rows):
             self.counters["crashed_tasks"] += 1
             outcomes.append(self._crashed(record))
@@ -267,9 +271,19 @@ class Dispatcher:
         """Tasks waiting on rate limits or outages give their rows back instead of waiting on."""
         request_stop(self.inbox_id)
 
+    def abandon_waiting(self) -> None:
+        """An interrupted run: its task runs still waiting for a tag's concurrency slot end now,
+        without their body, and are forgotten (flows/run_loop/slot_waits.py); the others answer."""
+        slot_waits.abandon_slot_waits({task_run_id for record in self.pending.values()
+                                       if (task_run_id := _task_run_id(record.future)) is not None})
+
     def wake(self) -> None:
         """Make a waiting `collect` return now (the run was told to stop, a limit changed). Safe in a signal handler."""
         self._queue.put(("", None))
 
     def close(self) -> None:
         close_inbox(self.inbox_id)
+
+
+def _task_run_id(future: Optional[PrefectFuture]) -> Optional[uuid.UUID]:
+    return getattr(future, "task_run_id", None) if future is not None else None
