@@ -292,7 +292,7 @@ def classify(requests: Dict[str, int]) -> Dict[str, int]:
 def sim_timeline(sims) -> Dict[str, Optional[float]]:
     """Wall-clock times from the simulators' own job records."""
     created, started, ended, jobs = [], [], [], []
-    for sim in sims:
+    for index, sim in enumerate(sims):
         st = sim.state
         with st.lock:
             st.advance()
@@ -302,11 +302,13 @@ def sim_timeline(sims) -> Dict[str, Optional[float]]:
                     started.append(st.wall(job.queued_at))
                 if job.ended_at is not None:
                     ended.append(st.wall(job.ended_at))
-                jobs.append((job.created, *(None if t is None else st.wall(t) for t in (job.queued_at, job.ended_at))))
+                times = (job.queued_at, job.ended_at, job.started_at)
+                jobs.append((job.created, *(None if t is None else st.wall(t) for t in times), index))
     first = min(created, default=0.0)
     return {"first_create": min(created, default=None), "last_start": max(started, default=None),
             "last_end": max(ended, default=None), "jobs_started": len(started),
-            "jobs": [[None if t is None else round(t - first, 2) for t in j] for j in sorted(jobs)]}
+            # [created, started (accepted), ended, running since] s after the first POST /jobs, backend index
+            "jobs": [[None if t is None else round(t - first, 2) for t in j[:4]] + [j[4]] for j in sorted(jobs)]}
 
 
 def check_results(workdir: Path, asset_count: int, asset_size: int) -> Dict[str, Any]:
@@ -366,7 +368,7 @@ def run_scenario(scenario: Scenario, tools: List[str], base: Path, timeout_facto
             row = {
                 "scenario": scenario.name, "tool": tool, "outcome": child["outcome"], "n": scenario.n, "p": scenario.p,
                 "ideal_makespan": ideal["makespan"], "ideal_all_started": ideal["all_started"],
-                "ideal_bound": ideal["bound"],
+                "ideal_bound": ideal["bound"], "running_cap": scenario.sim_knobs().get("max_running_per_user"),
                 "all_started_s": round(timeline["last_start"] - first, 2) if first and timeline["last_start"] else None,
                 "backend_makespan_s": round(timeline["last_end"] - first, 2) if first and timeline["last_end"] else None,
                 "makespan_s": round(child["call_end"] - first, 2) if first and child.get("call_end") else None,
@@ -386,7 +388,7 @@ def run_scenario(scenario: Scenario, tools: List[str], base: Path, timeout_facto
                 "max_active_per_user": [c["max_active_per_user"] for c in counters],
                 "faults_injected": [c["faults_injected"] for c in counters],
                 "tool_stats": child.get("stats"),
-                "job_timeline": timeline["jobs"],  # [created, started, ended] s after the first POST /jobs
+                "job_timeline": timeline["jobs"],  # [created, started, ended, running] s after the first POST /jobs, backend
                 "error": child.get("error"),
                 "log_tail": child.get("log_tail"),
                 "workdir": str(workdir),

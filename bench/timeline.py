@@ -9,7 +9,10 @@ seconds after the first job was created, from the simulator's clock) and the tim
 slot sat idle, on the critical path of a slot round (the start request's own latency is not in
 it: a job counts as started when the backend accepted the start). The **tail** is the last end
 to the return of `run_jobs` (seeing the end, the downloads, the final persist and reports).
-The ideal has no gap and no tail. A run from `bench/trace.py` also has the flow's own events:
+The ideal has no gap and no tail. Where a backend runs at most `cap` jobs per user (compare.py's
+two_backends, three_backends), the slots are not what binds: `running_lanes` gives per backend
+when all `cap` lanes first ran and the idle time of a lane between one job's end and the next
+job's run. A run from `bench/trace.py` also has the flow's own events:
 then the tail is split at the last listing, the last download, the cycle's end, and the
 publisher's last Prefect calls.
 """
@@ -52,6 +55,30 @@ def decompose(row: Dict[str, Any]) -> Dict[str, Any]:
             "gap_max": max(gaps) if gaps else None, "tail": tail, "created_ahead": created_ahead}
 
 
+def running_lanes(row: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Where a backend runs at most `cap` jobs per user (the running bound): per backend, when its
+    `cap` lanes were first all running, and the **running gaps**: the k-th job to run (k >= cap)
+    takes the lane the (k-cap)-th end freed; the gap is how long that lane sat idle (no job
+    started and past its queue time was waiting on the backend). The ideal has neither."""
+    cap = row.get("running_cap")
+    jobs = [j for j in row["job_timeline"] if len(j) >= 5 and j[3] is not None and j[2] is not None]
+    if not cap or not jobs:
+        return []
+    out = []
+    for backend in sorted({j[4] for j in jobs}):
+        mine = [j for j in jobs if j[4] == backend]
+        runs = sorted(j[3] for j in mine)
+        ends = sorted(j[2] for j in mine)
+        full = runs[min(cap, len(runs)) - 1]
+        gaps = [round(runs[k] - ends[k - cap], 2) for k in range(cap, len(runs))]
+        lost = round(cap * ends[-1] - sum(j[2] - j[3] for j in mine), 1)  # lane-seconds without a job
+        out.append({"backend": backend, "jobs": len(mine), "first_running": runs[0], "all_lanes_running": full,
+                    "last_run_start": runs[-1], "last_end": ends[-1], "lane_seconds_idle": lost,
+                    "running_gap_sum": round(sum(gaps), 2), "running_gap_max": max(gaps, default=None),
+                    "running_gaps_over_0.05": sum(1 for g in gaps if g > 0.05)})
+    return out
+
+
 def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json", nargs="+")
@@ -70,6 +97,8 @@ def main(argv: List[str] = None) -> int:
                   f"slot gaps median {d['gap_median']} max {d['gap_max']}, per round {d['round_median_gaps']}; "
                   f"created ahead {d['created_ahead']}")
             print("    gaps:", d["gaps"])
+            for lane in running_lanes(row):
+                print("    running lanes:", lane)
             if d["tail_steps"]:
                 print("    tail (s after the first create):", d["tail_steps"])
     return 0

@@ -53,7 +53,7 @@ def main() -> int:
     from simulator import SimulatorConfig, start_simulator
     from tasks.results import run_results
 
-    wrap(tasks.poll, "_poll", "poll", lambda a: {"jobs": len(a[2])})
+    wrap(tasks.poll, "_poll", "poll", lambda a: {"jobs": len(a[2]), "backend": a[1]})
     wrap(tasks.start, "start_one", "start", lambda a: {"row": a[0]["_row"]})
     wrap(tasks.start, "create_one", "create", lambda a: {"row": a[0]["_row"]})
     wrap(tasks.download, "fetch_job_results", "download", lambda a: {"job": a[1]})
@@ -61,9 +61,24 @@ def main() -> int:
     wrap(run_jobs_module, "build_stats", "build_stats")
     wrap(run_results.RunResults, "close", "stac_close")
     wrap(background.BackgroundPublisher, "close", "publisher_close")
+    from prefect.client.orchestration import PrefectClient
+    increment = PrefectClient.increment_concurrency_slots_with_lease
+
+    async def timed_increment(self, *args, **kwargs):
+        EVENTS.append((time.time(), "slot_request>", {}))
+        try:
+            return await increment(self, *args, **kwargs)
+        finally:
+            EVENTS.append((time.time(), "slot_request<", {}))
+
+    PrefectClient.increment_concurrency_slots_with_lease = timed_increment
+    import prefect.concurrency._sync as prefect_slots
+    wrap(prefect_slots, "acquire_concurrency_slots_with_lease", "tag_slots", lambda a: {"names": len(a[0])})
     wrap(cycle.Cycle, "run", "cycle")
     wrap(cycle.Cycle, "dispatch", "dispatch", lambda a: {
-        "starts": [o.row for o in a[1].starts], "polls": len(a[1].polls), "finishes": [o.row for o in a[1].finishes]})
+        "starts": [o.row for o in a[1].starts], "polls": len(a[1].polls),
+        "orders": [(o.backend, "start" if not o.creates else "slot" if o.then_start else "ahead") for o in a[1].starts],
+        "polled": [p.backend for p in a[1].polls], "finishes": [o.row for o in a[1].finishes]})
     wrap(cycle.Cycle, "apply", "apply", lambda a: {"outcomes": [(o.step.value, sorted(o.rows)) for o in a[1]]})
 
     scenario = compare.SCENARIOS[scenario_name]
@@ -85,7 +100,8 @@ def main() -> int:
             sim.stop()
     first = timeline["first_create"]
     row = {"scenario": scenario.name, "tool": "ours", "outcome": "ok", "p": scenario.p,
-           "ideal_makespan": scenario.ideal()["makespan"], "makespan_s": round(call_end - first, 2),
+           "ideal_makespan": scenario.ideal()["makespan"],
+           "running_cap": scenario.sim_knobs().get("max_running_per_user"), "makespan_s": round(call_end - first, 2),
            "job_timeline": timeline["jobs"],
            "events": [(round(t - first, 3), name, details) for t, name, details in EVENTS]}
     Path(out).write_text(json.dumps({"rows": [row]}, default=str, indent=0))

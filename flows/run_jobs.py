@@ -183,14 +183,15 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
     overrides = LimitOverrides(run.backends, run.limit_sources, params.poll_interval_seconds, logger,
                                on_rate=pace_starts(run.connections))
     try:
+        creating = create_workers(run.backends, max_start_workers)
         with ThreadPoolTaskRunner(max_workers=max_start_workers) as start_runner, \
-                ThreadPoolTaskRunner(max_workers=create_workers(run.backends.values(), max_start_workers)) as create_runner, \
+                ThreadPoolTaskRunner(max_workers=sum(creating.values())) as create_runner, \
                 catch_interrupts(stop):
             dispatcher = Dispatcher(keys, run.creator, run.root_dir, start_runner, max_start_workers,
                                     FLOW_TASK_WORKERS, run.store.row, run.store.label, TOKEN_REFRESH_SECONDS,
                                     hooks=run.hooks, footprint=results.footprint, collection_id=results.collection_id,
                                     tags={n: task_tags(n, c.account) for n, c in run.connections.items()},
-                                    create_runner=create_runner)
+                                    create_runner=create_runner, create_workers=creating)
             overrides.on_change = dispatcher.wake  # a changed limit: decide again now
             overrides.wait_first_read(FIRST_READ_SECONDS)  # a campaign resumed under an override obeys it at once
             cycle = Cycle(run.store, policies, dispatcher, options, logger, slots=slots, stop=stop,

@@ -202,7 +202,7 @@ def test_many_waiting_rows_start_in_batches(tmp_path):
     """Far more free slots than start workers: rows start in batch task runs, each exactly once."""
     (sim,) = started_simulators(1)
     try:
-        # 16 rows > START_BATCH_FACTOR x 2 workers, all waiting in the first cycle: batches of 8
+        # 16 rows > START_BATCH_FACTOR x 2 workers, all waiting in the first cycle: batches of 2
         # (flows/run_loop/dispatcher.py: start_batch_size)
         db = make_db(tmp_path / "jobs.parquet", 16)
         stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 16)], start_job="flows.tiling.demo_callbacks:start_job",

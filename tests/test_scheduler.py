@@ -1,10 +1,11 @@
 """The scheduler's decisions and the dispatcher's batching, as pure functions: no Prefect, no HTTP."""
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
-from flows.run_loop.dispatcher import finish_batch_size, start_batch_size
+from flows.run_loop.dispatcher import batched, finish_batch_size, start_batch_size, take_turns
 from flows.rules.plan import BackendPolicy, InFlight, ReconcileOrder, Situation, StartOrder
 from flows.rules.scheduler import (
     finishes_held,
@@ -150,8 +151,11 @@ def test_a_whole_cycle_plans_everything_at_once():
 
 def test_batching_thresholds():
     assert start_batch_size(20, workers=5) == 1  # few rows: one task run per row (named after its tile)
-    assert start_batch_size(21, workers=5) == 5  # many: about one batch per worker
-    assert start_batch_size(1000, workers=5) == 200
+    assert start_batch_size(21, workers=5) == 2  # many: small batches, about 4 per worker
+    assert start_batch_size(1000, workers=5) == 50
+    # 30 rows of one backend, 5 workers: never fewer batches than workers (issue 21: 18-row batches
+    # ran 23 s one row after the other while other workers of the pool sat idle)
+    assert math.ceil(30 / start_batch_size(30, workers=5)) >= 5
     assert finish_batch_size(8, workers=8) == 1
     assert finish_batch_size(9, workers=8) == 2
     assert finish_batch_size(1000, workers=8) == 25
@@ -268,3 +272,12 @@ def test_a_creating_row_being_looked_up_stays_idle_and_keeps_its_grace():
     assert idle.since == {0: 10.0} and idle.looked_up == {0}
     idle.update([0, 1], posting=(), now=14.0)  # row 0's lookup answered "no job": its grace goes on
     assert idle.since == {0: 10.0, 1: 14.0} and idle.looked_up == {0}
+
+
+def test_create_and_start_tasks_take_the_backends_in_turn():
+    """A pool runs its tasks in submission order: each backend's first rows go before any
+    backend's later ones (issue 21: three backends' first jobs no longer wait for another's 30)."""
+    queues = {"a": batched(["a0", "a1", "a2"], 1), "b": batched(["b0"], 1), "c": batched(["c0", "c1"], 1)}
+    assert [item[0] for _, item in take_turns(queues)] == ["a0", "b0", "c0", "a1", "c1", "a2"]
+    assert batched(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
+    assert take_turns({}) == []

@@ -5,17 +5,17 @@ machine (tasks/accounts/slots.py) for a file job DB.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from flows.config.prepare import PreparedRun
 from jobdb.location import is_sql
 from tasks.accounts.slots import AccountSlots
 
 
-def create_workers(backends, max_start_workers: int) -> int:
-    """Create tasks at once: the slots to fill follow the backends, so `max_start_workers` per
-    backend, or its `max_concurrent_requests` where that is lower (more would only wait)."""
-    return sum(min(max_start_workers, b.max_concurrent_requests or max_start_workers) for b in backends)
+def create_workers(backends: Mapping[str, Any], max_start_workers: int) -> Dict[str, int]:
+    """Create tasks at once per backend: the slots to fill follow the backends, so `max_start_workers`
+    per backend, or its `max_concurrent_requests` where that is lower (more would only wait)."""
+    return {name: min(max_start_workers, b.max_concurrent_requests or max_start_workers) for name, b in backends.items()}
 
 
 def account_slots(run: PreparedRun, run_key: str, flow_run_id: Optional[str]):

@@ -28,7 +28,8 @@ from tasks.outcome import Outcome, Step, close_inbox, open_inbox, request_stop
 from tasks.poll import find_marked_jobs, poll_backend
 from tasks.start import create_jobs, start_jobs
 
-# Batch start tasks when more rows wait than this many times the start workers.
+# Batch start tasks when more rows of one backend wait than this many times its workers; then
+# batches keep about this many task runs per worker queued (rows in a batch go one after the other).
 START_BATCH_FACTOR = 4
 # More downloads than this for one backend in one cycle go in batches of at most this size,
 # and in at least `task_workers` of them, so downloads stay as parallel as one task per job.
@@ -41,13 +42,26 @@ COALESCE_SECONDS = 0.1
 
 
 def start_batch_size(orders: int, workers: int) -> int:
-    """Rows per start task: 1 while few rows wait, else about one batch per start worker."""
-    return 1 if orders <= START_BATCH_FACTOR * workers else math.ceil(orders / workers)
+    """Rows per create/start task of one backend (`workers`: the workers its tasks run on): 1 while
+    few rows wait, else small batches, about START_BATCH_FACTOR per worker. A row waits for the rows
+    before it in its batch, so a batch per worker (one long serial run per worker, fewer batches than
+    workers when the backends share a pool) would keep slots empty for many rows' time."""
+    return 1 if orders <= START_BATCH_FACTOR * workers else math.ceil(orders / (START_BATCH_FACTOR * workers))
 
 
 def finish_batch_size(orders: int, workers: int) -> int:
     """Jobs per download / error-log task of one backend."""
     return 1 if orders <= FINISH_BATCH_THRESHOLD else min(FINISH_BATCH_SIZE, math.ceil(orders / workers))
+
+
+def batched(orders: Sequence[Any], size: int) -> List[Sequence[Any]]:
+    return [orders[first:first + size] for first in range(0, len(orders), size)]
+
+
+def take_turns(queues: Mapping[str, Sequence[Any]]) -> List[Tuple[str, Any]]:
+    """(key, item) from each key's queue in turn: a0 b0 c0 a1 b1 ..."""
+    longest = max((len(items) for items in queues.values()), default=0)
+    return [(key, items[i]) for i in range(longest) for key, items in queues.items() if i < len(items)]
 
 
 @dataclass
@@ -78,6 +92,7 @@ class Dispatcher:
         collection_id: str = "results",
         tags: Optional[Mapping[str, Sequence[str]]] = None,
         create_runner: Optional[ThreadPoolTaskRunner] = None,  # workers of create tasks (default: the start ones)
+        create_workers: Optional[Mapping[str, int]] = None,  # backend -> its share of the create workers
     ):
         self.inbox_id = uuid.uuid4().hex
         self._queue = open_inbox(self.inbox_id)
@@ -87,6 +102,7 @@ class Dispatcher:
         self.start_runner = start_runner
         self.create_runner = create_runner or start_runner
         self.start_workers = start_workers
+        self.create_workers = dict(create_workers or {})
         self.task_workers = task_workers
         self.row_payload = row_payload
         self.label = label
@@ -116,33 +132,37 @@ class Dispatcher:
         jobs created earlier, then creates for a free slot, then jobs created ahead. One task run
         per row, named after its tile; when many more rows wait
         than there are workers (thousands of rows, hundreds of slots), batches, about one per worker."""
+        def creating_on(backend: str) -> int:
+            return self.create_workers.get(backend, self.start_workers)
+
         kinds = (  # created earlier; created for a free slot and started in the same task; created ahead
-            (lambda o: not o.creates, Step.START, start_jobs, self.start_runner, "start_tasks"),
-            (lambda o: o.creates and o.then_start, Step.START, start_jobs, self.create_runner, "start_tasks"),
-            (lambda o: o.ahead, Step.CREATE, create_jobs, self.create_runner, "create_tasks"),
+            (lambda o: not o.creates, Step.START, start_jobs, self.start_runner, "start_tasks", lambda b: self.start_workers),
+            (lambda o: o.creates and o.then_start, Step.START, start_jobs, self.create_runner, "start_tasks", creating_on),
+            (lambda o: o.ahead, Step.CREATE, create_jobs, self.create_runner, "create_tasks", creating_on),
         )
-        for kind, step, task, runner, counter in kinds:
+        for kind, step, task, runner, counter, workers in kinds:
             mine = [o for o in orders if kind(o)]
             if mine:
-                self._submit_rows(step, task, runner, mine, counter)
+                self._submit_rows(step, task, runner, mine, counter, workers)
 
     def _submit_rows(self, step: Step, task: Any, runner: ThreadPoolTaskRunner, orders: Sequence[StartOrder],
-                     counter: str) -> None:
-        size = start_batch_size(len(orders), self.start_workers)
+                     counter: str, workers: Callable[[str], int]) -> None:
+        """Batches per backend, submitted taking the backends in turn: a pool runs its tasks in
+        submission order, and each backend's first jobs are as urgent as another's."""
         by_backend: Dict[str, List[StartOrder]] = {}
         for order in orders:
             by_backend.setdefault(order.backend, []).append(order)
-        for backend, mine in by_backend.items():
-            for first in range(0, len(mine), size):
-                batch = mine[first:first + size]
-                payload = [{**self.row_payload(o.row), "_row": o.row, "job_marker": o.marker, "job_id": o.job_id}
-                           for o in batch]
-                label = self.label(batch[0].row) + (f"+{len(batch) - 1}" if len(batch) > 1 else "") + f"@{backend}"
-                self._track(step, backend, [o.row for o in batch], lambda inbox, payload=payload, backend=backend,
-                            label=label: runner.submit(task, parameters=dict(
-                                rows=payload, backend=backend, connection_key=self.connection_keys[backend],
-                                creator=self.creator, label=label, inbox=inbox)))
-                self.counters[counter] += 1
+        batches = {backend: batched(mine, start_batch_size(len(mine), workers(backend)))
+                   for backend, mine in by_backend.items()}
+        for backend, batch in take_turns(batches):
+            payload = [{**self.row_payload(o.row), "_row": o.row, "job_marker": o.marker, "job_id": o.job_id}
+                       for o in batch]
+            label = self.label(batch[0].row) + (f"+{len(batch) - 1}" if len(batch) > 1 else "") + f"@{backend}"
+            self._track(step, backend, [o.row for o in batch], lambda inbox, payload=payload, backend=backend,
+                        label=label: runner.submit(task, parameters=dict(
+                            rows=payload, backend=backend, connection_key=self.connection_keys[backend],
+                            creator=self.creator, label=label, inbox=inbox)))
+            self.counters[counter] += 1
 
     def submit_poll(self, order: PollOrder, not_before: Optional[float] = None) -> None:
         """`not_before` (epoch seconds): the task lists the jobs then, not earlier (submitted ahead)."""
