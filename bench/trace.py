@@ -74,6 +74,15 @@ def main() -> int:
     PrefectClient.increment_concurrency_slots_with_lease = timed_increment
     import prefect.concurrency._sync as prefect_slots
     wrap(prefect_slots, "acquire_concurrency_slots_with_lease", "tag_slots", lambda a: {"names": len(a[0])})
+    from flows.rules import polling
+    to_wall = time.time() - time.monotonic()  # the poll clock's monotonic times -> wall, like the events
+    wrap(polling.PollClock, "job_ended", "clock_ended", lambda a: {
+        "row": a[2], "estimate": a[0].estimate, "upper": a[0].upper, "exact": a[0].exact,
+        "since_wall": (a[0].started.get(a[2]) or 0) + to_wall, "sent_wall": a[0].sent.get(a[1], 0) + to_wall})
+    wrap(polling.PollClock, "job_started", "clock_started", lambda a: {
+        "row": a[1], "now_wall": a[2] + to_wall, "answered_wall": a[3] if len(a) > 3 else None,
+        "estimate": a[0].estimate})
+    wrap(polling.PollClock, "poll_sent", "clock_sent", lambda a: {"backend": a[1], "at_wall": a[2] + to_wall})
     wrap(cycle.Cycle, "run", "cycle")
     wrap(cycle.Cycle, "dispatch", "dispatch", lambda a: {
         "starts": [o.row for o in a[1].starts], "polls": len(a[1].polls),

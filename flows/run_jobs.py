@@ -32,6 +32,7 @@ from flows.report.reporting import ProgressReport, failed_rows, publish_final_ar
 from flows.report.tile_map import write_tile_map
 from flows.rules.plan import BackendPolicy
 from flows.run_loop.account_sharing import account_slots, create_workers, share_start_turns
+from flows.run_loop.tag_limits import TagLimitWatch
 from flows.run_loop.api_gone import api_went_with_the_stop, prefect_requests_refused, watch_api_after_stop
 from flows.run_loop.background import BackgroundPublisher
 from flows.run_loop.cycle import Cycle, CycleEnd, CycleOptions
@@ -197,10 +198,12 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
             cycle = Cycle(run.store, policies, dispatcher, options, logger, slots=slots, stop=stop,
                           on_progress=on_progress, on_change=on_change, on_downloaded=results.on_downloaded,
                           limits=overrides.policies)
+            tag_watch = TagLimitWatch(dispatcher.tag_sets()).start()  # Prefect's tag-limit check off the tasks' path
             try:
                 end = cycle.run()
             finally:
                 display.close()
+                tag_watch.close()
                 run.store.persist(force=True)
                 dispatcher.stop()
                 dispatcher.close()

@@ -14,9 +14,10 @@ import queue
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from prefect import tags as prefect_tags
+from prefect.context import TagsContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -124,6 +125,14 @@ class Dispatcher:
         with prefect_tags(*self.tags.get(backend, ())):  # the task run is created with the tags in context
             record.future = submit(f"{self.inbox_id}/{submission_id}")
         record.future.add_done_callback(lambda _f, sid=submission_id: self._queue.put((sid, None)))
+
+    def tag_sets(self) -> List[FrozenSet[str]]:
+        """Per backend, the tags its task runs get (the backend's and the submitting context's)."""
+        sets = []
+        for tags in self.tags.values():
+            with prefect_tags(*tags):
+                sets.append(frozenset(TagsContext.get().current_tags))
+        return sets
 
     def submit_starts(self, orders: Sequence[StartOrder]) -> None:
         """Creates and starts as separate task runs on their own workers, so a slow create never

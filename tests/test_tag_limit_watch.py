@@ -1,0 +1,43 @@
+"""Prefect's tag-limit check kept off the task runs' path (flows/run_loop/tag_limits.py, issue 21):
+the run renews Prefect's "no limit on this tag set" memory only for tag sets without a limit on the
+server; an operator's limit is left to Prefect's own check."""
+from __future__ import annotations
+
+import threading
+import uuid
+
+from flows.run_loop.tag_limits import TagLimitWatch, limit_names, prefect_memory
+
+
+def test_tag_sets_without_a_limit_skip_the_servers_check_and_a_limited_one_does_not(prefect_harness):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    free, capped = f"openeo-backend:free-{uuid.uuid4().hex[:6]}", f"openeo-backend:capped-{uuid.uuid4().hex[:6]}"
+    cache, lock = {}, threading.Lock()
+    watch = TagLimitWatch([("openeo", free), ("openeo", capped)], memory=(cache, lock))
+    watch.refresh()
+    assert cache == {frozenset({"tag:openeo", f"tag:{free}"}): True, frozenset({"tag:openeo", f"tag:{capped}"}): True}
+
+    with get_client(sync_client=True) as client:  # an operator limits one backend's task runs
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=f"tag:{capped}", limit=1))
+    assert f"tag:{capped}" in limit_names()
+    watch.refresh()
+    assert cache == {frozenset({"tag:openeo", f"tag:{free}"}): True}  # the limited set goes through Prefect's check
+
+
+def test_an_unreadable_server_changes_nothing_and_the_watch_stops():
+    cache, lock = {}, threading.Lock()
+
+    def down():
+        raise ConnectionError("no API")
+
+    watch = TagLimitWatch([("openeo", "openeo-backend:a")], interval=0.01, read_limits=down, memory=(cache, lock))
+    watch.start()
+    watch.close()
+    assert cache == {} and not watch._thread.is_alive()
+
+
+def test_prefect_keeps_the_memory_the_watch_renews():
+    """If a Prefect upgrade moves it, this fails (the watch itself would then silently do nothing)."""
+    assert prefect_memory() is not None
