@@ -281,3 +281,14 @@ def test_create_and_start_tasks_take_the_backends_in_turn():
     assert [item[0] for _, item in take_turns(queues)] == ["a0", "b0", "c0", "a1", "c1", "a2"]
     assert batched(list(range(5)), 2) == [[0, 1], [2, 3], [4]]
     assert take_turns({}) == []
+
+
+def test_create_workers_follow_the_slots_to_fill_within_the_quotas():
+    from types import SimpleNamespace as B
+
+    from flows.run_loop.account_sharing import create_workers
+    backends = {"small": B(parallel_jobs=5, max_concurrent_requests=None),
+                "wide": B(parallel_jobs=30, max_concurrent_requests=None),
+                "stingy": B(parallel_jobs=30, max_concurrent_requests=2)}
+    # at least max_start_workers, up to the slots, at most twice max_start_workers; never above the quota
+    assert create_workers(backends, 5) == {"small": 5, "wide": 10, "stingy": 2}

@@ -114,9 +114,10 @@ def check_process_parameters(
 
 def connection_pool_size(start_workers: int, task_workers: int) -> int:
     """HTTP connections kept per backend: one for each thread that may use it at once (its start
-    workers, as many create workers, the flow's task workers, the flow thread), so that big runs
-    neither discard connections nor log "Connection pool is full" (urllib3) hundreds of times."""
-    return max(32, 2 * start_workers + task_workers + 1)
+    workers, up to twice as many create workers (flows/run_loop/account_sharing.py), the flow's task
+    workers, the flow thread), so that big runs neither discard connections nor log "Connection
+    pool is full" (urllib3) hundreds of times."""
+    return max(32, 3 * start_workers + task_workers + 1)
 
 
 def connect_backend(backend: BackendConfig, pool_size: int = 32) -> ManagedConnection:

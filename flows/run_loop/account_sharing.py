@@ -12,10 +12,18 @@ from jobdb.location import is_sql
 from tasks.accounts.slots import AccountSlots
 
 
+# Create workers per backend follow its slots up to this many times `max_start_workers`.
+CREATE_WORKERS_PER_START_WORKER = 2
+
+
 def create_workers(backends: Mapping[str, Any], max_start_workers: int) -> Dict[str, int]:
-    """Create tasks at once per backend: the slots to fill follow the backends, so `max_start_workers`
-    per backend, or its `max_concurrent_requests` where that is lower (more would only wait)."""
-    return {name: min(max_start_workers, b.max_concurrent_requests or max_start_workers) for name, b in backends.items()}
+    """Create tasks at once per backend: the workers follow the slots to fill (a run's first cycle
+    fills every slot; issue 21: with 5 per backend, 10 running slots took two rounds of creates),
+    `max_start_workers` at least and twice that at most, never more than its
+    `max_concurrent_requests` (more would only wait for the account's request slots)."""
+    most = CREATE_WORKERS_PER_START_WORKER * max_start_workers
+    return {name: min(max(max_start_workers, min(b.parallel_jobs, most)), b.max_concurrent_requests or most)
+            for name, b in backends.items()}
 
 
 def account_slots(run: PreparedRun, run_key: str, flow_run_id: Optional[str]):
