@@ -202,18 +202,19 @@ def test_many_waiting_rows_start_in_batches(tmp_path):
     """Far more free slots than start workers: rows start in batch task runs, each exactly once."""
     (sim,) = started_simulators(1)
     try:
-        # 16 rows > START_BATCH_FACTOR x 2 workers, all waiting in the first cycle: batches of 2
-        # (flows/run_loop/dispatcher.py: start_batch_size)
-        db = make_db(tmp_path / "jobs.parquet", 16)
-        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 16)], start_job="flows.tiling.demo_callbacks:start_job",
+        # 24 rows > START_BATCH_FACTOR x 4 create workers (2 start workers, twice as many creates for
+        # 24 slots), all waiting in the first cycle: batches of 2 (flows/run_loop/dispatcher.py:
+        # start_batch_size, flows/run_loop/account_sharing.py: create_workers)
+        db = make_db(tmp_path / "jobs.parquet", 24)
+        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 24)], start_job="flows.tiling.demo_callbacks:start_job",
                          max_start_workers=2, poll_interval_seconds=0.5)
     finally:
         sim.stop()
-    assert stats["status"] == {"finished": 16}
-    assert stats["start_tasks"] < 16
+    assert stats["status"] == {"finished": 24}
+    assert stats["start_tasks"] < 24
     counters = sim.counters()
-    assert counters["jobs_total"] == 16 and counters["duplicate_titles"] == {}
-    assert counters["requests"].get("POST /jobs/{id}/results 202") == 16
+    assert counters["jobs_total"] == 24 and counters["duplicate_titles"] == {}
+    assert counters["requests"].get("POST /jobs/{id}/results 202") == 24
     assert_results_complete(tmp_path, pd.read_parquet(db), asset_size=2048)
 
 
