@@ -140,7 +140,8 @@ class Dispatcher:
         cycle's thread a Prefect call, and a pool runs its tasks in submission order): starts of
         jobs created earlier, then creates for a free slot, then jobs created ahead. One task run
         per row, named after its tile; when many more rows wait
-        than there are workers (thousands of rows, hundreds of slots), batches, about one per worker."""
+        than there are workers (thousands of rows, hundreds of slots), small batches, about
+        START_BATCH_FACTOR per worker of the backend (`start_batch_size`)."""
         def creating_on(backend: str) -> int:
             return self.create_workers.get(backend, self.start_workers)
 
