@@ -41,3 +41,27 @@ def test_an_unreadable_server_changes_nothing_and_the_watch_stops():
 def test_prefect_keeps_the_memory_the_watch_renews():
     """If a Prefect upgrade moves it, this fails (the watch itself would then silently do nothing)."""
     assert prefect_memory() is not None
+
+
+def test_the_watch_reads_the_limits_of_the_server_its_caller_uses():
+    """The CLI names its own server in a `temporary_settings` context, not in the environment: a
+    watch thread without the caller's context asked another server (a temporary one it started,
+    which outlived the CLI) and renewed "no limit" for tag sets an operator had limited."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    seen, read_twice = [], threading.Event()
+
+    def read():
+        seen.append(PREFECT_API_URL.value())
+        if len(seen) >= 2:
+            read_twice.set()
+        return frozenset()
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        watch = TagLimitWatch([("openeo", "openeo-backend:a")], interval=0.01, read_limits=read,
+                              memory=({}, threading.Lock())).start()
+    try:
+        assert read_twice.wait(60), "the watch thread never read the limits"
+    finally:
+        watch.close()
+    assert set(seen) == {"http://127.0.0.1:9/api"}, seen  # the first read (the caller's thread) and the thread's

@@ -17,6 +17,7 @@ answer, or Prefect keeps no such memory (another version), the watch changes not
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from typing import Callable, FrozenSet, Iterable, Optional
@@ -81,7 +82,13 @@ class TagLimitWatch:
         """Read once now (the first cycle submits a task run per free slot at once), then every interval."""
         if self._memory is not None and self.keys:
             self.refresh()
-            self._thread = threading.Thread(target=self._loop, name="tag-limit-watch", daemon=True)
+            # The caller's context: Prefect's settings (the CLI's own server is a `temporary_settings`
+            # context, not the environment) are context variables, which a new thread does not
+            # inherit. Without them the thread's client reads another server's limits (none) and
+            # starts a Prefect temporary server of its own that outlives the CLI.
+            context = contextvars.copy_context()
+            self._thread = threading.Thread(target=context.run, args=(self._loop,), name="tag-limit-watch",
+                                            daemon=True)
             self._thread.start()
         return self
 
