@@ -424,8 +424,11 @@ def test_a_systematic_callback_error_stops_after_n_rows_then_retry_failed_finish
         df = pd.read_parquet(db)
         counts = df["status"].value_counts().to_dict()
         print("\nafter a KeyError in the callback:", counts)
-        assert counts["start_failed"] <= 3 + 2  # N in a row, plus the starts already in flight
-        assert counts["not_started"] >= 12 - 5 and stats["halted_backends"]["a"].startswith("3 starts in a row")
+        # Before the 3rd failure is applied, the 2 failed rows' slots may have gone to new rows, and at
+        # most parallel_jobs (2) + create_ahead (2 by default) rows are in flight: (3 - 1) + 2 + 2, however fast
+        at_most = (3 - 1) + 2 + 2
+        assert counts["start_failed"] <= at_most
+        assert counts["not_started"] >= 12 - at_most and stats["halted_backends"]["a"].startswith("3 starts in a row")
         assert "KeyError" in stats["halted_backends"]["a"]
         fixed = run_jobs(**common, start_job=CALLBACK, retry_failed=True)
     finally:
