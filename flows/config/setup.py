@@ -112,12 +112,17 @@ def check_process_parameters(
         )
 
 
+# Create workers per backend follow its slots up to this many times `max_start_workers`
+# (flows/run_loop/account_sharing.py::create_workers); the connection pool counts them too.
+CREATE_WORKERS_PER_START_WORKER = 2
+
+
 def connection_pool_size(start_workers: int, task_workers: int) -> int:
     """HTTP connections kept per backend: one for each thread that may use it at once (its start
     workers, up to twice as many create workers (flows/run_loop/account_sharing.py), the flow's task
     workers, the flow thread), so that big runs neither discard connections nor log "Connection
     pool is full" (urllib3) hundreds of times."""
-    return max(32, 3 * start_workers + task_workers + 1)
+    return max(32, (1 + CREATE_WORKERS_PER_START_WORKER) * start_workers + task_workers + 1)
 
 
 def connect_backend(backend: BackendConfig, pool_size: int = 32) -> ManagedConnection:

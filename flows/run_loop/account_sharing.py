@@ -8,12 +8,9 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Mapping, Optional
 
 from flows.config.prepare import PreparedRun
+from flows.config.setup import CREATE_WORKERS_PER_START_WORKER
 from jobdb.location import is_sql
 from tasks.accounts.slots import AccountSlots
-
-
-# Create workers per backend follow its slots up to this many times `max_start_workers`.
-CREATE_WORKERS_PER_START_WORKER = 2
 
 
 def create_workers(backends: Mapping[str, Any], max_start_workers: int) -> Dict[str, int]:
