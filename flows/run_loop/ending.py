@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict
 from flows.report.reporting import failed_rows, merge_request_counts
 from flows.run_loop.outcomes import RunOutcome
 from jobdb import JobDbLocked
-from jobdb.status import CREATED, FAILED, HOLDS_SLOT, POSTPROCESS_FAILED
+from jobdb.status import CREATED, CREATING, FAILED, HOLDS_SLOT, POSTPROCESS_FAILED
 
 if TYPE_CHECKING:
     from prefect.states import State
@@ -52,9 +52,11 @@ def final_state(run: "PreparedRun", end: "CycleEnd", stats: Dict[str, Any], thre
     if end.reason == "interrupted":
         outcome = RunOutcome.INTERRUPTED
         ahead = counts.get(CREATED, 0)  # created ahead of a free slot: on the backend, not running
-        waiting = f", {ahead} created and not started" if ahead else ""
-        message = (f"interrupted: {active - ahead} jobs still running on backends{waiting}; run the same command "
-                   f"again to resume ({stats['rows']} rows: {summary})")
+        creating = counts.get(CREATING, 0)  # no job id yet: the resume adopts the job or creates it, once
+        waiting = "".join(text for n, text in ((ahead, f", {ahead} created and not started"),
+                                                (creating, f", {creating} being created")) if n)
+        message = (f"interrupted: {active - ahead - creating} jobs still running on backends{waiting}; run the same "
+                   f"command again to resume ({stats['rows']} rows: {summary})")
     elif failed > threshold * worked:
         outcome = RunOutcome.FAILED
         hooks = f", {stats['hook_failures']} of them in a hook" if stats.get("hook_failures") else ""
