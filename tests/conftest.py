@@ -23,6 +23,55 @@ os.environ.setdefault("OPENEO_JOBS_REQUEST_TIMEOUT_SECONDS", "20")
 
 import pytest
 
+# The longest tests of the default run, longest first (measured one by one after the session's
+# set-up, loaded 2 cores; a worker's first test also waits for that set-up). They go
+# first, so that none starts last and holds the run's end alone: pytest-xdist's `--dist load
+# --maxschedchunk 1` (the README's command) gives each worker the test it runs and the one it runs
+# next, then one more at each end, in this order. Each long test is followed by a short one, so the
+# test a worker keeps waiting behind a long one is a short one, and the next long test goes to the
+# worker that is free first. Stale or missing names only cost that ordering, never a result.
+LONGEST_FIRST = (
+    "tests/test_stac_collection.py::test_sigkill_while_writing_the_collection_then_resume",
+    "tests/test_interruptions.py::test_the_cli_run_survives_its_prefect_server_being_killed",
+    "tests/test_deployment.py::test_deploy_worker_run",
+    "tests/test_stop_with_tasks_in_flight.py::test_sigint_to_a_script_with_start_tasks_in_flight_exits_without_waiting_for_prefect_retries",
+    "tests/test_tag_limits.py::test_the_cli_servers_leases_survive_a_kill_and_a_restart",
+    "tests/test_crash_recovery.py::test_killed_in_every_phase_then_resumed",
+    "tests/test_sql_campaign_runs.py::test_three_runs_one_campaign_one_killed",
+    "tests/test_sql_campaign_runs.py::test_two_campaigns_one_account_share_its_slots_and_start_turns",
+    "tests/test_crash_recovery.py::test_killed_while_starting_in_embedded_mode_then_resumed",
+    "tests/test_results_storage.py::test_sigkill_during_an_upload_then_resume",
+    "tests/test_after_jobs.py::test_hooks_run_after_results_a_failing_hook_marks_its_row_and_resumes_rerun_them",
+    "tests/test_stop_with_tasks_in_flight.py::test_an_interrupted_run_leaves_the_task_runs_still_waiting_for_a_tag_slot_without_waiting",
+    "tests/test_run_outcomes.py::test_sigint_to_a_script_that_calls_run_jobs_exits_within_seconds",
+    "tests/test_faults.py::test_fault_scenario",
+    "tests/test_run_outcomes.py::test_outcome_failed_exit_1_a_failing_hook_counts_and_its_rerun_with_a_fixed_hook_runs_it",
+    "tests/test_faults.py::test_outage_of_one_of_two_backends",
+    "tests/test_tag_limits.py::test_a_tag_limit_of_one_allows_one_start_task_at_once",
+    "tests/test_stac_collection.py::test_collection_after_a_run_and_rebuilt_by_the_command",
+    "tests/test_run_outcomes.py::test_ctrl_c_in_the_cli_with_a_10_min_poll_exits_130_long_before_the_poll",
+    "tests/test_ctrl_c_bad_moment.py::test_ctrl_c_with_a_create_a_start_and_downloads_in_flight",
+    "tests/test_run_jobs.py::test_max_parallel_starts_is_the_schedulers_not_a_tag_limit",
+    "tests/test_unanswered_create.py::test_a_dead_runs_create_still_held_is_adopted_by_the_resume_not_created_twice",
+    "tests/test_limits.py::test_lowering_and_raising_parallel_jobs_while_the_campaign_runs",
+    "tests/test_account_sharing.py::test_two_runs_on_one_account_both_progress_at_once",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest tests first (LONGEST_FIRST), each followed by a short one; the rest in their
+    collected order after them (every worker collects the same order, as pytest-xdist requires)."""
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    long = sorted((item for item in items if item.nodeid.split("[")[0] in rank),
+                  key=lambda item: rank[item.nodeid.split("[")[0]])
+    short = [item for item in items if item.nodeid.split("[")[0] not in rank]
+    ordered = []
+    for position, item in enumerate(long):
+        ordered.append(item)
+        if position < len(short):
+            ordered.append(short[position])
+    items[:] = ordered + short[len(long):]
+
 
 @pytest.fixture(scope="session")
 def prefect_harness(migrated_prefect_db):

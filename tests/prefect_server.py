@@ -58,14 +58,19 @@ class PrefectServer:
     """`prefect server start` on a free loopback port with its own PREFECT_HOME."""
 
     def __init__(self, home: Path, startup_timeout: float = 600,  # a bound for hangs (a loaded machine)
-                 database_url: Optional[str] = None):
-        """`database_url`: the server's own database (`postgresql+asyncpg://…`); SQLite in `home` by default."""
+                 database_url: Optional[str] = None, api_url: Optional[str] = None):
+        """`database_url`: the server's own database (`postgresql+asyncpg://…`); SQLite in `home` by default.
+        `api_url`: a server already running (the session's, `prefect_harness`): start none, only the
+        commands and processes (workers) of the test, against that one."""
         self.home = home
         self.database_url = database_url
-        self.port = free_port()
-        self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.log = open(home / "server.log", "wb")
         self.processes: List[subprocess.Popen] = []
+        if api_url is not None:
+            self.api_url, self.server = api_url, None
+            return
+        self.port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
         self.server = self.spawn(
             [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)], log=self.log, api=False
         )

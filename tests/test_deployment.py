@@ -20,8 +20,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def server(prefect_home):
-    server = PrefectServer(prefect_home)
+def server(prefect_harness, tmp_path):
+    """The session's Prefect server (`prefect_harness`): what this test proves is the deployment
+    configuration, a worker and the runs it starts, not a server start (tests/test_interruptions.py
+    starts its own `prefect server`); the CLI commands and the worker run against it."""
+    from prefect.settings import PREFECT_API_URL
+
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    server = PrefectServer(home, api_url=PREFECT_API_URL.value())
     try:
         yield server
     finally:
@@ -87,27 +94,30 @@ def test_deploy_worker_run(server, sim, tmp_path):
             PYTHONPATH=os.pathsep.join(p for p in (str(user_code), os.environ.get("PYTHONPATH")) if p),
             **{PASSWORD_ENV: sim.config.password},
         )
-        db = make_db(tmp_path / "jobs.parquet", 6)
+        db, unset_db = make_db(tmp_path / "jobs.parquet", 6), make_db(tmp_path / "unset.parquet", 6)
         backends = [{"name": "sim", "url": sim.url, "parallel_jobs": 3,
                      "auth": {"type": "basic", "username": "alice", "password_env": PASSWORD_ENV}}]
-        run_parameters = ["-p", f"job_db={db}", "-p", f"backends={json.dumps(backends)}",
-                          "-p", "poll_interval_seconds=0.5"]
+
+        def run_parameters(job_db):
+            return ["-p", f"job_db={job_db}", "-p", f"backends={json.dumps(backends)}", "-p", "poll_interval_seconds=0.5"]
         # No start_job (the deployment has no default): the run fails at once, saying what is missing.
-        initial = db.read_bytes()
-        out = server.cli("deployment", "run", "run-jobs/on-demand", *run_parameters)
-        unset = wait_for_final_state(server.api_url, UUID_RE.search(out).group(0), timeout=600)  # bound for hangs
-        after_unset, jobs_after_unset = db.read_bytes(), sim.counters()["jobs_total"]
-        out = server.cli("deployment", "run", "run-jobs/on-demand", *run_parameters,
+        # Its own job DB, so that both runs go at once (the worker boots a process for each).
+        initial = unset_db.read_bytes()
+        out = server.cli("deployment", "run", "run-jobs/on-demand", *run_parameters(unset_db))
+        unset_id = UUID_RE.search(out).group(0)
+        out = server.cli("deployment", "run", "run-jobs/on-demand", *run_parameters(db),
                          "-p", "start_job=mycallbacks.jobs:start_job")
         flow_run_id = UUID_RE.search(out).group(0)
+        unset = wait_for_final_state(server.api_url, unset_id, timeout=600)  # a bound for hangs
         run = wait_for_final_state(server.api_url, flow_run_id, timeout=600)  # a worker boots it: minutes when loaded
     finally:
         worker_log.close()
     log_tail = (tmp_path / "worker.log").read_text(errors="replace")[-3000:]
     assert unset.state.is_failed(), f"{unset.state}\n{log_tail}"
     assert "give exactly one of start_job" in unset.state.message, unset.state.message
-    # at once: before any job was created (the seconds that takes are the machine's, not asserted)
-    assert "start_job" not in unset.parameters and after_unset == initial and jobs_after_unset == 0
+    # at once: before any job was created (the seconds that takes are the machine's, not asserted;
+    # the 6 jobs of the sim are the other run's, below)
+    assert "start_job" not in unset.parameters and unset_db.read_bytes() == initial
     assert run.state.is_completed(), f"{run.state}\n{log_tail}"
     assert run.parameters["start_job"] == "mycallbacks.jobs:start_job"
     # The parameters arrived typed (the JSON list was parsed), without any secret in them.

@@ -9,6 +9,7 @@ simulator/ (a stand-in backend) nothing from the project.
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
@@ -36,6 +37,13 @@ def lazy_names(tree: ast.Module) -> Dict[str, str]:
 def import_graph() -> Dict[str, Set[str]]:
     """module -> project modules it imports (`from pkg import mod` counts as importing pkg.mod, and
     `from pkg import name` as importing the module a lazy package loads the name from)."""
+    return {name: set(targets) for name, targets in _parsed_graph().items()}  # a copy: callers may change it
+
+
+@functools.lru_cache(maxsize=1)
+def _parsed_graph() -> Dict[str, Set[str]]:
+    """Parsed once per process: the files do not change during a test session (parsing all of
+    them is seconds of CPU, and every test here reads the graph)."""
     files = {module_name(p): p for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
     trees = {name: ast.parse(path.read_text(), str(path)) for name, path in files.items()}
     lazy = {name: lazy_names(tree) for name, tree in trees.items() if files[name].name == "__init__.py"}
