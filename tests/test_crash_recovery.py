@@ -36,7 +36,7 @@ def wait_until_gone(home, timeout: float = 60.0):
 
 PHASES = ["create", "start", "poll", "download"]
 CRASH_REQUEST_TIMEOUT = "5"  # seconds: the grace before a create is made again is 3 x 5 s
-ASSET_SIZE = 1 << 20  # 1 MiB x 2 assets
+ASSET_SIZE = 64 << 10  # 64 KiB x 2 assets: each kill waits for its request held at a gate, not for a long download
 
 
 def test_killed_in_every_phase_then_resumed(tmp_path, prefect_harness, monkeypatch):

@@ -14,11 +14,21 @@ from flows.run_jobs import run_jobs
 from tasks.connection_registry import register_connection, unregister_connection
 from tasks.connections import ManagedConnection
 from tasks.download import IncompleteDownload, UnsafeAssetName, fetch_job_results, safe_asset_path
-from tests.flow_helpers import assert_results_complete, backend, fast_config, make_db
+from tests.flow_helpers import assert_results_complete, backend, fast_config, make_db, recorded_task_runs
 from simulator import start_simulator
 
 PASSWORD = "S3cr3t-pa55-XYZ"
 LOGGERS = ("openeo", "urllib3", "prefect", "tasks", "flows", "jobdb", "requests")
+
+
+def every_page(read_page) -> list:
+    """Every record of a Prefect read that answers at most a page (200) per call: `read_page(offset)`."""
+    records: list = []
+    while True:
+        page = read_page(len(records))
+        records += page
+        if not page:
+            return records
 
 
 def _find(secrets, text: str, where: str):
@@ -35,8 +45,10 @@ def test_no_secret_anywhere_and_bearer_only_to_own_origin(tmp_path, caplog):
         db = make_db(tmp_path / "jobs.parquet", 6)
         for name in LOGGERS:
             caplog.set_level(logging.DEBUG, logger=name)
-        stats = run_jobs(job_db=str(db), backends=[backend("a", sim, 3)],
-                         start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.3)
+        state = run_jobs(job_db=str(db), backends=[backend("a", sim, 3)],
+                         start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.3,
+                         return_state=True)
+        stats, flow_run_id = state.result(), state.state_details.flow_run_id
         assert stats["status"] == {"finished": 6}
         with sim.state.lock:
             tokens = list(sim.state.tokens)
@@ -54,14 +66,22 @@ def test_no_secret_anywhere_and_bearer_only_to_own_origin(tmp_path, caplog):
         assert any(r.levelno == logging.DEBUG for r in caplog.records)
         _find(secrets, "\n".join(f"{r.name} {r.getMessage()}" for r in caplog.records), "logs")
 
-        # what Prefect stored: flow run parameters, task run inputs and parameters, artifacts, logs
+        # what Prefect stored of this flow run (the session's server holds other tests' runs too, and
+        # answers 200 records at most per call): its parameters, task run inputs and parameters,
+        # artifacts, logs. The server records task runs from events, a little after the flow returned.
         from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
+                                                    FlowRunFilterId, LogFilter, LogFilterFlowRunId)
 
+        this_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        recorded_task_runs(flow_run_id, "", lambda found: len(found) > 0, "a task run of the flow run")
         with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs()
-            task_runs = client.read_task_runs()
-            artifacts = client.read_artifacts()
-            logs = client.read_logs()
+            runs = client.read_flow_runs(flow_run_filter=this_run)
+            task_runs = every_page(lambda offset: client.read_task_runs(flow_run_filter=this_run, offset=offset))
+            artifacts = every_page(lambda offset: client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])), offset=offset))
+            logs = every_page(lambda offset: client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), offset=offset))
         assert runs and task_runs and artifacts and logs
         stored = [json.dumps(r.model_dump(mode="json"), default=str) for r in [*runs, *task_runs, *artifacts, *logs]]
         assert any('"password_env"' in s for s in stored)  # the parameters are there, by env var name
