@@ -4,15 +4,19 @@ server boots while the backends are checked (and is gone again when they are ref
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import flows.console.cli as cli
 from flows.console.demo import clean_demo_output
+from flows.console.local_server import OwnServer
 from simulator import start_simulator
 from tests.flow_helpers import PASSWORD_ENV, fast_config, make_db
-from tests.test_interruptions import processes_with_env
+from tests.test_interruptions import processes_with_env, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLBACK = "flows.tiling.demo_callbacks:start_job"
@@ -84,3 +88,72 @@ def test_each_demo_starts_from_a_clean_output_folder(tmp_path):
         (out / name).write_text("old")
     clean_demo_output(out, out / "jobs.parquet")
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # the user's own file stays
+
+
+def test_the_command_warms_its_server_up_first_and_the_warm_up_ends_with_it(tmp_path, monkeypatch):
+    """`python -m flows` starts the warm-up before its own imports (`OwnServer.for_command`): a
+    process, no port, no database; `stop` ends it and its interpreter, by their process group. No
+    warm-up for `--help`."""
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    monkeypatch.setenv("PREFECT_HOME", str(home))  # the watchdog's environment (no PREFECT_API_URL in the tests')
+    own = OwnServer.for_command(["--job-db", "jobs.csv"])
+    try:
+        assert own.server is not None and own.server.watchdog.poll() is None
+        wait_for(lambda: len(processes_with_env("PREFECT_HOME", str(home))) == 2, 60, "the watchdog and its warm-up")
+        own.warm_up()  # asked again once the flags are valid: the same warm-up, no second one
+        assert len(processes_with_env("PREFECT_HOME", str(home))) == 2
+    finally:
+        own.stop()
+    assert own.server.watchdog.returncode is not None
+    wait_for(lambda: processes_with_env("PREFECT_HOME", str(home)) == [], 30, "no process left")  # the warm-up: reaped by init
+    assert not list(home.glob("*.db"))
+    assert OwnServer.for_command(["--help"]).server is None
+
+
+def held_in_its_checks(tmp_path: Path, home: Path):
+    """A CLI process held inside its input checks (tests/held_callbacks.py), its server warming up;
+    returns (process, the held FIFO's write end: close it to let the check go on)."""
+    fifo = tmp_path / "hold"
+    os.mkfifo(fifo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PYTHONPATH=str(ROOT), HOLD_IMPORT_FIFO=str(fifo))
+    db = make_db(tmp_path / "jobs.parquet", 2)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), "--start-job", "tests.held_callbacks:start_job",
+         "--backend", "a=http://127.0.0.1:9,user=alice,password_env=NOPE"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def reader_waiting():
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until the import opened it to read
+        except OSError:
+            assert child.poll() is None, child.communicate()
+            return None
+
+    held = wait_for(reader_waiting, 120, "the CLI's check waiting on its callback's import")
+    wait_for(lambda: len(processes_with_env("PREFECT_HOME", str(home))) >= 3, 60, "the CLI, its watchdog and warm-up")
+    return child, held
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_a_command_interrupted_in_its_checks_leaves_no_server_behind(tmp_path, sig):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while the input is checked: one
+    line, exit 130, the warm-up stopped before the command exits. SIGKILL there: the watchdog sees
+    the CLI's pipe close and ends the warm-up. Either way no server ever served, no process is left."""
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    child, held = held_in_its_checks(tmp_path, home)
+    try:
+        os.killpg(child.pid, sig)
+        _, err = child.communicate(timeout=60)
+    finally:
+        os.close(held)
+    if sig == signal.SIGINT:
+        assert child.returncode == 130, err
+        assert err.strip().splitlines() == ["interrupted: run the same command again to resume"], err
+    else:
+        assert child.returncode == -signal.SIGKILL
+    # SIGINT: stopped by the CLI (the killed warm-up is reaped by init); SIGKILL: by the watchdog
+    wait_for(lambda: processes_with_env("PREFECT_HOME", str(home)) == [], 60, "no watchdog or warm-up left")
+    assert not list(home.glob("*.db"))

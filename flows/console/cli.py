@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from flows.console.flags import FLAGS, flow_parameters
 from flows.console.parser import BadInput, build_parser
@@ -25,19 +25,25 @@ from flows.run_loop.outcomes import RunOutcome
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def run_command_line() -> None:
-    """The console script `openeo-jobs` and `python -m flows`: run, then exit with the run's code."""
-    exit_process(main())
+def run_command_line(own=None) -> None:
+    """`python -m flows` (flows/__main__.py, which warms the server up first: `own`) and the console
+    script `openeo-jobs`: run, then exit with the run's code."""
+    exit_process(main(own=own))
 
 
-def main(argv: Optional[List[str]] = None, flow: Optional[Callable[..., Any]] = None) -> int:
-    """The command line. `flow`: the run-jobs flow object (default: imported after the checks)."""
+def main(argv: Optional[List[str]] = None, flow: Optional[Callable[..., Any]] = None, own=None) -> int:
+    """The command line. `flow`: the run-jobs flow object (default: imported after the checks);
+    `own`: its server, warming up already (`OwnServer.for_command`; default: warmed up once the
+    flags are valid)."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     from flows.console.local_server import OwnServer
 
-    own = OwnServer()
+    own = own or OwnServer()
     try:
         return checked_run(argv, flow, own, debug)
+    except KeyboardInterrupt:  # Ctrl-C while the input is checked (the run's own Ctrl-C is `run`'s)
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return RunOutcome.INTERRUPTED.exit_code
     finally:
         own.stop()  # unused (input refused) or already stopped by the run: the watchdog is gone
 
@@ -85,24 +91,27 @@ def checked_run(argv: Optional[List[str]], flow: Optional[Callable[..., Any]], o
     return run(flow, params, args, server if server is not None else own.server)
 
 
-def start_prefect_early(flow: Optional[Callable[..., Any]], server=None):
+def start_prefect_early(flow: Optional[Callable[..., Any]], server=None, then: Tuple[str, ...] = ()):
     """Start this run's Prefect server (`server`, warmed up by `OwnServer.warm_up`; None when
     PREFECT_API_URL names one) and import the flow (and with it Prefect) on a thread, both without
     waiting: they overlap the backend checks or the demo's set-up instead of following them.
+    `then`: modules the run needs at its end, imported after the flow (`import_flow_early`).
     Returns the server, or None."""
     if server is not None:
         server.start()
-    import_flow_early(flow)
+    import_flow_early(flow, then)
     return server
 
 
-def import_flow_early(flow: Optional[Callable[..., Any]]) -> None:
-    """Import the flow (and with it Prefect) on a thread, once (`run_jobs_flow` waits for it)."""
+def import_flow_early(flow: Optional[Callable[..., Any]], then: Tuple[str, ...] = ()) -> None:
+    """Import the flow (and with it Prefect) on a thread, once (`run_jobs_flow` waits for it);
+    then, on another thread nobody waits for, the modules `then` (the demo's tile map: matplotlib
+    and folium, ~1.5 s at its end under load, imported while the server boots instead)."""
     import threading
 
     global _import_thread
     if flow is None and _import_thread is None:
-        _import_thread = threading.Thread(target=_import_flow, name="import-flow", daemon=True)
+        _import_thread = threading.Thread(target=_import_flow, args=(then,), name="import-flow", daemon=True)
         _import_thread.start()
 
 
@@ -150,13 +159,27 @@ def run_jobs_flow() -> Callable[..., Any]:
     return run_jobs
 
 
-def _import_flow() -> None:
+def _import_flow(then: Tuple[str, ...] = ()) -> None:
     try:
         import flows.run_jobs  # noqa: F401 - warms the import; `run` imports it again (at once)
 
         warm_prefect_client()
     except Exception:  # noqa: BLE001 - `run` imports it again and reports what went wrong
         pass
+    if then:  # after Prefect's import, never beside it (see `run_jobs_flow`)
+        import threading
+
+        threading.Thread(target=_import_quietly, args=(then,), name="import-report", daemon=True).start()
+
+
+def _import_quietly(modules: Tuple[str, ...]) -> None:
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a warm-up only: the code that needs it imports it and says what is wrong
+            pass
 
 
 def warm_prefect_client() -> None:
@@ -268,9 +291,14 @@ def prefect_api(server=None) -> Iterator[None]:
             send_queued_prefect_calls(timeout=PREFECT_QUEUE_SECONDS)
 
 
+# What the demo's tile map imports at the run's end (flows/report/tile_map.py: PNG and HTML map).
+TILE_MAP_MODULES = ("matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.collections", "folium")
+
+
 def run_demo(output_dir: Path, args: argparse.Namespace, flow: Optional[Callable[..., Any]], server=None) -> int:
     """Two simulated backends, a small tile grid x 2 years, the real flow; prints a report."""
-    start_prefect_early(flow, server)  # boots while the simulators and the grid are made (`main` stops it)
+    # boots while the simulators and the grid are made (`main` stops it)
+    start_prefect_early(flow, server, then=TILE_MAP_MODULES)
     from flows.console.demo import accepted_parameters, demo_parameters, start_demo_backends
 
     job_db, config, sim_a, sim_b = start_demo_backends(output_dir)
