@@ -149,7 +149,8 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
         publisher.submit("progress", lambda: progress.result().update(by_backend, snapshot.rows, elapsed, down, limits))
 
     stop = StopSignal()
-    stop.wakers.append(heartbeat_stopper(flow_run_id))  # Prefect joins its heartbeat thread at the end: up to 1 s
+    end_heartbeats = heartbeat_stopper(flow_run_id)  # Prefect joins its heartbeat thread at the end: up to 1 s
+    stop.wakers.append(end_heartbeats)
     end_cancel_watch = watch_for_cancel(stop, flow_run_id)
     end_api_watch = watch_api_after_stop(stop)  # a script's temporary server may go with the Ctrl-C
     max_attempts, max_start_workers = params.max_attempts, params.max_start_workers
@@ -202,6 +203,7 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
             try:
                 end = cycle.run()
             finally:
+                end_heartbeats()  # the run's last seconds follow (map, artifacts): the thread ends meanwhile
                 display.close()
                 tag_watch.close()
                 run.store.persist(force=True)
