@@ -159,6 +159,7 @@ def main() -> int:
     parser.add_argument("--alternate", metavar="ROOT", help="only command -> first job, warm: runs of ROOT's and "
                         "--root's CLI taken in turn, each on its own copy of one warm home (a moving load hits both); "
                         "with --only server: both against one running Prefect server, --demo walls too")
+    parser.add_argument("--demos", action="store_true", help="with --alternate (own server): --demo walls too")
     args = parser.parse_args()
     root = Path(args.root).resolve()
     work = Path(tempfile.mkdtemp(prefix="bench_startup_"))
@@ -168,7 +169,7 @@ def main() -> int:
             if "server" in args.only:
                 with running_prefect_server(work) as api_url:
                     return alternate(roots, args.runs, work, args.warm_home, api_url, demos=True)
-            return alternate(roots, args.runs, work, args.warm_home)
+            return alternate(roots, args.runs, work, args.warm_home, demos=args.demos)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     print(f"checkout {root}; load {os.getloadavg()[0]:.1f}")

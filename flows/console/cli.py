@@ -26,8 +26,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def run_command_line(own=None) -> None:
-    """`python -m flows` (flows/__main__.py, which warms the server up first: `own`) and the console
-    script `openeo-jobs`: run, then exit with the run's code."""
+    """Run, then exit with the run's code. `own`: the server `flows.console.command_line` (`python -m
+    flows`, `openeo-jobs`) started warming up first thing."""
     exit_process(main(own=own))
 
 
