@@ -157,3 +157,17 @@ def test_a_command_interrupted_in_its_checks_leaves_no_server_behind(tmp_path, s
     # SIGINT: stopped by the CLI (the killed warm-up is reaped by init); SIGKILL: by the watchdog
     wait_for(lambda: processes_with_env("PREFECT_HOME", str(home)) == [], 60, "no watchdog or warm-up left")
     assert not list(home.glob("*.db"))
+
+
+def test_the_warm_up_imports_builds_and_routes_the_api_app_without_a_database(tmp_path):
+    """The warm-up process alone, told nothing (its stdin closed at once, as when the CLI refuses
+    its input): it imports the server's modules, builds the API app and routes one request through
+    it in-process (`route_once`), then ends without a port or a database ever made in PREFECT_HOME."""
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PYTHONPATH=str(ROOT), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    done = subprocess.run([sys.executable, "-m", "flows.console.local_server", "--serve-when-told", "9"],
+                          cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not list(home.rglob("*.db")), sorted(str(p) for p in home.rglob("*"))

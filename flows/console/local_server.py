@@ -196,7 +196,8 @@ def _serve_when_told(port: int) -> int:
 
         # The API app, built as `prefect server start` builds it (no port, no database yet): Prefect
         # caches it by the settings, so the command below takes this one (0.8 CPU-s under load).
-        create_app(final=True)
+        app = create_app(final=True)
+        route_once(app.api_app)
     except Exception:  # noqa: BLE001 - a warm-up only: the server's own start does it again, or says what is wrong
         pass
     if sys.stdin.readline().encode() != START_LINE:  # the CLI refused its input, or ended
@@ -206,6 +207,22 @@ def _serve_when_told(port: int) -> int:
     sys.argv = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     app()  # the same command as `python -m prefect server start ...`, in this interpreter
     return 0
+
+
+def route_once(api_app) -> None:
+    """One request through the API app in this process (ASGI, no port, no database): FastAPI builds
+    each included router's route contexts on the first request it routes, ~2 CPU-s for Prefect's
+    API, which the server's first real answer (the CLI's `GET /admin/version`) paid after `/health`
+    (6-8 s at load 8, bench/README.md)."""
+    import asyncio
+
+    import httpx
+
+    async def request() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api_app), base_url="http://warm-up") as client:
+            await client.get("/admin/version")
+
+    asyncio.run(request())
 
 
 def _watch(port: int, when_told: bool = False) -> int:
