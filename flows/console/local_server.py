@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
+from flows.console.server_warm_up import START_LINE, serve_when_told
+
 # A stopping server gets this long to finish its work (its event persister's last batch) before
 # it is killed: the command's exit waits for it (a stop takes <= 3 s, bench/stops.py).
 SERVER_STOP_SECONDS = 2.0
@@ -174,57 +176,6 @@ def local_prefect_server(timeout: float = STARTUP_TIMEOUT_SECONDS, server: Optio
         server.stop()
 
 
-START_LINE = b"start\n"  # the CLI's word to a warmed-up server (`LocalServer.start`)
-# The modules `prefect server start` imports on its way to answering `/health` (python -X importtime
-# of a warm start): its CLI command, the API app, uvicorn, and the collections (prefect-aws) whose
-# blocks its start-up hashes to see whether they are registered already.
-SERVER_MODULES = ("prefect.cli.server", "prefect.cli._server_utils", "prefect.server.api.server", "uvicorn",
-                  "prefect.server.models.block_registration", "prefect.server.database", "aiosqlite")
-
-
-def _serve_when_told(port: int) -> int:
-    """A `prefect server start` that imports first and serves once told: warm-up without a server."""
-    import importlib
-
-    try:
-        for name in SERVER_MODULES:
-            importlib.import_module(name)
-        import prefect.plugins
-
-        prefect.plugins.load_prefect_collections()  # imports and registers them, as the server's start would
-        from prefect.server.api.server import create_app
-
-        # The API app, built as `prefect server start` builds it (no port, no database yet): Prefect
-        # caches it by the settings, so the command below takes this one (0.8 CPU-s under load).
-        app = create_app(final=True)
-        route_once(app.api_app)
-    except Exception:  # noqa: BLE001 - a warm-up only: the server's own start does it again, or says what is wrong
-        pass
-    if sys.stdin.readline().encode() != START_LINE:  # the CLI refused its input, or ended
-        return 0
-    from prefect.cli import app
-
-    sys.argv = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    app()  # the same command as `python -m prefect server start ...`, in this interpreter
-    return 0
-
-
-def route_once(api_app) -> None:
-    """One request through the API app in this process (ASGI, no port, no database): FastAPI builds
-    each included router's route contexts on the first request it routes, ~2 CPU-s for Prefect's
-    API, which the server's first real answer (the CLI's `GET /admin/version`) paid after `/health`
-    (6-8 s at load 8, bench/README.md)."""
-    import asyncio
-
-    import httpx
-
-    async def request() -> None:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api_app), base_url="http://warm-up") as client:
-            await client.get("/admin/version")
-
-    asyncio.run(request())
-
-
 def _watch(port: int, when_told: bool = False) -> int:
     """Keep `prefect server start` up until stdin closes (the CLI ended), then stop it. A server
     that dies meanwhile (killed, crashed) is started again on the same port and database: the
@@ -290,7 +241,7 @@ def _watch(port: int, when_told: bool = False) -> int:
 def main(argv: Optional[list] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[0] == "--serve-when-told":
-        return _serve_when_told(int(argv[1]))
+        return serve_when_told(int(argv[1]))
     return _watch(int(argv[0]), when_told="--when-told" in argv[1:])
 
 
