@@ -61,6 +61,16 @@ def main() -> int:
     wrap(run_jobs_module, "build_stats", "build_stats")
     wrap(run_results.RunResults, "close", "stac_close")
     wrap(background.BackgroundPublisher, "close", "publisher_close")
+    # the end of the run after the publisher: the flow's own end, then Prefect's
+    import prefect.flow_engine as flow_engine
+    from jobdb.lock import JobDbLock
+    from prefect.task_runners import ThreadPoolTaskRunner
+    wrap(run_jobs_module, "drive", "drive")
+    wrap(run_jobs_module, "final_state", "final_state")
+    wrap(JobDbLock, "release", "lock_release")
+    wrap(flow_engine.FlowRunEngine, "handle_success", "prefect_success")
+    wrap(flow_engine, "propose_state_sync", "prefect_set_state")
+    wrap(ThreadPoolTaskRunner, "__exit__", "task_runner_exit")
     from prefect.client.orchestration import PrefectClient
     increment = PrefectClient.increment_concurrency_slots_with_lease
 

@@ -149,8 +149,11 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
         publisher.submit("progress", lambda: progress.result().update(by_backend, snapshot.rows, elapsed, down, limits))
 
     stop = StopSignal()
-    end_heartbeats = heartbeat_stopper(flow_run_id)  # Prefect joins its heartbeat thread at the end: up to 1 s
-    stop.wakers.append(end_heartbeats)
+    # Prefect joins its heartbeat thread after the flow function returned: up to 1 s of every run's end,
+    # unless the thread was told to end earlier, at a stop or once the cycle is over (its last seconds
+    # are the run's own teardown; heartbeats come every 180 s).
+    end_heartbeat = heartbeat_stopper(flow_run_id)
+    stop.wakers.append(end_heartbeat)
     end_cancel_watch = watch_for_cancel(stop, flow_run_id)
     end_api_watch = watch_api_after_stop(stop)  # a script's temporary server may go with the Ctrl-C
     max_attempts, max_start_workers = params.max_attempts, params.max_start_workers
@@ -203,7 +206,7 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
             try:
                 end = cycle.run()
             finally:
-                end_heartbeats()  # the run's last seconds follow (map, artifacts): the thread ends meanwhile
+                end_heartbeat()
                 display.close()
                 tag_watch.close()
                 run.store.persist(force=True)

@@ -36,3 +36,35 @@ def test_a_stop_ends_the_flow_runs_heartbeat_thread_before_the_run_returns(prefe
 
 def test_no_heartbeat_thread_of_another_flow_run_is_stopped():
     assert heartbeat_stopper("not-a-flow-run")() is None  # nothing found: a no-op
+
+
+def test_a_run_that_ends_its_work_ends_its_heartbeat_thread_before_the_flow_returns(prefect_harness, tmp_path,
+                                                                                      monkeypatch):
+    """Not only a stop: every run's end (issue 21's tail). After the cycle, the thread is told to
+    end, so when the flow function returns (final_state is its last step) the engine's join
+    finds it gone instead of waiting up to a second for its next 1-s check."""
+    import flows.run_jobs as run_jobs_module
+    from simulator import start_simulator
+    from tests.flow_helpers import backend, fast_config, make_db
+
+    seen = {}
+    final_state = run_jobs_module.final_state
+
+    def checking_final_state(*args, **kwargs):
+        beating = heartbeat_threads()
+        for thread in beating:
+            thread.join(30)  # it ends within a second once told to; never, unless told (heartbeats every 180 s)
+        seen["beating"], seen["alive"] = len(beating), [t.is_alive() for t in beating]
+        return final_state(*args, **kwargs)
+
+    monkeypatch.setattr(run_jobs_module, "final_state", checking_final_state)
+    sim = start_simulator(fast_config())
+    try:
+        db = make_db(tmp_path / "jobs.parquet", 1)
+        run_jobs_module.run_jobs(job_db=str(db), backends=[backend("a", sim, 1)],
+                                 start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.25,
+                                 download_results=False)
+    finally:
+        sim.stop()
+    assert seen["beating"] >= 1  # Prefect beats on a thread during the run (else this tests nothing)
+    assert seen["alive"] == [False] * seen["beating"]
