@@ -43,7 +43,8 @@ def poll_backend(
     `GET /jobs/{id}` is only made for jobs the listing lacks, and once for each job that
     became terminal (its usage and costs). Jobs in `cancel` are canceled first. An access
     token older than `token_max_age_seconds` is renewed first (off the flow's thread).
-    Outcome rows: {row: {"status": ..., "metadata": {...} (terminal only), "error": ...}}.
+    Outcome rows: {row: {"status": ..., "metadata": {...} (terminal only), "times": {"created", "updated"}
+    (the listing's, other changes), "error": ...}}.
     """
     wait = 0.0 if not_before is None else not_before - time.time()
     if wait > 0 and pause(inbox, wait):
@@ -76,7 +77,8 @@ def _poll(connection, backend: str, active: Dict[str, str], cancel: Sequence[str
         needs_details = entry is None or (listed_status in BACKEND_ENDED and listed_status != known_status)
         if not needs_details:
             if listed_status and listed_status != known_status:
-                updates[job_id] = {"status": listed_status}
+                times = {k: entry[k] for k in ("created", "updated") if entry.get(k)}  # when it changed (polling.py)
+                updates[job_id] = {"status": listed_status, **({"times": times} if times else {})}
             continue
         try:
             metadata = describe_job(connection, job_id)

@@ -143,3 +143,20 @@ def test_backend_times_that_cannot_be_trusted_leave_the_polls_upper_bound(case):
         return {"created": backend_time(created), "updated": backend_time(created + 30.0)}  # 31 < 40 on our clock
 
     assert clock_with_one_job_seen_ending(metadata).estimate == 47.0  # sent at 50, started at 3
+
+
+@pytest.mark.parametrize("case", ["whole seconds", "running after the answer that saw it", "no times"])
+def test_running_times_that_cannot_be_trusted_leave_the_expected_end_from_the_start(case):
+    """A job seen running is expected to end a run time after it began running only where the
+    backend's times say so to the sub-second and agree with our polls (tests/test_running_since.py)."""
+    clock = clock_with_one_job_seen_ending(lambda created: {"created": backend_time(created),
+                                                            "updated": backend_time(created + 45.0)})
+    clock.run_time = 5.0  # as learned from earlier jobs
+    clock.job_created(1, answered_wall=clock.wall_offset + 60.0)
+    clock.job_started(1, now=61.0)
+    created = clock.wall_offset + 60.0
+    began = {"whole seconds": backend_time(created + 10.0, False), "no times": None,
+             "running after the answer that saw it": backend_time(created + 30.0)}[case]
+    times = {"created": backend_time(created, case != "whole seconds"), "updated": began} if began else {}
+    clock.job_running("a", 1, now=75.0, times=times)  # seen running by the answer at 75 (our clock)
+    assert 1 not in clock.running and clock.expected_change(1) == 61.0 + clock.estimate

@@ -25,6 +25,12 @@ changed, not merely because a poll interval went by. A stingy backend counts eve
   the latest answer's ends count: jobs polled at their expected end can only confirm it, never
   show it is too late, so a first wave that queued long on the backend (a busy backend, jobs
   held behind a gate) would otherwise make every later wave wait as long for its poll.
+- A job seen running with the backend's sub-second `updated` (the time of its last status
+  change, openEO's job metadata) is expected to end a run time after it began running: where a
+  backend runs only so many jobs per user and queues the rest, the time from start to end says
+  little (it includes the queue), the time from running to end does. The run time is the
+  largest of the latest answer's, each from two of the backend's own times (running since,
+  ended), plus `EXPECTED_END_MARGIN`. Without such times: from the start, as above.
 - Jobs expected to end within `WAVE_GAP_SHARE` of an interval of the first one are listed
   together, once the last of them is due: one listing per wave of jobs started together.
 - A poll is submitted `lead` seconds before it is due and lists at its time (`poll_sent` takes
@@ -64,6 +70,10 @@ class PollClock:
         self.upper: Optional[float] = None  # the smallest of the polls' bounds
         self.exact: Optional[float] = None  # the largest end known from backend times in the latest answer
         self.exact_seen: Optional[float] = None  # when the poll whose answer gave `exact` was sent
+        self.running: Dict[int, float] = {}  # row -> monotonic time its job began running (the backend's times)
+        self.running_on_backend: Dict[int, float] = {}  # row -> the same, on the backend's clock
+        self.run_time: Optional[float] = None  # seconds from running to end, from the backend's times
+        self.run_time_seen: Optional[float] = None  # when the poll whose answer gave `run_time` was sent
         self.wall_offset = time.time() - time.monotonic()  # wall = monotonic + offset
 
     @property
@@ -89,13 +99,36 @@ class PollClock:
         answered late under load is not followed by another at once)."""
         self.answered[backend] = now
 
+    def job_running(self, backend: str, row: int, now: float, times: Optional[Mapping[str, Any]] = None) -> None:
+        """A poll of `backend` (answered by `now`) saw the row's job running; `times`: its listing
+        entry's `created` and `updated` (when it began running, on the backend's clock)."""
+        created = self.created.get(row)
+        began = precise_time((times or {}).get("created"))
+        running = precise_time((times or {}).get("updated"))
+        if created is None or row not in self.started or began is None or running is None or running < began:
+            return
+        since = created + (running - began) - self.wall_offset  # moved to our clock by the create's answer
+        # late by the create's answer (safe: a poll after the end sees it); beyond an interval after the
+        # answer that saw it running, the times cannot be trusted
+        if since <= now + self.interval:
+            self.running[row], self.running_on_backend[row] = since, running
+
     def job_ended(self, backend: str, row: int, finished: bool, now: Optional[float] = None,
                   metadata: Optional[Mapping[str, Any]] = None) -> None:
         """A poll of `backend` (sent at `sent[backend]`, answered by `now`) saw the row's job end;
         `metadata`: the ended job's description (its `created` and `updated` times)."""
         since = self.started.pop(row, None)
         created = self.created.pop(row, None)
+        running_since = self.running.pop(row, None)
+        running_on_backend = self.running_on_backend.pop(row, None)
         seen = self.sent.get(backend)
+        ended = precise_time((metadata or {}).get("updated"))
+        if finished and running_on_backend is not None and ended is not None and seen is not None \
+                and running_on_backend <= ended and running_since + (ended - running_on_backend) <= (now or seen):
+            run = ended - running_on_backend + EXPECTED_END_MARGIN
+            same_answer = self.run_time is not None and self.run_time_seen == seen
+            self.run_time = max(self.run_time, run) if same_answer else run
+            self.run_time_seen = seen
         if finished and since is not None and seen is not None and seen > since:
             took = seen - since  # an upper bound: polling at it is late by a little, never early
             self.upper = took if self.upper is None else min(self.upper, took)
@@ -124,6 +157,9 @@ class PollClock:
         since = self.started.get(row)
         if since is None or self.every_interval:
             return 0.0
+        running = self.running.get(row)
+        if running is not None and self.run_time is not None:
+            return running + self.run_time
         return since + (self.estimate if self.estimate is not None else self.interval)
 
     def due(self, now: float, followed: Mapping[str, Iterable[int]]) -> FrozenSet[str]:

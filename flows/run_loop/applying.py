@@ -111,6 +111,8 @@ class OutcomeBook:
                     self.polls.job_created(row, fact["created_at"])
                 if new in (QUEUED, RUNNING) and outcome.step in (Step.CREATE, Step.START):
                     self.polls.job_started(row, now, fact.get("started_at"))
+                elif new == RUNNING and outcome.step is Step.POLL:
+                    self.polls.job_running(outcome.backend, row, now, fact.get("times"))
                 elif new in TERMINAL and outcome.step is Step.POLL:
                     self.polls.job_ended(outcome.backend, row, finished=new == FINISHED, now=now,
                                          metadata=fact.get("metadata"))
