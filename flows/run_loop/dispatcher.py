@@ -38,7 +38,8 @@ FINISH_BATCH_THRESHOLD = 8
 FINISH_BATCH_SIZE = 25
 # After the first outcome arrives, wait this long for others before the next cycle (10k rows:
 # a cycle per returning task meant thousands of cycles, each looking at the whole DB). Not after
-# a poll that saw jobs change: their freed slots are decided on at once (issue 21).
+# a poll that saw jobs change: their freed slots are decided on at once (issue 21); nor when no
+# task run owes an answer any more (the run's last downloads: nothing else can come).
 COALESCE_SECONDS = 0.1
 
 
@@ -224,7 +225,7 @@ class Dispatcher:
         except queue.Empty:
             return outcomes
         self._take(item, outcomes)
-        urgent = any(o.step is Step.POLL and o.rows for o in outcomes)
+        urgent = any(o.step is Step.POLL and o.rows for o in outcomes) or not self.awaiting_answers()
         deadline = time.monotonic() + (0.0 if urgent else COALESCE_SECONDS)
         while True:
             try:
@@ -292,6 +293,11 @@ class Dispatcher:
         return InFlight(frozenset(starting), per_backend, in_start_tasks=frozenset(in_start_tasks),
                         polling=frozenset(polling), reconciling=frozenset(reconciling),
                         finishing=frozenset(finishing), hooking=frozenset(hooking), posting=frozenset(posting))
+
+    def awaiting_answers(self) -> bool:
+        """Whether a task run still owes an outcome (a create or start task: for some of its rows);
+        one that answered and is only being ended by Prefect owes none."""
+        return any(not r.answered or (r.step in (Step.CREATE, Step.START) and r.rows) for r in self.pending.values())
 
     def busy(self, steps: Optional[Iterable[Step]] = None) -> bool:
         wanted = set(steps) if steps is not None else None
