@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Collection, Dict, List, Optional, Sequence
 
 from prefect import task
@@ -16,6 +17,9 @@ from tasks.outcome import Outcome, Step, deliver, pause
 from tasks.standalone import ConnectionSource, connection_for
 
 log = logging.getLogger(__name__)
+
+# Ended jobs a poll describes at once (their usage and costs), in threads of the poll task.
+DESCRIBE_WORKERS = 4
 
 
 @task(
@@ -67,6 +71,7 @@ def _poll(connection, backend: str, active: Dict[str, str], cancel: Sequence[str
 
     listed = statuses_from_listing(connection, active)
     updates: Dict[str, dict] = {}
+    described: Dict[str, tuple] = {}  # job id -> (status we know, listed status): details wanted
     for job_id, known_status in active.items():
         entry = listed.get(job_id)
         listed_status = from_backend(entry.get("status")) if entry is not None else None
@@ -80,9 +85,10 @@ def _poll(connection, backend: str, active: Dict[str, str], cancel: Sequence[str
                 times = {k: entry[k] for k in ("created", "updated") if entry.get(k)}  # when it changed (polling.py)
                 updates[job_id] = {"status": listed_status, **({"times": times} if times else {})}
             continue
-        try:
-            metadata = describe_job(connection, job_id)
-        except Exception as exc:  # noqa: BLE001 - one job's problem must not hide the others
+        described[job_id] = (known_status, listed_status)
+    for job_id, (metadata, exc) in describe_all(connection, list(described)).items():
+        known_status, listed_status = described[job_id]
+        if exc is not None:  # one job's problem must not hide the others
             if is_api_error(exc, 404):
                 updates[job_id] = {"status": ERROR, "error": f"job {job_id} no longer exists on {backend}"}
             elif isinstance(exc, UnexpectedResponse) and listed_status:
@@ -99,6 +105,22 @@ def _poll(connection, backend: str, active: Dict[str, str], cancel: Sequence[str
         elif status != known_status or status in BACKEND_ENDED:
             updates[job_id] = {"status": status, "metadata": metadata}
     return updates
+
+
+def describe_all(connection, job_ids: Sequence[str]) -> Dict[str, tuple]:
+    """{job id: (its description, None) or (None, the exception)}, DESCRIBE_WORKERS at a time: a
+    wave of jobs ending together is told to the flow (their slots freed) after one round trip or
+    two, not one per job (the account's `max_concurrent_requests` still holds: tasks/accounts/pacing.py)."""
+    def one(job_id: str) -> tuple:
+        try:
+            return describe_job(connection, job_id), None
+        except Exception as exc:  # noqa: BLE001 - reported per job by the caller
+            return None, exc
+
+    if len(job_ids) <= 1:
+        return {job_id: one(job_id) for job_id in job_ids}
+    with ThreadPoolExecutor(max_workers=min(DESCRIBE_WORKERS, len(job_ids)), thread_name_prefix="describe") as pool:
+        return dict(zip(job_ids, pool.map(one, job_ids)))
 
 
 @task(name="find-marked-jobs", task_run_name="reconcile-{backend}", retries=0,  # made again at the next cycle
