@@ -13,8 +13,9 @@ The ideal has no gap and no tail. Where a backend runs at most `cap` jobs per us
 two_backends, three_backends), the slots are not what binds: `running_lanes` gives per backend
 when all `cap` lanes first ran and the idle time of a lane between one job's end and the next
 job's run. A run from `bench/trace.py` also has the flow's own events:
-then the tail is split at the last listing, the last download, the cycle's end, and the
-publisher's last Prefect calls.
+then the tail is split at the last listing, the last download, the cycle's end, the
+publisher's last Prefect calls, the flow function's return and Prefect's final state (after it:
+the engine's teardown, up to 1 s of it once the heartbeat thread's join).
 """
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def decompose(row: Dict[str, Any]) -> Dict[str, Any]:
 
         tail_steps = {"last listing": first("poll>", last_end - 1.0), "downloads done": max(
             (t for t, n, _ in events if n == "download<"), default=None), "cycle ended": first("cycle<", 0),
-            "publisher closing": first("publisher_close>", 0), "publisher closed": first("publisher_close<", 0)}
+            "publisher closing": first("publisher_close>", 0), "publisher closed": first("publisher_close<", 0),
+            "flow function returned": first("drive<", 0), "final state set": first("prefect_set_state<", 0)}
     return {"tail_steps": tail_steps, "scenario": row["scenario"], "tool": row["tool"], "makespan": row.get("makespan_s"),
             "ideal": row["ideal_makespan"], "first_start": first_start, "last_end": round(ends[-1], 2),
             "gaps": gaps, "gap_sum_critical": round(sum(rounds), 2), "round_median_gaps": rounds,
