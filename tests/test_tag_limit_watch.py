@@ -65,3 +65,41 @@ def test_the_watch_reads_the_limits_of_the_server_its_caller_uses():
     finally:
         watch.close()
     assert set(seen) == {"http://127.0.0.1:9/api"}, seen  # the first read (the caller's thread) and the thread's
+
+
+def test_a_read_the_server_answers_late_does_not_let_prefects_memory_lapse():
+    """Prefect forgets "no limit" after 5 s; a read answered later than that (a loaded server:
+    11-150 s) must not leave every task run of the backend waiting behind Prefect's own request
+    to that server: the memory is renewed from the last answer meanwhile."""
+    import time
+
+    cache, lock = {}, threading.Lock()
+    reading, answer = threading.Event(), threading.Event()
+    reads = []
+
+    def slow_after_the_first():
+        reads.append(1)
+        if len(reads) > 1:
+            reading.set()
+            answer.wait(60)  # the server takes its time
+        return frozenset()
+
+    key = frozenset({"tag:openeo", "tag:openeo-backend:a"})
+    watch = TagLimitWatch([("openeo", "openeo-backend:a")], interval=0.01, read_limits=slow_after_the_first,
+                          memory=(cache, lock))
+    watch.start()
+    try:
+        assert reading.wait(30)  # the second read is under way and does not answer
+        with lock:
+            cache.clear()  # what Prefect's 5 s memory does meanwhile
+        for _ in range(3000):  # until renewed (bounded; pacing, not synchronisation)
+            with lock:
+                if cache.get(key):
+                    break
+            time.sleep(0.01)
+        with lock:
+            renewed = cache.get(key)
+        assert renewed and not answer.is_set()  # renewed while the read still waits
+    finally:
+        answer.set()
+        watch.close()

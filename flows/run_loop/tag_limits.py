@@ -14,6 +14,12 @@ concurrency limits every `WATCH_SECONDS` (one API call for all backends) and ren
 (an operator's, active or not) is left to Prefect's own check, its memory dropped, so a limit is
 honoured as before, within the seconds Prefect's own memory allows. When the API does not
 answer, or Prefect keeps no such memory (another version), the watch changes nothing.
+
+The memory is renewed every interval from the last answer, apart from the reads: a server that
+answers a read later than Prefect's 5 s memory (a loaded machine: 11-150 s, bench/README.md)
+would otherwise let it lapse, and every task run of the backend would wait behind Prefect's own
+request to that same slow server (three_backends at load 17: no listing and no start for 110 s).
+A limit an operator sets meanwhile is honoured once a read answers.
 """
 from __future__ import annotations
 
@@ -63,12 +69,22 @@ class TagLimitWatch:
         self._memory = memory if memory is not None else prefect_memory()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._renewer: Optional[threading.Thread] = None
+        self._limited: Optional[FrozenSet[str]] = None  # the last answer: the limits on the server
 
     def refresh(self) -> None:
         try:
             limited = self._read()
         except Exception as exc:  # noqa: BLE001 - Prefect's own check decides meanwhile, as without the watch
             log.debug("tag limits not read: %s", exc)
+            return
+        self._limited = frozenset(limited)
+        self.renew()
+
+    def renew(self) -> None:
+        """Prefect's memory as the last answer says (nothing before the first answer)."""
+        limited = self._limited
+        if limited is None:
             return
         cache, lock = self._memory
         with lock:
@@ -90,13 +106,20 @@ class TagLimitWatch:
             self._thread = threading.Thread(target=context.run, args=(self._loop,), name="tag-limit-watch",
                                             daemon=True)
             self._thread.start()
+            self._renewer = threading.Thread(target=self._renew_loop, name="tag-limit-renew", daemon=True)
+            self._renewer.start()
         return self
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             self.refresh()
 
+    def _renew_loop(self) -> None:  # no I/O: never waits on the server
+        while not self._stop.wait(self.interval):
+            self.renew()
+
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=1.0)
+        for thread in (self._thread, self._renewer):
+            if thread is not None:
+                thread.join(timeout=1.0)
