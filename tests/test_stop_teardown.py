@@ -16,6 +16,16 @@ def heartbeat_threads() -> list:
             if getattr((getattr(t, "_args", None) or (None,))[0], "__name__", "") == "heartbeat_loop"]
 
 
+def beats_for(thread) -> str:
+    """The flow run id a heartbeat thread beats for (its loop's closure, as heartbeat_stopper reads it)."""
+    loop = thread._args[0]
+    cells = dict(zip(loop.__code__.co_freevars, loop.__closure__ or ()))
+    try:
+        return str(cells["engine"].cell_contents.flow_run.id)
+    except (KeyError, ValueError, AttributeError):
+        return ""
+
+
 def test_a_stop_ends_the_flow_runs_heartbeat_thread_before_the_run_returns(prefect_harness):
     seen = {}
 
@@ -48,16 +58,21 @@ def test_a_run_that_ends_its_work_ends_its_heartbeat_thread_before_the_flow_retu
     from tests.flow_helpers import backend, fast_config, make_db
 
     seen = {}
-    final_state = run_jobs_module.final_state
+    final_state, stopper = run_jobs_module.final_state, run_jobs_module.heartbeat_stopper
+
+    def noting_stopper(flow_run_id):  # at the run's start: its heartbeat threads (not another test's run's)
+        seen["threads"] = [t for t in heartbeat_threads() if beats_for(t) == str(flow_run_id)]
+        return stopper(flow_run_id)
 
     def checking_final_state(*args, **kwargs):
-        beating = heartbeat_threads()
+        beating = seen["threads"]
         for thread in beating:
             thread.join(30)  # it ends within a second once told to; never, unless told (heartbeats every 180 s)
         seen["beating"], seen["alive"] = len(beating), [t.is_alive() for t in beating]
         return final_state(*args, **kwargs)
 
     monkeypatch.setattr(run_jobs_module, "final_state", checking_final_state)
+    monkeypatch.setattr(run_jobs_module, "heartbeat_stopper", noting_stopper)
     sim = start_simulator(fast_config())
     try:
         db = make_db(tmp_path / "jobs.parquet", 1)
