@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 # Ended jobs a poll describes at once (their usage and costs), in threads of the poll task.
 DESCRIBE_WORKERS = 4
+# A listing entry's times (openEO job metadata fields, not statuses): when the job was made and
+# when its status last changed (flows/rules/polling.py: running since).
+LISTING_TIMES = ("created", "updated")
 
 
 @task(
@@ -82,7 +85,7 @@ def _poll(connection, backend: str, active: Dict[str, str], cancel: Sequence[str
         needs_details = entry is None or (listed_status in BACKEND_ENDED and listed_status != known_status)
         if not needs_details:
             if listed_status and listed_status != known_status:
-                times = {k: entry[k] for k in ("created", "updated") if entry.get(k)}  # when it changed (polling.py)
+                times = {k: entry[k] for k in LISTING_TIMES if entry.get(k)}  # when it changed (polling.py)
                 updates[job_id] = {"status": listed_status, **({"times": times} if times else {})}
             continue
         described[job_id] = (known_status, listed_status)

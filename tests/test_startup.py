@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 import flows.console.cli as cli
 from flows.console.demo import clean_demo_output
@@ -96,8 +97,12 @@ def test_the_command_warms_its_server_up_first_and_the_warm_up_ends_with_it(tmp_
     warm-up for `--help`."""
     home = tmp_path / "prefect-home"
     home.mkdir()
-    monkeypatch.setenv("PREFECT_HOME", str(home))  # the watchdog's environment (no PREFECT_API_URL in the tests')
-    own = OwnServer.for_command(["--job-db", "jobs.csv"])
+    monkeypatch.setenv("PREFECT_HOME", str(home))  # the watchdog's environment
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    # no API URL in Prefect's settings either: an earlier test on this worker may have left its
+    # server's in the settings context (the CLI's own process starts with none)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        own = OwnServer.for_command(["--job-db", "jobs.csv"])
     try:
         assert own.server is not None and own.server.watchdog.poll() is None
         wait_for(lambda: len(processes_with_env("PREFECT_HOME", str(home))) == 2, 60, "the watchdog and its warm-up")
@@ -146,9 +151,16 @@ def test_a_command_interrupted_in_its_checks_leaves_no_server_behind(tmp_path, s
     child, held = held_in_its_checks(tmp_path, home)
     try:
         os.killpg(child.pid, sig)
-        _, err = child.communicate(timeout=60)
+        try:
+            _, err = child.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # say what the command printed, not only that it hung
+            os.close(held)
+            held = None
+            child.kill()
+            pytest.fail(f"the command did not end within 60 s of {sig!r}: {child.communicate()}")
     finally:
-        os.close(held)
+        if held is not None:
+            os.close(held)
     if sig == signal.SIGINT:
         assert child.returncode == 130, err
         assert err.strip().splitlines() == ["interrupted: run the same command again to resume"], err
