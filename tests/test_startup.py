@@ -127,7 +127,10 @@ def held_in_its_checks(tmp_path: Path, home: Path):
     child = subprocess.Popen(
         [sys.executable, "-m", "flows.run_jobs", "--job-db", str(db), "--start-job", "tests.held_callbacks:start_job",
          "--backend", "a=http://127.0.0.1:9,user=alice,password_env=NOPE"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # started with SIGINT ignored, as by a parent that ignores it (a pytest worker can be one): the
+        # command makes Ctrl-C its own anyway (flows/console/__init__.py)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
 
     def reader_waiting():
         try:
