@@ -112,16 +112,26 @@ class Simulator:
         while not self._stop.wait(self._tick_interval):
             self.state.advance()
 
+    def request_stop(self) -> None:
+        """Tell the server loops and the ticker to stop, without waiting for them: several simulators
+        (the demo's two) wind down together, each loop's last 0.1-s poll and graceful close at once,
+        and `stop()` then only joins."""
+        self._stop.set()
+        self.state.gates.open()  # held requests must not keep the server waiting for them
+        for server in self._servers:
+            server.request_stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def stop(self) -> None:
         """Stop serving, close idle keep-alive connections and join the threads."""
         if not self._running:
             self._socket.close()
             return
         self._running = False
-        self._stop.set()
-        self.state.gates.open()  # held requests must not keep the server waiting for them
-        for server in self._servers:
-            server.request_stop()
+        self.request_stop()
         for t in self._threads:
             t.join(timeout=10)
         self._workers.shutdown(wait=False, cancel_futures=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,32 @@ def test_the_warm_up_imports_builds_and_routes_the_api_app_without_a_database(tm
                           cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert not list(home.rglob("*.db")), sorted(str(p) for p in home.rglob("*"))
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_demo_tells_its_simulators_to_stop_once_the_flow_returned(tmp_path, monkeypatch):
+    """The demo's two simulators wind down together while the run's Prefect server stops, not one
+    after the other once the report is out: by the time the report is printed (after the server's
+    stop) both were told to stop, and the demo still ends with its report and exit code."""
+    import flows.console.demo as demo
+
+    sims, seen_at_report = [], []
+    original_start, original_report = demo.start_demo_backends, cli.end_of_run_report
+
+    def recording_start(output_dir):
+        started = original_start(output_dir)
+        sims.extend(started[2:])
+        return started
+
+    def recording_report(stats, params):
+        seen_at_report.append([sim.stopping for sim in sims])
+        return original_report(stats, params)
+
+    monkeypatch.setattr(demo, "start_demo_backends", recording_start)
+    monkeypatch.setattr(cli, "end_of_run_report", recording_report)
+    code = cli.main(["--demo", "--output-dir", str(tmp_path / "demo"), "--no-live"])
+    assert code in (0, 1), code  # the simulator fails ~10 % of jobs on purpose: within or past the threshold
+    assert len(sims) == 2 and seen_at_report == [[True, True]]
+    for sim in sims:  # and they are stopped for good once the command returned
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", sim.port), timeout=2).close()

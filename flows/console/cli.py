@@ -216,9 +216,11 @@ def bad_input(exc: BaseException, debug: bool) -> int:
     return RunOutcome.BAD_INPUT.exit_code
 
 
-def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argparse.Namespace, server=None) -> int:
+def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argparse.Namespace, server=None,
+        flow_returned: Callable[[], None] = lambda: None) -> int:
     """Run the flow in this process (against its own local Prefect server, `server` if started
-    already), then report."""
+    already), then report. `flow_returned` is called as soon as the flow returned, before the server's
+    stop (the demo's simulators stop meanwhile)."""
     if flow is None:
         flow = run_jobs_flow()  # first: the imports below import Prefect too
     from flows.config.params import SetupError
@@ -234,6 +236,7 @@ def run(flow: Optional[Callable[..., Any]], params: Dict[str, Any], args: argpar
         with prefect_api(server):
             _flow_called = True  # from here on exit_process skips the interpreter's teardown
             state = flow(**params, return_state=True)
+            flow_returned()
     except KeyboardInterrupt:  # a second Ctrl-C: the run stopped at once
         stop_live_display()
         print(f"\ninterrupted after {time.monotonic() - started:.0f} s; the job DB keeps every job started "
@@ -306,7 +309,8 @@ def run_demo(output_dir: Path, args: argparse.Namespace, flow: Optional[Callable
         params = demo_parameters(job_db, config, (sim_a, sim_b))  # while the flow's import warms up
         flow = run_jobs_flow() if flow is None else flow
         accepted = accepted_parameters(flow)  # the demo passes the newer ones only when the flow has them
-        return run(flow, {k: v for k, v in params.items() if k in accepted}, args, server)
+        return run(flow, {k: v for k, v in params.items() if k in accepted}, args, server,
+                   flow_returned=lambda: (sim_a.request_stop(), sim_b.request_stop()))
 
 
 if __name__ == "__main__":

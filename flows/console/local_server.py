@@ -36,6 +36,10 @@ from flows.console.server_warm_up import START_LINE, serve_when_told
 # A stopping server gets this long to finish its work (its event persister's last batch) before
 # it is killed: the command's exit waits for it (a stop takes <= 3 s, bench/stops.py).
 SERVER_STOP_SECONDS = 2.0
+# Between `/health` probes of a starting server: each probe is a loopback GET refused (port not yet
+# bound) or answered in ~1 ms, and every run's first job waits for the first 200 (a 0.2-s step cost
+# 0.1 s on average of each start-up).
+HEALTH_POLL_SECONDS = 0.05
 STARTUP_TIMEOUT_SECONDS = 300.0  # a fresh PREFECT_HOME on a loaded machine took 106 s (migrations)
 # Leases of Prefect concurrency limits (an operator's tag limit on `openeo-backend:<name>`) kept
 # in files under PREFECT_HOME instead of the server's memory: they survive a server restart and
@@ -78,7 +82,7 @@ def wait_until_healthy(api_url: str, process: subprocess.Popen, timeout: float, 
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{what} did not answer within {timeout:.0f} s")
-            time.sleep(0.2)  # polling another process's startup; there is no event to wait on
+            time.sleep(HEALTH_POLL_SECONDS)  # polling another process's startup; there is no event to wait on
 
 
 class LocalServer:
