@@ -64,12 +64,16 @@ def request_stop(inbox_id: str) -> None:
 
 
 def pause(address: Optional[str], seconds: float) -> bool:
-    """Sleep `seconds` unless the run that sent the task is stopping; True if it is (stop now)."""
-    with _lock:
-        event = _stops.get(address.rpartition("/")[0]) if address else None
-    if event is None:
+    """Sleep `seconds` unless the run that sent the task is stopping; True if it is (stop now).
+    A run whose inbox is closed has ended: nobody waits for this task's answer (it slept through
+    a start's back-off after the run's end, and the process's exit waited for it)."""
+    if not address:  # a task run alone (tasks/standalone.py): nobody to stop it
         time.sleep(seconds)
         return False
+    with _lock:
+        event = _stops.get(address.rpartition("/")[0])
+    if event is None:
+        return True
     return event.wait(seconds)
 
 

@@ -102,15 +102,17 @@ class Cycle:
             self.cycles += 1
             self.apply(self.dispatcher.collect(timeout))
             now = time.monotonic()
-            if stopping_since is None and (self.stop.event.is_set() or self._time_up(now)):
+            # A Ctrl-C also ends the unbounded wait of a run whose time was up: it counts from the signal.
+            interrupted_now = self.stop.event.is_set() and reason != "interrupted"
+            if interrupted_now or (stopping_since is None and self._time_up(now)):
                 stopping_since = now
-                reason = "interrupted" if self.stop.event.is_set() else "time_up"
+                reason = "interrupted" if interrupted_now else "time_up"
                 self.dispatcher.stop()
                 if reason == "interrupted":  # task runs still waiting for a tag's slot: not waited for
                     self.dispatcher.abandon_waiting()
-                self.logger.warning("stopping: %s; starting no new jobs, waiting %s for running tasks",
+                self.logger.warning("stopping: %s; starting no new jobs, waiting %s",
                                     self.stop.reason or "time is up",
-                                    f"at most {self.options.stop_grace_seconds:g} s"
+                                    f"at most {self.options.stop_grace_seconds:g} s for running tasks"
                                     if reason == "interrupted" else "for the running tasks to end")
             stopping = stopping_since is not None
             snapshot = self.store.snapshot()
