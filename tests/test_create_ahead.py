@@ -127,7 +127,7 @@ def test_the_jobs_a_killed_run_was_starting_hold_their_slots_while_the_resume_lo
         assert (on_disk["status"] == "creating").sum() == SLOTS  # the killed run's create-and-start rows
         # The killed run's 2 held starts go on: long jobs, still running while the resume begins
         # (on a machine slow enough that they end first, the test cannot fail, only miss the bug).
-        sim.configure(run_time=15.0)
+        sim.configure(run_time=10.0)
         sim.gates.open()
         assert sim.gates.wait_drained(30)
         while sum(job["status"] == "running" for job in sim.jobs()) < SLOTS:  # a job's run time is set as it runs
