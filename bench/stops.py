@@ -14,6 +14,9 @@ descendants (a CLI's or a script's Prefect server) spent from the signal to its 
 machine multiplies (wall ~ CPU x load / cores, roughly). The target
 (issue 16) is exit <= 3 s.
 
+`--held-starts`: the backend holds every start request (a start takes ~14 s on CDSE; here it is
+never answered while the run lives): the stop comes once the run's 2 starts are held.
+
 `--scale ROWS` stops a big run instead, the shape of bench/scale.py: ROWS rows on 2 simulated
 backends x `--slots` (200) slots, 20 start workers, jobs of `--job-seconds` (30), results downloaded;
 the stop comes once `--active` jobs are queued or running (in the job DB).
@@ -53,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 MODES = ("cli", "cli-server", "script", "sigterm", "cancel")
 CALLBACK = "flows.tiling.demo_callbacks:start_job"
 PASSWORD_ENV = "BENCH_OPENEO_PASSWORD"
+START_ROUTE = "POST /jobs/{id}/results"
 SCRIPT = ("import json, sys\nfrom flows.run_jobs import RunInterrupted, run_jobs\n"
           "try:\n    run_jobs(**json.loads(sys.argv[1]))\nexcept RunInterrupted:\n    sys.exit(130)\n")
 
@@ -87,6 +91,7 @@ class Shape:
     start_workers: int = 5
     job_seconds: float = 600.0
     active: int = 2  # the stop comes once this many jobs are queued or running
+    held_starts: bool = False  # the backend holds every start request: the stop comes once `slots` are held
 
 
 def one_stop(mode: str, root: Path, work: Path, poll: float, api_url: Optional[str], home: Path,
@@ -102,6 +107,10 @@ def one_stop(mode: str, root: Path, work: Path, poll: float, api_url: Optional[s
     with contextlib.ExitStack() as stack:
         sims = [stack.enter_context(start_simulator(fast_config(queue_time=0.2, run_time=shape.job_seconds)))
                 for _ in range(shape.backends)]
+        if shape.held_starts:  # as a start that takes ~14 s on CDSE, here until the process has exited
+            for held in sims:
+                held.gates.close(START_ROUTE)
+            stack.callback(lambda: [held.gates.open() for held in sims])  # before the simulators stop
         names = "abcdefgh"
         specs = [f"{names[i]}={sim.url},parallel_jobs={shape.slots},user=bench,password_env={PASSWORD_ENV}"
                  for i, sim in enumerate(sims)]
@@ -135,7 +144,8 @@ def one_stop(mode: str, root: Path, work: Path, poll: float, api_url: Optional[s
         reader.start()
         try:
             deadline = time.monotonic() + 600
-            while active(db) < shape.active:
+            while (sum(s.gates.held().get(START_ROUTE, 0) for s in sims) < shape.slots if shape.held_starts
+                   else active(db) < shape.active):
                 if child.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"{mode}: no {shape.active} jobs running (exit {child.poll()}):\n{''.join(tail)}")
                 time.sleep(0.1)  # a bench watching another process's file; not a test
@@ -312,9 +322,11 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=200, help="with --scale: job slots per backend")
     parser.add_argument("--active", type=int, default=400, help="with --scale: stop once this many jobs are active")
     parser.add_argument("--job-seconds", type=float, default=30.0, help="with --scale: how long each job runs")
+    parser.add_argument("--held-starts", action="store_true", help="the backend holds every start request (a "
+                        "slow start, here never answered): the stop comes once the run's 2 starts are held")
     args = parser.parse_args()
     shape = Shape(rows=args.scale, backends=2, slots=args.slots, start_workers=20, job_seconds=args.job_seconds,
-                  active=args.active) if args.scale else Shape()
+                  active=args.active) if args.scale else Shape(held_starts=args.held_starts)
     root = Path(args.root).resolve()
     work = Path(tempfile.mkdtemp(prefix="bench_stops_"))
     server = None
