@@ -86,9 +86,11 @@ class Cycle:
         self._ledger_holding: Optional[Dict[str, int]] = None
         self.cycles = 0
         self.polls = PollClock(options.poll_interval, every_interval=options.cancel_after is not None)
+        self._stopping = False  # the loop has seen the stop (or its time is up)
         self.book = OutcomeBook(store, self.polls, logger, self.pinned, options.max_consecutive_failures,
                                 on_change=on_change or (lambda row, old, new: None),
-                                on_downloaded=on_downloaded or (lambda items: None))
+                                on_downloaded=on_downloaded or (lambda items: None),
+                                stopping=lambda: self._stopping or self.stop.event.is_set())
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> CycleEnd:
@@ -105,6 +107,7 @@ class Cycle:
             if stopping_since is None and (self.stop.event.is_set() or self._time_up(now)):
                 stopping_since = now
                 reason = "interrupted" if self.stop.event.is_set() else "time_up"
+                self._stopping = True
                 self.dispatcher.stop()
                 if reason == "interrupted":  # task runs still waiting for a tag's slot: not waited for
                     self.dispatcher.abandon_waiting()
