@@ -79,3 +79,95 @@ def test_a_stopping_runs_status_lines_are_grouped_one_record_per_level(tmp_path)
     ], lines
     assert len(changed) == 14  # events stay one per row
     assert {store.value(row, "status") for row in range(12)} == {NOT_STARTED}
+
+
+# --- the whole run: a script against the session's Prefect server, SIGINT to it alone ---------
+# The script logs filelock's "not acquired, waiting" for the slot ledger: the test's sign that the
+# run's cycle waits in its claim (the lock the test holds), i.e. is busy and not reading the stop.
+SCRIPT = """import json, logging, sys
+from flows.run_jobs import RunInterrupted, run_jobs
+
+class LedgerWaits(logging.Filter):
+    def filter(self, record):
+        return "ledger.lock" in record.getMessage() and "not acquired" in record.getMessage()
+
+handler = logging.StreamHandler(sys.stderr)
+handler.addFilter(LedgerWaits())
+handler.setFormatter(logging.Formatter("ledger wait: %(message)s"))
+logging.getLogger("filelock").addHandler(handler)
+logging.getLogger("filelock").setLevel(logging.DEBUG)
+logging.getLogger("filelock").propagate = False  # only these lines, not every lock's
+try:
+    run_jobs(**json.loads(sys.argv[1]))
+except RunInterrupted:
+    sys.exit(130)
+"""
+# Bounds for hangs, generous for a loaded machine (a stop takes <= 3 s: bench/stops.py).
+HANG_SECONDS = 300.0
+LINE_SECONDS = 60.0
+
+
+class Child:
+    """The script in its own process, its stderr collected line by line."""
+
+    def __init__(self, tmp_path: Path, kwargs: dict, state_dir: Path):
+        script = tmp_path / "my_script.py"
+        script.write_text(SCRIPT)
+        self.process = subprocess.Popen([sys.executable, str(script), json.dumps(kwargs)],
+                                        env=harness_env(**{STATE_DIR_ENV: str(state_dir)}), start_new_session=True,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: List[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True)
+        self.reader.start()
+
+    def said(self, text: str) -> bool:
+        return any(text in line for line in list(self.lines))
+
+    def err(self) -> str:
+        return "".join(self.lines)[-4000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_the_stopping_line_comes_at_once_while_the_cycle_is_busy(tmp_path):
+    """The cycle is held in its slot claim (the test holds the account's ledger lock) when the
+    SIGINT comes: the `stopping:` line is out before the cycle can go on; then the run stops as
+    always (exit 130), with that one line. Before, the cycle told it, after its claim."""
+    sim = start_simulator(fast_config(run_time=2.0))
+    rows = 8
+    db = make_db(tmp_path / "jobs.parquet", rows)
+    state = tmp_path / "state"
+    kwargs = dict(job_db=str(db), backends=[backend("a", sim, 2)], start_job=CALLBACK, poll_interval_seconds=0.5)
+    child = Child(tmp_path, kwargs, state)
+    lock = None
+    try:
+        # the run's entry in its account's ledger folder: the run is under way, its cycle claims slots
+        wait_for(lambda: list(state.glob("accounts/*/*.slots.json")) or child.process.poll() is not None,
+                 HANG_SECONDS, "the run's first claim of job slots")
+        assert child.process.poll() is None, child.err()
+        ledger = next(state.glob("accounts/*/*.slots.json")).parent / "ledger.lock"
+        lock = FileLock(str(ledger), thread_local=False)
+        lock.acquire(timeout=HANG_SECONDS)
+        # the next claim (a job ended: its slot is free for the next row) waits for the test
+        wait_for(lambda: child.said("ledger wait:") or child.process.poll() is not None, HANG_SECONDS,
+                 "the cycle to wait for the ledger lock")
+        assert child.process.poll() is None, child.err()
+        child.process.send_signal(signal.SIGINT)
+        # The line cannot come from the cycle while the test holds the lock: any bound shows where
+        # it comes from; this one leaves a loaded machine a minute for a line that takes milliseconds.
+        wait_for(lambda: child.said("stopping: interrupted by SIGINT"), LINE_SECONDS,
+                 "the `stopping:` line while the cycle is busy (is it told by the cycle?)")
+        lock.release()  # the cycle goes on: it winds down
+        child.process.wait(timeout=HANG_SECONDS)
+        child.reader.join(10)
+        assert child.process.returncode == 130, child.err()
+        assert sum("stopping:" in line for line in child.lines) == 1, child.err()  # the cycle told no second one
+    finally:
+        if lock is not None and lock.is_locked:
+            lock.release()
+        child.stop()
+        sim.stop()
