@@ -63,10 +63,20 @@ def request_stop(inbox_id: str) -> None:
         event.set()
 
 
+def _stop_of(address: Optional[str]) -> Optional[threading.Event]:
+    with _lock:
+        return _stops.get(address.rpartition("/")[0]) if address else None
+
+
+def stopping(address: Optional[str]) -> bool:
+    """Whether the run that sent the task (its inbox `address`) is stopping: create nothing more."""
+    event = _stop_of(address)
+    return event is not None and event.is_set()
+
+
 def pause(address: Optional[str], seconds: float) -> bool:
     """Sleep `seconds` unless the run that sent the task is stopping; True if it is (stop now)."""
-    with _lock:
-        event = _stops.get(address.rpartition("/")[0]) if address else None
+    event = _stop_of(address)
     if event is None:
         time.sleep(seconds)
         return False

@@ -57,6 +57,33 @@ def recording_logger() -> tuple:
     return logger, records.records
 
 
+def test_a_stopping_runs_create_batch_sends_no_post_and_hands_its_rows_back_in_one_answer(tmp_path):
+    """The task's own code against the simulator (`.fn`: Prefect left out): the run is stopping
+    before the batch gets to its rows, so none is created; all come back `not_started` in one
+    envelope (one outcome to apply, not one per row)."""
+    sim = start_simulator(fast_config())
+    inbox = uuid.uuid4().hex
+    queue = open_inbox(inbox)
+    try:
+        config = BackendConfig.model_validate(backend("a", sim, 12)).model_dump()
+        rows = [{"_row": row, "job_marker": f"a-r{row}", "tile_id": f"T{row}", "year": 2024} for row in range(12)]
+        request_stop(inbox)  # what the stop announcement does at the Ctrl-C
+        outcome = create_jobs.fn(rows=rows, backend="a", connection_key=config, creator=start_job, label="T0+11@a",
+                                 inbox=f"{inbox}/s1")
+        delivered = []
+        while not queue.empty():
+            delivered.append(queue.get_nowait())
+        assert post_jobs(sim) == 0, sim.counters()["requests"]
+        assert [submission for submission, _ in delivered] == ["s1"]  # one answer for the whole batch
+        answer = delivered[0][1]
+        assert answer.step is Step.CREATE and sorted(answer.rows) == list(range(12))
+        assert {fact["status"] for fact in answer.rows.values()} == {NOT_STARTED}
+        assert outcome.rows == answer.rows
+    finally:
+        close_inbox(inbox)
+        sim.stop()
+
+
 def test_a_stopping_runs_status_lines_are_grouped_one_record_per_level(tmp_path):
     """A stopping run hands hundreds of rows back in its last cycles; a line (and a Prefect log
     record) per row took seconds of the stop at scale."""
@@ -169,5 +196,36 @@ def test_the_stopping_line_comes_at_once_while_the_cycle_is_busy(tmp_path):
     finally:
         if lock is not None and lock.is_locked:
             lock.release()
+        child.stop()
+        sim.stop()
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_stopping_run_sends_no_post_jobs_after_its_stopping_line(tmp_path):
+    """Create batches in flight at the SIGINT (many rows, few create workers: several rows per
+    task run), their first POST /jobs held by the simulator: once the stop is told, the batches
+    create nothing more, whatever rows they had left; exactly one job per POST, no title twice."""
+    sim = start_simulator(fast_config())
+    rows = 40
+    db = make_db(tmp_path / "jobs.parquet", rows)
+    kwargs = dict(job_db=str(db), backends=[backend("a", sim, rows)], start_job=CALLBACK, max_start_workers=1,
+                  poll_interval_seconds=600.0)
+    sim.gates.close("POST /jobs")
+    child = Child(tmp_path, kwargs, tmp_path / "state")
+    try:
+        assert sim.gates.wait_held(["POST /jobs"], timeout=HANG_SECONDS), f"no create in flight: {child.err()}"
+        child.process.send_signal(signal.SIGINT)
+        wait_for(lambda: child.said("stopping: interrupted by SIGINT") or child.process.poll() is not None,
+                 HANG_SECONDS, "the stopping line")
+        held = sim.gates.held().get("POST /jobs", 0)  # the POSTs out at the stop: nothing can add to them now
+        sim.gates.open()
+        child.process.wait(timeout=HANG_SECONDS)
+        child.reader.join(10)
+        assert child.process.returncode == 130, child.err()
+        posts = post_jobs(sim)
+        assert posts == held, f"{posts} POST /jobs, {held} out at the stop: the batches went on creating"
+        assert not sim.counters()["duplicate_titles"]
+    finally:
+        sim.gates.open()
         child.stop()
         sim.stop()
