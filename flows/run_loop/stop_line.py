@@ -37,7 +37,6 @@ class StopAnnouncement:
         self.logger = logger
         self.grace_seconds = grace_seconds
         self.tell_tasks = tell_tasks
-        self.told = threading.Event()
         # A SimpleQueue: its put() is reentrant, so the waker may run in a signal handler (an Event's
         # set() takes a lock the interrupted thread may hold).
         self._inbox: "queue.SimpleQueue[str]" = queue.SimpleQueue()
@@ -58,11 +57,10 @@ class StopAnnouncement:
             self.tell_tasks()  # first: the tasks stop creating while the line goes out
         finally:
             self.logger.warning("%s", stopping_line(self.stop.reason or "interrupted", self.grace_seconds))
-            self.told.set()
 
     def close(self) -> None:
         """The run is over. A stop's line is out before this returns (it is all a user sees of the
-        stop); otherwise the thread just ends."""
+        stop; waited for at most 2 s); otherwise the thread just ends."""
         self._inbox.put("end")
         if self._thread is not None and self.stop.event.is_set():
             self._thread.join(timeout=2.0)
