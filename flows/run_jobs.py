@@ -48,6 +48,7 @@ from jobdb.status import FAILED
 from tasks.connection_registry import connection_key, register_connection, unregister_connection
 from tasks.health import describe_change
 from tasks.results.run_results import RunResults
+from tasks.requests_in_flight import cut_session
 from tasks.retry_policy import unanswered_create_grace
 
 # What a script calling `run_jobs()` catches: a run that did not complete (flows/run_loop/ending.py).
@@ -212,6 +213,9 @@ def drive(run: PreparedRun, logger, flow_run_id: Optional[str], t0: float,
                 run.store.persist(force=True)
                 dispatcher.stop()
                 dispatcher.close()
+                if stop.event.is_set():  # interrupted: requests still on the wire end now, not at their answer
+                    for connection in run.connections.values():
+                        cut_session(connection.session)
     except BaseException:
         publisher.close(timeout=CRASHED_API_WAIT_SECONDS)  # the events of the last changes still go out
         raise

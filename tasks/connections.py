@@ -24,6 +24,7 @@ from openeo.rest.auth.auth import BearerAuth
 from tasks.faults import AnswerLost, Backoff, answer_lost
 from tasks.health import BackendHealth, ReportingRetry
 from tasks.accounts.pacing import AccountPacer
+from tasks.requests_in_flight import CuttablePoolManager, refuse_if_cut
 from tasks.retry_policy import IDEMPOTENT_METHODS, RUN, SETUP, BudgetRetry, parse_retry_after
 
 # Retries: one budget per request, for every failure kind (tasks/retry_policy.py). A POST is
@@ -99,7 +100,12 @@ class PacedAdapter(requests.adapters.HTTPAdapter):
     def max_retries(self, retry) -> None:
         self._max_retries = retry
 
+    def init_poolmanager(self, connections, maxsize, block=False, **pool_kwargs) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager = CuttablePoolManager(num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs)
+
     def send(self, request: requests.PreparedRequest, stream: bool = False, **kwargs) -> requests.Response:
+        refuse_if_cut(self.poolmanager)  # an interrupted run's task: no turn, no request
         if not same_origin(request.url or "", self.origin):
             return super().send(request, stream=stream, **kwargs)
         is_start = request.method == "POST" and bool(START_PATH.search(urlsplit(request.url).path))

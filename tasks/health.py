@@ -96,6 +96,8 @@ class ReportingRetry(urllib3.util.Retry):
         return retry
 
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if getattr(_pool, "is_cut", False):  # an interrupted run cut it (tasks/requests_in_flight.py): no resend
+            raise urllib3.exceptions.MaxRetryError(_pool, url, error)
         if self.health is not None and (error is not None or (response is not None and response.status >= 500)):
             self.health.failed(describe_failure(response, error))
         return super().increment(method, url, response, error, _pool, _stacktrace)

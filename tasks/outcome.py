@@ -69,17 +69,24 @@ def _stop_of(address: Optional[str]) -> Optional[threading.Event]:
 
 
 def stopping(address: Optional[str]) -> bool:
-    """Whether the run that sent the task (its inbox `address`) is stopping: create nothing more."""
+    """Whether the run that sent the task (its inbox `address`) is stopping: create nothing more.
+    A run whose inbox is closed has ended: nobody would record a job created for it now."""
+    if not address:  # a task run alone (tasks/standalone.py): nobody to stop it
+        return False
     event = _stop_of(address)
-    return event is not None and event.is_set()
+    return event is None or event.is_set()
 
 
 def pause(address: Optional[str], seconds: float) -> bool:
-    """Sleep `seconds` unless the run that sent the task is stopping; True if it is (stop now)."""
-    event = _stop_of(address)
-    if event is None:
+    """Sleep `seconds` unless the run that sent the task is stopping; True if it is (stop now).
+    A run whose inbox is closed has ended: nobody waits for this task's answer (it slept through
+    a start's back-off after the run's end, and the process's exit waited for it)."""
+    if not address:  # a task run alone (tasks/standalone.py): nobody to stop it
         time.sleep(seconds)
         return False
+    event = _stop_of(address)
+    if event is None:
+        return True
     return event.wait(seconds)
 
 

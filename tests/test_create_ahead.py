@@ -93,3 +93,55 @@ def test_a_run_stopped_while_jobs_are_created_ahead_is_resumed_starting_each_onc
         assert max(counters["max_active_per_user"].values()) <= SLOTS
     finally:
         sim.stop()
+
+
+def test_the_jobs_a_killed_run_was_starting_hold_their_slots_while_the_resume_looks_them_up(prefect_harness, tmp_path):
+    """The run is killed while it creates-and-starts a job for each of its 2 slots (the starts are
+    held, the rows still `creating` on disk) and 2 more jobs wait created ahead. Those 2 starts go
+    on once it is dead, as on a real backend: 2 jobs run. The resume must count them from their
+    `creating` rows until its lookup by marker adopts them; counting them as created ahead (slot-
+    free), it started the 2 created jobs beside them: 4 active on a 2-job account."""
+    sim = start_simulator(fast_config(queue_time=0.1, run_time=0.3))
+    try:
+        sim.gates.close(START_ROUTE)
+        db = make_db(tmp_path / "jobs.parquet", ROWS)
+        kwargs = dict(job_db=str(db), backends=[{**backend("a", sim, SLOTS), "create_ahead": AHEAD}],
+                      start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.25)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": PREFECT_API_URL.value(),
+               STATE_DIR_ENV: str(tmp_path / "state")}
+        child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],
+                                 env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                                 stderr=open(tmp_path / "child.log", "wb"))
+        deadline = time.monotonic() + 180
+        try:
+            while sim.gates.wait_held([START_ROUTE], timeout=0.5, count=SLOTS) is None:
+                assert child.poll() is None and time.monotonic() < deadline, "the run never filled its slots"
+            while len(created_ahead_on_disk(db)) < AHEAD:
+                assert child.poll() is None and time.monotonic() < deadline, "no jobs were created ahead"
+                time.sleep(0.05)  # polling a file another process writes; no event crosses processes
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(120)
+        on_disk = pd.read_parquet(db)
+        print("DEBUG", on_disk[["status", "id", "job_marker"]].to_dict("records"))
+        assert (on_disk["status"] == "creating").sum() == SLOTS  # the killed run's create-and-start rows
+        # The killed run's 2 held starts go on: long jobs, still running while the resume begins
+        # (on a machine slow enough that they end first, the test cannot fail, only miss the bug).
+        sim.configure(run_time=15.0)
+        sim.gates.open()
+        assert sim.gates.wait_drained(30)
+        while sum(job["status"] == "running" for job in sim.jobs()) < SLOTS:  # a job's run time is set as it runs
+            assert time.monotonic() < deadline, sim.jobs()
+            time.sleep(0.02)  # the simulator's clock moves them; nothing to wait on
+        sim.configure(run_time=0.3)  # the resume's own jobs
+
+        stats = run_jobs(**kwargs)
+
+        df = pd.read_parquet(db)
+        counters = sim.counters()
+        assert stats["status"] == {"finished": ROWS}
+        assert counters["jobs_total"] == ROWS == df["id"].nunique()  # the running ones adopted, none made twice
+        print("DEBUG", counters["max_active_per_user"], sim.jobs())
+        assert max(counters["max_active_per_user"].values()) <= SLOTS, counters["max_active_per_user"]
+    finally:
+        sim.stop()

@@ -219,7 +219,8 @@ def test_jobs_are_created_ahead_of_free_slots_and_never_more_than_rows_left():
     # one slot frees: the created job starts at once, and one more is created to stay 3 ahead
     snap = Snapshot(rows=10, waiting=tuple(range(5, 10)), to_start={2: ("a", "j2")},
                     creating={3: ("a", marker(3)), 4: ("a", marker(4))}, holding={"a": 4})
-    intents, orders = plan_starts(snap, ahead, InFlight(), marker)
+    creating_here = InFlight(starting=frozenset({3, 4}), posting=frozenset({3, 4}))  # this run's create tasks
+    intents, orders = plan_starts(snap, ahead, creating_here, marker)
     assert orders[0] == StartOrder(2, "a", None, "j2") and intents[2] == {"status": "queued_for_start"}
     assert [(o.row, o.then_start) for o in orders[1:]] == [(5, False)]
     # one row left: one job created, whatever create_ahead allows
@@ -245,8 +246,20 @@ def test_jobs_created_ahead_count_against_other_runs_only_beyond_create_ahead():
     # a: 3 started + 3 ready (2 of them free); b: 1 started + 2 ready (none free)
     assert occupied({"a": 6, "b": 3}, {"a": 3, "b": 2}, backends) == {"a": 4, "b": 3}
     snap = Snapshot(rows=6, to_start={0: ("a", "j0")}, creating={1: ("b", "m1"), 2: ("b", None)})
-    assert pipeline(snap, InFlight()) == {"a": 1, "b": 2}
-    assert pipeline(snap, InFlight(in_start_tasks=frozenset({1}))) == {"a": 1, "b": 1}  # created for its slot
+    posting = frozenset({1, 2})  # this run's create tasks have both rows
+    assert pipeline(snap, InFlight(posting=posting)) == {"a": 1, "b": 2}
+    assert pipeline(snap, InFlight(posting=posting, in_start_tasks=frozenset({1}))) == {"a": 1, "b": 1}  # for its slot
+
+
+def test_the_rows_a_dead_run_was_creating_hold_their_slots_until_looked_up():
+    # rows 1, 2 `creating`, no task of this run on them: the dead run may have created and started
+    # their jobs. Counted as created ahead, the 2 jobs created ahead (rows 3, 4) were started too.
+    backends = {"a": BackendPolicy(2, create_ahead=2)}
+    snap = Snapshot(rows=6, waiting=(0, 5), creating={1: ("a", "m1"), 2: ("a", "m2")},
+                    to_start={3: ("a", "j3"), 4: ("a", "j4")}, holding={"a": 4})
+    assert pipeline(snap, InFlight()) == {"a": 2}  # only the created jobs wait for free
+    intents, orders = plan_starts(snap, situation(backends=backends), InFlight(), marker)
+    assert orders == [] and intents == {}  # both slots may be in use: nothing started, nothing created
 
 
 def test_no_jobs_are_created_ahead_while_another_live_run_shares_the_account():

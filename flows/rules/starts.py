@@ -51,10 +51,20 @@ def start_capacity(situation: Situation, in_flight: InFlight) -> Dict[str, int]:
 def pipeline(snapshot: Snapshot, in_flight: InFlight) -> Dict[str, int]:
     """Per backend, the jobs created (or being created) ahead, not started and not about to be:
     they count in `snapshot.holding` but run nothing yet. A row created for a free slot (its
-    start task starts it next) holds its slot."""
+    start task starts it next) holds its slot.
+
+    A `creating` row is ahead only while this run's own create task has it (`posting`, and not a
+    start task). One no task of this run has was written by a run that died, or its POST got no
+    answer: its job may have been created *and started* (a create for a free slot starts it in the
+    same task), so it holds its slot until the lookup by marker adopts or gives it back. Counted
+    as ahead, a resume started the killed run's created jobs beside its running ones: 4 active on
+    a 2-job account."""
     count: Dict[str, int] = {}
-    for row, (backend, _) in list(snapshot.to_start.items()) + list(snapshot.creating.items()):
+    for row, (backend, _) in snapshot.to_start.items():
         if backend and row not in in_flight.in_start_tasks:
+            count[backend] = count.get(backend, 0) + 1
+    for row, (backend, _) in snapshot.creating.items():
+        if backend and row in in_flight.posting and row not in in_flight.in_start_tasks:
             count[backend] = count.get(backend, 0) + 1
     return count
 

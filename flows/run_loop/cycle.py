@@ -115,9 +115,11 @@ class Cycle:
             self.cycles += 1
             self.apply(self.dispatcher.collect(timeout))
             now = time.monotonic()
-            if stopping_since is None and (self.stop.event.is_set() or self._time_up(now)):
+            # A Ctrl-C also ends the unbounded wait of a run whose time was up: it counts from the signal.
+            interrupted_now = self.stop.event.is_set() and reason != "interrupted"
+            if interrupted_now or (stopping_since is None and self._time_up(now)):
                 stopping_since = now
-                reason = "interrupted" if self.stop.event.is_set() else "time_up"
+                reason = "interrupted" if interrupted_now else "time_up"
                 self._stopping = True
                 self.dispatcher.stop()  # (an interrupt's announcement told the tasks already: no harm)
                 if reason == "interrupted":  # task runs still waiting for a tag's slot: not waited for
