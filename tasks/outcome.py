@@ -63,6 +63,20 @@ def request_stop(inbox_id: str) -> None:
         event.set()
 
 
+def _stop_of(address: Optional[str]) -> Optional[threading.Event]:
+    with _lock:
+        return _stops.get(address.rpartition("/")[0]) if address else None
+
+
+def stopping(address: Optional[str]) -> bool:
+    """Whether the run that sent the task (its inbox `address`) is stopping: create nothing more.
+    A run whose inbox is closed has ended: nobody would record a job created for it now."""
+    if not address:  # a task run alone (tasks/standalone.py): nobody to stop it
+        return False
+    event = _stop_of(address)
+    return event is None or event.is_set()
+
+
 def pause(address: Optional[str], seconds: float) -> bool:
     """Sleep `seconds` unless the run that sent the task is stopping; True if it is (stop now).
     A run whose inbox is closed has ended: nobody waits for this task's answer (it slept through
@@ -70,8 +84,7 @@ def pause(address: Optional[str], seconds: float) -> bool:
     if not address:  # a task run alone (tasks/standalone.py): nobody to stop it
         time.sleep(seconds)
         return False
-    with _lock:
-        event = _stops.get(address.rpartition("/")[0])
+    event = _stop_of(address)
     if event is None:
         return True
     return event.wait(seconds)

@@ -6,7 +6,7 @@ and a batch when thousands do. Every row gets its own answer in the outcome (`Ou
   {"status": "queued", "id": ...}                   created and started (or started by the callback)
   {"status": "created", "id": ...}                  created (create-job): started when a slot frees
   {"status": "created", "id": ..., "handed_back"}   created; the backend refused to start it for now
-  {"status": "not_started", "handed_back": why}     nothing created (rate limit, job limit, deadline)
+  {"status": "not_started", "handed_back": why}     nothing created (rate limit, job limit, deadline, the run stopping)
   {"status": "not_started", "refused": why}         the account cannot pay (402): stop starting there
   {"status": "skipped"} / {"status": "start_failed", "error_message": why}
   {"status": "creating", "unanswered": why}        POST /jobs sent, no answer: the backend may still create
@@ -28,7 +28,7 @@ from prefect.states import Failed, State
 from jobdb.schema import utc_now
 from tasks.faults import Backoff, BackendUnavailable, JobLimitReached, RateLimited, classify
 from tasks.openeo_calls import find_job_by_marker, is_refused_for_good, start_job_carefully
-from tasks.outcome import Outcome, Step, deliver, pause
+from tasks.outcome import Outcome, Step, deliver, pause, stopping
 from tasks.retry_policy import POST_DEADLINE_SECONDS
 from tasks.standalone import ConnectionSource, connection_for, provider_for
 from jobdb.status import CREATED, CREATING, NOT_STARTED, QUEUED, SKIPPED, START_FAILED
@@ -88,12 +88,20 @@ def create_jobs(
 def each_row(step: Step, rows: List[Dict[str, Any]], backend: str, inbox: Optional[str],
              one: Callable[[Dict[str, Any]], Dict[str, Any]]) -> Union[Outcome, State]:
     results: Dict[int, Dict[str, Any]] = {}
+    not_created: Dict[int, Dict[str, Any]] = {}  # rows a stopping run did not create: one answer for all
     refused: Optional[str] = None
     for row in rows:
         i = int(row["_row"])
         if refused is not None:  # the account cannot pay: don't even try the rest of the batch
             results[i] = {"status": CREATED, "id": row["job_id"], "handed_back": refused} if row.get("job_id") \
                 else {"status": NOT_STARTED, "handed_back": refused}
+            continue
+        if not row.get("job_id") and stopping(inbox):
+            # The run is stopping: no POST /jobs from here on (a batch went on creating for seconds
+            # after the Ctrl-C at scale). Nothing was sent for this row: it goes back to not_started
+            # (its intent, the marker, is dropped: no job can carry it). A job created earlier is
+            # still started (a bounded pass whose time is up starts what it created).
+            not_created[i] = {"status": NOT_STARTED, "handed_back": "the run is stopping"}
             continue
         try:
             results[i] = one(row)
@@ -103,6 +111,9 @@ def each_row(step: Step, rows: List[Dict[str, Any]], backend: str, inbox: Option
         # Each row's answer goes to the flow at once: a job created early in a batch is started
         # (or followed) while the batch goes on, not when its last row is done.
         deliver(inbox, Outcome(step, backend, {i: results[i]}))
+    if not_created:  # one envelope (a line each, hundreds of rows, was seconds of the stop's cycle)
+        deliver(inbox, Outcome(step, backend, not_created))
+        results.update(not_created)
     outcome = Outcome(step, backend, results)  # the task's result; the flow has every row already
     failed = [r for r in results.values() if r.get("status") == START_FAILED]
     if failed:

@@ -94,6 +94,40 @@ def test_overrides_apply_keep_last_value_in_an_outage_and_go_back_when_deleted()
         overrides.close()
 
 
+def test_close_does_not_wait_for_a_read_the_api_has_not_answered():
+    """At a stop the reader may be in a read of a loaded Prefect API (seconds; a 1500-row stop
+    waited for it): close() tells it to end and returns; the late answer is kept by nobody."""
+    reading, answer = threading.Event(), threading.Event()
+    calls: List[int] = []
+    changes: List[int] = []
+
+    def slow_after_the_first(names):
+        calls.append(1)
+        if len(calls) > 1:
+            reading.set()
+            answer.wait(60)  # the API takes its time
+            return {"openeo-parallel-jobs-a": 1}
+        return {}
+
+    overrides = LimitOverrides({"a": BackendConfig(name="a", url="http://127.0.0.1:9", parallel_jobs=3)},
+                               {}, interval=0.01, logger=log, read=slow_after_the_first,
+                               on_change=lambda: changes.append(1))
+    try:
+        assert reading.wait(30)  # the second read is out and does not answer
+        t0 = time.monotonic()
+        overrides.close()
+        closing = time.monotonic() - t0
+        answer.set()
+        overrides._thread.join(30)
+        # joined before: 5 s, the join's timeout, with the read still out; now microseconds
+        assert closing < 2.5, f"close() took {closing:.2f} s: it waited for the read"
+        assert overrides.reads == 1 and changes == [], "the read answered after close() was used"
+        assert overrides.policies({"a": BackendPolicy(3)})["a"].parallel_jobs == 3
+    finally:
+        answer.set()
+        overrides.close()
+
+
 def test_zero_pauses_starts_on_that_backend_only(tmp_path):
     """parallel_jobs 0: no new job and no start of a created one on that backend; polls go on."""
     db = make_db(tmp_path / "jobs.parquet", 6, status=["running", "created", "not_started", "not_started",

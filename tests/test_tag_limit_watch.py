@@ -35,6 +35,7 @@ def test_an_unreadable_server_changes_nothing_and_the_watch_stops():
     watch = TagLimitWatch([("openeo", "openeo-backend:a")], interval=0.01, read_limits=down, memory=(cache, lock))
     watch.start()
     watch.close()
+    watch._thread.join(30)  # close() does not wait for the thread: it ends at its next look
     assert cache == {} and not watch._thread.is_alive()
 
 
@@ -100,6 +101,43 @@ def test_a_read_the_server_answers_late_does_not_let_prefects_memory_lapse():
         with lock:
             renewed = cache.get(key)
         assert renewed and not answer.is_set()  # renewed while the read still waits
+    finally:
+        answer.set()
+        watch.close()
+
+
+def test_close_does_not_wait_for_a_read_the_server_has_not_answered():
+    """At a stop the watch is closed while its read may wait for a loaded server (seconds; a
+    1500-row stop waited for it): close() tells the threads to end and returns; the read's late
+    answer renews nothing."""
+    import time
+
+    cache, lock = {}, threading.Lock()
+    reading, answer = threading.Event(), threading.Event()
+    reads = []
+
+    def slow_after_the_first():
+        reads.append(1)
+        if len(reads) > 1:
+            reading.set()
+            answer.wait(60)  # the server takes its time
+        return frozenset()
+
+    watch = TagLimitWatch([("openeo", "openeo-backend:a")], interval=0.01, read_limits=slow_after_the_first,
+                          memory=(cache, lock)).start()
+    try:
+        assert reading.wait(30)  # the second read is out and does not answer
+        t0 = time.monotonic()
+        watch.close()
+        closing = time.monotonic() - t0
+        watch._renewer.join(30)  # no I/O: it ends at once
+        with lock:
+            cache.clear()
+        answer.set()
+        watch._thread.join(30)
+        # joined before: 1 s, the join's timeout, with the read still out; now microseconds
+        assert closing < 0.5, f"close() took {closing:.2f} s: it waited for the read"
+        assert cache == {}, "the read answered after close() renewed Prefect's memory"
     finally:
         answer.set()
         watch.close()

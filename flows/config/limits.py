@@ -199,6 +199,8 @@ class LimitOverrides:
             self.failed_reads += 1
             self.logger.debug("limit overrides not read (keeping the last ones): %s", exc)
             return False
+        if self._stop.is_set():  # closed while the read was out: the run is over
+            return False
         self.reads += 1
         new: Dict[Tuple[str, str], float] = {}
         for variable, value in raw.items():
@@ -235,5 +237,7 @@ class LimitOverrides:
             self._stop.wait(self.interval)
 
     def close(self) -> None:
+        """Tell the reader to end; not waited for. A read in flight is one HTTP request to the
+        Prefect API, seconds long when the server is loaded (a 1500-row stop waited for it); the
+        daemon thread ends when it returns, and its answer is kept by nobody."""
         self._stop.set()
-        self._thread.join(5)

@@ -15,11 +15,14 @@ from typing import Any, Callable, Dict, List, Mapping, Set
 from flows.rules.bookkeeping import FailureStreaks, RowNow, effects_of
 from flows.rules.polling import PollClock
 from jobdb.interface import CampaignStore
-from jobdb.status import ERROR, FAILED, FINISHED, POSTPROCESS_FAILED, QUEUED, RUNNING, START_FAILED, TERMINAL
+from jobdb.status import (ERROR, FAILED, FINISHED, NOT_STARTED, POSTPROCESS_FAILED, QUEUED, RUNNING, START_FAILED,
+                          TERMINAL)
 from tasks.outcome import Outcome, Step
 
 # After a row was handed back (rate limit, job limit), wait this long before trying it again.
 RETRY_HOLD_SECONDS = 5.0
+# While the run stops, a cycle's status changes are told grouped, naming this many rows per kind.
+GROUPED_ROWS_NAMED = 10
 
 
 class OutcomeBook:
@@ -35,6 +38,7 @@ class OutcomeBook:
         max_consecutive_failures: int,
         on_change: Callable[[int, str, str], None],
         on_downloaded: Callable[[Dict[int, Mapping[str, Any]]], None],
+        stopping: Callable[[], bool] = lambda: False,  # the run is stopping: status lines grouped
     ):
         self.store = store
         self.polls = polls
@@ -42,6 +46,7 @@ class OutcomeBook:
         self.pinned = pinned
         self.on_change = on_change
         self.on_downloaded = on_downloaded  # STAC item summaries, once stored
+        self.stopping = stopping
         self.holds: Dict[int, float] = {}  # row -> monotonic time before which it is not tried again
         self.metadata: Dict[int, Mapping[str, Any]] = {}  # ended jobs' metadata, until downloaded
         self.refused: Dict[str, str] = {}  # backend -> why it refused new jobs for good
@@ -125,15 +130,21 @@ class OutcomeBook:
         self.store.apply(pending)
         if downloaded:
             self.on_downloaded(downloaded)
+        told: List[tuple] = []  # (row, backend, old, new)
         for row, old, new, outcome in changes:  # told once the rows' new values (ids, errors) are stored
             if new == ERROR and outcome.step is Step.POLL:
                 self._errors_untold[row] = old  # told with its reason once its error logs are in
             else:
-                self._tell(row, outcome.backend, old, new)
+                told.append((row, outcome.backend, old, new))
         for outcome in outcomes:
             if outcome.step is Step.ERROR_LOGS:
                 for row in outcome.rows:
-                    self._tell(row, outcome.backend, self._errors_untold.pop(row, RUNNING), ERROR)
+                    told.append((row, outcome.backend, self._errors_untold.pop(row, RUNNING), ERROR))
+        if told and self.stopping():
+            self._tell_grouped(told)
+        else:
+            for change in told:
+                self._tell(*change)
 
     def _tell(self, row: int, backend: str, old: str, new: str) -> None:
         """One readable line (and event) per status change: `job j-1 (row 3, cdse): running -> error: <reason>`."""
@@ -143,3 +154,24 @@ class OutcomeBook:
         job_id = self.store.value(row, "id")
         who = f"job {job_id} (row {row}, {backend})" if job_id else f"row {row} ({backend}, no job)"
         log("%s: %s -> %s%s", who, old, new, f": {reason}" if reason else "")
+
+    def _tell_grouped(self, told: List[tuple]) -> None:
+        """A stopping run hands hundreds of rows back in its last cycles: a line per row (each a
+        Prefect log record too) took seconds of the stop at scale. So one record per level, e.g.
+        `12 rows handed back not_started: row 3, row 7, ... (+2 more)`; events stay one per row."""
+        by_level: Dict[bool, Dict[str, List[int]]] = {}  # failed? -> kind -> rows
+        reasons: Dict[str, str] = {}  # kind -> the first row's reason (failures)
+        for row, backend, old, new in told:
+            self.on_change(row, old, new)
+            kind = "handed back not_started" if new == NOT_STARTED else f"{old} -> {new}"
+            by_level.setdefault(new in FAILED, {}).setdefault(kind, []).append(row)
+            if new in (START_FAILED, ERROR) and kind not in reasons:
+                reasons[kind] = str(self.store.value(row, "error_message") or "")
+        for failed, kinds in by_level.items():
+            parts = []
+            for kind, rows in kinds.items():
+                named = ", ".join(f"row {row}" for row in rows[:GROUPED_ROWS_NAMED])
+                more = f" (+{len(rows) - GROUPED_ROWS_NAMED} more)" if len(rows) > GROUPED_ROWS_NAMED else ""
+                first = f" (first: {reasons[kind]})" if reasons.get(kind) else ""
+                parts.append(f"{len(rows)} row{'s' if len(rows) != 1 else ''} {kind}{first}: {named}{more}")
+            (self.logger.warning if failed else self.logger.info)("%s", "; ".join(parts))

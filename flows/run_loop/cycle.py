@@ -22,6 +22,7 @@ from tasks.accounts.slots import JobSlots
 from flows.run_loop.applying import OutcomeBook
 from flows.run_loop.dispatcher import Dispatcher
 from flows.run_loop.interrupts import StopSignal
+from flows.run_loop.stop_line import StopAnnouncement
 from flows.rules.plan import BackendPolicy, Plan, Situation
 from flows.rules.reconcile import IdleCreating
 from flows.rules.scheduler import finishes_held, plan_cycle
@@ -86,12 +87,24 @@ class Cycle:
         self._ledger_holding: Optional[Dict[str, int]] = None
         self.cycles = 0
         self.polls = PollClock(options.poll_interval, every_interval=options.cancel_after is not None)
+        self._stopping = False  # the loop has seen the stop (or its time is up)
         self.book = OutcomeBook(store, self.polls, logger, self.pinned, options.max_consecutive_failures,
                                 on_change=on_change or (lambda row, old, new: None),
-                                on_downloaded=on_downloaded or (lambda items: None))
+                                on_downloaded=on_downloaded or (lambda items: None),
+                                stopping=lambda: self._stopping or self.stop.event.is_set())
+        # An interrupt's `stopping:` line is told, and the tasks told to stop, by a thread of its own
+        # at once, not when this loop gets to it (flows/run_loop/stop_line.py)
+        self.announcement = StopAnnouncement(self.stop, logger, options.stop_grace_seconds, dispatcher.stop)
 
     # --- the loop -------------------------------------------------------------------------
     def run(self) -> CycleEnd:
+        self.announcement.start()
+        try:
+            return self._run()
+        finally:
+            self.announcement.close()
+
+    def _run(self) -> CycleEnd:
         t0 = time.monotonic()
         next_progress = 0.0
         all_started_at = None
@@ -107,13 +120,13 @@ class Cycle:
             if interrupted_now or (stopping_since is None and self._time_up(now)):
                 stopping_since = now
                 reason = "interrupted" if interrupted_now else "time_up"
-                self.dispatcher.stop()
+                self._stopping = True
+                self.dispatcher.stop()  # (an interrupt's announcement told the tasks already: no harm)
                 if reason == "interrupted":  # task runs still waiting for a tag's slot: not waited for
                     self.dispatcher.abandon_waiting()
-                self.logger.warning("stopping: %s; starting no new jobs, waiting %s",
-                                    self.stop.reason or "time is up",
-                                    f"at most {self.options.stop_grace_seconds:g} s for running tasks"
-                                    if reason == "interrupted" else "for the running tasks to end")
+                else:  # the announcement tells an interrupt's line (at once); time up is the loop's own
+                    self.logger.warning("stopping: time is up; starting no new jobs, waiting for the running tasks "
+                                        "to end")
             stopping = stopping_since is not None
             snapshot = self.store.snapshot()
             self.pinned.update(snapshot.pinned)  # a SQL store hands out waiting rows a batch at a time

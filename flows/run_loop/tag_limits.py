@@ -78,6 +78,8 @@ class TagLimitWatch:
         except Exception as exc:  # noqa: BLE001 - Prefect's own check decides meanwhile, as without the watch
             log.debug("tag limits not read: %s", exc)
             return
+        if self._stop.is_set():  # closed while the read was out: Prefect's memory is left alone
+            return
         self._limited = frozenset(limited)
         self.renew()
 
@@ -119,7 +121,7 @@ class TagLimitWatch:
             self.renew()
 
     def close(self) -> None:
+        """Tell both threads to end; not waited for. The reader may be in a read of a loaded server
+        (seconds: a 1500-row stop waited for it); it ends when the read returns, and renews nothing
+        then (daemon threads: a process that exits meanwhile does not wait for them either)."""
         self._stop.set()
-        for thread in (self._thread, self._renewer):
-            if thread is not None:
-                thread.join(timeout=1.0)
