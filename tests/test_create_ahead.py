@@ -41,19 +41,25 @@ def created_ahead_on_disk(db: Path) -> dict:
     return {int(i): str(j) for i, j in ahead["id"].items()}
 
 
+def run_in_a_child(sim, tmp_path: Path):
+    """A run of ROWS rows (SLOTS slots, AHEAD created ahead) in a process of its own, its own group."""
+    db = make_db(tmp_path / "jobs.parquet", ROWS)
+    kwargs = dict(job_db=str(db), backends=[{**backend("a", sim, SLOTS), "create_ahead": AHEAD}],
+                  start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.25)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": PREFECT_API_URL.value(),
+           STATE_DIR_ENV: str(tmp_path / "state")}
+    child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],
+                             env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=open(tmp_path / "child.log", "wb"))
+    return db, kwargs, child
+
+
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
 def test_a_run_stopped_while_jobs_are_created_ahead_is_resumed_starting_each_once(prefect_harness, tmp_path, how):
     sim = start_simulator(fast_config(queue_time=0.1, run_time=0.3))
     try:
         sim.gates.close(START_ROUTE)
-        db = make_db(tmp_path / "jobs.parquet", ROWS)
-        kwargs = dict(job_db=str(db), backends=[{**backend("a", sim, SLOTS), "create_ahead": AHEAD}],
-                      start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.25)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": PREFECT_API_URL.value(),
-               STATE_DIR_ENV: str(tmp_path / "state")}
-        child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],
-                                 env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                                 stderr=open(tmp_path / "child.log", "wb"))
+        db, kwargs, child = run_in_a_child(sim, tmp_path)
         deadline = time.monotonic() + 180
         try:
             while sim.gates.wait_held([START_ROUTE], timeout=0.5, count=SLOTS) is None:
@@ -104,14 +110,7 @@ def test_the_jobs_a_killed_run_was_starting_hold_their_slots_while_the_resume_lo
     sim = start_simulator(fast_config(queue_time=0.1, run_time=0.3))
     try:
         sim.gates.close(START_ROUTE)
-        db = make_db(tmp_path / "jobs.parquet", ROWS)
-        kwargs = dict(job_db=str(db), backends=[{**backend("a", sim, SLOTS), "create_ahead": AHEAD}],
-                      start_job="flows.tiling.demo_callbacks:start_job", poll_interval_seconds=0.25)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": PREFECT_API_URL.value(),
-               STATE_DIR_ENV: str(tmp_path / "state")}
-        child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "run_flow_process.py"), json.dumps(kwargs)],
-                                 env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                                 stderr=open(tmp_path / "child.log", "wb"))
+        db, kwargs, child = run_in_a_child(sim, tmp_path)
         deadline = time.monotonic() + 180
         try:
             while sim.gates.wait_held([START_ROUTE], timeout=0.5, count=SLOTS) is None:

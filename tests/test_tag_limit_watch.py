@@ -68,6 +68,22 @@ def test_the_watch_reads_the_limits_of_the_server_its_caller_uses():
     assert set(seen) == {"http://127.0.0.1:9/api"}, seen  # the first read (the caller's thread) and the thread's
 
 
+def slow_after_the_first_read():
+    """A limit reader whose reads after the first wait for `answer` (a loaded server); `reading`
+    is set once such a read is out. Returns (read_limits, reading, answer)."""
+    reading, answer = threading.Event(), threading.Event()
+    reads = []
+
+    def read_limits():
+        reads.append(1)
+        if len(reads) > 1:
+            reading.set()
+            answer.wait(60)  # the server takes its time
+        return frozenset()
+
+    return read_limits, reading, answer
+
+
 def test_a_read_the_server_answers_late_does_not_let_prefects_memory_lapse():
     """Prefect forgets "no limit" after 5 s; a read answered later than that (a loaded server:
     11-150 s) must not leave every task run of the backend waiting behind Prefect's own request
@@ -75,15 +91,7 @@ def test_a_read_the_server_answers_late_does_not_let_prefects_memory_lapse():
     import time
 
     cache, lock = {}, threading.Lock()
-    reading, answer = threading.Event(), threading.Event()
-    reads = []
-
-    def slow_after_the_first():
-        reads.append(1)
-        if len(reads) > 1:
-            reading.set()
-            answer.wait(60)  # the server takes its time
-        return frozenset()
+    slow_after_the_first, reading, answer = slow_after_the_first_read()
 
     key = frozenset({"tag:openeo", "tag:openeo-backend:a"})
     watch = TagLimitWatch([("openeo", "openeo-backend:a")], interval=0.01, read_limits=slow_after_the_first,
@@ -113,15 +121,7 @@ def test_close_does_not_wait_for_a_read_the_server_has_not_answered():
     import time
 
     cache, lock = {}, threading.Lock()
-    reading, answer = threading.Event(), threading.Event()
-    reads = []
-
-    def slow_after_the_first():
-        reads.append(1)
-        if len(reads) > 1:
-            reading.set()
-            answer.wait(60)  # the server takes its time
-        return frozenset()
+    slow_after_the_first, reading, answer = slow_after_the_first_read()
 
     watch = TagLimitWatch([("openeo", "openeo-backend:a")], interval=0.01, read_limits=slow_after_the_first,
                           memory=(cache, lock)).start()
