@@ -88,12 +88,14 @@ def create_jobs(
 def each_row(step: Step, rows: List[Dict[str, Any]], backend: str, inbox: Optional[str],
              one: Callable[[Dict[str, Any]], Dict[str, Any]]) -> Union[Outcome, State]:
     results: Dict[int, Dict[str, Any]] = {}
-    not_created: Dict[int, Dict[str, Any]] = {}  # rows a stopping run did not create: one answer for all
+    # rows nothing was sent for (the run is stopping, the account cannot pay): one answer for all
+    not_created: Dict[int, Dict[str, Any]] = {}
     refused: Optional[str] = None
     for row in rows:
         i = int(row["_row"])
         if refused is not None:  # the account cannot pay: don't even try the rest of the batch
-            results[i] = {"status": CREATED, "id": row["job_id"], "handed_back": refused} if row.get("job_id") \
+            # (answered with the others at the end: left out, the flow took them for crashed)
+            not_created[i] = {"status": CREATED, "id": row["job_id"], "handed_back": refused} if row.get("job_id") \
                 else {"status": NOT_STARTED, "handed_back": refused}
             continue
         if not row.get("job_id") and stopping(inbox):

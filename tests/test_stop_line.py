@@ -2,7 +2,8 @@
 while the cycle is still busy (at scale a cycle is seconds long), a create batch of a stopping run
 sends no more `POST /jobs` and hands its rows back in one answer, and the status lines of a
 stopping run are grouped. Real simulator, real Prefect, real signals; the cycle is held busy by
-the test holding the account's slot ledger lock (the cycle's claim waits for it)."""
+the test holding the account's slot ledger lock (the cycle's claim waits for it). A batch also
+answers the rows it did not try after a 402."""
 from __future__ import annotations
 
 import json
@@ -79,6 +80,29 @@ def test_a_stopping_runs_create_batch_sends_no_post_and_hands_its_rows_back_in_o
         assert answer.step is Step.CREATE and sorted(answer.rows) == list(range(12))
         assert {fact["status"] for fact in answer.rows.values()} == {NOT_STARTED}
         assert outcome.rows == answer.rows
+    finally:
+        close_inbox(inbox)
+        sim.stop()
+
+
+def test_a_batch_answers_every_row_it_did_not_try_after_the_account_could_not_pay(tmp_path):
+    """After a 402 a batch sends nothing more; the rows it did not try are answered too (handed
+    back `not_started`, in one envelope). Left out of the inbox, the flow took them for crashed
+    rows and looked their jobs up by marker."""
+    sim = start_simulator(fast_config(credits=0.0, credits_checked_on="create"))
+    inbox = uuid.uuid4().hex
+    queue = open_inbox(inbox)
+    try:
+        config = BackendConfig.model_validate(backend("a", sim, 5)).model_dump()
+        rows = [{"_row": row, "job_marker": f"a-r{row}", "tile_id": f"T{row}", "year": 2024} for row in range(5)]
+        create_jobs.fn(rows=rows, backend="a", connection_key=config, creator=start_job, label="T0+4@a",
+                       inbox=f"{inbox}/s1")
+        answered = {}
+        while not queue.empty():
+            answered.update(queue.get_nowait()[1].rows)
+        assert post_jobs(sim) == 1, sim.counters()["requests"]  # the 402; the rest not tried
+        assert sorted(answered) == list(range(5)), answered  # every row answered, none left to a lookup
+        assert answered[0].get("refused") and all(answered[r]["status"] == NOT_STARTED for r in range(1, 5))
     finally:
         close_inbox(inbox)
         sim.stop()
