@@ -118,7 +118,8 @@ class Cycle:
             # A Ctrl-C also ends the unbounded wait of a run whose time was up: it counts from the signal.
             interrupted_now = self.stop.event.is_set() and reason != "interrupted"
             if interrupted_now or (stopping_since is None and self._time_up(now)):
-                stopping_since = now
+                # an interrupt's grace counts from the signal, not from when a long cycle got here
+                stopping_since = min(now, self.stop.at or now) if interrupted_now else now
                 reason = "interrupted" if interrupted_now else "time_up"
                 self._stopping = True
                 self.dispatcher.stop()  # (an interrupt's announcement told the tasks already: no harm)

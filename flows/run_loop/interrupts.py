@@ -10,6 +10,7 @@ import contextvars
 import gc
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, List, Optional
@@ -24,10 +25,12 @@ class StopSignal:
     # Called once when the stop is asked for, maybe from a signal handler: they must only do
     # reentrant things (the dispatcher puts a wake-up into its inbox, a `queue.SimpleQueue`).
     wakers: List[Callable[[], None]] = field(default_factory=list)
+    at: Optional[float] = None  # monotonic time of the stop: an interrupted run's grace counts from it
 
     def set(self, reason: str) -> None:
         if not self.event.is_set():
             self.reason = reason
+            self.at = time.monotonic()
             self.event.set()
             for wake in self.wakers:
                 wake()
