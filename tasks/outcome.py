@@ -63,9 +63,10 @@ def request_stop(inbox_id: str) -> None:
         event.set()
 
 
-def _stop_of(address: Optional[str]) -> Optional[threading.Event]:
+def _stop_of(address: str) -> Optional[threading.Event]:
+    """The stop event of the run that sent a task; None once its inbox is closed (the run ended)."""
     with _lock:
-        return _stops.get(address.rpartition("/")[0]) if address else None
+        return _stops.get(address.rpartition("/")[0])
 
 
 def stopping(address: Optional[str]) -> bool:

@@ -33,12 +33,15 @@ class CuttablePoolManager(urllib3.PoolManager):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._connections: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._pools: "weakref.WeakSet[Any]" = weakref.WeakSet()  # urllib3's own container has no safe iteration
         self._lock = threading.Lock()
         self.is_cut = False
 
     def _new_pool(self, scheme, host, port, request_context=None):
         pool = super()._new_pool(scheme, host, port, request_context)
         pool.is_cut = self.is_cut  # read by ReportingRetry: no resend on a cut pool
+        with self._lock:
+            self._pools.add(pool)
         new_conn = pool._new_conn
 
         def tracked_new_conn():
@@ -63,10 +66,10 @@ class CuttablePoolManager(urllib3.PoolManager):
     def cut(self) -> int:
         """Shut down every socket of this manager's connections, idle or in use; the number cut."""
         self.is_cut = True
-        for pool in list(self.pools._container.values()):
-            pool.is_cut = True
         with self._lock:
-            connections = list(self._connections)
+            pools, connections = list(self._pools), list(self._connections)
+        for pool in pools:
+            pool.is_cut = True
         return sum(_shut(getattr(conn, "sock", None)) for conn in connections)
 
 

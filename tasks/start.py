@@ -89,13 +89,13 @@ def each_row(step: Step, rows: List[Dict[str, Any]], backend: str, inbox: Option
              one: Callable[[Dict[str, Any]], Dict[str, Any]]) -> Union[Outcome, State]:
     results: Dict[int, Dict[str, Any]] = {}
     # rows nothing was sent for (the run is stopping, the account cannot pay): one answer for all
-    not_created: Dict[int, Dict[str, Any]] = {}
+    not_tried: Dict[int, Dict[str, Any]] = {}
     refused: Optional[str] = None
     for row in rows:
         i = int(row["_row"])
         if refused is not None:  # the account cannot pay: don't even try the rest of the batch
             # (answered with the others at the end: left out, the flow took them for crashed)
-            not_created[i] = {"status": CREATED, "id": row["job_id"], "handed_back": refused} if row.get("job_id") \
+            not_tried[i] = {"status": CREATED, "id": row["job_id"], "handed_back": refused} if row.get("job_id") \
                 else {"status": NOT_STARTED, "handed_back": refused}
             continue
         if not row.get("job_id") and stopping(inbox):
@@ -103,7 +103,7 @@ def each_row(step: Step, rows: List[Dict[str, Any]], backend: str, inbox: Option
             # after the Ctrl-C at scale). Nothing was sent for this row: it goes back to not_started
             # (its intent, the marker, is dropped: no job can carry it). A job created earlier is
             # still started (a bounded pass whose time is up starts what it created).
-            not_created[i] = {"status": NOT_STARTED, "handed_back": "the run is stopping"}
+            not_tried[i] = {"status": NOT_STARTED, "handed_back": "the run is stopping"}
             continue
         try:
             results[i] = one(row)
@@ -113,9 +113,9 @@ def each_row(step: Step, rows: List[Dict[str, Any]], backend: str, inbox: Option
         # Each row's answer goes to the flow at once: a job created early in a batch is started
         # (or followed) while the batch goes on, not when its last row is done.
         deliver(inbox, Outcome(step, backend, {i: results[i]}))
-    if not_created:  # one envelope (a line each, hundreds of rows, was seconds of the stop's cycle)
-        deliver(inbox, Outcome(step, backend, not_created))
-        results.update(not_created)
+    if not_tried:  # one envelope (a line each, hundreds of rows, was seconds of the stop's cycle)
+        deliver(inbox, Outcome(step, backend, not_tried))
+        results.update(not_tried)
     outcome = Outcome(step, backend, results)  # the task's result; the flow has every row already
     failed = [r for r in results.values() if r.get("status") == START_FAILED]
     if failed:
