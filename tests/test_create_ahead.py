@@ -54,6 +54,19 @@ def run_in_a_child(sim, tmp_path: Path):
     return db, kwargs, child
 
 
+def wait_for_held_starts_and_jobs_created_ahead(sim, child, db: Path, deadline: float) -> dict:
+    """Until the run's SLOTS starts are held and the DB on disk shows AHEAD jobs created ahead;
+    returns those (row -> job id)."""
+    while sim.gates.wait_held([START_ROUTE], timeout=0.5, count=SLOTS) is None:
+        assert child.poll() is None and time.monotonic() < deadline, "the run never filled its slots"
+    ahead = created_ahead_on_disk(db)
+    while len(ahead) < AHEAD:
+        assert child.poll() is None and time.monotonic() < deadline, "no jobs were created ahead"
+        time.sleep(0.05)  # polling a file another process writes; no event crosses processes
+        ahead = created_ahead_on_disk(db)
+    return ahead
+
+
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
 def test_a_run_stopped_while_jobs_are_created_ahead_is_resumed_starting_each_once(prefect_harness, tmp_path, how):
     sim = start_simulator(fast_config(queue_time=0.1, run_time=0.3))
@@ -62,13 +75,7 @@ def test_a_run_stopped_while_jobs_are_created_ahead_is_resumed_starting_each_onc
         db, kwargs, child = run_in_a_child(sim, tmp_path)
         deadline = time.monotonic() + 180
         try:
-            while sim.gates.wait_held([START_ROUTE], timeout=0.5, count=SLOTS) is None:
-                assert child.poll() is None and time.monotonic() < deadline, "the run never filled its slots"
-            ahead = created_ahead_on_disk(db)
-            while len(ahead) < AHEAD:
-                assert child.poll() is None and time.monotonic() < deadline, "no jobs were created ahead"
-                time.sleep(0.05)  # polling a file another process writes; no event crosses processes
-                ahead = created_ahead_on_disk(db)
+            ahead = wait_for_held_starts_and_jobs_created_ahead(sim, child, db, deadline)
             assert len(ahead) == AHEAD and sim.counters()["jobs_total"] == SLOTS + AHEAD  # bounded: no more
         finally:
             if how == "SIGKILL":
@@ -113,11 +120,7 @@ def test_the_jobs_a_killed_run_was_starting_hold_their_slots_while_the_resume_lo
         db, kwargs, child = run_in_a_child(sim, tmp_path)
         deadline = time.monotonic() + 180
         try:
-            while sim.gates.wait_held([START_ROUTE], timeout=0.5, count=SLOTS) is None:
-                assert child.poll() is None and time.monotonic() < deadline, "the run never filled its slots"
-            while len(created_ahead_on_disk(db)) < AHEAD:
-                assert child.poll() is None and time.monotonic() < deadline, "no jobs were created ahead"
-                time.sleep(0.05)  # polling a file another process writes; no event crosses processes
+            wait_for_held_starts_and_jobs_created_ahead(sim, child, db, deadline)
         finally:
             child.send_signal(signal.SIGKILL)
             child.wait(120)

@@ -31,6 +31,7 @@ from simulator import start_simulator
 from tasks.accounts import STATE_DIR_ENV
 from tasks.retry_policy import REQUEST_TIMEOUT_ENV
 from tests.flow_helpers import backend, fast_config, make_db
+from tests.test_stop_with_tasks_in_flight import PLAIN_SCRIPT as SCRIPT  # a user's script: exit 130 on RunInterrupted
 
 ROOT = Path(__file__).resolve().parents[1]
 START_ROUTE = "POST /jobs/{id}/results"
@@ -41,8 +42,6 @@ MAX_RUNTIME_MINUTES = 0.1
 # timeout is longer: a held request that is not cut keeps the script from exiting past this.
 EXIT_SECONDS = 45.0
 CHILD_REQUEST_TIMEOUT = "300"
-SCRIPT = ("import json, sys\nfrom flows.run_jobs import RunInterrupted, run_jobs\n"
-          "try:\n    run_jobs(**json.loads(sys.argv[1]))\nexcept RunInterrupted:\n    sys.exit(130)\n")
 
 
 def read(log: Path) -> str:
